@@ -1,0 +1,3 @@
+%include "guest.inc"
+; Placeholder so the guest build has a target.
+hlt
