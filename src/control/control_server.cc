@@ -1,0 +1,486 @@
+#include "control/control_server.h"
+
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "base/error.h"
+#include "base/log.h"
+#include "control/unix_socket.h"
+
+namespace keel::control {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr uint64_t kListenId = 0;
+constexpr uint64_t kWakeId = 1;
+
+// An error reply as QMP shapes it; thrown inside command handling.
+struct CommandError {
+  std::string klass;
+  std::string desc;
+};
+
+json error_body(const std::string& klass, const std::string& desc) {
+  return json{{"error", {{"class", klass}, {"desc", desc}}}};
+}
+
+void expect_no_arguments(const std::string& command, const json& args) {
+  if (!args.empty()) {
+    throw CommandError{"GenericError", "Parameter '" + args.begin().key() +
+                                           "' is unexpected for '" + command + "'"};
+  }
+}
+
+const char* const kCommands[] = {"qmp_capabilities", "query-status",     "query-cpus",
+                                 "query-commands",   "stop",             "cont",
+                                 "system_powerdown", "system_reset",     "quit",
+                                 "console-attach"};
+
+}  // namespace
+
+const char* run_state_name(RunState state) {
+  switch (state) {
+    case RunState::kRunning: return "running";
+    case RunState::kPaused: return "paused";
+    case RunState::kShutdown: return "shutdown";
+  }
+  return "unknown";
+}
+
+json qmp_timestamp() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return json{{"seconds", static_cast<int64_t>(ts.tv_sec)},
+              {"microseconds", static_cast<int64_t>(ts.tv_nsec / 1000)}};
+}
+
+void ControlServer::Mailbox::notify() {
+  uint64_t one = 1;
+  // A full eventfd counter still wakes the loop, so a failed write needs no handling.
+  [[maybe_unused]] ssize_t n = ::write(wake.get(), &one, sizeof(one));
+}
+
+void ControlServer::Mailbox::post_event(const std::string& name, json data) {
+  json message{{"event", name}, {"timestamp", qmp_timestamp()}};
+  if (!data.is_null()) message["data"] = std::move(data);
+  {
+    std::lock_guard lock(mutex);
+    events.push_back(message.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
+  }
+  notify();
+}
+
+void ControlServer::Mailbox::post_console(std::string_view bytes) {
+  {
+    std::lock_guard lock(mutex);
+    console.append(bytes);
+    // Nobody drained it in time: keep the newest bytes, as a serial line would lose the oldest.
+    if (console.size() > console_limit) console.erase(0, console.size() - console_limit);
+  }
+  notify();
+}
+
+ControlServer::ControlServer(const std::string& path, ControlTarget& target,
+                             ControlServerOptions options)
+    : path_(path), target_(target), options_(options), mailbox_(std::make_shared<Mailbox>()) {
+  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_) throw_errno("epoll_create1");
+  mailbox_->wake.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!mailbox_->wake) throw_errno("eventfd");
+  mailbox_->console_limit = options_.max_console_pending;
+  listen_ = listen_unix(path);
+
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenId;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listen_.get(), &ev) != 0) throw_errno("epoll_ctl");
+  ev.data.u64 = kWakeId;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, mailbox_->wake.get(), &ev) != 0) {
+    throw_errno("epoll_ctl");
+  }
+
+  std::weak_ptr<Mailbox> weak = mailbox_;
+  target_.set_event_callback([weak](const std::string& name, json data) {
+    if (auto box = weak.lock()) box->post_event(name, std::move(data));
+  });
+  target_.set_console_callback([weak](std::string_view bytes) {
+    if (auto box = weak.lock()) box->post_console(bytes);
+  });
+}
+
+ControlServer::~ControlServer() {
+  try {
+    flush(std::chrono::milliseconds(200));
+  } catch (const std::exception& e) {
+    log::warn("control socket {}: flush on close: {}", path_, e.what());
+  }
+  ::unlink(path_.c_str());
+}
+
+void ControlServer::run_once(std::chrono::milliseconds timeout) {
+  if (wait_readable(epoll_.get(), timeout)) dispatch();
+}
+
+void ControlServer::dispatch() {
+  epoll_event events[32];
+  int n = ::epoll_wait(epoll_.get(), events, 32, 0);
+  if (n < 0) {
+    if (errno == EINTR) return;
+    throw_errno("epoll_wait");
+  }
+  for (int i = 0; i < n; ++i) {
+    uint64_t id = events[i].data.u64;
+    if (id == kListenId) {
+      accept_clients();
+    } else if (id == kWakeId) {
+      uint64_t count;
+      [[maybe_unused]] ssize_t r = ::read(mailbox_->wake.get(), &count, sizeof(count));
+      drain_pending();
+    } else {
+      if (clients_.count(id) && (events[i].events & EPOLLOUT)) handle_writable(id);
+      if (clients_.count(id) && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
+        handle_readable(id);
+      }
+    }
+  }
+}
+
+void ControlServer::flush(std::chrono::milliseconds timeout) {
+  drain_pending();
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    std::vector<pollfd> fds;
+    for (auto& [id, client] : clients_) {
+      if (!client.out.empty()) fds.push_back(pollfd{client.fd.get(), POLLOUT, 0});
+    }
+    if (fds.empty()) return;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    if (::poll(fds.data(), fds.size(), static_cast<int>(left.count())) < 0 && errno != EINTR) {
+      throw_errno("poll");
+    }
+    std::vector<uint64_t> ids;
+    for (auto& [id, client] : clients_) {
+      if (!client.out.empty()) ids.push_back(id);
+    }
+    for (uint64_t id : ids) handle_writable(id);
+  }
+}
+
+void ControlServer::accept_clients() {
+  for (;;) {
+    UniqueFd fd(::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd) {
+      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+      log::warn("control socket {}: accept: {}", path_, std::strerror(errno));
+      return;
+    }
+    if (clients_.size() >= options_.max_clients) {
+      std::string refusal = error_body("GenericError", "too many control clients").dump() + "\n";
+      [[maybe_unused]] ssize_t n = ::send(fd.get(), refusal.data(), refusal.size(), MSG_NOSIGNAL);
+      continue;
+    }
+    uint64_t id = next_id_++;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = id;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) throw_errno("epoll_ctl");
+    Client& client = clients_[id];
+    client.fd = std::move(fd);
+    json greeting{{"QMP",
+                   {{"version", {{"qemu", {{"major", 0}, {"minor", 1}, {"micro", 0}}},
+                                 {"package", "keel"}}},
+                    {"capabilities", json::array()}}}};
+    send_line(client, greeting);
+    try_write(id, client);
+  }
+}
+
+void ControlServer::handle_readable(uint64_t id) {
+  char buf[16384];
+  for (;;) {
+    auto it = clients_.find(id);
+    if (it == clients_.end()) return;
+    Client& client = it->second;
+    ssize_t n = ::recv(client.fd.get(), buf, sizeof(buf), 0);
+    if (n == 0) {
+      close_client(id);
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) close_client(id);
+      return;
+    }
+    if (client.console) {
+      try {
+        target_.console_input(std::string_view(buf, static_cast<size_t>(n)));
+      } catch (const std::exception& e) {
+        log::warn("control socket {}: console input: {}", path_, e.what());
+      }
+      continue;
+    }
+    client.in.append(buf, static_cast<size_t>(n));
+    // Split complete lines; each is one message. A client may switch to console mode mid-buffer.
+    size_t start = 0;
+    for (;;) {
+      auto cit = clients_.find(id);
+      if (cit == clients_.end()) return;
+      Client& c = cit->second;
+      if (c.console) {
+        std::string rest = c.in.substr(start);
+        c.in.clear();
+        try {
+          if (!rest.empty()) target_.console_input(rest);
+        } catch (const std::exception& e) {
+          log::warn("control socket {}: console input: {}", path_, e.what());
+        }
+        break;
+      }
+      size_t nl = c.in.find('\n', start);
+      if (nl == std::string::npos) {
+        c.in.erase(0, start);
+        if (c.in.size() > options_.max_message) {
+          bool first = !c.discarding;
+          c.discarding = true;
+          c.in.clear();
+          if (first) {
+            send_line(c, error_body("GenericError",
+                                    "message longer than " + std::to_string(options_.max_message) +
+                                        " bytes; discarded"));
+          }
+        }
+        break;
+      }
+      std::string_view line(c.in.data() + start, nl - start);
+      start = nl + 1;
+      if (c.discarding) {
+        c.discarding = false;  // this newline ends the oversized message
+        continue;
+      }
+      if (line.size() > options_.max_message) {
+        send_line(c, error_body("GenericError", "message longer than " +
+                                                    std::to_string(options_.max_message) +
+                                                    " bytes; discarded"));
+        continue;
+      }
+      handle_line(id, std::string(line));
+    }
+    // Replies go out after every complete message of this read has run.
+    auto wit = clients_.find(id);
+    if (wit != clients_.end()) try_write(id, wit->second);
+  }
+}
+
+void ControlServer::handle_line(uint64_t id, std::string_view line) {
+  if (line.find_first_not_of(" \t\r") == std::string_view::npos) return;
+  Client& client = clients_.at(id);
+  json reply;
+  json request_id;
+  bool quit_after = false;
+  bool console_after = false;
+  try {
+    json message;
+    try {
+      message = json::parse(line);
+    } catch (const json::parse_error& e) {
+      throw CommandError{"GenericError", std::string("malformed JSON: ") + e.what()};
+    }
+    if (!message.is_object()) throw CommandError{"GenericError", "QMP input must be a JSON object"};
+    if (message.contains("id")) request_id = message["id"];
+    for (auto& [key, value] : message.items()) {
+      if (key != "execute" && key != "arguments" && key != "id") {
+        throw CommandError{"GenericError", "QMP input member '" + key + "' is unexpected"};
+      }
+    }
+    if (!message.contains("execute") || !message["execute"].is_string()) {
+      throw CommandError{"GenericError", "QMP input lacks member 'execute' of type string"};
+    }
+    json args = json::object();
+    if (message.contains("arguments")) {
+      args = message["arguments"];
+      if (!args.is_object()) throw CommandError{"GenericError", "'arguments' must be an object"};
+    }
+    std::string name = message["execute"].get<std::string>();
+    if (!client.negotiated && name != "qmp_capabilities") {
+      throw CommandError{"CommandNotFound",
+                         "Expecting capabilities negotiation with 'qmp_capabilities'"};
+    }
+    reply = json{{"return", run_command(client, name, args, quit_after)}};
+    console_after = name == "console-attach";
+  } catch (const CommandError& e) {
+    reply = error_body(e.klass, e.desc);
+  } catch (const std::exception& e) {
+    reply = error_body("GenericError", e.what());
+  }
+  if (!request_id.is_null()) reply["id"] = request_id;
+  send_line(client, reply);
+  if (console_after) client.console = true;
+  if (quit_after) {
+    flush(std::chrono::milliseconds(200));
+    target_.quit();
+  }
+}
+
+json ControlServer::run_command(Client& client, const std::string& name, const json& args,
+                                bool& quit_after) {
+  if (name == "qmp_capabilities") {
+    if (client.negotiated) {
+      throw CommandError{"CommandNotFound", "Capabilities negotiation is already complete"};
+    }
+    if (args.contains("enable")) {
+      if (!args["enable"].is_array() || !args["enable"].empty()) {
+        throw CommandError{"GenericError", "no capabilities to enable"};
+      }
+    } else {
+      expect_no_arguments(name, args);
+    }
+    client.negotiated = true;
+    return json::object();
+  }
+  if (name == "query-commands") {
+    expect_no_arguments(name, args);
+    json list = json::array();
+    for (const char* c : kCommands) list.push_back(json{{"name", c}});
+    return list;
+  }
+  if (name == "query-status") {
+    expect_no_arguments(name, args);
+    RunStatus status = target_.query_status();
+    return json{{"running", status.state == RunState::kRunning},
+                {"status", run_state_name(status.state)},
+                {"reason", status.reason},
+                {"singlestep", false}};
+  }
+  if (name == "query-cpus") {
+    expect_no_arguments(name, args);
+    json list = json::array();
+    for (const CpuInfo& cpu : target_.query_cpus()) {
+      list.push_back(json{{"cpu-index", cpu.index}, {"thread-id", cpu.thread_id},
+                          {"halted", cpu.halted}});
+    }
+    return list;
+  }
+  if (name == "stop") {
+    expect_no_arguments(name, args);
+    target_.pause();
+    return json::object();
+  }
+  if (name == "cont") {
+    expect_no_arguments(name, args);
+    target_.resume();
+    return json::object();
+  }
+  if (name == "system_powerdown") {
+    expect_no_arguments(name, args);
+    target_.powerdown();
+    return json::object();
+  }
+  if (name == "system_reset") {
+    expect_no_arguments(name, args);
+    target_.reset();
+    return json::object();
+  }
+  if (name == "quit") {
+    expect_no_arguments(name, args);
+    quit_after = true;
+    return json::object();
+  }
+  if (name == "console-attach") {
+    expect_no_arguments(name, args);
+    return json::object();
+  }
+  throw CommandError{"CommandNotFound", "The command " + name + " has not been found"};
+}
+
+void ControlServer::send_line(Client& client, const json& message) {
+  // Replace invalid UTF-8 (echoed back from a malformed message) instead of throwing.
+  client.out += message.dump(-1, ' ', false, json::error_handler_t::replace);
+  client.out += '\n';
+}
+
+void ControlServer::queue_bytes(uint64_t id, Client& client, std::string_view bytes) {
+  if (client.out.size() + bytes.size() > options_.max_client_backlog) {
+    if (client.console) return;  // a console reader that does not keep up loses output
+    log::warn("control socket {}: client does not read its events; closing it", path_);
+    close_client(id);
+    return;
+  }
+  client.out.append(bytes);
+  try_write(id, client);
+}
+
+void ControlServer::try_write(uint64_t id, Client& client) {
+  while (!client.out.empty()) {
+    ssize_t n = ::send(client.fd.get(), client.out.data(), client.out.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      close_client(id);
+      return;
+    }
+    client.out.erase(0, static_cast<size_t>(n));
+  }
+  if (client.out.empty() && client.closing) {
+    close_client(id);
+    return;
+  }
+  update_interest(id, client);
+}
+
+void ControlServer::handle_writable(uint64_t id) {
+  auto it = clients_.find(id);
+  if (it != clients_.end()) try_write(id, it->second);
+}
+
+void ControlServer::update_interest(uint64_t id, Client& client) {
+  bool want = !client.out.empty();
+  if (want == client.want_out) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP | (want ? EPOLLOUT : 0u);
+  ev.data.u64 = id;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, client.fd.get(), &ev) == 0) client.want_out = want;
+}
+
+void ControlServer::close_client(uint64_t id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.fd.get(), nullptr);
+  clients_.erase(it);
+}
+
+void ControlServer::drain_pending() {
+  std::deque<std::string> events;
+  std::string console;
+  {
+    std::lock_guard lock(mailbox_->mutex);
+    events.swap(mailbox_->events);
+    console.swap(mailbox_->console);
+  }
+  std::vector<uint64_t> ids;
+  for (auto& [id, client] : clients_) ids.push_back(id);
+  for (uint64_t id : ids) {
+    auto it = clients_.find(id);
+    if (it == clients_.end()) continue;
+    Client& client = it->second;
+    if (client.console) {
+      if (!console.empty()) queue_bytes(id, client, console);
+    } else if (client.negotiated) {
+      for (const std::string& line : events) {
+        if (!clients_.count(id)) break;
+        queue_bytes(id, client, line);
+      }
+    }
+  }
+}
+
+}  // namespace keel::control

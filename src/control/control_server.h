@@ -1,0 +1,111 @@
+// The per-VM control socket (VMM side): a QMP-shaped JSON protocol on a unix socket.
+//
+// Protocol (one JSON object per line):
+//   server -> {"QMP": {"version": ..., "capabilities": []}}          greeting on connect
+//   client -> {"execute": "qmp_capabilities"}                         required first
+//   client -> {"execute": "query-status", "arguments": {...}, "id": X}
+//   server -> {"return": ..., "id": X} | {"error": {"class": C, "desc": D}, "id": X}
+//   server -> {"event": "STOP", "data": {...}, "timestamp": {"seconds": S, "microseconds": U}}
+// Commands: qmp_capabilities, query-status, query-cpus, query-commands, stop, cont,
+// system_powerdown, system_reset, quit, console-attach. `console-attach` turns the connection
+// into a raw byte stream of the guest's serial console (output to the client, input to the guest)
+// after its reply line; that is how the daemon relays the console.
+//
+// Threading: the server lives on one thread (the VMM's main loop). It owns an epoll set whose fd
+// the loop watches; when readable, the loop calls dispatch(). Target callbacks (events, console
+// output) may run on any thread: they are queued under a mutex and an eventfd wakes the loop.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "base/fd.h"
+#include "control/control_target.h"
+
+namespace keel::control {
+
+struct ControlServerOptions {
+  size_t max_message = 64 * 1024;       // a longer line gets an error reply and is discarded
+  size_t max_client_backlog = 1 << 20;  // unsent bytes per client before it is cut off
+  size_t max_clients = 64;
+  size_t max_console_pending = 1 << 20;  // console bytes queued between two dispatches
+};
+
+class ControlServer {
+ public:
+  ControlServer(const std::string& path, ControlTarget& target, ControlServerOptions options = {});
+  ~ControlServer();
+  ControlServer(const ControlServer&) = delete;
+  ControlServer& operator=(const ControlServer&) = delete;
+
+  // The epoll fd to watch for readability; then call dispatch() (never blocks).
+  int fd() const { return epoll_.get(); }
+  void dispatch();
+  // Waits up to `timeout` for work and dispatches it (for loops that have nothing else to do).
+  void run_once(std::chrono::milliseconds timeout);
+  // Sends everything queued (events, replies, console bytes), waiting up to `timeout` for slow
+  // clients. The VMM calls it before it exits so that SHUTDOWN reaches the daemon.
+  void flush(std::chrono::milliseconds timeout);
+
+  const std::string& path() const { return path_; }
+  size_t client_count() const { return clients_.size(); }
+
+ private:
+  struct Client {
+    UniqueFd fd;
+    std::string in;
+    std::string out;
+    bool negotiated = false;
+    bool console = false;     // raw console stream mode
+    bool discarding = false;  // skipping the rest of an oversized line
+    bool closing = false;     // close once `out` is sent
+    bool want_out = false;    // EPOLLOUT registered
+  };
+
+  void accept_clients();
+  void handle_readable(uint64_t id);
+  void handle_writable(uint64_t id);
+  void handle_line(uint64_t id, std::string_view line);
+  nlohmann::json run_command(Client& client, const std::string& name, const nlohmann::json& args,
+                             bool& quit_after);
+  void send_line(Client& client, const nlohmann::json& message);
+  void queue_bytes(uint64_t id, Client& client, std::string_view bytes);
+  void try_write(uint64_t id, Client& client);
+  void update_interest(uint64_t id, Client& client);
+  void close_client(uint64_t id);
+  void drain_pending();
+
+  std::string path_;
+  ControlTarget& target_;
+  ControlServerOptions options_;
+  UniqueFd epoll_;
+  UniqueFd listen_;
+  uint64_t next_id_ = 2;  // 0 = listening socket, 1 = wake eventfd
+  std::map<uint64_t, Client> clients_;
+
+  // Handed over from other threads (target callbacks), drained on the server's thread. Shared
+  // with the callbacks so that a target calling them after the server is gone stays harmless.
+  struct Mailbox {
+    std::mutex mutex;
+    std::deque<std::string> events;  // serialised event lines
+    std::string console;
+    size_t console_limit = 0;
+    UniqueFd wake;  // eventfd
+    void post_event(const std::string& name, nlohmann::json data);
+    void post_console(std::string_view bytes);
+    void notify();
+  };
+  std::shared_ptr<Mailbox> mailbox_;
+};
+
+// The QMP timestamp of now: {"seconds": S, "microseconds": U} of the realtime clock.
+nlohmann::json qmp_timestamp();
+
+}  // namespace keel::control

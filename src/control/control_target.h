@@ -1,0 +1,66 @@
+// What the control socket needs from a running VM. The VMM's Machine implements it (through a
+// small adapter); tests implement it with a fake. All methods except the callbacks are called on
+// the control server's thread (the VMM's main loop).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace keel::control {
+
+// Run state as QMP reports it ("status") with a libvirt-style reason beside it.
+enum class RunState { kRunning, kPaused, kShutdown };
+
+struct RunStatus {
+  RunState state = RunState::kPaused;
+  std::string reason;  // "booted", "user", "shutdown", ... (libvirt's reason vocabulary)
+};
+
+struct CpuInfo {
+  int index = 0;
+  long thread_id = 0;  // host thread id of the vCPU, 0 if not running
+  bool halted = false;
+};
+
+const char* run_state_name(RunState state);  // "running", "paused", "shutdown"
+
+// Lifecycle event names the VMM emits (QMP's names).
+namespace event {
+inline constexpr const char* kStop = "STOP";
+inline constexpr const char* kResume = "RESUME";
+inline constexpr const char* kPowerdown = "POWERDOWN";
+inline constexpr const char* kShutdown = "SHUTDOWN";
+inline constexpr const char* kReset = "RESET";
+}  // namespace event
+
+class ControlTarget {
+ public:
+  // Called from any thread (vCPU threads included): a lifecycle event happened.
+  using EventCallback = std::function<void(const std::string& name, nlohmann::json data)>;
+  // Called from any thread: the guest wrote bytes to its serial console.
+  using ConsoleCallback = std::function<void(std::string_view bytes)>;
+
+  virtual ~ControlTarget() = default;
+
+  virtual RunStatus query_status() = 0;
+  virtual void pause() = 0;      // vCPUs stop; emits STOP
+  virtual void resume() = 0;     // vCPUs go on; emits RESUME
+  virtual void powerdown() = 0;  // presses the ACPI power button; emits POWERDOWN
+  virtual void reset() = 0;      // system reset; emits RESET
+  virtual void quit() = 0;       // the VMM ends (after the reply has been sent)
+  virtual std::vector<CpuInfo> query_cpus() = 0;
+
+  // The control server installs its callbacks once, before it serves clients. The target keeps
+  // them until it is destroyed and calls them for every lifecycle event and console output.
+  virtual void set_event_callback(EventCallback callback) = 0;
+  virtual void set_console_callback(ConsoleCallback callback) = 0;
+  // Bytes a console client typed: they go to the guest's serial input.
+  virtual void console_input(std::string_view bytes) = 0;
+};
+
+}  // namespace keel::control

@@ -1,0 +1,373 @@
+// The per-VM control socket against a fake ControlTarget: protocol shape, negotiation, errors,
+// events, several clients, hostile input and the console stream.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "control/control_client.h"
+#include "control/control_server.h"
+#include "control/unix_socket.h"
+
+namespace keel::control {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+class FakeTarget : public ControlTarget {
+ public:
+  RunStatus query_status() override {
+    std::lock_guard lock(mutex_);
+    return status_;
+  }
+  void pause() override {
+    set({RunState::kPaused, "user"});
+    emit(event::kStop, json::object());
+  }
+  void resume() override {
+    set({RunState::kRunning, "unpaused"});
+    emit(event::kResume, json::object());
+  }
+  void powerdown() override {
+    if (fail_powerdown) throw Error("the power button is stuck");
+    emit(event::kPowerdown, json::object());
+  }
+  void reset() override { emit(event::kReset, json{{"guest", false}, {"reason", "host-qmp-system-reset"}}); }
+  void quit() override { quit_called = true; }
+  std::vector<CpuInfo> query_cpus() override { return {{0, 100, false}, {1, 101, true}}; }
+  void set_event_callback(EventCallback cb) override {
+    std::lock_guard lock(mutex_);
+    on_event_ = std::move(cb);
+  }
+  void set_console_callback(ConsoleCallback cb) override {
+    std::lock_guard lock(mutex_);
+    on_console_ = std::move(cb);
+  }
+  void console_input(std::string_view bytes) override {
+    std::lock_guard lock(mutex_);
+    input_.append(bytes);
+    input_cv_.notify_all();
+  }
+
+  // Test side: the guest prints; an event happens on "another thread".
+  void print(std::string_view bytes) {
+    ConsoleCallback cb;
+    {
+      std::lock_guard lock(mutex_);
+      cb = on_console_;
+    }
+    if (cb) cb(bytes);
+  }
+  void emit(const std::string& name, json data) {
+    EventCallback cb;
+    {
+      std::lock_guard lock(mutex_);
+      cb = on_event_;
+    }
+    if (cb) cb(name, std::move(data));
+  }
+  bool wait_input(const std::string& expected, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return input_cv_.wait_for(lock, timeout, [&] { return input_ == expected; });
+  }
+
+  std::atomic<bool> quit_called{false};
+  std::atomic<bool> fail_powerdown{false};
+
+ private:
+  void set(RunStatus s) {
+    std::lock_guard lock(mutex_);
+    status_ = s;
+  }
+  std::mutex mutex_;
+  std::condition_variable input_cv_;
+  RunStatus status_{RunState::kRunning, "booted"};
+  EventCallback on_event_;
+  ConsoleCallback on_console_;
+  std::string input_;
+};
+
+// A temporary directory removed at the end of the test.
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/keel-ctl-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+// Runs a ControlServer on its own thread, as the VMM's main loop would.
+class ControlServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { start({}); }
+  void TearDown() override { stop(); }
+
+  void start(ControlServerOptions options) {
+    path = dir.path + "/control.sock";
+    server = std::make_unique<ControlServer>(path, target, options);
+    running = true;
+    loop = std::thread([this] {
+      while (running) server->run_once(20ms);
+    });
+  }
+  void stop() {
+    running = false;
+    if (loop.joinable()) loop.join();
+    server.reset();
+  }
+
+  TempDir dir;
+  std::string path;
+  FakeTarget target;
+  std::unique_ptr<ControlServer> server;
+  std::atomic<bool> running{false};
+  std::thread loop;
+};
+
+// A raw client that sends arbitrary bytes and reads lines.
+struct RawClient {
+  explicit RawClient(const std::string& path) : fd(connect_unix(path, 2000ms)) {}
+  void send(std::string_view bytes) { write_all(fd.get(), bytes); }
+  json read() {
+    std::string line;
+    for (;;) {
+      if (!wait_readable(fd.get(), 5000ms)) throw Error("timed out waiting for a line");
+      char c;
+      ssize_t n = ::recv(fd.get(), &c, 1, 0);
+      if (n <= 0) throw Error("connection closed");
+      if (c == '\n') return json::parse(line);
+      line += c;
+    }
+  }
+  json request(const std::string& line) {
+    send(line + "\n");
+    return read();
+  }
+  UniqueFd fd;
+};
+
+TEST_F(ControlServerTest, GreetsAndRequiresCapabilitiesNegotiation) {
+  RawClient c(path);
+  json greeting = c.read();
+  ASSERT_TRUE(greeting.contains("QMP"));
+  EXPECT_TRUE(greeting["QMP"]["capabilities"].is_array());
+  EXPECT_EQ(greeting["QMP"]["version"]["package"], "keel");
+
+  json early = c.request(R"({"execute": "query-status"})");
+  EXPECT_EQ(early["error"]["class"], "CommandNotFound");
+
+  EXPECT_EQ(c.request(R"({"execute": "qmp_capabilities"})"), json({{"return", json::object()}}));
+  json again = c.request(R"({"execute": "qmp_capabilities"})");
+  EXPECT_EQ(again["error"]["class"], "CommandNotFound");
+  json status = c.request(R"({"execute": "query-status"})");
+  EXPECT_EQ(status["return"]["status"], "running");
+}
+
+TEST_F(ControlServerTest, EchoesIdOfAnyType) {
+  RawClient c(path);
+  c.read();
+  EXPECT_EQ(c.request(R"({"execute": "qmp_capabilities", "id": "neg"})")["id"], "neg");
+  EXPECT_EQ(c.request(R"({"execute": "query-status", "id": 42})")["id"], 42);
+  EXPECT_EQ(c.request(R"({"execute": "query-status", "id": {"a": [1]}})")["id"], json({{"a", {1}}}));
+  EXPECT_EQ(c.request(R"({"execute": "no-such-command", "id": 7})")["id"], 7);
+}
+
+TEST_F(ControlServerTest, StatusPauseResumeAndEventsWithTimestamps) {
+  ControlClient c = ControlClient::connect(path);
+  json status = c.execute("query-status");
+  EXPECT_EQ(status["running"], true);
+  EXPECT_EQ(status["status"], "running");
+  EXPECT_EQ(status["reason"], "booted");
+
+  c.execute("stop");
+  status = c.execute("query-status");
+  EXPECT_EQ(status["running"], false);
+  EXPECT_EQ(status["status"], "paused");
+  EXPECT_EQ(status["reason"], "user");
+  auto stop = c.next_event(5000ms);
+  ASSERT_TRUE(stop);
+  EXPECT_EQ((*stop)["event"], "STOP");
+  EXPECT_GT((*stop)["timestamp"]["seconds"].get<int64_t>(), 1600000000);
+  EXPECT_TRUE((*stop)["timestamp"]["microseconds"].is_number_integer());
+
+  c.execute("cont");
+  auto resume = c.next_event(5000ms);
+  ASSERT_TRUE(resume);
+  EXPECT_EQ((*resume)["event"], "RESUME");
+  EXPECT_EQ(c.execute("query-status")["status"], "running");
+}
+
+TEST_F(ControlServerTest, PowerdownResetQuitAndCpus) {
+  ControlClient c = ControlClient::connect(path);
+  c.execute("system_powerdown");
+  auto e = c.next_event(5000ms);
+  ASSERT_TRUE(e);
+  EXPECT_EQ((*e)["event"], "POWERDOWN");
+  c.execute("system_reset");
+  e = c.next_event(5000ms);
+  ASSERT_TRUE(e);
+  EXPECT_EQ((*e)["event"], "RESET");
+  EXPECT_EQ((*e)["data"]["reason"], "host-qmp-system-reset");
+
+  json cpus = c.execute("query-cpus");
+  ASSERT_EQ(cpus.size(), 2u);
+  EXPECT_EQ(cpus[1]["cpu-index"], 1);
+  EXPECT_EQ(cpus[1]["thread-id"], 101);
+  EXPECT_EQ(cpus[1]["halted"], true);
+
+  json commands = c.execute("query-commands");
+  EXPECT_GE(commands.size(), 9u);
+
+  EXPECT_FALSE(target.quit_called);
+  c.execute("quit");  // the reply arrives before the target is told to quit
+  for (int i = 0; i < 500 && !target.quit_called; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(target.quit_called);
+}
+
+TEST_F(ControlServerTest, TargetFailureIsAGenericErrorReply) {
+  ControlClient c = ControlClient::connect(path);
+  target.fail_powerdown = true;
+  try {
+    c.execute("system_powerdown");
+    FAIL() << "expected an error reply";
+  } catch (const ControlError& e) {
+    EXPECT_EQ(e.error_class(), "GenericError");
+    EXPECT_STREQ(e.what(), "the power button is stuck");
+  }
+  EXPECT_EQ(c.execute("query-status")["status"], "running");  // still serving
+}
+
+TEST_F(ControlServerTest, MalformedMessagesGetErrorsAndTheConnectionSurvives) {
+  RawClient c(path);
+  c.read();
+  c.request(R"({"execute": "qmp_capabilities"})");
+  const char* bad[] = {
+      "this is not json",
+      "[1, 2, 3]",
+      "42",
+      R"({"arguments": {}})",
+      R"({"execute": 17})",
+      R"({"execute": "query-status", "bogus": 1})",
+      R"({"execute": "query-status", "arguments": [1]})",
+      R"({"execute": "query-status", "arguments": {"x": 1}})",
+      R"({"execute": "no-such-command"})",
+      "{\"execute\": \"query-status\"",  // truncated
+      "\xff\xfe\x00garbage",
+  };
+  for (const char* line : bad) {
+    json reply = c.request(std::string(line, std::strlen(line)));
+    ASSERT_TRUE(reply.contains("error")) << line;
+    EXPECT_TRUE(reply["error"]["class"].is_string());
+    EXPECT_FALSE(reply["error"]["desc"].get<std::string>().empty());
+  }
+  EXPECT_EQ(c.request(R"({"execute": "query-status"})")["return"]["status"], "running");
+}
+
+TEST_F(ControlServerTest, OversizedMessageGetsOneErrorAndIsDiscarded) {
+  RawClient c(path);
+  c.read();
+  c.request(R"({"execute": "qmp_capabilities"})");
+  std::string huge = R"({"execute": "query-status", "id": ")" + std::string(300000, 'x') + "\"}\n";
+  c.send(huge);
+  json reply = c.read();
+  ASSERT_TRUE(reply.contains("error"));
+  EXPECT_NE(reply["error"]["desc"].get<std::string>().find("longer than"), std::string::npos);
+  // Nothing of the oversized message is executed; the next one is.
+  json next = c.request(R"({"execute": "query-status", "id": "after"})");
+  EXPECT_EQ(next["id"], "after");
+  EXPECT_EQ(next["return"]["status"], "running");
+}
+
+TEST_F(ControlServerTest, SeveralClientsEachGetRepliesAndEvents) {
+  std::vector<ControlClient> clients;
+  for (int i = 0; i < 8; ++i) clients.push_back(ControlClient::connect(path));
+  RawClient unnegotiated(path);  // gets no events until it negotiates
+  unnegotiated.read();
+  clients[3].execute("stop");
+  for (auto& c : clients) {
+    auto e = c.next_event(5000ms);
+    ASSERT_TRUE(e);
+    EXPECT_EQ((*e)["event"], "STOP");
+    EXPECT_EQ(c.execute("query-status")["status"], "paused");
+  }
+  json first = unnegotiated.request(R"({"execute": "qmp_capabilities"})");
+  EXPECT_EQ(first, json({{"return", json::object()}}));  // no STOP event before it
+}
+
+TEST_F(ControlServerTest, EventsFromAnotherThreadReachClients) {
+  ControlClient c = ControlClient::connect(path);
+  std::thread vcpu([&] {
+    for (int i = 0; i < 100; ++i) target.emit(event::kShutdown, json{{"guest", true}, {"n", i}});
+  });
+  vcpu.join();
+  for (int i = 0; i < 100; ++i) {
+    auto e = c.next_event(5000ms);
+    ASSERT_TRUE(e);
+    EXPECT_EQ((*e)["event"], "SHUTDOWN");
+    EXPECT_EQ((*e)["data"]["n"], i);  // in order
+  }
+}
+
+TEST_F(ControlServerTest, ClientsThatVanishMidMessageDoNotDisturbOthers) {
+  ControlClient steady = ControlClient::connect(path);
+  for (int i = 0; i < 20; ++i) {
+    RawClient gone(path);
+    gone.send(R"({"execute": "qmp_capa)");  // and close without the rest
+  }
+  {
+    RawClient gone(path);
+    gone.read();
+    gone.send("{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"stop\"}\n");
+    ::shutdown(gone.fd.get(), SHUT_WR);  // half-closed: what it sent still runs
+  }
+  auto e = steady.next_event(5000ms);
+  ASSERT_TRUE(e);
+  EXPECT_EQ((*e)["event"], "STOP");
+  EXPECT_EQ(steady.execute("query-status")["status"], "paused");
+}
+
+TEST_F(ControlServerTest, ConsoleStreamCarriesOutputAndInput) {
+  UniqueFd console = ControlClient::attach_console(path);
+  ControlClient other = ControlClient::connect(path);  // JSON clients get no console bytes
+  target.print("hello ");
+  target.print("guest\n");
+  std::string got;
+  while (got.size() < 12) {
+    ASSERT_TRUE(wait_readable(console.get(), 5000ms));
+    char buf[64];
+    ssize_t n = ::recv(console.get(), buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(got, "hello guest\n");
+  write_all(console.get(), "ls\r");
+  EXPECT_TRUE(target.wait_input("ls\r", 5000ms));
+  EXPECT_EQ(other.execute("query-status")["status"], "running");
+  EXPECT_FALSE(other.next_event(50ms));  // console bytes are not events
+}
+
+TEST_F(ControlServerTest, RefusesClientsBeyondTheLimit) {
+  stop();
+  start(ControlServerOptions{.max_clients = 2});
+  ControlClient a = ControlClient::connect(path);
+  ControlClient b = ControlClient::connect(path);
+  EXPECT_THROW(ControlClient::connect(path, 2000ms), Error);
+  EXPECT_EQ(a.execute("query-status")["status"], "running");
+}
+
+TEST_F(ControlServerTest, SocketFileIsRemovedWithTheServer) {
+  EXPECT_TRUE(std::filesystem::exists(path));
+  stop();
+  EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+}  // namespace
+}  // namespace keel::control
