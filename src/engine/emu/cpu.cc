@@ -1,0 +1,525 @@
+// The emu CPU: construction, lazy-flag evaluation, the run loop, the decoded-block cache and its
+// invalidation, and interrupt/exception delivery through the IDT (64-bit mode).
+#include "engine/emu/cpu.h"
+
+#include <atomic>
+#include <cstdio>
+
+#include "base/error.h"
+#include "engine/emu/decode.h"
+
+namespace keel::emu {
+
+using namespace x86;
+
+void raise_fault(uint8_t vector) { throw GuestFault{vector, false, 0}; }
+void raise_fault(uint8_t vector, uint32_t error) { throw GuestFault{vector, true, error}; }
+
+namespace {
+constexpr uint64_t kArith = kFlagCF | kFlagPF | kFlagAF | kFlagZF | kFlagSF | kFlagOF;
+Decoder& decoder_of(void* p) { return *static_cast<Decoder*>(p); }
+}  // namespace
+
+Cpu::Cpu(const Deps& d)
+    : mem_(d.memory),
+      pio_(d.pio),
+      mmio_(d.mmio),
+      apic_(d.apic),
+      clock_(d.clock),
+      apic_id_(d.apic_id),
+      tsc_deadline_(d.tsc_deadline),
+      kvm_clock_(d.kvm_clock) {
+  for (auto& t : tlbs_) t = std::make_unique<TlbEntry[]>(kTlbSize);
+  jump_cache_ = std::make_unique<JumpEntry[]>(kJumpCacheSize);
+  code_pages_.assign((mem_.end() + 4095) / 4096, 0);
+  decoder_ = new Decoder();
+  flush_tlb();
+  // Power-on-like defaults for the segment caches; set_state() replaces them.
+  for (int i = 0; i < 6; ++i) {
+    sreg[i] = Segment{};
+    sreg[i].limit = 0xFFFF;
+    sreg[i].present = 1;
+    sreg[i].s = 1;
+    sreg[i].type = i == kCS ? 0xB : 0x3;
+  }
+  update_mode();
+}
+
+Cpu::~Cpu() {
+  for (auto& [key, b] : blocks_) delete b;
+  for (Block* b : retired_) delete b;
+  delete static_cast<Decoder*>(decoder_);
+}
+
+// ---------------------------------------------------------------- lazy flags
+
+bool Cpu::cf() const {
+  switch (lf_op) {
+    case FlagOp::kNone: return rflags_ & kFlagCF;
+    case FlagOp::kAdd: return lf_res < lf_dst;
+    case FlagOp::kAdc: return lf_res < lf_dst || (lf_cin && lf_res == lf_dst);
+    case FlagOp::kSub: return lf_dst < lf_src;
+    case FlagOp::kSbb: return lf_dst < lf_src || (lf_cin && lf_dst == lf_src);
+    case FlagOp::kLogic: return false;
+    case FlagOp::kInc:
+    case FlagOp::kDec: return lf_cin;
+  }
+  return false;
+}
+
+bool Cpu::of() const {
+  switch (lf_op) {
+    case FlagOp::kNone: return rflags_ & kFlagOF;
+    case FlagOp::kAdd:
+    case FlagOp::kAdc:
+    case FlagOp::kInc: return sign_of((lf_dst ^ lf_res) & (lf_src ^ lf_res), lf_bits);
+    case FlagOp::kSub:
+    case FlagOp::kSbb:
+    case FlagOp::kDec: return sign_of((lf_dst ^ lf_src) & (lf_dst ^ lf_res), lf_bits);
+    case FlagOp::kLogic: return false;
+  }
+  return false;
+}
+
+bool Cpu::af() const {
+  switch (lf_op) {
+    case FlagOp::kNone: return rflags_ & kFlagAF;
+    case FlagOp::kLogic: return false;
+    default: return (lf_dst ^ lf_src ^ lf_res) & 0x10;
+  }
+}
+
+uint64_t Cpu::flags() const {
+  if (lf_op == FlagOp::kNone) return rflags_ | 0x2;
+  uint64_t f = (rflags_ & ~kArith) | 0x2;
+  if (cf()) f |= kFlagCF;
+  if (pf()) f |= kFlagPF;
+  if (af()) f |= kFlagAF;
+  if (zf()) f |= kFlagZF;
+  if (sf()) f |= kFlagSF;
+  if (of()) f |= kFlagOF;
+  return f;
+}
+
+// ---------------------------------------------------------------- state
+
+void Cpu::update_mode() {
+  const Segment& cs = sreg[kCS];
+  if (long_mode() && cs.l) mode = 0;
+  else mode = cs.db ? 1 : 2;
+  cpl = uint8_t(cs.selector & 3);
+  if (!(cr0 & 1)) cpl = 0;
+  tlb_user_ = cpl == 3;
+  tlb_ = tlbs_[tlb_user_].get();
+  ss_32_ = mode != 0;
+  for (int i = 0; i < 6; ++i) seg_base[i] = sreg[i].base;
+  seg_base[kSegFlat] = 0;
+}
+
+void Cpu::set_sreg_raw(int idx, const Segment& s) {
+  sreg[idx] = s;
+  seg_base[idx] = s.base;
+  if (idx == kCS || idx == kSS) update_mode();
+}
+
+CpuState Cpu::get_state() {
+  CpuState s;
+  for (int i = 0; i < 16; ++i) s.gpr[i] = r[i];
+  s.rip = r[kRegRip];
+  s.rflags = flags();
+  s.es = sreg[kES];
+  s.cs = sreg[kCS];
+  s.ss = sreg[kSS];
+  s.ds = sreg[kDS];
+  s.fs = sreg[kFS];
+  s.gs = sreg[kGS];
+  s.tr = tr;
+  s.ldt = ldtr;
+  s.gdt = gdt;
+  s.idt = idt;
+  s.cr0 = cr0;
+  s.cr2 = cr2;
+  s.cr3 = cr3;
+  s.cr4 = cr4;
+  s.cr8 = apic_.cr8();
+  s.efer = efer;
+  s.apic_base = apic_.base_msr();
+  return s;
+}
+
+void Cpu::set_state(const CpuState& s) {
+  for (int i = 0; i < 16; ++i) r[i] = s.gpr[i];
+  r[kRegZero] = 0;
+  r[kRegRip] = s.rip;
+  set_flags(s.rflags);
+  sreg[kES] = s.es;
+  sreg[kCS] = s.cs;
+  sreg[kSS] = s.ss;
+  sreg[kDS] = s.ds;
+  sreg[kFS] = s.fs;
+  sreg[kGS] = s.gs;
+  tr = s.tr;
+  ldtr = s.ldt;
+  gdt = s.gdt;
+  idt = s.idt;
+  cr0 = s.cr0;
+  cr2 = s.cr2;
+  cr3 = s.cr3;
+  cr4 = s.cr4;
+  efer = s.efer;
+  if (s.cr8) apic_.set_cr8(uint8_t(s.cr8));
+  if (s.apic_base) apic_.set_base_msr(s.apic_base);
+  halted_ = false;
+  shutdown_ = false;
+  shadow_ = false;
+  update_mode();
+  flush_tlb();
+}
+
+FpuState Cpu::get_fpu() {
+  FpuState f{};
+  uint8_t* p = f.fxsave.data();
+  std::memcpy(p + 0, &fcw, 2);
+  std::memcpy(p + 2, &fsw, 2);
+  p[4] = ftw;
+  std::memcpy(p + 24, &mxcsr, 4);
+  uint32_t mask = 0xFFFF;
+  std::memcpy(p + 28, &mask, 4);
+  for (int i = 0; i < 8; ++i) std::memcpy(p + 32 + 16 * i, st_regs[i], 16);
+  for (int i = 0; i < 16; ++i) std::memcpy(p + 160 + 16 * i, &xmm[i], 16);
+  return f;
+}
+
+void Cpu::set_fpu(const FpuState& f) {
+  const uint8_t* p = f.fxsave.data();
+  std::memcpy(&fcw, p + 0, 2);
+  std::memcpy(&fsw, p + 2, 2);
+  ftw = p[4];
+  std::memcpy(&mxcsr, p + 24, 4);
+  for (int i = 0; i < 8; ++i) std::memcpy(st_regs[i], p + 32 + 16 * i, 16);
+  for (int i = 0; i < 16; ++i) std::memcpy(&xmm[i], p + 160 + 16 * i, 16);
+}
+
+std::string Cpu::describe_rip() {
+  char buf[160];
+  uint64_t la = r[kRegRip] + seg_base[kCS];
+  std::string bytes;
+  try {
+    for (int i = 0; i < 15; ++i) {
+      uint64_t gpa = translate(la + i, Access::kRead, false);
+      const uint8_t* h = mem_.host_ptr(gpa, 1);
+      if (!h) break;
+      char b[4];
+      std::snprintf(b, sizeof b, "%02x ", *h);
+      bytes += b;
+    }
+  } catch (const GuestFault&) {
+  }
+  std::snprintf(buf, sizeof buf, "RIP 0x%llx (CPL %u, %s mode), bytes: ",
+                static_cast<unsigned long long>(r[kRegRip]), cpl,
+                mode == 0 ? "64-bit" : mode == 1 ? "32-bit" : "16-bit");
+  return buf + (bytes.empty() ? std::string("<unmapped>") : bytes);
+}
+
+// ---------------------------------------------------------------- block cache
+
+void Cpu::flush_jump_cache() {
+  for (unsigned i = 0; i < kJumpCacheSize; ++i) jump_cache_[i] = JumpEntry{};
+}
+
+void Cpu::mark_code_page(uint64_t page) {
+  if (page >= code_pages_.size()) return;
+  std::atomic_ref<uint8_t> bit(code_pages_[page]);
+  if (bit.load(std::memory_order_relaxed)) return;
+  bit.store(1, std::memory_order_relaxed);
+  // Stores to this page must now take the slow path (which invalidates its blocks).
+  uint64_t gpa = page << 12;
+  for (auto& t : tlbs_)
+    for (unsigned i = 0; i < kTlbSize; ++i)
+      if (t[i].gpa == gpa) t[i].wtag = kNoTag;
+}
+
+void Cpu::invalidate_page(uint64_t page) {
+  auto it = page_blocks_.find(page);
+  if (it != page_blocks_.end()) {
+    for (Block* b : it->second) {
+      blocks_.erase(b->key);
+      if (b == current_block_) end_block();
+      retired_.push_back(b);
+    }
+    page_blocks_.erase(it);
+  }
+  if (page < code_pages_.size())
+    std::atomic_ref<uint8_t>(code_pages_[page]).store(0, std::memory_order_relaxed);
+}
+
+void Cpu::invalidate_code(uint64_t gpa, uint64_t len) {
+  if (len == 0) return;
+  uint64_t first = gpa >> 12, last = (gpa + len - 1) >> 12;
+  std::lock_guard lock(pending_mutex_);
+  for (uint64_t p = first; p <= last && p < code_pages_.size(); ++p) {
+    if (std::atomic_ref<uint8_t>(code_pages_[p]).load(std::memory_order_relaxed)) {
+      pending_pages_.push_back(p);
+      pending_invalidation_.store(true, std::memory_order_release);
+    }
+  }
+}
+
+void Cpu::process_pending_invalidations() {
+  std::vector<uint64_t> pages;
+  {
+    std::lock_guard lock(pending_mutex_);
+    pages.swap(pending_pages_);
+    pending_invalidation_.store(false, std::memory_order_relaxed);
+  }
+  for (uint64_t p : pages) invalidate_page(p);
+}
+
+void Cpu::free_retired_blocks() {
+  if (retired_.empty()) return;
+  flush_jump_cache();
+  for (Block* b : retired_) delete b;
+  retired_.clear();
+}
+
+Block* Cpu::build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cacheable) {
+  Decoder& dec = decoder_of(decoder_);
+  auto b = std::make_unique<Block>();
+  b->start_gpa = gpa;
+  b->page = gpa >> 12;
+  b->key = (gpa << 3) | mode;
+  unsigned off = 0;
+  while (off < avail) {
+    Insn in;
+    bool ends = false, need_more = false;
+    if (!dec.decode(mode, host + off, avail - off, in, &ends, &need_more)) {
+      if (off > 0) break;  // the next instruction crosses the page: it starts the next block
+      return nullptr;
+    }
+    b->insns.push_back(in);
+    off += in.len;
+    if (ends || b->insns.size() >= kMaxBlockInsns) break;
+  }
+  b->bytes = off;
+  if (!cacheable) {
+    scratch_block_ = std::move(*b);
+    return &scratch_block_;
+  }
+  Block* raw = b.release();
+  blocks_[raw->key] = raw;
+  page_blocks_[raw->page].push_back(raw);
+  mark_code_page(raw->page);
+  return raw;
+}
+
+Block* Cpu::find_block() {
+  const uint64_t la = r[kRegRip] + seg_base[kCS];
+  const uint32_t key = mode | (uint32_t(tlb_user_) << 2);
+  JumpEntry& j = jump_cache_[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
+  if (j.rip == la && j.key == key) [[likely]]
+    return j.block;
+
+  const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
+  uint64_t gpa;
+  if (e.xtag == (la & ~0xFFFull)) gpa = e.gpa | (la & 0xFFF);
+  else gpa = translate(la, Access::kExec, tlb_user_);
+
+  Block* b;
+  auto it = blocks_.find((gpa << 3) | mode);
+  if (it != blocks_.end()) {
+    b = it->second;
+  } else {
+    uint8_t* host = mem_.host_ptr(gpa, 1);
+    if (!host) throw Error("emu: execution outside RAM at guest-physical 0x" + [&] {
+      char s[32];
+      std::snprintf(s, sizeof s, "%llx", static_cast<unsigned long long>(gpa));
+      return std::string(s);
+    }() + ", " + describe_rip());
+    unsigned avail = 4096 - unsigned(gpa & 0xFFF);
+    b = build_block(gpa, host, avail, true);
+    if (!b) {
+      // The first instruction crosses into the next page: decode it from both pages, uncached.
+      uint8_t buf[16] = {};
+      std::memcpy(buf, host, avail);
+      uint64_t gpa2 = translate(la + avail, Access::kExec, tlb_user_);
+      unsigned more = std::min(15u - avail, 15u);
+      if (const uint8_t* h2 = mem_.host_ptr(gpa2, more)) std::memcpy(buf + avail, h2, more);
+      b = build_block(gpa, buf, 15, false);
+      if (!b) raise_fault(kUD);
+      return b;
+    }
+  }
+  j = JumpEntry{la, key, b};
+  return b;
+}
+
+void Cpu::run_block(Block* b) {
+  const Insn* start = b->insns.data();
+  const Insn* ip = start;
+  block_end_ = start + b->insns.size();
+  current_block_ = b;
+  try {
+    while (ip < block_end_) {
+      const Insn& in = *ip++;
+      r[kRegRip] += in.len;
+      in.fn(*this, in);
+    }
+  } catch (const GuestFault&) {
+    r[kRegRip] -= (ip - 1)->len;
+    icount_ += uint64_t(ip - start) - 1;
+    current_block_ = nullptr;
+    throw;
+  }
+  icount_ += uint64_t(ip - start);
+  current_block_ = nullptr;
+}
+
+// ---------------------------------------------------------------- run loop
+
+void Cpu::kick() {
+  kicked_.store(true, std::memory_order_release);
+  apic_.wake();
+}
+
+bool Cpu::check_interrupts() {
+  int v = apic_.pending_vector();
+  if (v < 0) return false;
+  apic_.accept(v);
+  halted_ = false;
+  deliver(uint8_t(v), false, 0, false);
+  return true;
+}
+
+Cpu::Exit Cpu::run() {
+  for (;;) {
+    if (kicked_.load(std::memory_order_acquire)) {
+      kicked_.store(false, std::memory_order_relaxed);
+      return Exit::kStopped;
+    }
+    if (shutdown_) return Exit::kShutdown;
+    if (pending_invalidation_.load(std::memory_order_acquire)) process_pending_invalidations();
+    free_retired_blocks();
+    try {
+      if (shadow_) {
+        shadow_ = false;
+      } else if ((rflags_ & kFlagIF) && apic_.maybe_pending()) {
+        check_interrupts();
+        if (shutdown_) return Exit::kShutdown;
+      }
+      if (halted_) {
+        if (!(rflags_ & kFlagIF)) return Exit::kHalted;
+        apic_.wait_for_interrupt(kicked_);
+        if (!kicked_.load(std::memory_order_acquire) && apic_.maybe_pending()) check_interrupts();
+        continue;
+      }
+      run_block(find_block());
+    } catch (const GuestFault& f) {
+      deliver_fault(f);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- exceptions and interrupts
+
+void Cpu::deliver_fault(const GuestFault& f) {
+  halted_ = false;
+  deliver(f.vector, f.has_error, f.error, false);
+}
+
+namespace {
+bool contributory(uint8_t v) { return v == 0 || (v >= 10 && v <= 13); }
+}  // namespace
+
+void Cpu::deliver(uint8_t vector, bool has_error, uint32_t error, bool soft) {
+  if (soft) {
+    // INT n / INT3 / INTO: a fault while delivering is reported on the instruction itself.
+    do_deliver(vector, has_error, error, soft);
+    return;
+  }
+  int prev = delivering_;
+  delivering_ = vector;
+  try {
+    do_deliver(vector, has_error, error, soft);
+    delivering_ = prev;
+  } catch (const GuestFault& f2) {
+    delivering_ = prev;
+    if (vector == kDF) {
+      mark_shutdown();  // triple fault
+      return;
+    }
+    bool df = (vector == kPF && (f2.vector == kPF || contributory(f2.vector))) ||
+              (contributory(vector) && contributory(f2.vector));
+    if (df) deliver(kDF, true, 0, false);
+    else deliver(f2.vector, f2.has_error, f2.error, false);
+  }
+}
+
+void Cpu::do_deliver(uint8_t vector, bool has_error, uint32_t error, bool soft) {
+  if (!long_mode()) throw Error("emu: interrupt delivery outside long mode is not supported; " + describe_rip());
+  const uint32_t ext = soft ? 0 : 1;
+  const uint32_t idt_err = uint32_t(vector) * 8 + 2 + ext;
+  if (uint32_t(vector) * 16 + 15 > idt.limit) raise_fault(kGP, idt_err);
+  uint64_t lo = sys_rd<uint64_t>(idt.base + uint64_t(vector) * 16);
+  uint64_t hi = sys_rd<uint64_t>(idt.base + uint64_t(vector) * 16 + 8);
+  uint8_t type = (lo >> 40) & 0xF;
+  uint8_t gate_dpl = (lo >> 45) & 3;
+  if (type != 0xE && type != 0xF) raise_fault(kGP, idt_err);
+  if (soft && gate_dpl < cpl) raise_fault(kGP, idt_err);
+  if (!((lo >> 47) & 1)) raise_fault(kNP, idt_err);
+  uint16_t sel = uint16_t(lo >> 16);
+  uint64_t target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000ull) | (hi << 32);
+  uint8_t ist = (lo >> 32) & 7;
+
+  if ((sel & ~3) == 0) raise_fault(kGP, ext);
+  uint8_t desc[8];
+  read_descriptor(sel, desc, kGP);
+  Segment cs = parse_descriptor(sel, desc);
+  if (!cs.s || !(cs.type & 8) || !cs.l || cs.db) raise_fault(kGP, (sel & ~3u) + ext);
+  if (!cs.present) raise_fault(kNP, (sel & ~3u) + ext);
+  uint8_t new_cpl = (cs.type & 4) ? cpl : cs.dpl;  // conforming code keeps the CPL
+  if (new_cpl > cpl) raise_fault(kGP, (sel & ~3u) + ext);
+
+  bool switch_stack = new_cpl < cpl;
+  uint64_t rsp = r[RSP];
+  if (ist) rsp = sys_rd<uint64_t>(tr.base + 36 + (ist - 1) * 8);
+  else if (switch_stack) rsp = sys_rd<uint64_t>(tr.base + 4 + uint64_t(new_cpl) * 8);
+  rsp &= ~0xFull;
+
+  uint64_t frame[6];
+  int n = 0;
+  if (has_error) frame[n++] = error;
+  frame[n++] = r[kRegRip];
+  frame[n++] = sreg[kCS].selector;
+  frame[n++] = flags();
+  frame[n++] = r[RSP];
+  frame[n++] = sreg[kSS].selector;
+  // Push (highest address first) with supervisor rights; nothing is committed until all fit.
+  uint64_t sp = rsp;
+  for (int i = n - 1; i >= 0; --i) {
+    sp -= 8;
+    sys_wr<uint64_t>(sp, frame[i]);
+  }
+
+  cs.selector = uint16_t((sel & ~3) | new_cpl);
+  sreg[kCS] = cs;
+  if (switch_stack) {
+    Segment ss{};
+    ss.selector = new_cpl;
+    ss.unusable = 1;
+    ss.s = 1;
+    ss.type = 3;
+    ss.dpl = new_cpl;
+    ss.present = 1;
+    ss.db = 1;
+    sreg[kSS] = ss;
+  }
+  r[RSP] = sp;
+  uint64_t f = flags() & ~(kFlagTF | kFlagNT | kFlagRF | kFlagVM);
+  if (type == 0xE) f &= ~kFlagIF;
+  set_flags(f);
+  r[kRegRip] = target;
+  update_mode();
+  end_block();
+}
+
+}  // namespace keel::emu

@@ -1,0 +1,422 @@
+// The emu engine's x86-64 CPU: architectural state, the soft TLB, lazy flags, the decoded-block
+// cache and the run loop. One Cpu per vCPU, used only by that vCPU's thread (except kick() and
+// the code-invalidation queue, which are thread-safe).
+//
+// Hot paths (register and memory access, flag evaluation) are inline here; slow paths (page
+// walks, MMIO, faults, system instructions) live in the .cc files. docs/architecture.md ("emu
+// engine") describes the design.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "arch/x86/cpu_state.h"
+#include "bus/io_bus.h"
+#include "engine/emu/insn.h"
+#include "engine/emu/local_apic.h"
+#include "memory/guest_memory.h"
+
+namespace keel::emu {
+
+// A guest exception raised by an instruction. Thrown inside the CPU only, caught by the run loop
+// (which rolls RIP back to the faulting instruction and delivers it through the IDT).
+struct GuestFault {
+  uint8_t vector;
+  bool has_error;
+  uint32_t error;
+};
+
+enum Vector : uint8_t {
+  kDE = 0, kDB = 1, kNMI = 2, kBP = 3, kOF = 4, kBR = 5, kUD = 6, kNM = 7, kDF = 8, kTS = 10,
+  kNP = 11, kStackFault = 12, kGP = 13, kPF = 14, kMF = 16, kAC = 17, kMC = 18, kXM = 19,
+};
+
+[[noreturn]] void raise_fault(uint8_t vector);
+[[noreturn]] void raise_fault(uint8_t vector, uint32_t error);
+
+// Lazy flags: the last flag-setting operation's kind, size and operands; the six arithmetic flags
+// are computed only when something reads them.
+enum class FlagOp : uint8_t { kNone, kAdd, kAdc, kSub, kSbb, kLogic, kInc, kDec };
+
+struct U128 {
+  uint64_t lo, hi;
+};
+
+// Host pointer + permission tags for one guest-virtual page. A tag equals the page's linear
+// address when that access is allowed without a walk, and kNoTag otherwise.
+struct TlbEntry {
+  uint64_t rtag, wtag, xtag;
+  uintptr_t addend;  // host address = linear address + addend
+  uint64_t gpa;      // guest-physical page address
+  uint64_t large_mask;  // ~(page size - 1) of the guest mapping (INVLPG of large pages)
+};
+inline constexpr uint64_t kNoTag = ~0ull;
+
+enum class Access : uint8_t { kRead, kWrite, kExec };
+
+class Cpu {
+ public:
+  struct Deps {
+    GuestMemory& memory;
+    IoBus& pio;
+    IoBus& mmio;
+    LocalApic& apic;
+    GuestClock& clock;
+    uint32_t apic_id = 0;
+    bool tsc_deadline = false;  // the platform implements the TSC-deadline timer
+    bool kvm_clock = true;      // advertise kvm-clock (the CPU serves its MSRs)
+  };
+  explicit Cpu(const Deps& deps);
+  ~Cpu();
+  Cpu(const Cpu&) = delete;
+  Cpu& operator=(const Cpu&) = delete;
+
+  // ---- Vcpu-facing interface ----
+  x86::CpuState get_state();
+  void set_state(const x86::CpuState& s);
+  x86::FpuState get_fpu();
+  void set_fpu(const x86::FpuState& f);
+  enum class Exit { kStopped, kShutdown, kHalted };
+  Exit run();
+  void kick();                               // thread-safe, sticky
+  void invalidate_code(uint64_t gpa, uint64_t len);  // thread-safe (GuestMemory write observer)
+  uint64_t instructions() const { return icount_; }
+  // For diagnostics: RIP and the bytes at it (best effort, no faults).
+  std::string describe_rip();
+
+  // ---- State (public: the handlers in ops_*.cc operate on it directly) ----
+  uint64_t r[18] = {};           // GPRs, zero slot, next RIP (insn.h)
+  uint64_t seg_base[8] = {};     // per SegIdx; [kSegFlat] stays 0
+  x86::Segment sreg[6];          // ES CS SS DS FS GS
+  x86::Segment tr, ldtr;
+  x86::DescriptorTable gdt, idt;
+  uint64_t rflags_ = 0x2;        // arithmetic bits valid only when lf_op == kNone
+  uint64_t cr0 = 0x60000010, cr2 = 0, cr3 = 0, cr4 = 0, efer = 0;
+  uint64_t star = 0, lstar = 0, cstar = 0, fmask = 0, kernel_gs_base = 0;
+  uint64_t sysenter_cs = 0, sysenter_esp = 0, sysenter_eip = 0;
+  uint64_t pat = 0x0007040600070406ull, tsc_aux = 0, misc_enable = 1;  // fast strings
+  int64_t tsc_offset = 0;
+  uint64_t kvm_system_time = 0, kvm_wall_clock = 0;
+  uint8_t cpl = 0;
+  uint8_t mode = 0;  // decode mode: 0 = 64-bit, 1 = 32-bit, 2 = 16-bit
+
+  alignas(16) U128 xmm[16] = {};
+  uint32_t mxcsr = 0x1F80;
+  uint16_t fcw = 0x37F, fsw = 0;
+  uint8_t ftw = 0;  // abridged tag word as FXSAVE stores it
+  uint8_t st_regs[8][16] = {};  // x87/MMX registers in FXSAVE layout
+
+  // ---- Registers ----
+  uint64_t& rip() { return r[kRegRip]; }
+  template <typename T>
+  T reg(uint8_t i) const {
+    if constexpr (sizeof(T) == 1) {
+      if (i >= kHigh8) return static_cast<T>(r[i - kHigh8] >> 8);
+    }
+    return static_cast<T>(r[i]);
+  }
+  template <typename T>
+  void set_reg(uint8_t i, T v) {
+    if constexpr (sizeof(T) == 8) {
+      r[i] = v;
+    } else if constexpr (sizeof(T) == 4) {
+      r[i] = v;  // zero-extends
+    } else if constexpr (sizeof(T) == 2) {
+      r[i] = (r[i] & ~0xFFFFull) | v;
+    } else {
+      if (i >= kHigh8)
+        r[i - kHigh8] = (r[i - kHigh8] & ~0xFF00ull) | (uint64_t(v) << 8);
+      else
+        r[i] = (r[i] & ~0xFFull) | v;
+    }
+  }
+
+  // Effective (linear) address of the instruction's memory operand.
+  uint64_t ea(const Insn& in) const {
+    uint64_t a = uint64_t(int64_t(in.disp)) + r[in.base] + (r[in.index] << in.scale);
+    if (in.asz != 8) [[unlikely]]
+      a = in.asz == 4 ? uint32_t(a) : uint16_t(a);
+    return a + seg_base[in.seg];
+  }
+
+  // ---- Memory (linear addresses) ----
+  template <typename T>
+  T rd(uint64_t la) {
+    const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
+    if (e.rtag == (la & ~0xFFFull) && (la & 0xFFF) <= 4096 - sizeof(T)) [[likely]] {
+      T v;
+      std::memcpy(&v, reinterpret_cast<void*>(la + e.addend), sizeof(T));
+      return v;
+    }
+    T v;
+    read_slow(la, &v, sizeof(T), tlb_user_);
+    return v;
+  }
+  template <typename T>
+  void wr(uint64_t la, T v) {
+    const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
+    if (e.wtag == (la & ~0xFFFull) && (la & 0xFFF) <= 4096 - sizeof(T)) [[likely]] {
+      std::memcpy(reinterpret_cast<void*>(la + e.addend), &v, sizeof(T));
+      return;
+    }
+    write_slow(la, &v, sizeof(T), tlb_user_);
+  }
+  // Host pointer for a read-modify-write of sizeof(T) bytes at `la` (write permission checked,
+  // faults raised), or nullptr when the target is MMIO or crosses a page: then use rd/wr.
+  template <typename T>
+  uint8_t* wptr(uint64_t la) {
+    const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
+    if (e.wtag == (la & ~0xFFFull) && (la & 0xFFF) <= 4096 - sizeof(T)) [[likely]]
+      return reinterpret_cast<uint8_t*>(la + e.addend);
+    return wptr_slow(la, sizeof(T));
+  }
+  // Supervisor-mode (implicit) accesses: descriptor tables, TSS, interrupt stack frames.
+  template <typename T>
+  T sys_rd(uint64_t la) {
+    T v;
+    read_slow(la, &v, sizeof(T), false);
+    return v;
+  }
+  template <typename T>
+  void sys_wr(uint64_t la, T v) {
+    write_slow(la, &v, sizeof(T), false);
+  }
+
+  // Stack helpers (64-bit mode stack width is 8 unless 66h).
+  template <typename T>
+  void push(T v) {
+    uint64_t sp = r[x86::RSP] - sizeof(T);
+    if (ss_32_) [[unlikely]] {
+      sp = uint32_t(sp);
+      wr<T>(sp + seg_base[kSS], v);
+      r[x86::RSP] = (r[x86::RSP] & ~0xFFFFFFFFull) | sp;
+      return;
+    }
+    wr<T>(sp, v);
+    r[x86::RSP] = sp;
+  }
+  template <typename T>
+  T pop() {
+    if (ss_32_) [[unlikely]] {
+      uint32_t sp = uint32_t(r[x86::RSP]);
+      T v = rd<T>(sp + seg_base[kSS]);
+      r[x86::RSP] = (r[x86::RSP] & ~0xFFFFFFFFull) | uint32_t(sp + sizeof(T));
+      return v;
+    }
+    T v = rd<T>(r[x86::RSP]);
+    r[x86::RSP] += sizeof(T);
+    return v;
+  }
+
+  // ---- Lazy flags ----
+  FlagOp lf_op = FlagOp::kNone;
+  uint8_t lf_bits = 64;
+  uint8_t lf_cin = 0;  // carry in (ADC/SBB), preserved CF (INC/DEC)
+  uint64_t lf_res = 0, lf_dst = 0, lf_src = 0;
+
+  void set_lazy(FlagOp op, uint8_t bits, uint64_t res, uint64_t dst, uint64_t src) {
+    lf_op = op;
+    lf_bits = bits;
+    lf_res = res;
+    lf_dst = dst;
+    lf_src = src;
+  }
+  static uint64_t sign_of(uint64_t v, uint8_t bits) { return (v >> (bits - 1)) & 1; }
+  static int64_t sext(uint64_t v, uint8_t bits) {
+    return int64_t(v << (64 - bits)) >> (64 - bits);
+  }
+  bool cf() const;
+  bool of() const;
+  bool af() const;
+  bool zf() const { return lf_op == FlagOp::kNone ? (rflags_ & x86::kFlagZF) : lf_res == 0; }
+  bool sf() const {
+    return lf_op == FlagOp::kNone ? (rflags_ & x86::kFlagSF) : sign_of(lf_res, lf_bits);
+  }
+  bool pf() const {
+    return lf_op == FlagOp::kNone ? (rflags_ & x86::kFlagPF)
+                                  : !(__builtin_popcount(unsigned(lf_res & 0xFF)) & 1);
+  }
+  // The full RFLAGS value (materialises the lazy flags).
+  uint64_t flags() const;
+  // Replaces RFLAGS wholesale (the arithmetic bits become authoritative).
+  void set_flags(uint64_t f) {
+    rflags_ = f | 0x2;
+    lf_op = FlagOp::kNone;
+  }
+  // Materialises the lazy flags into rflags_ (before changing individual bits).
+  void materialize() {
+    if (lf_op != FlagOp::kNone) set_flags(flags());
+  }
+  void set_cf(bool v) {
+    materialize();
+    rflags_ = (rflags_ & ~x86::kFlagCF) | (v ? x86::kFlagCF : 0);
+  }
+  // Evaluates condition code 0..15 (O NO B AE E NE BE A S NS P NP L GE LE G).
+  bool cond(uint8_t cc) const {
+    bool v;
+    switch (cc >> 1) {
+      case 0: v = of(); break;
+      case 1: v = cf(); break;
+      case 2: v = zf(); break;
+      case 3:
+        if (lf_op == FlagOp::kSub) v = lf_dst <= lf_src;
+        else v = cf() || zf();
+        break;
+      case 4: v = sf(); break;
+      case 5: v = pf(); break;
+      case 6:
+        if (lf_op == FlagOp::kSub) v = sext(lf_dst, lf_bits) < sext(lf_src, lf_bits);
+        else v = sf() != of();
+        break;
+      default:
+        if (lf_op == FlagOp::kSub) v = sext(lf_dst, lf_bits) <= sext(lf_src, lf_bits);
+        else v = zf() || (sf() != of());
+        break;
+    }
+    return v != (cc & 1);
+  }
+
+  // ---- Block control (for handlers) ----
+  // Makes the run loop leave the current block after this instruction (state that decoding
+  // depends on changed, or the block's code was overwritten).
+  void end_block() { block_end_ = nullptr; }
+
+  // ---- Slow paths and system operations (mmu.cc, cpu.cc, ops_sys.cc) ----
+  void read_slow(uint64_t la, void* dst, unsigned len, bool user);
+  void write_slow(uint64_t la, const void* src, unsigned len, bool user);
+  uint8_t* wptr_slow(uint64_t la, unsigned len);
+  // Translates a linear address (walk + fill); raises #PF/#GP. Returns the guest-physical address.
+  uint64_t translate(uint64_t la, Access acc, bool user);
+  void flush_tlb();
+  void flush_tlb_page(uint64_t la);
+  bool paging() const { return cr0 & (1u << 31); }
+  bool long_mode() const { return efer & (1u << 10); }  // EFER.LMA
+
+  // Port I/O, with the TSS permission-bitmap check done by the caller.
+  uint64_t io_in(uint16_t port, unsigned size);
+  void io_out(uint16_t port, unsigned size, uint64_t value);
+  void check_io(uint16_t port, unsigned size);
+
+  // Exceptions and interrupts (cpu.cc).
+  // Delivers an interrupt/exception through the IDT. `soft` marks INT n/INT3/INTO (gate DPL
+  // checked, RIP already past the instruction).
+  void deliver(uint8_t vector, bool has_error, uint32_t error, bool soft);
+  void deliver_fault(const GuestFault& f);
+
+  // Segments (ops_sys.cc).
+  void load_segment(int sreg_index, uint16_t selector);  // data segments and SS, with checks
+  void load_cs(uint16_t selector, const uint8_t desc[8], uint8_t new_cpl);
+  void set_sreg_raw(int idx, const x86::Segment& s);  // no checks; refreshes caches
+  void read_descriptor(uint16_t selector, uint8_t out[8], uint8_t vec_on_fault);
+  uint64_t descriptor_address(uint16_t selector);
+  static x86::Segment parse_descriptor(uint16_t selector, const uint8_t d[8]);
+  void update_mode();  // after CS/EFER/CR0 changes: decode mode, CPL, TLB selection
+
+  // Control registers and MSRs (ops_sys.cc).
+  void write_cr0(uint64_t v);
+  void write_cr3(uint64_t v);
+  void write_cr4(uint64_t v);
+  void write_efer(uint64_t v);
+  uint64_t read_msr(uint32_t index);  // raises #GP(0) for unknown MSRs
+  void write_msr(uint32_t index, uint64_t value);
+  void cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
+  uint64_t read_tsc() const { return clock_.read_tsc() + uint64_t(tsc_offset); }
+
+  void halt() {
+    halted_ = true;
+    end_block();
+  }
+  void set_shadow() { shadow_ = true; }
+  bool interrupt_shadow() const { return shadow_; }
+
+  GuestMemory& memory() { return mem_; }
+  LocalApic& apic() { return apic_; }
+  IoBus& pio() { return pio_; }
+  uint32_t apic_id() const { return apic_id_; }
+  bool tsc_deadline_supported() const { return tsc_deadline_; }
+  bool kvm_clock_supported() const { return kvm_clock_; }
+  void mark_shutdown() { shutdown_ = true; end_block(); }
+
+  // The decoded-instruction cache (cpu.cc / decode.cc).
+  static constexpr unsigned kMaxBlockInsns = 64;
+
+ private:
+  friend class Decoder;
+  static constexpr unsigned kTlbSize = 512;
+  static constexpr unsigned kTlbMask = kTlbSize - 1;
+  static constexpr unsigned kJumpCacheSize = 4096;
+
+  struct JumpEntry {
+    uint64_t rip = ~0ull;
+    uint32_t key = 0;
+    Block* block = nullptr;
+  };
+
+  void fill_tlb(uint64_t la, uint64_t gpa, bool user, bool writable, bool executable,
+                uint64_t large_mask);
+  uint64_t walk(uint64_t la, Access acc, bool user, bool* writable, bool* executable,
+                uint64_t* large_mask);
+  void mmio_read(uint64_t gpa, void* dst, unsigned len);
+  void mmio_write(uint64_t gpa, const void* src, unsigned len);
+  bool is_apic_page(uint64_t gpa) const;
+
+  Block* find_block();
+  Block* build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cacheable);
+  void mark_code_page(uint64_t page);
+  void invalidate_page(uint64_t page);
+  void process_pending_invalidations();
+  void free_retired_blocks();
+  void flush_jump_cache();
+  bool check_interrupts();
+  void deliver_nested(uint8_t vector, bool has_error, uint32_t error, bool soft);
+  void do_deliver(uint8_t vector, bool has_error, uint32_t error, bool soft);
+  void run_block(Block* b);
+  void update_kvm_clock();
+
+  GuestMemory& mem_;
+  IoBus& pio_;
+  IoBus& mmio_;
+  LocalApic& apic_;
+  GuestClock& clock_;
+  uint32_t apic_id_;
+  bool tsc_deadline_;
+  bool kvm_clock_;
+
+  // Soft TLBs, one per privilege (user, supervisor); tlb_ points at the one for the current CPL.
+  std::unique_ptr<TlbEntry[]> tlbs_[2];
+  TlbEntry* tlb_ = nullptr;
+  bool tlb_user_ = false;
+  bool ss_32_ = false;  // stack pointer is 32-bit (compatibility mode with a 32-bit SS)
+
+  // Decoded code.
+  std::unordered_map<uint64_t, Block*> blocks_;                  // by Block::key
+  std::unordered_map<uint64_t, std::vector<Block*>> page_blocks_;  // by guest-physical page
+  std::vector<Block*> retired_;  // invalidated, freed at the next block boundary
+  std::vector<uint8_t> code_pages_;  // 1 = page holds decoded code (accessed via atomic_ref)
+  std::unique_ptr<JumpEntry[]> jump_cache_;
+  const Insn* block_end_ = nullptr;
+  Block* current_block_ = nullptr;
+  Block scratch_block_;  // uncached block for an instruction that crosses a page
+  std::mutex pending_mutex_;
+  std::vector<uint64_t> pending_pages_;
+  std::atomic<bool> pending_invalidation_{false};
+
+  std::atomic<bool> kicked_{false};
+  bool halted_ = false;
+  bool shadow_ = false;
+  bool shutdown_ = false;
+  uint64_t icount_ = 0;
+  void* decoder_ = nullptr;  // Decoder (decode.cc)
+
+  // Exception nesting: the vector being delivered, or -1.
+  int delivering_ = -1;
+};
+
+}  // namespace keel::emu

@@ -1,0 +1,54 @@
+#include "engine/emu/emu_engine.h"
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace keel::emu {
+
+EmuVcpu::EmuVcpu(uint32_t index, const Cpu::Deps& deps, EmuEngine* owner)
+    : index_(index), cpu_(deps), owner_(owner) {}
+
+EmuVcpu::~EmuVcpu() {
+  if (owner_) owner_->unregister(&cpu_);
+}
+
+VcpuExit EmuVcpu::run() {
+  switch (cpu_.run()) {
+    case Cpu::Exit::kStopped: return VcpuExit::kStopped;
+    case Cpu::Exit::kShutdown: return VcpuExit::kShutdown;
+    case Cpu::Exit::kHalted: return VcpuExit::kHalted;
+  }
+  return VcpuExit::kStopped;
+}
+
+EmuEngine::EmuEngine(const EngineContext& ctx, const EngineConfig& config,
+                     std::unique_ptr<EmuPlatform> platform)
+    : ctx_(ctx), platform_(std::move(platform)) {
+  if (config.vcpus > 1) throw UsageError("the emu engine runs one vCPU for now");
+  // Writes that bypass the CPU's MMU (device DMA, the loader) drop decoded code of those pages.
+  // Called from any thread; Cpu::invalidate_code only queues the pages.
+  ctx_.memory.set_write_observer([this](uint64_t gpa, uint64_t len) {
+    std::lock_guard lock(vcpus_mutex_);
+    for (Cpu* c : cpus_) c->invalidate_code(gpa, len);
+  });
+}
+
+EmuEngine::~EmuEngine() { ctx_.memory.set_write_observer(nullptr); }
+
+std::unique_ptr<Vcpu> EmuEngine::create_vcpu(uint32_t index) {
+  if (index >= max_vcpus()) throw UsageError("the emu engine runs one vCPU for now");
+  Cpu::Deps deps{ctx_.memory, ctx_.pio, ctx_.mmio, platform_->local_apic(index),
+                 platform_->clock(), index, platform_->tsc_deadline_supported(), true};
+  auto v = std::make_unique<EmuVcpu>(index, deps, this);
+  std::lock_guard lock(vcpus_mutex_);
+  cpus_.push_back(&v->cpu());
+  return v;
+}
+
+void EmuEngine::unregister(Cpu* cpu) {
+  std::lock_guard lock(vcpus_mutex_);
+  cpus_.erase(std::remove(cpus_.begin(), cpus_.end(), cpu), cpus_.end());
+}
+
+}  // namespace keel::emu

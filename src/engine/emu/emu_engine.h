@@ -1,0 +1,69 @@
+// The `emu` engine: keel's software x86-64 CPU behind the Engine/Vcpu interfaces.
+#pragma once
+
+#include <memory>
+
+#include "engine/emu/cpu.h"
+#include "engine/emu/local_apic.h"
+#include "engine/engine.h"
+
+namespace keel::emu {
+
+// What the emu engine needs from the emu platform (engine/emu/platform/) for one VM: the guest
+// clock, the interrupt controller devices raise lines on (IOAPIC + MSI), and one local APIC per
+// vCPU. The platform owns them; they outlive every vCPU.
+class EmuPlatform {
+ public:
+  virtual ~EmuPlatform() = default;
+  virtual GuestClock& clock() = 0;
+  virtual InterruptController& interrupts() = 0;
+  virtual LocalApic& local_apic(uint32_t index) = 0;
+  virtual bool tsc_deadline_supported() const = 0;
+};
+
+class EmuEngine;
+
+class EmuVcpu : public Vcpu {
+ public:
+  EmuVcpu(uint32_t index, const Cpu::Deps& deps, EmuEngine* owner);
+  ~EmuVcpu() override;
+  uint32_t index() const override { return index_; }
+  x86::CpuState get_state() override { return cpu_.get_state(); }
+  void set_state(const x86::CpuState& s) override { cpu_.set_state(s); }
+  x86::FpuState get_fpu() override { return cpu_.get_fpu(); }
+  void set_fpu(const x86::FpuState& f) override { cpu_.set_fpu(f); }
+  void make_runnable() override {}
+  VcpuExit run() override;
+  void kick() override { cpu_.kick(); }
+
+  Cpu& cpu() { return cpu_; }
+
+ private:
+  uint32_t index_;
+  Cpu cpu_;
+  EmuEngine* owner_;  // outlives its vCPUs
+};
+
+class EmuEngine : public Engine {
+ public:
+  // Throws UsageError when more vCPUs are asked for than the engine runs.
+  EmuEngine(const EngineContext& ctx, const EngineConfig& config,
+            std::unique_ptr<EmuPlatform> platform);
+  ~EmuEngine() override;
+  std::string name() const override { return "emu"; }
+  uint32_t max_vcpus() const override { return 1; }
+  InterruptController& interrupts() override { return platform_->interrupts(); }
+  std::unique_ptr<Vcpu> create_vcpu(uint32_t index) override;
+  EmuPlatform& platform() { return *platform_; }
+
+ private:
+  EngineContext ctx_;
+  std::unique_ptr<EmuPlatform> platform_;
+  // vCPUs registered for code invalidation by the GuestMemory write observer.
+  std::mutex vcpus_mutex_;
+  std::vector<Cpu*> cpus_;
+  friend class EmuVcpu;
+  void unregister(Cpu* cpu);
+};
+
+}  // namespace keel::emu

@@ -1,0 +1,60 @@
+// The pre-decoded instruction form of the emu engine: Zydis decodes once, the result is an
+// operation handler plus resolved operands; blocks of them are cached by guest-physical address.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace keel::emu {
+
+class Cpu;
+struct Insn;
+using Handler = void (*)(Cpu&, const Insn&);
+
+enum OpKind : uint8_t { kOpNone, kOpReg, kOpMem, kOpImm };
+
+// Register-file slots (Cpu::r): 0..15 the GPRs, then an always-zero slot (missing base/index)
+// and the next-instruction RIP (RIP-relative addressing), so an effective address needs no
+// branches. 8-bit AH/CH/DH/BH are encoded as kHigh8 + 0..3.
+inline constexpr uint8_t kRegZero = 16;
+inline constexpr uint8_t kRegRip = 17;
+inline constexpr uint8_t kHigh8 = 20;
+
+// Segment slots (Cpu::seg_base). kSegFlat is an always-zero base: in 64-bit mode ES/CS/SS/DS
+// decode to it.
+enum SegIdx : uint8_t { kES = 0, kCS = 1, kSS = 2, kDS = 3, kFS = 4, kGS = 5, kSegFlat = 6 };
+
+// Prefix bits in Insn::prefix.
+inline constexpr uint8_t kPfxRep = 1;    // REP / REPE
+inline constexpr uint8_t kPfxRepne = 2;  // REPNE
+inline constexpr uint8_t kPfxLock = 4;
+
+struct Insn {
+  Handler fn = nullptr;
+  uint64_t imm = 0;   // immediate (sign-extended to the operand size) or relative branch offset
+  int32_t disp = 0;   // memory displacement
+  uint16_t imm2 = 0;  // second immediate (ENTER), far-pointer selector
+  uint16_t mnem = 0;  // ZydisMnemonic, for diagnostics and shared handlers
+  uint8_t len = 0;    // instruction length in bytes
+  uint8_t osz = 0;    // operand size in bytes
+  uint8_t asz = 8;    // address size in bytes
+  uint8_t seg = kSegFlat;
+  uint8_t base = kRegZero, index = kRegZero, scale = 0;
+  uint8_t kind[3] = {kOpNone, kOpNone, kOpNone};
+  uint8_t reg[3] = {0, 0, 0};
+  uint8_t prefix = 0;
+  uint8_t cc = 0;      // condition code (Jcc/SETcc/CMOVcc) or a handler-specific sub-operation
+  uint8_t opsz2 = 0;   // size of the second operand in bytes (MOVZX/MOVSX, shifts by CL)
+};
+
+// A straight-line run of decoded instructions inside one 4 KiB guest-physical page, ending at a
+// control transfer, a state-changing system instruction, or the page end.
+struct Block {
+  uint64_t key = 0;       // (gpa << 3) | decode mode
+  uint64_t page = 0;      // guest-physical page number
+  uint64_t start_gpa = 0;
+  uint32_t bytes = 0;     // guest bytes covered
+  std::vector<Insn> insns;
+};
+
+}  // namespace keel::emu

@@ -1,0 +1,230 @@
+// The emu MMU: 4-level page walks (NX, 2 MiB / 1 GiB pages, accessed/dirty bits, CR0.WP), the soft
+// TLB fill and flushes, and the slow paths of memory access (page-crossing, MMIO, the APIC page,
+// writes to pages that hold decoded code).
+#include <atomic>
+
+#include "engine/emu/cpu.h"
+
+namespace keel::emu {
+
+namespace {
+
+constexpr uint64_t kPteP = 1, kPteW = 2, kPteU = 4, kPteA = 0x20, kPteD = 0x40, kPtePs = 0x80;
+constexpr uint64_t kPteNx = 1ull << 63;
+constexpr uint64_t kAddrMask = 0x000F'FFFF'FFFF'F000ull;
+constexpr uint64_t kCr0Wp = 1ull << 16;
+constexpr uint64_t kEferNxe = 1ull << 11;
+
+inline bool canonical(uint64_t la) { return uint64_t(int64_t(la << 16) >> 16) == la; }
+
+}  // namespace
+
+uint64_t Cpu::walk(uint64_t la, Access acc, bool user, bool* writable, bool* executable,
+                   uint64_t* large_mask) {
+  *large_mask = ~0xFFFull;
+  if (!paging()) {
+    *writable = true;
+    *executable = true;
+    return long_mode() ? la : uint32_t(la);
+  }
+  if (!canonical(la)) raise_fault(kGP, 0);
+  const bool nxe = efer & kEferNxe;
+  auto fault = [&](bool present, bool rsvd) {
+    cr2 = la;
+    uint32_t err = (present ? 1u : 0u) | (acc == Access::kWrite ? 2u : 0u) | (user ? 4u : 0u) |
+                   (rsvd ? 8u : 0u) | (acc == Access::kExec && nxe ? 16u : 0u);
+    raise_fault(kPF, err);
+  };
+  uint64_t table = cr3 & kAddrMask;
+  bool rw = true, us = true, nx = false;
+  uint64_t gpa = 0;
+  uint8_t* leaf = nullptr;
+  for (int level = 4; level >= 1; --level) {
+    unsigned shift = 12 + 9 * (level - 1);
+    uint64_t pte_gpa = table + ((la >> shift) & 0x1FF) * 8;
+    uint8_t* p = mem_.host_ptr(pte_gpa, 8);
+    if (!p) fault(false, false);  // page tables outside RAM: treat as not present
+    uint64_t pte;
+    std::memcpy(&pte, p, 8);
+    if (!(pte & kPteP)) fault(false, false);
+    if ((pte & kPteNx) && !nxe) fault(true, true);
+    rw = rw && (pte & kPteW);
+    us = us && (pte & kPteU);
+    nx = nx || (pte & kPteNx);
+    bool is_leaf = level == 1 || ((level == 2 || level == 3) && (pte & kPtePs));
+    if (level == 4 && (pte & kPtePs)) fault(true, true);
+    if (is_leaf) {
+      uint64_t page_mask = (1ull << shift) - 1;
+      gpa = ((pte & kAddrMask) & ~page_mask) | (la & page_mask);
+      *large_mask = ~page_mask;
+      leaf = p;
+      break;
+    }
+    if (!(pte & kPteA)) {
+      pte |= kPteA;
+      std::memcpy(p, &pte, 8);
+    }
+    table = pte & kAddrMask;
+  }
+  // Permission checks (no SMEP/SMAP: they are not advertised).
+  bool ok = true;
+  if (user && !us) ok = false;
+  if (acc == Access::kWrite && !rw && (user || (cr0 & kCr0Wp))) ok = false;
+  if (acc == Access::kExec && nx && nxe) ok = false;
+  if (!ok) fault(true, false);
+  uint64_t pte;
+  std::memcpy(&pte, leaf, 8);
+  uint64_t upd = pte | kPteA | (acc == Access::kWrite ? kPteD : 0);
+  if (upd != pte) std::memcpy(leaf, &upd, 8);
+  bool may_write = user ? (rw && us) : (rw || !(cr0 & kCr0Wp));
+  *writable = may_write && (upd & kPteD);
+  *executable = !(nx && nxe) && (!user || us);
+  return gpa;
+}
+
+void Cpu::fill_tlb(uint64_t la, uint64_t gpa, bool user, bool writable, bool executable,
+                   uint64_t large_mask) {
+  uint64_t page = la & ~0xFFFull;
+  uint64_t gpage = gpa & ~0xFFFull;
+  uint8_t* host = mem_.host_ptr(gpage, 4096);
+  if (!host) return;  // MMIO: always the slow path
+  TlbEntry& e = tlbs_[user][(la >> 12) & kTlbMask];
+  if (e.rtag != page || e.gpa != gpage) {
+    e.wtag = kNoTag;
+    e.xtag = kNoTag;
+  }
+  e.rtag = page;
+  e.gpa = gpage;
+  e.addend = reinterpret_cast<uintptr_t>(host) - page;
+  e.large_mask = large_mask;
+  uint64_t pn = gpage >> 12;
+  bool code = pn < code_pages_.size() &&
+              std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed);
+  if (writable && !code) e.wtag = page;
+  if (executable) e.xtag = page;
+}
+
+uint64_t Cpu::translate(uint64_t la, Access acc, bool user) {
+  bool w, x;
+  uint64_t large;
+  uint64_t gpa = walk(la, acc, user, &w, &x, &large);
+  fill_tlb(la, gpa, user, w, x, large);
+  return gpa;
+}
+
+void Cpu::flush_tlb() {
+  for (auto& t : tlbs_) {
+    for (unsigned i = 0; i < kTlbSize; ++i) {
+      t[i].rtag = t[i].wtag = t[i].xtag = kNoTag;
+      t[i].gpa = ~0ull;
+    }
+  }
+  flush_jump_cache();
+}
+
+void Cpu::flush_tlb_page(uint64_t la) {
+  for (auto& t : tlbs_) {
+    for (unsigned i = 0; i < kTlbSize; ++i) {
+      TlbEntry& e = t[i];
+      if (e.rtag != kNoTag && ((e.rtag ^ la) & e.large_mask) == 0) {
+        e.rtag = e.wtag = e.xtag = kNoTag;
+        e.gpa = ~0ull;
+      }
+    }
+  }
+  flush_jump_cache();
+}
+
+bool Cpu::is_apic_page(uint64_t gpa) const {
+  uint64_t base = apic_.base_msr();
+  return (base & (1u << 11)) && (gpa & ~0xFFFull) == (base & kAddrMask);
+}
+
+void Cpu::mmio_read(uint64_t gpa, void* dst, unsigned len) {
+  std::span<uint8_t> data(static_cast<uint8_t*>(dst), len);
+  if (is_apic_page(gpa)) {
+    apic_.mmio_read(uint32_t(gpa & 0xFFF), data);
+    return;
+  }
+  mmio_.read(gpa, data);
+}
+
+void Cpu::mmio_write(uint64_t gpa, const void* src, unsigned len) {
+  std::span<const uint8_t> data(static_cast<const uint8_t*>(src), len);
+  if (is_apic_page(gpa)) {
+    apic_.mmio_write(uint32_t(gpa & 0xFFF), data);
+    return;
+  }
+  mmio_.write(gpa, data);
+}
+
+void Cpu::read_slow(uint64_t la, void* dst, unsigned len, bool user) {
+  unsigned in_page = 4096 - unsigned(la & 0xFFF);
+  if (len > in_page) {
+    // Page-crossing access: both halves are translated before anything is returned.
+    read_slow(la, dst, in_page, user);
+    read_slow(la + in_page, static_cast<uint8_t*>(dst) + in_page, len - in_page, user);
+    return;
+  }
+  uint64_t gpa = translate(la, Access::kRead, user);
+  if (uint8_t* h = mem_.host_ptr(gpa, len)) std::memcpy(dst, h, len);
+  else mmio_read(gpa, dst, len);
+}
+
+void Cpu::write_slow(uint64_t la, const void* src, unsigned len, bool user) {
+  unsigned in_page = 4096 - unsigned(la & 0xFFF);
+  if (len > in_page) {
+    // Translate both pages first so a fault on the second leaves memory untouched.
+    translate(la, Access::kWrite, user);
+    translate(la + in_page, Access::kWrite, user);
+    write_slow(la, src, in_page, user);
+    write_slow(la + in_page, static_cast<const uint8_t*>(src) + in_page, len - in_page, user);
+    return;
+  }
+  uint64_t gpa = translate(la, Access::kWrite, user);
+  uint64_t pn = gpa >> 12;
+  if (pn < code_pages_.size() && std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed))
+    invalidate_page(pn);
+  if (uint8_t* h = mem_.host_ptr(gpa, len)) std::memcpy(h, src, len);
+  else mmio_write(gpa, src, len);
+}
+
+uint8_t* Cpu::wptr_slow(uint64_t la, unsigned len) {
+  if ((la & 0xFFF) + len > 4096) {
+    translate(la, Access::kWrite, tlb_user_);
+    translate(la + len - 1, Access::kWrite, tlb_user_);
+    return nullptr;
+  }
+  uint64_t gpa = translate(la, Access::kWrite, tlb_user_);
+  uint64_t pn = gpa >> 12;
+  if (pn < code_pages_.size() && std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed))
+    invalidate_page(pn);
+  return mem_.host_ptr(gpa, len);
+}
+
+// ---------------------------------------------------------------- port I/O
+
+void Cpu::check_io(uint16_t port, unsigned size) {
+  unsigned iopl = unsigned((rflags_ >> 12) & 3);
+  if (cpl <= iopl) return;
+  // The TSS I/O permission bitmap: every bit for the accessed ports must be clear.
+  if (tr.limit < 103) raise_fault(kGP, 0);
+  uint16_t base = sys_rd<uint16_t>(tr.base + 102);
+  uint32_t byte = base + port / 8u;
+  if (byte + 1 > tr.limit) raise_fault(kGP, 0);
+  uint16_t bits = sys_rd<uint16_t>(tr.base + byte);
+  uint16_t mask = uint16_t(((1u << size) - 1) << (port & 7));
+  if (bits & mask) raise_fault(kGP, 0);
+}
+
+uint64_t Cpu::io_in(uint16_t port, unsigned size) {
+  uint64_t v = 0;
+  pio_.read(port, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), size));
+  return v;
+}
+
+void Cpu::io_out(uint16_t port, unsigned size, uint64_t value) {
+  pio_.write(port, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&value), size));
+}
+
+}  // namespace keel::emu
