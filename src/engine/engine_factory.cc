@@ -1,0 +1,51 @@
+#include "engine/engine_factory.h"
+
+#include "base/error.h"
+#include "engine/kvm/kvm_engine.h"
+
+namespace keel {
+
+const char* to_string(Accel accel) {
+  switch (accel) {
+    case Accel::kAuto: return "auto";
+    case Accel::kKvm: return "kvm";
+    case Accel::kEmu: return "emu";
+  }
+  return "unknown";
+}
+
+Accel parse_accel(std::string_view text) {
+  if (text == "auto") return Accel::kAuto;
+  if (text == "kvm") return Accel::kKvm;
+  if (text == "emu") return Accel::kEmu;
+  throw UsageError("unknown accelerator '" + std::string(text) + "' (use auto, kvm or emu)");
+}
+
+EngineChoice choose_engine(Accel requested, const KvmProbeResult& probe) {
+  switch (requested) {
+    case Accel::kKvm:
+      if (probe.can_run_stock_kernel()) return {Accel::kKvm, "kvm requested; " + probe.reason()};
+      return {Accel::kKvm, "kvm requested, although " + probe.reason()};
+    case Accel::kEmu:
+      return {Accel::kEmu, "emu requested"};
+    case Accel::kAuto:
+      break;
+  }
+  if (probe.can_run_stock_kernel()) return {Accel::kKvm, "auto chose kvm: " + probe.reason()};
+  return {Accel::kEmu, "auto chose emu: " + probe.reason()};
+}
+
+std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, EngineConfig config) {
+  if (accel == Accel::kAuto) accel = choose_engine(Accel::kAuto, probe_kvm()).accel;
+  switch (accel) {
+    case Accel::kKvm:
+      return std::make_unique<KvmEngine>(context, config);
+    case Accel::kEmu:
+      throw Error("the emu engine is not built yet");
+    case Accel::kAuto:
+      break;
+  }
+  throw Error("no engine for accelerator " + std::string(to_string(accel)));
+}
+
+}  // namespace keel

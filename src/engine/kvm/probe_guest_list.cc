@@ -1,0 +1,42 @@
+#include "engine/kvm/probe_guest_list.h"
+
+#include <cstring>
+
+#include "base/error.h"
+#include "engine/kvm/probe_guests.h"  // generated
+
+namespace keel {
+
+namespace {
+
+struct Described {
+  const char* name;
+  const char* description;
+};
+
+// Order: the basic paths first, so the reason names the most fundamental failure.
+constexpr Described kProbes[] = {
+    {"exception_cpl0", "exception delivery (#UD, #GP) at CPL0"},
+    {"timer_interrupt_cpl0", "LAPIC timer interrupt waking HLT at CPL0"},
+    {"int3_cpl0", "INT3 at CPL0"},
+    {"xgetbv_cpl0", "XGETBV at CPL0"},
+    {"xsave_cpl0", "XSAVE at CPL0"},
+    {"xrstor_cpl0", "XRSTOR at CPL0"},
+    {"cmpxchg16b_cpl0", "CMPXCHG16B at CPL0"},
+};
+
+}  // namespace
+
+std::vector<ProbeGuest> probe_guests() {
+  std::vector<ProbeGuest> out;
+  for (const auto& p : kProbes) {
+    const embedded::EmbeddedGuest* found = nullptr;
+    for (const auto& g : embedded::kEmbeddedGuests)
+      if (std::strcmp(g.name, p.name) == 0) found = &g;
+    if (!found) throw Error(std::string("probe guest ") + p.name + " is not embedded");
+    out.push_back({p.name, p.description, {found->data, found->size}});
+  }
+  return out;
+}
+
+}  // namespace keel
