@@ -19,7 +19,23 @@ constexpr uint8_t kCmdPulseReset = 0xFE;
 // Keyboard device replies.
 constexpr uint8_t kKbdAck = 0xFA, kKbdSelfTestPassed = 0xAA;
 
+class CommandPort : public BusDevice {
+ public:
+  explicit CommandPort(std::shared_ptr<I8042> kbc) : kbc_(std::move(kbc)) {}
+  void read(uint64_t offset, std::span<uint8_t> data) override { kbc_->read(offset + 4, data); }
+  void write(uint64_t offset, std::span<const uint8_t> data) override {
+    kbc_->write(offset + 4, data);
+  }
+
+ private:
+  std::shared_ptr<I8042> kbc_;
+};
+
 }  // namespace
+
+std::shared_ptr<BusDevice> I8042::command_port(std::shared_ptr<I8042> kbc) {
+  return std::make_shared<CommandPort>(std::move(kbc));
+}
 
 I8042::I8042(PowerControl& power, IrqLine keyboard_irq, IrqLine aux_irq)
     : power_(power), keyboard_irq_(keyboard_irq), aux_irq_(aux_irq) {}

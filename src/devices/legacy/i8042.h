@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <span>
 
@@ -31,6 +32,10 @@ class I8042 : public BusDevice {
   // One device covers ports 0x60..0x64 (offset 0 = data, offset 4 = status/command); 0x61..0x63
   // are not the controller's and the machine does not map this device there.
   I8042(PowerControl& power, IrqLine keyboard_irq, IrqLine aux_irq);
+
+  // The status/command port as its own bus device (offset 0 = 0x64), so the machine can map
+  // 0x60 and 0x64 alone and leave 0x61 (PIT/speaker) to its owner.
+  static std::shared_ptr<BusDevice> command_port(std::shared_ptr<I8042> kbc);
 
   // Offset relative to 0x60: 0 = data, 4 = status/command.
   void read(uint64_t offset, std::span<uint8_t> data) override;

@@ -43,7 +43,7 @@ size_t Serial16550::push_input(std::span<const uint8_t> bytes) {
 }
 
 void Serial16550::read(uint64_t offset, std::span<uint8_t> data) {
-  bool call_space = false;
+  std::function<void()> call_space;
   {
     std::lock_guard lock(mutex_);
     // A wider access reads consecutive registers, as the ISA bus splits it.
@@ -51,11 +51,11 @@ void Serial16550::read(uint64_t offset, std::span<uint8_t> data) {
       data[i] = offset + i < kPortCount ? read_reg(static_cast<uint8_t>(offset + i)) : 0xFF;
     if (rx_refused_ && rx_.empty()) {
       rx_refused_ = false;
-      call_space = static_cast<bool>(space_callback_);
+      call_space = space_callback_;  // a copy: the owner may replace it meanwhile
     }
     update_irq();
   }
-  if (call_space) space_callback_();
+  if (call_space) call_space();
 }
 
 void Serial16550::write(uint64_t offset, std::span<const uint8_t> data) {

@@ -1,0 +1,50 @@
+#include "vm/guest_loader.h"
+
+#include <fstream>
+#include <iterator>
+
+#include "arch/x86/boot_state.h"
+#include "base/error.h"
+
+namespace keel {
+namespace {
+
+std::vector<uint8_t> read_file(const std::filesystem::path& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot open " + std::string(what) + " " + path.string() + ": " +
+                       std::strerror(errno));
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error("cannot read " + std::string(what) + " " + path.string());
+  return bytes;
+}
+
+}  // namespace
+
+std::vector<x86::CpuState> load_test_guest(GuestImage& image) {
+  const auto& path = image.config.test_guest;
+  if (!std::filesystem::is_regular_file(path))
+    throw Error("test guest " + path.string() + " does not exist or is not a regular file");
+  std::vector<uint8_t> code = read_file(path, "test guest");
+  if (code.empty()) throw Error("test guest " + path.string() + " is empty");
+  if (!image.memory.contains(kTestGuestLoadAddr, code.size()))
+    throw Error("test guest " + path.string() + " (" + std::to_string(code.size()) +
+                " bytes) does not fit in guest RAM at 0x100000");
+  image.memory.write(kTestGuestLoadAddr, code.data(), code.size());
+  x86::write_boot_tables(image.memory);
+  std::vector<x86::CpuState> states;
+  for (uint32_t i = 0; i < image.vcpus; ++i) {
+    x86::BootEntry entry;
+    entry.rip = kTestGuestLoadAddr;
+    // 16 KiB stacks below the image, one per vCPU.
+    entry.rsp = kTestGuestLoadAddr - uint64_t{i} * 0x4000;
+    entry.bsp = i == 0;
+    states.push_back(x86::boot_cpu_state(entry));
+  }
+  return states;
+}
+
+std::vector<x86::CpuState> load_linux_guest(GuestImage& image) {
+  throw Error("booting a Linux kernel is not built yet (src/boot)");
+}
+
+}  // namespace keel

@@ -1,0 +1,28 @@
+// Puts the guest a VmConfig names into guest memory and returns each vCPU's entry state.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "arch/x86/cpu_state.h"
+#include "memory/guest_memory.h"
+#include "vm/vm_config.h"
+
+namespace keel {
+
+struct GuestImage {
+  GuestMemory& memory;
+  const VmConfig& config;
+  uint32_t vcpus;
+};
+
+// A purpose-built test guest (tests/guests/README.md): the flat binary at kTestGuestLoadAddr,
+// every vCPU entered there in 64-bit mode with its own stack. Returns one state per vCPU.
+inline constexpr uint64_t kTestGuestLoadAddr = 0x100000;
+std::vector<x86::CpuState> load_test_guest(GuestImage& image);
+
+// A Linux kernel with its initramfs and command line, and the ACPI tables. Returns vCPU 0's
+// state; the others start through INIT/SIPI.
+std::vector<x86::CpuState> load_linux_guest(GuestImage& image);
+
+}  // namespace keel

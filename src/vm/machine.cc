@@ -1,0 +1,279 @@
+#include "vm/machine.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+
+#include "arch/x86/boot_state.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "devices/legacy/boot_progress.h"
+#include "devices/legacy/cmos_rtc.h"
+#include "devices/legacy/i8042.h"
+#include "devices/legacy/serial16550.h"
+#include "vm/engine_selection.h"
+#include "vm/guest_loader.h"
+
+namespace keel {
+
+const char* to_string(MachineState state) {
+  switch (state) {
+    case MachineState::kCreated: return "created";
+    case MachineState::kRunning: return "running";
+    case MachineState::kPaused: return "paused";
+    case MachineState::kShutDown: return "shut down";
+  }
+  return "unknown";
+}
+
+const char* to_string(ShutdownReason reason) {
+  switch (reason) {
+    case ShutdownReason::kPowerOff: return "power off";
+    case ShutdownReason::kReset: return "reset";
+    case ShutdownReason::kTripleFault: return "triple fault";
+    case ShutdownReason::kHalted: return "halted";
+    case ShutdownReason::kQuit: return "quit";
+    case ShutdownReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+namespace {
+
+void write_all(int fd, std::span<const uint8_t> bytes) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // a closed or broken stdout drops console output, never stops the guest
+    bytes = bytes.subspan(static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
+
+Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::move(config)) {
+  config_.validate();
+  start_paused_ = config_.start_paused;
+  created_ns_ = BootProgress::now_ns();
+  serial_output_ = [](std::span<const uint8_t> bytes) { write_all(STDOUT_FILENO, bytes); };
+
+  memory_ = std::make_unique<GuestMemory>(config_.memory_bytes);
+  if (!engine_factory) engine_factory = default_engine_factory();
+  engine_ = engine_factory(config_.accel, EngineContext{*memory_, pio_, mmio_},
+                           EngineConfig{config_.cpus});
+  if (config_.cpus > engine_->max_vcpus())
+    throw Error("the " + engine_->name() + " engine runs at most " +
+                std::to_string(engine_->max_vcpus()) + " vCPUs, " + std::to_string(config_.cpus) +
+                " requested");
+
+  build_devices();
+  for (uint32_t i = 0; i < config_.cpus; ++i) vcpus_.push_back(engine_->create_vcpu(i));
+  load_guest();
+}
+
+Machine::~Machine() {
+  shutdown(ShutdownReason::kQuit, "machine destroyed");
+  join_vcpus();
+}
+
+void Machine::build_devices() {
+  InterruptController* irqs = &engine_->interrupts();
+
+  serial_ = std::make_shared<Serial16550>(
+      IrqLine(irqs, Serial16550::kCom1Irq),
+      // serial_output_ is fixed before the vCPU threads start (set_serial_output()).
+      [this](std::span<const uint8_t> bytes) { serial_output_(bytes); });
+  pio_.add(Serial16550::kCom1Base, Serial16550::kPortCount, serial_);
+
+  i8042_ = std::make_shared<I8042>(*this, IrqLine(irqs, I8042::kKeyboardIrq),
+                                   IrqLine(irqs, I8042::kAuxIrq));
+  pio_.add(I8042::kDataPort, 1, i8042_);
+  pio_.add(I8042::kCommandPort, 1, I8042::command_port(i8042_));
+
+  const uint64_t low_ram = memory_->regions()[0].size;
+  rtc_ = std::make_shared<CmosRtc>(low_ram, memory_->ram_size() - low_ram);
+  pio_.add(CmosRtc::kBase, CmosRtc::kPortCount, rtc_);
+
+  BootProgress::Listener trace;
+  if (config_.trace_boot) {
+    trace = [start = created_ns_](const BootProgress::Event& e) {
+      // One line per code, parseable by the benchmarks: the absolute CLOCK_MONOTONIC stamp lets
+      // a parent process compare it with its own clock.
+      std::fprintf(stderr, "keel: boot-progress code=%u (%s) monotonic_ns=%" PRIu64
+                           " since_start_ms=%.3f\n",
+                   e.code, boot_progress_name(e.code), e.monotonic_ns,
+                   static_cast<double>(e.monotonic_ns - start) / 1e6);
+    };
+  }
+  boot_progress_ = std::make_shared<BootProgress>(std::move(trace));
+  pio_.add(BootProgress::kPort, 1, boot_progress_);
+}
+
+void Machine::load_guest() {
+  GuestImage image{*memory_, config_, vcpu_count()};
+  std::vector<x86::CpuState> states =
+      config_.test_guest.empty() ? load_linux_guest(image) : load_test_guest(image);
+  for (size_t i = 0; i < vcpus_.size() && i < states.size(); ++i) {
+    vcpus_[i]->set_state(states[i]);
+    // Test guests start every vCPU in 64-bit mode; Linux brings up the others with INIT/SIPI.
+    if (i > 0) vcpus_[i]->make_runnable();
+  }
+}
+
+void Machine::set_serial_output(ConsoleOutput output) { serial_output_ = std::move(output); }
+
+void Machine::add_listener(std::function<void(const MachineEvent&)> listener) {
+  listeners_.push_back(std::move(listener));
+}
+
+MachineState Machine::state() const {
+  std::lock_guard lock(mutex_);
+  return state_;
+}
+
+void Machine::start() {
+  MachineEvent event{};
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != MachineState::kCreated) return;  // shut down before it started, or twice
+    state_ = start_paused_ ? MachineState::kPaused : MachineState::kRunning;
+    event.state = state_;
+    for (auto& vcpu : vcpus_) threads_.emplace_back([this, v = vcpu.get()] { vcpu_thread(*v); });
+  }
+  changed_.notify_all();
+  for (auto& l : listeners_) l(event);
+}
+
+ShutdownInfo Machine::run() {
+  start();
+  try {
+    loop_.run();
+  } catch (const std::exception& e) {
+    shutdown(ShutdownReason::kError, e.what());
+  }
+  ShutdownInfo info = wait();
+  join_vcpus();
+  return info;
+}
+
+void Machine::pause() {
+  MachineEvent event{MachineState::kPaused, {}};
+  {
+    std::unique_lock lock(mutex_);
+    if (state_ == MachineState::kCreated) {
+      start_paused_ = true;  // not started yet: the vCPUs will start paused
+      return;
+    }
+    if (state_ != MachineState::kRunning) return;
+    state_ = MachineState::kPaused;
+    for (auto& vcpu : vcpus_) vcpu->kick();
+    changed_.wait(lock, [&] {
+      return state_ != MachineState::kPaused || parked_ + halted_ + exited_ == vcpus_.size();
+    });
+    if (state_ != MachineState::kPaused) return;  // resumed or shut down meanwhile
+  }
+  for (auto& l : listeners_) l(event);
+}
+
+void Machine::resume() {
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == MachineState::kCreated) {
+      start_paused_ = false;
+      return;
+    }
+    if (state_ != MachineState::kPaused) return;
+    state_ = MachineState::kRunning;
+  }
+  changed_.notify_all();
+  MachineEvent event{MachineState::kRunning, {}};
+  for (auto& l : listeners_) l(event);
+}
+
+void Machine::shutdown(ShutdownReason reason, std::string detail) {
+  MachineEvent event{MachineState::kShutDown, {reason, std::move(detail)}};
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == MachineState::kShutDown) return;
+    state_ = MachineState::kShutDown;
+    shutdown_ = event.shutdown;
+    for (auto& vcpu : vcpus_) vcpu->kick();
+  }
+  changed_.notify_all();
+  loop_.stop();
+  for (auto& l : listeners_) l(event);
+}
+
+void Machine::request_stop(StopReason reason, std::string detail) {
+  shutdown(reason == StopReason::kPowerOff ? ShutdownReason::kPowerOff : ShutdownReason::kReset,
+           std::move(detail));
+}
+
+ShutdownInfo Machine::wait() {
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [&] { return state_ == MachineState::kShutDown; });
+  return shutdown_;
+}
+
+void Machine::join_vcpus() {
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+}
+
+void Machine::vcpu_thread(Vcpu& vcpu) {
+  const std::string name = "vCPU " + std::to_string(vcpu.index());
+  pthread_setname_np(pthread_self(), ("keel-vcpu" + std::to_string(vcpu.index())).c_str());
+  try {
+    while (true) {
+      {
+        std::unique_lock lock(mutex_);
+        if (state_ == MachineState::kPaused) {
+          ++parked_;
+          changed_.notify_all();
+          changed_.wait(lock, [&] { return state_ != MachineState::kPaused; });
+          --parked_;
+        }
+        if (state_ == MachineState::kShutDown) break;
+      }
+      VcpuExit exit = vcpu.run();
+      switch (exit) {
+        case VcpuExit::kStopped:
+          continue;  // pause or shutdown: the state says which
+        case VcpuExit::kShutdown:
+          shutdown(ShutdownReason::kTripleFault, name + ": triple fault");
+          break;
+        case VcpuExit::kReset:
+          shutdown(ShutdownReason::kReset, "guest reset");
+          break;
+        case VcpuExit::kPowerOff:
+          shutdown(ShutdownReason::kPowerOff, "guest power off");
+          break;
+        case VcpuExit::kHalted: {
+          // This vCPU can never run again; the machine ends when none can.
+          std::unique_lock lock(mutex_);
+          ++halted_;
+          changed_.notify_all();
+          if (halted_ == vcpus_.size()) {
+            lock.unlock();
+            shutdown(ShutdownReason::kHalted, "every vCPU halted with interrupts disabled");
+            lock.lock();
+          }
+          changed_.wait(lock, [&] { return state_ == MachineState::kShutDown; });
+          break;
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    shutdown(ShutdownReason::kError, name + ": " + e.what());
+  }
+  std::lock_guard lock(mutex_);
+  ++exited_;
+  changed_.notify_all();
+}
+
+}  // namespace keel

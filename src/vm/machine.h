@@ -1,0 +1,156 @@
+// Machine: one VM assembled from a VmConfig, and its lifecycle.
+//
+// Construction builds everything and loads the guest: guest memory, the port-I/O and MMIO buses,
+// the engine, the devices, the boot image (Linux + ACPI tables, or a test guest) and the vCPUs.
+// Nothing runs until start() (or run()).
+//
+// Threads (docs/architecture.md, "Threads and cross-thread handoffs"):
+//   - one host thread per vCPU, looping on Vcpu::run() while the machine is running;
+//   - the main thread, which calls run(): it runs the EventLoop (console input, control socket,
+//     timers) until the machine shuts down, then joins the vCPU threads.
+//
+// Lifecycle: created -> running <-> paused -> shut down. pause(), resume(), shutdown(),
+// request_stop() and wait() may be called from any thread (the control socket drives them);
+// pause() must not be called from a vCPU thread (it waits for every vCPU to stop).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backends/console/console_port.h"
+#include "base/event_loop.h"
+#include "bus/io_bus.h"
+#include "devices/power.h"
+#include "engine/engine.h"
+#include "memory/guest_memory.h"
+#include "vm/vm_config.h"
+
+namespace keel {
+
+class Serial16550;
+class I8042;
+class CmosRtc;
+class BootProgress;
+
+enum class MachineState { kCreated, kRunning, kPaused, kShutDown };
+
+enum class ShutdownReason {
+  kPowerOff,     // the guest powered off (ACPI S5, KVM system event)
+  kReset,        // the guest reset itself (reboot, i8042 0xFE, ACPI reset register)
+  kTripleFault,  // a vCPU shut down (triple fault)
+  kHalted,       // every vCPU halted with interrupts disabled: nothing can ever run again
+  kQuit,         // the host asked: Ctrl-A x, a signal, the control socket's `quit`
+  kError,        // the VMM failed (detail names the cause)
+};
+
+struct ShutdownInfo {
+  ShutdownReason reason = ShutdownReason::kQuit;
+  std::string detail;  // "i8042 reset", "vCPU 0: KVM_EXIT_INTERNAL_ERROR ...", "Ctrl-A x", ...
+};
+
+const char* to_string(MachineState state);
+const char* to_string(ShutdownReason reason);
+
+// A lifecycle change, as the control socket reports it (STOP, RESUME, SHUTDOWN, RESET events).
+struct MachineEvent {
+  MachineState state;     // the state entered
+  ShutdownInfo shutdown;  // when state == kShutDown
+};
+
+class Machine final : public PowerControl {
+ public:
+  // Builds the engine for the VM; the default (nullptr) is create_engine() (engine_factory.h).
+  // Tests pass their own.
+  using EngineFactory =
+      std::function<std::unique_ptr<Engine>(Accel accel, EngineContext context, EngineConfig config)>;
+
+  // Builds and loads the VM. Throws Error naming the cause (a missing kernel, no /dev/kvm, ...).
+  explicit Machine(VmConfig config, EngineFactory engine_factory = nullptr);
+  ~Machine() override;
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  // --- What other layers plug into (valid from construction on).
+  const VmConfig& config() const { return config_; }
+  GuestMemory& memory() { return *memory_; }
+  IoBus& pio() { return pio_; }
+  IoBus& mmio() { return mmio_; }
+  Engine& engine() { return *engine_; }
+  InterruptController& interrupts() { return engine_->interrupts(); }
+  EventLoop& loop() { return loop_; }
+  PowerControl& power() { return *this; }
+  Serial16550& serial() { return *serial_; }
+  BootProgress& boot_progress() { return *boot_progress_; }
+  uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
+
+  // Where the guest's serial output goes (a vCPU thread calls it). Set before start(); the
+  // default writes to stdout.
+  void set_serial_output(ConsoleOutput output);
+
+  // Called on every lifecycle change, on the thread that caused it, with no machine lock held.
+  // A listener must not block; to act on the main thread it posts to loop(). Add before start().
+  void add_listener(std::function<void(const MachineEvent&)> listener);
+
+  // --- Lifecycle.
+  // Starts the vCPU threads: running, or paused when config.start_paused. Once only.
+  void start();
+  // start(), then runs the event loop on the calling thread until the machine shuts down, then
+  // joins the vCPU threads. An exception from a loop callback shuts the machine down as kError.
+  ShutdownInfo run();
+
+  // Stops every vCPU and returns once none runs guest code (no-op unless running).
+  void pause();
+  // Lets the vCPUs run again (no-op unless paused).
+  void resume();
+  // Ends the VM: the first call wins and its reason is the one reported. Never blocks.
+  void shutdown(ShutdownReason reason, std::string detail);
+  // PowerControl, for devices: power off or reset ends the VM (keel does not reboot in place).
+  void request_stop(StopReason reason, std::string detail) override;
+
+  MachineState state() const;
+  // Blocks until the machine has shut down; returns why.
+  ShutdownInfo wait();
+
+ private:
+  void build_devices();
+  void load_guest();
+  void vcpu_thread(Vcpu& vcpu);
+  void set_state(MachineState state, std::unique_lock<std::mutex>& lock);
+  void join_vcpus();
+
+  const VmConfig config_;
+  std::unique_ptr<GuestMemory> memory_;
+  IoBus pio_{"pio"};
+  IoBus mmio_{"mmio"};
+  std::unique_ptr<Engine> engine_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  EventLoop loop_;
+
+  std::shared_ptr<Serial16550> serial_;
+  std::shared_ptr<I8042> i8042_;
+  std::shared_ptr<CmosRtc> rtc_;
+  std::shared_ptr<BootProgress> boot_progress_;
+  ConsoleOutput serial_output_;
+  uint64_t created_ns_ = 0;
+
+  std::vector<std::function<void(const MachineEvent&)>> listeners_;
+
+  // Lifecycle state, shared by the vCPU threads, the main thread and control clients.
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;  // state_, parked_, halted_ or exited_ changed
+  MachineState state_ = MachineState::kCreated;
+  bool start_paused_ = false;
+  ShutdownInfo shutdown_;
+  uint32_t parked_ = 0;   // vCPU threads waiting while paused
+  uint32_t halted_ = 0;   // vCPU threads that can never run again (kHalted)
+  uint32_t exited_ = 0;   // vCPU threads that returned
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace keel

@@ -1,0 +1,39 @@
+#include "vm/vm_config.h"
+
+#include "base/error.h"
+#include "base/size.h"
+#include "memory/guest_memory.h"
+
+namespace keel {
+
+const char* to_string(Accel accel) {
+  switch (accel) {
+    case Accel::kAuto: return "auto";
+    case Accel::kKvm: return "kvm";
+    case Accel::kEmu: return "emu";
+  }
+  return "unknown";
+}
+
+void VmConfig::validate() const {
+  if (kernel.empty() && test_guest.empty()) throw UsageError("no kernel given");
+  if (!kernel.empty() && !test_guest.empty())
+    throw UsageError("a kernel and a test guest are mutually exclusive");
+  if (!test_guest.empty() && (!initrd.empty() || !cmdline.empty()))
+    throw UsageError("--initrd and --cmdline apply to a Linux kernel, not to a test guest");
+  constexpr uint64_t kMinMemory = 16ull << 20;
+  constexpr uint64_t kMaxMemory = 1ull << 40;
+  if (memory_bytes < kMinMemory)
+    throw UsageError("memory size " + format_size(memory_bytes) + " is below the minimum of " +
+                     format_size(kMinMemory));
+  if (memory_bytes > kMaxMemory)
+    throw UsageError("memory size " + format_size(memory_bytes) + " is above the maximum of " +
+                     format_size(kMaxMemory));
+  if (memory_bytes % kPageSize != 0)
+    throw UsageError("memory size " + std::to_string(memory_bytes) +
+                     " bytes is not a multiple of 4 KiB");
+  if (cpus == 0) throw UsageError("the number of vCPUs must be at least 1");
+  if (cpus > 255) throw UsageError("at most 255 vCPUs (xAPIC ids), got " + std::to_string(cpus));
+}
+
+}  // namespace keel

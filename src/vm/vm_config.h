@@ -1,0 +1,37 @@
+// VmConfig: everything a Machine is built from. `keel run` fills it from its flags; the daemon
+// fills it from a stored definition. Engineers adding a device family add its fields here.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "engine/engine.h"
+
+namespace keel {
+
+struct VmConfig {
+  // What to boot: a Linux kernel (bzImage or ELF vmlinux) with an optional initramfs and command
+  // line, or a purpose-built test guest (a flat binary entered in 64-bit mode, see
+  // tests/guests/README.md). Exactly one of `kernel` and `test_guest` is set.
+  std::filesystem::path kernel;
+  std::filesystem::path initrd;
+  std::string cmdline;
+  std::filesystem::path test_guest;
+
+  uint64_t memory_bytes = 512ull << 20;
+  uint32_t cpus = 1;
+  Accel accel = Accel::kAuto;
+
+  std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
+  bool start_paused = false;             // vCPUs wait for resume() before their first instruction
+  bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
+
+  // Checks what can be checked without touching the host (sizes, counts, exclusive fields).
+  // Throws UsageError naming the field.
+  void validate() const;
+};
+
+const char* to_string(Accel accel);
+
+}  // namespace keel
