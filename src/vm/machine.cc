@@ -60,7 +60,8 @@ Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::m
   config_.validate();
   start_paused_ = config_.start_paused;
   created_ns_ = BootProgress::now_ns();
-  serial_output_ = [](std::span<const uint8_t> bytes) { write_all(STDOUT_FILENO, bytes); };
+  serial_outputs_.push_back(
+      [](std::span<const uint8_t> bytes) { write_all(STDOUT_FILENO, bytes); });
 
   memory_ = std::make_unique<GuestMemory>(config_.memory_bytes);
   if (!engine_factory) engine_factory = default_engine_factory();
@@ -86,8 +87,10 @@ void Machine::build_devices() {
 
   serial_ = std::make_shared<Serial16550>(
       IrqLine(irqs, Serial16550::kCom1Irq),
-      // serial_output_ is fixed before the vCPU threads start (set_serial_output()).
-      [this](std::span<const uint8_t> bytes) { serial_output_(bytes); });
+      // serial_outputs_ is fixed before the vCPU threads start (set_serial_output()).
+      [this](std::span<const uint8_t> bytes) {
+        for (auto& out : serial_outputs_) out(bytes);
+      });
   pio_.add(Serial16550::kCom1Base, Serial16550::kPortCount, serial_);
 
   i8042_ = std::make_shared<I8042>(*this, IrqLine(irqs, I8042::kKeyboardIrq),
@@ -125,7 +128,19 @@ void Machine::load_guest() {
   }
 }
 
-void Machine::set_serial_output(ConsoleOutput output) { serial_output_ = std::move(output); }
+void Machine::set_serial_output(ConsoleOutput output) {
+  serial_outputs_.clear();
+  serial_outputs_.push_back(std::move(output));
+}
+
+void Machine::add_serial_output(ConsoleOutput output) { serial_outputs_.push_back(std::move(output)); }
+
+std::vector<long> Machine::vcpu_thread_ids() const {
+  std::lock_guard lock(mutex_);
+  std::vector<long> ids = thread_ids_;
+  ids.resize(vcpus_.size());
+  return ids;
+}
 
 void Machine::add_listener(std::function<void(const MachineEvent&)> listener) {
   listeners_.push_back(std::move(listener));
@@ -228,6 +243,11 @@ void Machine::join_vcpus() {
 void Machine::vcpu_thread(Vcpu& vcpu) {
   const std::string name = "vCPU " + std::to_string(vcpu.index());
   pthread_setname_np(pthread_self(), ("keel-vcpu" + std::to_string(vcpu.index())).c_str());
+  {
+    std::lock_guard lock(mutex_);
+    thread_ids_.resize(vcpus_.size());
+    thread_ids_[vcpu.index()] = static_cast<long>(gettid());
+  }
   try {
     while (true) {
       {
@@ -272,6 +292,7 @@ void Machine::vcpu_thread(Vcpu& vcpu) {
     shutdown(ShutdownReason::kError, name + ": " + e.what());
   }
   std::lock_guard lock(mutex_);
+  thread_ids_[vcpu.index()] = 0;
   ++exited_;
   changed_.notify_all();
 }

@@ -90,8 +90,13 @@ class Machine final : public PowerControl {
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
 
   // Where the guest's serial output goes (a vCPU thread calls it). Set before start(); the
-  // default writes to stdout.
+  // default writes to stdout. set_ replaces every sink, add_ adds one (the control socket's
+  // console relay sits beside the terminal).
   void set_serial_output(ConsoleOutput output);
+  void add_serial_output(ConsoleOutput output);
+
+  // Host thread id (gettid) of each vCPU's thread, 0 before it started or after it ended.
+  std::vector<long> vcpu_thread_ids() const;
 
   // Called on every lifecycle change, on the thread that caused it, with no machine lock held.
   // A listener must not block; to act on the main thread it posts to loop(). Add before start().
@@ -136,7 +141,7 @@ class Machine final : public PowerControl {
   std::shared_ptr<I8042> i8042_;
   std::shared_ptr<CmosRtc> rtc_;
   std::shared_ptr<BootProgress> boot_progress_;
-  ConsoleOutput serial_output_;
+  std::vector<ConsoleOutput> serial_outputs_;
   uint64_t created_ns_ = 0;
 
   std::vector<std::function<void(const MachineEvent&)>> listeners_;
@@ -151,6 +156,7 @@ class Machine final : public PowerControl {
   uint32_t halted_ = 0;   // vCPU threads that can never run again (kHalted)
   uint32_t exited_ = 0;   // vCPU threads that returned
   std::vector<std::thread> threads_;
+  std::vector<long> thread_ids_;
 };
 
 }  // namespace keel

@@ -136,6 +136,7 @@ TEST(Machine, PauseStopsEveryVcpuAndResumeRestartsThem) {
   // Wait for both vCPUs to be inside the guest.
   for (auto* v : f.engine->vcpus)
     while (v->spins == 0) std::this_thread::yield();
+  for (long tid : f.machine.vcpu_thread_ids()) EXPECT_NE(tid, 0);
   f.machine.pause();
   EXPECT_EQ(f.machine.state(), MachineState::kPaused);
   uint64_t runs[2];
