@@ -6,15 +6,6 @@
 
 namespace keel {
 
-const char* to_string(Accel accel) {
-  switch (accel) {
-    case Accel::kAuto: return "auto";
-    case Accel::kKvm: return "kvm";
-    case Accel::kEmu: return "emu";
-  }
-  return "unknown";
-}
-
 void VmConfig::validate() const {
   if (kernel.empty() && test_guest.empty()) throw UsageError("no kernel given");
   if (!kernel.empty() && !test_guest.empty())

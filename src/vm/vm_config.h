@@ -7,6 +7,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "engine/engine_factory.h"
 
 namespace keel {
 
@@ -31,7 +32,5 @@ struct VmConfig {
   // Throws UsageError naming the field.
   void validate() const;
 };
-
-const char* to_string(Accel accel);
 
 }  // namespace keel
