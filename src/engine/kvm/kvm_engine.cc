@@ -66,6 +66,7 @@ KvmEngine::KvmEngine(EngineContext context, EngineConfig config)
                 std::to_string(config_.vcpus));
   supported_cpuid_ = kvm_.supported_cpuid();
   tsc_deadline_ = kvm_.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0;
+  xsave_ = kvm_.check_extension(KVM_CAP_XSAVE) > 0;
 
   int vm = ::ioctl(kvm_.fd(), KVM_CREATE_VM, 0);
   if (vm < 0) throw_errno("KVM_CREATE_VM");
@@ -146,7 +147,7 @@ std::unique_ptr<Vcpu> KvmEngine::create_vcpu(uint32_t index) {
   set_lvt(lapic, kApicLvtLint1, kApicDeliveryNmi);
   ioctl_or_throw(fd, KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC");
 
-  return std::make_unique<KvmVcpu>(index, std::move(vcpu_fd), run_size_, context_);
+  return std::make_unique<KvmVcpu>(index, std::move(vcpu_fd), run_size_, context_, xsave_);
 }
 
 void KvmEngine::set_irq(uint32_t gsi, bool level) {

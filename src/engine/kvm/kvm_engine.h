@@ -75,6 +75,7 @@ class KvmEngine final : public Engine, private InterruptController {
   uint32_t max_vcpus_ = 0;
   std::vector<x86::CpuidEntry> supported_cpuid_;
   bool tsc_deadline_ = false;
+  bool xsave_ = false;
 
   struct MsiRoute {
     uint32_t gsi;

@@ -81,12 +81,13 @@ void install_kvm_kick_handler() {
   });
 }
 
-KvmVcpu::KvmVcpu(uint32_t index, UniqueFd fd, size_t run_size, EngineContext context)
+KvmVcpu::KvmVcpu(uint32_t index, UniqueFd fd, size_t run_size, EngineContext context, bool xsave)
     : index_(index),
       fd_(std::move(fd)),
       run_mapping_(Mapping::file(fd_.get(), run_size, PROT_READ | PROT_WRITE, MAP_SHARED)),
       run_(reinterpret_cast<kvm_run*>(run_mapping_.data())),
-      context_(context) {}
+      context_(context),
+      xsave_(xsave) {}
 
 x86::CpuState KvmVcpu::get_state() {
   kvm_regs regs{};
@@ -170,6 +171,13 @@ void KvmVcpu::set_state(const x86::CpuState& st) {
 
 // kvm_fpu <-> the FXSAVE image (Intel SDM vol. 1, table 10-2).
 x86::FpuState KvmVcpu::get_fpu() {
+  if (xsave_) {
+    kvm_xsave xs{};
+    if (::ioctl(fd_.get(), KVM_GET_XSAVE, &xs) < 0) throw_errno("KVM_GET_XSAVE");
+    x86::FpuState out;
+    std::memcpy(out.fxsave.data(), xs.region, out.fxsave.size());
+    return out;
+  }
   kvm_fpu f{};
   if (::ioctl(fd_.get(), KVM_GET_FPU, &f) < 0) throw_errno("KVM_GET_FPU");
   x86::FpuState out;
@@ -189,6 +197,18 @@ x86::FpuState KvmVcpu::get_fpu() {
 }
 
 void KvmVcpu::set_fpu(const x86::FpuState& fpu) {
+  if (xsave_) {
+    kvm_xsave xs{};
+    if (::ioctl(fd_.get(), KVM_GET_XSAVE, &xs) < 0) throw_errno("KVM_GET_XSAVE");
+    std::memcpy(xs.region, fpu.fxsave.data(), fpu.fxsave.size());
+    // XSTATE_BV (header, byte 512): x87 and SSE now hold explicit values, not the init state.
+    uint64_t xstate_bv;
+    std::memcpy(&xstate_bv, reinterpret_cast<uint8_t*>(xs.region) + 512, 8);
+    xstate_bv |= 0x3;
+    std::memcpy(reinterpret_cast<uint8_t*>(xs.region) + 512, &xstate_bv, 8);
+    if (::ioctl(fd_.get(), KVM_SET_XSAVE, &xs) < 0) throw_errno("KVM_SET_XSAVE");
+    return;
+  }
   kvm_fpu f{};
   const uint8_t* p = fpu.fxsave.data();
   std::memcpy(&f.fcw, p + 0, 2);

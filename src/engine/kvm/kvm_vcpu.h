@@ -30,7 +30,9 @@ void install_kvm_kick_handler();
 
 class KvmVcpu final : public Vcpu {
  public:
-  KvmVcpu(uint32_t index, UniqueFd fd, size_t run_size, EngineContext context);
+  // `xsave`: KVM_CAP_XSAVE is present; the FPU state then goes through KVM_GET/SET_XSAVE, whose
+  // legacy area is the FXSAVE image (KVM_GET_FPU reports MXCSR as 0 on some hosts).
+  KvmVcpu(uint32_t index, UniqueFd fd, size_t run_size, EngineContext context, bool xsave);
 
   uint32_t index() const override { return index_; }
   x86::CpuState get_state() override;
@@ -57,6 +59,7 @@ class KvmVcpu final : public Vcpu {
   Mapping run_mapping_;
   kvm_run* run_;
   EngineContext context_;
+  bool xsave_;
 
   std::mutex kick_mutex_;      // guards thread_/in_run_ against the kicker
   pthread_t thread_{};

@@ -1,3 +1,0 @@
-%include "guest.inc"
-; Placeholder so the guest build has a target.
-hlt

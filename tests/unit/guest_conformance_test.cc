@@ -1,0 +1,163 @@
+// Engine conformance: the same purpose-built guests (tests/guests/*.asm) on every engine.
+// Add an engine to the list at the bottom; a behaviour an engine lacks on this host skips with
+// the reason (for kvm: the probe's finding).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "engine/engine_factory.h"
+#include "guest_harness.h"
+
+namespace keel::guest_test {
+namespace {
+
+using std::chrono::milliseconds;
+
+class GuestConformance : public ::testing::TestWithParam<Accel> {
+ protected:
+  void SetUp() override {
+    if (auto why = engine_unavailable(GetParam())) GTEST_SKIP() << *why;
+  }
+};
+
+// Skips the test (not just a helper) when the engine lacks the behaviour the probe check tests.
+#define REQUIRE_BEHAVIOUR(check) \
+  if (auto why = behaviour_unavailable(GetParam(), check)) GTEST_SKIP() << *why
+
+IoAccess w(uint64_t addr, uint32_t size, uint64_t value) { return {true, addr, size, value}; }
+IoAccess r(uint64_t addr, uint32_t size, uint64_t value) { return {false, addr, size, value}; }
+
+TEST_P(GuestConformance, PortIoInBothDirectionsAndAllSizes) {
+  GuestHarness h(GetParam(), "pio");
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  std::vector<IoAccess> expected = {
+      w(0x500, 1, 0xA1), w(0x501, 1, 0xA2), w(0x502, 2, 0xB3B2), w(0x500, 4, 0xC4C3C2C1),
+      r(0x501, 1, 0x22), r(0x502, 2, 0x4433), r(0x500, 4, 0x44332211),
+      w(0x500, 4, 0x22), w(0x500, 4, 0x4433), w(0x500, 4, 0x44332211),
+      // rep outsb / outsw / outsd
+      w(0x501, 1, 0x10), w(0x501, 1, 0x11), w(0x501, 1, 0x12), w(0x501, 1, 0x13),
+      w(0x501, 1, 0x14), w(0x502, 2, 0x2120), w(0x502, 2, 0x2322), w(0x502, 2, 0x2524),
+      w(0x500, 4, 0x33323130), w(0x500, 4, 0x37363534),
+      // rep insb / insw / insd
+      r(0x503, 1, 0x44), r(0x503, 1, 0x44), r(0x503, 1, 0x44), r(0x500, 2, 0x2211),
+      r(0x500, 2, 0x2211), r(0x500, 4, 0x44332211), r(0x500, 4, 0x44332211),
+      // what the string input stored in memory
+      w(0x500, 4, 0x11444444), w(0x500, 4, 0x11221122), w(0x500, 4, 0x11443322),
+      w(0x500, 4, 0x00443322),
+      w(0x504, 1, 0)};
+  EXPECT_EQ(h.ports().log(), expected);
+}
+
+TEST_P(GuestConformance, MmioReadsAndWritesOfAllSizes) {
+  GuestHarness h(GetParam(), "mmio");
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  const uint64_t b = kTestMmioBase;
+  std::vector<IoAccess> expected = {
+      w(b + 0x10, 1, 0x5A), w(b + 0x22, 2, 0x1234), w(b + 0x44, 4, 0xDEADBEEF),
+      w(b + 0x88, 8, 0x1122334455667788), r(b + 0x10, 1, 0x5A), r(b + 0x22, 2, 0x1234),
+      r(b + 0x44, 4, 0xDEADBEEF), r(b + 0x88, 8, 0x1122334455667788), r(b + 0x800, 4, 0)};
+  EXPECT_EQ(h.test_mmio().log(), expected);
+  EXPECT_EQ(result.reports,
+            (std::vector<uint32_t>{0x5A, 0x1234, 0xDEADBEEF, 0x55667788, 0x11223344, 0}));
+}
+
+TEST_P(GuestConformance, LapicTimerInterruptWakesHlt) {
+  REQUIRE_BEHAVIOUR("timer_interrupt_cpl0");
+  GuestHarness h(GetParam(), "lapic_timer");
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, std::vector<uint32_t>{1});
+}
+
+TEST_P(GuestConformance, IoapicInterruptWakesHlt) {
+  REQUIRE_BEHAVIOUR("timer_interrupt_cpl0");
+  GuestHarness h(GetParam(), "ioapic_irq");
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, std::vector<uint32_t>{1});
+}
+
+TEST_P(GuestConformance, MsiWakesHlt) {
+  REQUIRE_BEHAVIOUR("timer_interrupt_cpl0");
+  GuestHarness h(GetParam(), "msi");
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, std::vector<uint32_t>{1});
+}
+
+TEST_P(GuestConformance, EveryVcpuReportsItsApicId) {
+  constexpr uint32_t kVcpus = 4;
+  GuestHarness h(GetParam(), "smp_apic_id", {.vcpus = kVcpus});
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  auto reports = result.reports;
+  std::sort(reports.begin(), reports.end());
+  std::vector<uint32_t> expected;
+  // index, LAPIC ID register, CPUID.1 APIC id, CPUID.B x2APIC id: all the same per vCPU.
+  for (uint32_t i = 0; i < kVcpus; ++i) expected.push_back(i << 24 | i << 16 | i << 8 | i);
+  EXPECT_EQ(reports, expected);
+}
+
+TEST_P(GuestConformance, ExceptionsAreDeliveredThroughTheIdt) {
+  REQUIRE_BEHAVIOUR("exception_cpl0");
+  GuestHarness h(GetParam(), "exceptions");
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  // #DE, #UD, #GP with error code 0, #PF with CR2 = 0x1'0000'0123.
+  EXPECT_EQ(result.reports, (std::vector<uint32_t>{0, 6, 13, 0, 14, 0x123, 1}));
+}
+
+TEST_P(GuestConformance, Int3IsDeliveredAsVector3) {
+  REQUIRE_BEHAVIOUR("int3_cpl0");
+  GuestHarness h(GetParam(), "int3");
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, std::vector<uint32_t>{3});
+}
+
+TEST_P(GuestConformance, TripleFaultShutsDown) {
+  REQUIRE_BEHAVIOUR("exception_cpl0");
+  GuestHarness h(GetParam(), "triple_fault");
+  auto result = h.run();
+  EXPECT_FALSE(result.status) << result.summary();
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_EQ(result.exits[0], VcpuExit::kShutdown) << result.summary();
+}
+
+TEST_P(GuestConformance, DeadlineStopsASpinningGuest) {
+  GuestHarness h(GetParam(), "spin", {.deadline = milliseconds(300)});
+  auto result = h.run();
+  EXPECT_TRUE(result.timed_out);
+  EXPECT_FALSE(result.status);
+  EXPECT_EQ(result.exits[0], VcpuExit::kStopped) << result.summary();
+}
+
+TEST_P(GuestConformance, DeadlineStopsHaltedVcpus) {
+  GuestHarness h(GetParam(), "halt_forever", {.vcpus = 2, .deadline = milliseconds(300)});
+  auto result = h.run();
+  EXPECT_TRUE(result.timed_out);
+  EXPECT_EQ(result.exits[0], VcpuExit::kStopped) << result.summary();
+  EXPECT_EQ(result.exits[1], VcpuExit::kStopped) << result.summary();
+}
+
+TEST_P(GuestConformance, KickBeforeRunIsStickyAndConsumed) {
+  GuestHarness h(GetParam(), "count_exits");
+  h.vcpu(0).kick();
+  EXPECT_EQ(h.vcpu(0).run(), VcpuExit::kStopped);
+  EXPECT_TRUE(h.ports().log().empty());  // no guest instruction ran
+  // The kick was consumed: the next run executes the guest, which ends the run (another kick).
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  auto log = h.ports().log();
+  EXPECT_EQ(std::count(log.begin(), log.end(), w(0x501, 1, log[0].value)), 1000);
+}
+
+INSTANTIATE_TEST_SUITE_P(Engines, GuestConformance, ::testing::Values(Accel::kKvm),
+                         [](const ::testing::TestParamInfo<Accel>& info) {
+                           return std::string(to_string(info.param));
+                         });
+
+}  // namespace
+}  // namespace keel::guest_test
