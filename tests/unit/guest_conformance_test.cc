@@ -154,6 +154,31 @@ TEST_P(GuestConformance, KickBeforeRunIsStickyAndConsumed) {
   EXPECT_EQ(std::count(log.begin(), log.end(), w(0x501, 1, log[0].value)), 1000);
 }
 
+// A device that asks the machine to power off when written (as ACPI S5 or i8042 would).
+class PowerOffOnWrite : public BusDevice {
+ public:
+  explicit PowerOffOnWrite(PowerControl& power) : power_(power) {}
+  void read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
+  void write(uint64_t, std::span<const uint8_t>) override {
+    power_.request_stop(StopReason::kPowerOff, "test device");
+  }
+
+ private:
+  PowerControl& power_;
+};
+
+TEST_P(GuestConformance, PowerRequestFromADeviceEndsTheRun) {
+  GuestHarness h(GetParam(), "irqfd_msi", {.vcpus = 2});  // writes port 0x50C, then waits
+  h.pio().add(0x50C, 1, std::make_shared<PowerOffOnWrite>(h.power()));
+  auto result = h.run();
+  EXPECT_FALSE(result.timed_out) << result.summary();
+  EXPECT_FALSE(result.status);
+  EXPECT_EQ(result.stop, StopReason::kPowerOff);
+  EXPECT_EQ(result.stop_detail, "test device");
+  EXPECT_EQ(result.exits[0], VcpuExit::kStopped) << result.summary();
+  EXPECT_EQ(result.exits[1], VcpuExit::kStopped) << result.summary();
+}
+
 INSTANTIATE_TEST_SUITE_P(Engines, GuestConformance, ::testing::Values(Accel::kKvm),
                          [](const ::testing::TestParamInfo<Accel>& info) {
                            return std::string(to_string(info.param));

@@ -103,7 +103,11 @@ std::vector<IoAccess> TestMmio::log() const {
 std::string GuestResult::summary() const {
   std::ostringstream os;
   os << "status " << (status ? std::to_string(*status) : "none")
-     << (timed_out ? ", timed out" : "") << "; reports:";
+     << (timed_out ? ", timed out" : "");
+  if (stop)
+    os << ", " << (*stop == StopReason::kPowerOff ? "power off" : "reset") << " requested ("
+       << stop_detail << ")";
+  os << "; reports:";
   for (auto r : reports) os << " 0x" << std::hex << r << std::dec;
   for (size_t i = 0; i < exits.size(); ++i) {
     os << "\n  vCPU " << i << ": ";
@@ -166,6 +170,17 @@ void GuestHarness::finish(uint8_t status) {
   stop_all();
 }
 
+void GuestHarness::request_stop(StopReason reason, std::string detail) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!stop_) {
+      stop_ = reason;
+      stop_detail_ = std::move(detail);
+    }
+  }
+  stop_all();
+}
+
 void GuestHarness::stop_all() {
   for (auto& v : vcpus_) v->kick();
 }
@@ -209,6 +224,8 @@ GuestResult GuestHarness::run() {
 
   std::lock_guard lock(mutex_);
   result.status = status_;
+  result.stop = stop_;
+  result.stop_detail = stop_detail_;
   result.reports = ports_->reports();
   return result;
 }

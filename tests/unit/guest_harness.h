@@ -10,8 +10,9 @@
 //   MMIO  0xD0000000   4 KiB of registers that read back what was written (TestMmio)
 //
 // Every access to the test devices is logged in order, so a test can check sizes, directions
-// and values. run() returns when the guest writes its status, a vCPU stops for another reason
-// (shutdown, error), or the deadline passes; it then kicks every vCPU and joins the threads.
+// and values. run() returns when the guest writes its status, a device asks power() to stop the
+// machine, a vCPU stops for another reason (shutdown, error), or the deadline passes; it then
+// kicks every vCPU and joins the threads.
 //
 // Other engineers add their own devices to pio()/mmio() before run(); tests are parametrised
 // over engines (see guest_conformance_test.cc).
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "bus/io_bus.h"
+#include "devices/power.h"
 #include "engine/engine.h"
 #include "memory/guest_memory.h"
 
@@ -97,6 +99,9 @@ struct GuestOptions {
 
 struct GuestResult {
   std::optional<uint8_t> status;  // what the guest wrote to port 0x504
+  // What a device asked through GuestHarness::power() (ACPI S5, i8042 reset ...), and its detail.
+  std::optional<StopReason> stop;
+  std::string stop_detail;
   bool timed_out = false;
   std::vector<std::optional<VcpuExit>> exits;  // per vCPU; nullopt where run() threw
   std::vector<std::string> errors;             // per vCPU; the error run() threw, or empty
@@ -107,7 +112,7 @@ struct GuestResult {
   std::string first_error() const;
 };
 
-class GuestHarness : private RunControl {
+class GuestHarness : private RunControl, private PowerControl {
  public:
   // Creates memory, buses, the engine and the test devices, loads the guest and sets every vCPU
   // to the guest ABI's entry state. Throws Error if the guest binary is missing.
@@ -121,6 +126,9 @@ class GuestHarness : private RunControl {
   Vcpu& vcpu(uint32_t i) { return *vcpus_.at(i); }
   TestPorts& ports() { return *ports_; }
   TestMmio& test_mmio() { return *test_mmio_; }
+  // For devices under test that power off or reset the machine: a request ends the run and is
+  // reported in GuestResult::stop.
+  PowerControl& power() { return *this; }
 
   // Runs every vCPU on its own thread until the guest ends the run, a vCPU stops, or the
   // deadline passes. Call once.
@@ -128,6 +136,7 @@ class GuestHarness : private RunControl {
 
  private:
   void finish(uint8_t status) override;
+  void request_stop(StopReason reason, std::string detail) override;
   void stop_all();
 
   GuestOptions options_;
@@ -140,6 +149,8 @@ class GuestHarness : private RunControl {
 
   std::mutex mutex_;
   std::optional<uint8_t> status_;
+  std::optional<StopReason> stop_;
+  std::string stop_detail_;
 };
 
 // Why `accel` cannot run test guests on this host (for GTEST_SKIP), or nullopt. Cached.
