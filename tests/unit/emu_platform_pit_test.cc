@@ -11,7 +11,7 @@ namespace {
 class RecordingController : public InterruptController {
  public:
   void set_irq(uint32_t gsi, bool level) override {
-    if (gsi == kPitIrqGsi && level && !line) ++edges;
+    if (gsi == 2 && level && !line) ++edges;
     line = level;
     last_gsi = gsi;
   }
@@ -44,7 +44,7 @@ class EmuPlatformPit : public ::testing::Test {
 
   testing::FakeClock clock;
   RecordingController irq;
-  Pit8254 pit{clock, IrqLine(&irq, kPitIrqGsi)};
+  Pit8254 pit{clock, {IrqLine(&irq, 2)}};
 };
 
 TEST_F(EmuPlatformPit, Mode0CountsDownAndRaisesIrq0OnceAtTerminalCount) {

@@ -36,8 +36,8 @@ class Port61 final : public BusDevice {
 
 }  // namespace
 
-Pit8254::Pit8254(const GuestClock& clock, IrqLine irq0)
-    : clock_(clock), irq0_(irq0), next_edge_ns_(kNever) {
+Pit8254::Pit8254(const GuestClock& clock, std::vector<IrqLine> irq0)
+    : clock_(clock), irq0_(std::move(irq0)), next_edge_ns_(kNever) {
   // Channels 0 and 1 have their gates tied high; channel 2's follows port 0x61 bit 0.
   ch_[0].gate = ch_[1].gate = true;
 }
@@ -135,7 +135,8 @@ uint64_t Pit8254::poll(uint64_t now_ns) {
     }
     next = next_edge_ns_;
   }
-  if (fire) irq0_.pulse();
+  if (fire)
+    for (const auto& line : irq0_) line.pulse();
   return next;
 }
 

@@ -3,7 +3,8 @@
 //
 // Counters are not ticked: every value (count, OUT) is computed on demand from the GuestClock at
 // 1.193182 MHz, from the time the count was loaded. Channel 0's OUT rising edges become IRQ0
-// pulses (GSI 2, the MADT's interrupt source override) when someone calls poll(now): the BSP's
+// pulses on the lines given (the platform wires GSI 0 and GSI 2, see kPitIrqGsis) when someone
+// calls poll(now): the BSP's
 // LocalApicModel does at every interrupt check and HLT, with the DeadlineWatcher reporting when
 // the next edge is due. No thread of its own.
 //
@@ -20,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <vector>
 
 #include "bus/io_bus.h"
 #include "engine/emu/local_apic.h"
@@ -30,11 +32,15 @@ namespace keel::emu {
 inline constexpr uint64_t kPitHz = 1'193'182;
 inline constexpr uint16_t kPitPortBase = 0x40;
 inline constexpr uint16_t kSystemControlPortB = 0x61;
-inline constexpr uint32_t kPitIrqGsi = 2;
+// ISA IRQ0 reaches IOAPIC pin 2 when the MADT has the usual IRQ0 -> GSI 2 override (QEMU's
+// layout) and pin 0 when it has none (KVM's default routing). The PIT pulses both: the guest
+// unmasks only the one its MADT names, and nothing else sits on GSI 0 or 2 (2 is the cascade).
+inline constexpr std::array<uint32_t, 2> kPitIrqGsis = {0, 2};
 
 class Pit8254 final : public BusDevice {
  public:
-  Pit8254(const GuestClock& clock, IrqLine irq0);
+  // IRQ0 edges are pulsed on every line of `irq0`.
+  Pit8254(const GuestClock& clock, std::vector<IrqLine> irq0);
 
   // Ports 0x40-0x43 (offset 0-3). Multi-byte accesses are taken as consecutive byte accesses.
   void read(uint64_t offset, std::span<uint8_t> data) override;
@@ -95,7 +101,7 @@ class Pit8254 final : public BusDevice {
   uint64_t tick_time_locked(const Channel& c, uint64_t tick) const;
 
   const GuestClock& clock_;
-  IrqLine irq0_;
+  std::vector<IrqLine> irq0_;
   std::function<void()> reprogrammed_;
   std::mutex mutex_;
   std::array<Channel, 3> ch_;
