@@ -35,10 +35,12 @@ std::vector<x86::CpuState> load_test_guest(GuestImage& image) {
   for (uint32_t i = 0; i < image.vcpus; ++i) {
     x86::BootEntry entry;
     entry.rip = kTestGuestLoadAddr;
-    // 16 KiB stacks below the image, one per vCPU.
-    entry.rsp = kTestGuestLoadAddr - uint64_t{i} * 0x4000;
+    entry.rsp = kTestGuestStackTop - uint64_t{i} * kTestGuestStackSize;
+    entry.rsi = image.vcpus;
     entry.bsp = i == 0;
-    states.push_back(x86::boot_cpu_state(entry));
+    x86::CpuState state = x86::boot_cpu_state(entry);
+    state.gpr[x86::RDI] = i;
+    states.push_back(state);
   }
   return states;
 }

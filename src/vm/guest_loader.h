@@ -17,8 +17,13 @@ struct GuestImage {
 };
 
 // A purpose-built test guest (tests/guests/README.md): the flat binary at kTestGuestLoadAddr,
-// every vCPU entered there in 64-bit mode with its own stack. Returns one state per vCPU.
+// every vCPU entered there in 64-bit mode with RDI = its index, RSI = the vCPU count and its own
+// stack. Returns one state per vCPU.
 inline constexpr uint64_t kTestGuestLoadAddr = 0x100000;
+inline constexpr uint64_t kTestGuestStackTop = 0x80000;
+inline constexpr uint64_t kTestGuestStackSize = 0x4000;
+// Port a test guest writes its status to (8-bit): `keel run --test-guest` ends with it.
+inline constexpr uint16_t kTestGuestExitPort = 0x504;
 std::vector<x86::CpuState> load_test_guest(GuestImage& image);
 
 // A Linux kernel with its initramfs and command line, and the ACPI tables. Returns vCPU 0's

@@ -54,6 +54,26 @@ void write_all(int fd, std::span<const uint8_t> bytes) {
   }
 }
 
+// Port 0x504 of the test-guest ABI: the guest's status ends the run (0 = pass).
+class TestGuestExit : public BusDevice {
+ public:
+  explicit TestGuestExit(Machine& machine) : machine_(machine) {}
+  void read(uint64_t, std::span<uint8_t> data) override {
+    for (auto& b : data) b = 0xFF;
+  }
+  void write(uint64_t, std::span<const uint8_t> data) override {
+    if (data.size() != 1) return;
+    if (data[0] == 0)
+      machine_.shutdown(ShutdownReason::kPowerOff, "test guest passed (status 0)");
+    else
+      machine_.shutdown(ShutdownReason::kError,
+                        "test guest failed with status " + std::to_string(data[0]));
+  }
+
+ private:
+  Machine& machine_;
+};
+
 }  // namespace
 
 Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::move(config)) {
@@ -115,6 +135,9 @@ void Machine::build_devices() {
   }
   boot_progress_ = std::make_shared<BootProgress>(std::move(trace));
   pio_.add(BootProgress::kPort, 1, boot_progress_);
+
+  if (!config_.test_guest.empty())
+    pio_.add(kTestGuestExitPort, 1, std::make_shared<TestGuestExit>(*this));
 }
 
 void Machine::load_guest() {

@@ -12,6 +12,10 @@ void VmConfig::validate() const {
     throw UsageError("a kernel and a test guest are mutually exclusive");
   if (!test_guest.empty() && (!initrd.empty() || !cmdline.empty()))
     throw UsageError("--initrd and --cmdline apply to a Linux kernel, not to a test guest");
+  validate_resources();
+}
+
+void VmConfig::validate_resources() const {
   constexpr uint64_t kMinMemory = 16ull << 20;
   constexpr uint64_t kMaxMemory = 1ull << 40;
   if (memory_bytes < kMinMemory)

@@ -31,6 +31,8 @@ struct VmConfig {
   // Checks what can be checked without touching the host (sizes, counts, exclusive fields).
   // Throws UsageError naming the field.
   void validate() const;
+  // The part of validate() about sizes and counts only.
+  void validate_resources() const;
 };
 
 }  // namespace keel

@@ -1,0 +1,186 @@
+// keel run: boots one VM with its serial console on the terminal and exits when it ends.
+#include <CLI/CLI.hpp>
+
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "backends/console/raw_terminal.h"
+#include "backends/console/terminal_console.h"
+#include "base/error.h"
+#include "base/fd.h"
+#include "base/size.h"
+#include "cli/verbs.h"
+#include "devices/legacy/serial16550.h"
+#include "engine/engine_factory.h"
+#include "engine/kvm/kvm_probe.h"
+#include "vm/default_guest.h"
+#include "vm/machine.h"
+
+namespace keel::cli {
+namespace {
+
+struct RunOptions {
+  std::string kernel, initrd, test_guest, control;
+  std::optional<std::string> cmdline;
+  std::string memory = "512M";
+  uint32_t cpus = 1;
+  std::string accel = "auto";
+  bool paused = false;
+  bool trace_boot = false;
+};
+
+VmConfig make_config(const RunOptions& o) {
+  VmConfig c;
+  c.kernel = o.kernel;
+  c.initrd = o.initrd;
+  c.test_guest = o.test_guest;
+  if (o.cmdline) c.cmdline = *o.cmdline;
+  try {
+    c.memory_bytes = parse_size(o.memory, 1 << 20);  // a bare number is MiB, as QEMU's -m
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    throw UsageError(std::string("--memory: ") + e.what());
+  }
+  c.cpus = o.cpus;
+  c.accel = parse_accel(o.accel);
+  c.control_socket = o.control;
+  c.start_paused = o.paused;
+  c.trace_boot = o.trace_boot;
+  if (!c.kernel.empty() && !c.test_guest.empty())
+    throw UsageError("--kernel and --test-guest are mutually exclusive");
+  if (!c.test_guest.empty() && (!c.initrd.empty() || o.cmdline))
+    throw UsageError("--initrd and --cmdline apply to a Linux kernel, not to --test-guest");
+  c.validate_resources();
+  return c;
+}
+
+void require_file(const std::filesystem::path& path, const char* what) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw Error(std::string(what) + " " + path.string() + " does not exist");
+  if (std::filesystem::is_directory(path, ec))
+    throw Error(std::string(what) + " " + path.string() + " is a directory");
+  if (::access(path.c_str(), R_OK) != 0) throw_errno(std::string(what) + " " + path.string());
+}
+
+// Termination signals become an orderly shutdown through a signalfd on the main loop, so the
+// terminal is restored and the guest's last output flushed. They are blocked before the vCPU
+// threads exist, so those inherit the mask and the signalfd is the only receiver.
+class TerminationSignals {
+ public:
+  TerminationSignals() {
+    sigemptyset(&set_);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set_, sig);
+    if (pthread_sigmask(SIG_BLOCK, &set_, &old_) != 0) throw Error("pthread_sigmask failed");
+    fd_.reset(::signalfd(-1, &set_, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!fd_) throw_errno("signalfd");
+  }
+  ~TerminationSignals() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+
+  void watch(Machine& machine) {
+    machine.loop().add_fd(fd_.get(), EPOLLIN, [this, &machine](uint32_t) {
+      signalfd_siginfo info{};
+      if (::read(fd_.get(), &info, sizeof info) != sizeof info) return;
+      machine.shutdown(ShutdownReason::kQuit,
+                       std::string("terminated by ") + sigabbrev_np(static_cast<int>(info.ssi_signo)));
+    });
+  }
+
+ private:
+  sigset_t set_{}, old_{};
+  UniqueFd fd_;
+};
+
+// The one line keel prints when the VM ends, and the exit status.
+int report(const ShutdownInfo& info) {
+  switch (info.reason) {
+    case ShutdownReason::kPowerOff:
+      return 0;
+    case ShutdownReason::kReset:
+    case ShutdownReason::kTripleFault:
+      std::fprintf(stderr, "keel: guest reset (%s)\n", info.detail.c_str());
+      return 0;
+    case ShutdownReason::kHalted:
+      std::fprintf(stderr, "keel: guest halted (%s)\n", info.detail.c_str());
+      return 0;
+    case ShutdownReason::kQuit:
+      std::fprintf(stderr, "keel: %s\n", info.detail.c_str());
+      return 0;
+    case ShutdownReason::kError:
+      std::fprintf(stderr, "keel: error: %s\n", info.detail.c_str());
+      return 1;
+  }
+  return 1;
+}
+
+int run(const RunOptions& options) {
+  VmConfig config = make_config(options);
+  if (!config.kernel.empty()) require_file(config.kernel, "kernel");
+  if (!config.initrd.empty()) require_file(config.initrd, "initrd");
+  if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
+
+  if (config.accel == Accel::kAuto) {
+    EngineChoice choice = choose_engine(Accel::kAuto, probe_kvm());
+    std::fprintf(stderr, "keel: %s\n", choice.reason.c_str());
+    config.accel = choice.accel;
+  }
+  apply_guest_defaults(config);
+  config.validate();
+
+  ::signal(SIGPIPE, SIG_IGN);  // a closed stdout drops console output, it does not kill keel
+  TerminationSignals signals;
+  Machine machine(config);
+  signals.watch(machine);
+
+  // The control socket (issue 5) attaches to the machine here.
+  if (!config.control_socket.empty())
+    throw Error("--control " + config.control_socket.string() +
+                ": the control socket is not wired to the machine yet");
+
+  machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
+  RawTerminal raw(STDIN_FILENO);
+  TerminalConsole console(machine.loop(), STDIN_FILENO, STDOUT_FILENO, machine.serial(),
+                          [&machine] { machine.shutdown(ShutdownReason::kQuit, "quit (Ctrl-A x)"); });
+  ShutdownInfo info = machine.run();
+  raw.restore();
+  return report(info);
+}
+
+}  // namespace
+
+void add_run_verb(CLI::App& app, Action& action) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* sub = app.add_subcommand(
+      "run", "Boot a VM with its serial console on this terminal (Ctrl-A x quits). With no "
+             "--kernel, boots the default guest from $KEEL_GUEST_DIR or the build's guest/.");
+  sub->add_option("--kernel", o->kernel, "Linux kernel: bzImage or ELF vmlinux");
+  sub->add_option("--initrd", o->initrd, "initramfs for the kernel");
+  sub->add_option("--cmdline", o->cmdline, "Kernel command line (default: console=ttyS0 ...)");
+  sub->add_option("--memory,-m", o->memory, "Guest RAM, with a K/M/G suffix (bare number: MiB)")
+      ->capture_default_str();
+  sub->add_option("--cpus", o->cpus, "Number of vCPUs")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 255u));
+  sub->add_option("--accel", o->accel, "Engine: auto (probe KVM, else emu), kvm or emu")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "kvm", "emu"}));
+  sub->add_option("--control", o->control, "Serve the VM's control socket at this path");
+  sub->add_flag("--paused", o->paused, "Start with the vCPUs stopped (resume through --control)");
+  sub->add_flag("--trace-boot", o->trace_boot,
+                "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "
+                "stderr");
+  // For the project's tests: a purpose-built guest (tests/guests/README.md), status port 0x504.
+  sub->add_option("--test-guest", o->test_guest, "Flat 64-bit test guest binary")->group("");
+  sub->callback([o, &action] { action = [o] { return run(*o); }; });
+}
+
+}  // namespace keel::cli

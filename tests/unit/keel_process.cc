@@ -1,0 +1,147 @@
+#include "keel_process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <stdexcept>
+
+namespace keel::testing {
+
+std::string ProcessResult::describe() const {
+  std::string s;
+  if (timed_out) s += "timed out; ";
+  if (exited) s += "exit status " + std::to_string(status);
+  else s += "killed by signal " + std::to_string(signal);
+  return s + "\n--- stdout ---\n" + out + "\n--- stderr ---\n" + err;
+}
+
+KeelProcess::KeelProcess(const std::vector<std::string>& args,
+                         const std::map<std::string, std::string>& env, int tty_fd) {
+  ::signal(SIGPIPE, SIG_IGN);  // a child that exits early must not kill the test with EPIPE
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+  if (tty_fd < 0 && (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)))
+    throw std::runtime_error("pipe2 failed");
+  std::vector<std::string> argv_s = {KEEL_BINARY};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    if (tty_fd >= 0) {
+      setsid();
+      ioctl(tty_fd, TIOCSCTTY, 0);
+      dup2(tty_fd, 0);
+      dup2(tty_fd, 1);
+      dup2(tty_fd, 2);
+    } else {
+      dup2(in[0], 0);
+      dup2(out[1], 1);
+      dup2(err[1], 2);
+    }
+    for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  if (tty_fd < 0) {
+    close(in[0]);
+    close(out[1]);
+    close(err[1]);
+    in_.reset(in[1]);
+    out_.reset(out[0]);
+    err_.reset(err[0]);
+  }
+}
+
+KeelProcess::~KeelProcess() {
+  if (!reaped_ && pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+void KeelProcess::write_stdin(const std::string& bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(in_.get(), bytes.data() + done, bytes.size() - done);
+    if (n <= 0) return;
+    done += static_cast<size_t>(n);
+  }
+}
+
+void KeelProcess::close_stdin() { in_.reset(); }
+
+void KeelProcess::send_signal(int sig) { kill(pid_, sig); }
+
+void KeelProcess::pump(int timeout_ms) {
+  pollfd fds[2];
+  int n = 0;
+  if (out_) fds[n++] = {out_.get(), POLLIN, 0};
+  if (err_) fds[n++] = {err_.get(), POLLIN, 0};
+  if (n == 0) {
+    if (timeout_ms > 0) poll(nullptr, 0, timeout_ms);
+    return;
+  }
+  if (poll(fds, n, timeout_ms) <= 0) return;
+  for (int i = 0; i < n; ++i) {
+    if (!(fds[i].revents & (POLLIN | POLLHUP))) continue;
+    char buf[4096];
+    ssize_t r = ::read(fds[i].fd, buf, sizeof buf);
+    bool is_out = out_ && fds[i].fd == out_.get();
+    if (r <= 0) {
+      (is_out ? out_ : err_).reset();
+      continue;
+    }
+    (is_out ? result_.out : result_.err).append(buf, static_cast<size_t>(r));
+  }
+}
+
+bool KeelProcess::wait_for_stdout(const std::string& marker, std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (result_.out.find(marker) == std::string::npos) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || !out_) return result_.out.find(marker) != std::string::npos;
+    pump(static_cast<int>(std::min<int64_t>(left.count(), 100)));
+  }
+  return true;
+}
+
+ProcessResult KeelProcess::wait(std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  int wstatus = 0;
+  while (true) {
+    pid_t r = waitpid(pid_, &wstatus, WNOHANG);
+    if (r == pid_) break;
+    if (std::chrono::steady_clock::now() >= end) {
+      result_.timed_out = true;
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &wstatus, 0);
+      break;
+    }
+    pump(20);
+  }
+  reaped_ = true;
+  while (out_ || err_) pump(1000);
+  result_.exited = WIFEXITED(wstatus);
+  result_.status = result_.exited ? WEXITSTATUS(wstatus) : -1;
+  result_.signal = WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0;
+  return result_;
+}
+
+ProcessResult run_keel(const std::vector<std::string>& args, const std::string& input,
+                       std::chrono::milliseconds deadline,
+                       const std::map<std::string, std::string>& env) {
+  KeelProcess p(args, env);
+  p.write_stdin(input);
+  p.close_stdin();
+  return p.wait(deadline);
+}
+
+}  // namespace keel::testing

@@ -1,0 +1,59 @@
+// Runs the built `keel` binary (KEEL_BINARY) as a child process for CLI tests: arguments,
+// environment additions, bytes for its stdin, and a deadline; collects exit status, stdout and
+// stderr. Tests can also wait for a marker on stdout while it runs and then signal or feed it.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+#include "base/fd.h"
+
+namespace keel::testing {
+
+struct ProcessResult {
+  bool exited = false;    // exited normally (else killed by a signal or timed out)
+  int status = -1;        // exit status when exited
+  int signal = 0;         // terminating signal otherwise
+  bool timed_out = false;
+  std::string out, err;
+  std::string describe() const;  // for failure messages
+};
+
+class KeelProcess {
+ public:
+  // Starts KEEL_BINARY with `args`. stdin/stdout/stderr are pipes unless `tty_fd` >= 0, in which
+  // case all three are that terminal (a pty slave) and out/err stay empty.
+  KeelProcess(const std::vector<std::string>& args,
+              const std::map<std::string, std::string>& env = {}, int tty_fd = -1);
+  ~KeelProcess();
+
+  pid_t pid() const { return pid_; }
+  // Writes to the child's stdin (pipe mode).
+  void write_stdin(const std::string& bytes);
+  void close_stdin();
+  // Reads output until stdout contains `marker` or the deadline passes; true if seen.
+  bool wait_for_stdout(const std::string& marker, std::chrono::milliseconds deadline);
+  void send_signal(int sig);
+  // Waits for the child to exit (killing it with SIGKILL at the deadline) and collects the rest
+  // of its output.
+  ProcessResult wait(std::chrono::milliseconds deadline);
+
+ private:
+  void pump(int timeout_ms);  // reads what is available from stdout/stderr
+
+  pid_t pid_ = -1;
+  UniqueFd in_, out_, err_;
+  ProcessResult result_;
+  bool reaped_ = false;
+};
+
+// Runs keel to completion with `input` on stdin.
+ProcessResult run_keel(const std::vector<std::string>& args, const std::string& input = "",
+                       std::chrono::milliseconds deadline = std::chrono::seconds(60),
+                       const std::map<std::string, std::string>& env = {});
+
+}  // namespace keel::testing
