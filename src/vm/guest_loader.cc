@@ -5,6 +5,7 @@
 
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
+#include "boot/linux_loader.h"
 
 namespace keel {
 namespace {
@@ -46,7 +47,13 @@ std::vector<x86::CpuState> load_test_guest(GuestImage& image) {
 }
 
 std::vector<x86::CpuState> load_linux_guest(GuestImage& image) {
-  throw Error("booting a Linux kernel is not built yet (src/boot)");
+  boot::LinuxBootSpec spec;
+  spec.kernel = image.config.kernel;
+  spec.initrd = image.config.initrd;
+  spec.cmdline = image.config.cmdline;
+  // ACPI tables (arch/x86/acpi) go here once they land: spec.acpi_rsdp_addr = tables.rsdp.
+  boot::LinuxBoot boot = boot::load_linux(image.memory, spec);
+  return {boot.cpu_state};
 }
 
 }  // namespace keel
