@@ -28,7 +28,8 @@ Cpu::Cpu(const Deps& d)
       clock_(d.clock),
       apic_id_(d.apic_id),
       tsc_deadline_(d.tsc_deadline),
-      kvm_clock_(d.kvm_clock) {
+      kvm_clock_(d.kvm_clock),
+      kvmclock_(d.memory, d.clock) {
   for (auto& t : tlbs_) t = std::make_unique<TlbEntry[]>(kTlbSize);
   jump_cache_ = std::make_unique<JumpEntry[]>(kJumpCacheSize);
   code_pages_.assign((mem_.end() + 4095) / 4096, 0);

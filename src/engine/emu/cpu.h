@@ -21,6 +21,7 @@
 #include "bus/io_bus.h"
 #include "engine/emu/insn.h"
 #include "engine/emu/local_apic.h"
+#include "engine/emu/platform/kvm_clock.h"
 #include "memory/guest_memory.h"
 
 namespace keel::emu {
@@ -103,7 +104,6 @@ class Cpu {
   uint64_t sysenter_cs = 0, sysenter_esp = 0, sysenter_eip = 0;
   uint64_t pat = 0x0007040600070406ull, tsc_aux = 0, misc_enable = 1;  // fast strings
   int64_t tsc_offset = 0;
-  uint64_t kvm_system_time = 0, kvm_wall_clock = 0;
   uint8_t cpl = 0;
   uint8_t mode = 0;  // decode mode: 0 = 64-bit, 1 = 32-bit, 2 = 16-bit
 
@@ -378,7 +378,6 @@ class Cpu {
   void deliver_nested(uint8_t vector, bool has_error, uint32_t error, bool soft);
   void do_deliver(uint8_t vector, bool has_error, uint32_t error, bool soft);
   void run_block(Block* b);
-  void update_kvm_clock();
 
   GuestMemory& mem_;
   IoBus& pio_;
@@ -388,6 +387,7 @@ class Cpu {
   uint32_t apic_id_;
   bool tsc_deadline_;
   bool kvm_clock_;
+  KvmClock kvmclock_;  // kvm-clock MSRs (engine/emu/platform)
 
   // Soft TLBs, one per privilege (user, supervisor); tlb_ points at the one for the current CPL.
   std::unique_ptr<TlbEntry[]> tlbs_[2];

@@ -1,7 +1,5 @@
 // System instructions: segments and descriptor tables, control registers, MSRs, CPUID, TSC,
 // SYSCALL/SYSRET, SWAPGS, IRET, far transfers, port I/O, HLT, INT n, flags with privilege rules.
-#include <ctime>
-
 #include "engine/emu/ops_common.h"
 
 namespace keel::emu {
@@ -765,57 +763,12 @@ void Cpu::write_efer(uint64_t v) {
   update_mode();
 }
 
-namespace {
-
-// KVM pvclock structures (Documentation/virt/kvm/x86/msr.rst).
-struct PvclockVcpuTimeInfo {
-  uint32_t version;
-  uint32_t pad0;
-  uint64_t tsc_timestamp;
-  uint64_t system_time;
-  uint32_t tsc_to_system_mul;
-  int8_t tsc_shift;
-  uint8_t flags;
-  uint8_t pad[2];
-};
-static_assert(sizeof(PvclockVcpuTimeInfo) == 32);
-
-struct PvclockWallClock {
-  uint32_t version;
-  uint32_t sec;
-  uint32_t nsec;
-};
-
-constexpr uint32_t kMsrKvmWallClock = 0x11, kMsrKvmSystemTime = 0x12;
-constexpr uint32_t kMsrKvmWallClockNew = 0x4b564d00, kMsrKvmSystemTimeNew = 0x4b564d01;
-
-uint64_t muldiv(uint64_t a, uint64_t b, uint64_t c) {
-  return uint64_t((unsigned __int128)a * b / c);
-}
-
-}  // namespace
-
-void Cpu::update_kvm_clock() {
-  if (!(kvm_system_time & 1)) return;
-  uint64_t gpa = kvm_system_time & ~1ull;
-  uint64_t hz = clock_.tsc_hz();
-  PvclockVcpuTimeInfo t{};
-  int shift = 0;
-  while ((hz << (shift + 1)) <= 1'000'000'000ull && shift < 31) ++shift;
-  if ((hz << shift) <= 1'000'000'000ull) ++shift;
-  // ns = ((delta << shift) * mul) >> 32, with mul < 2^32.
-  uint64_t scaled = shift >= 0 ? (hz << shift) : (hz >> -shift);
-  t.tsc_to_system_mul = uint32_t(((unsigned __int128)1'000'000'000ull << 32) / scaled);
-  t.tsc_shift = int8_t(shift);
-  uint64_t tsc = read_tsc();
-  t.tsc_timestamp = tsc;
-  t.system_time = muldiv(tsc, 1'000'000'000ull, hz);
-  t.flags = 1;  // PVCLOCK_TSC_STABLE_BIT
-  t.version = 2;
-  if (mem_.contains(gpa, sizeof t)) mem_.write(gpa, &t, sizeof t);
-}
-
 uint64_t Cpu::read_msr(uint32_t i) {
+  if (kvm_clock_ && KvmClock::handles(i)) {
+    uint64_t v = 0;
+    kvmclock_.read_msr(i, v);
+    return v;
+  }
   switch (i) {
     case 0x10: return read_tsc();
     case 0x1B: return apic_.base_msr();
@@ -840,14 +793,6 @@ uint64_t Cpu::read_msr(uint32_t i) {
     case 0xC0000101: return sreg[kGS].base;
     case 0xC0000102: return kernel_gs_base;
     case 0xC0000103: return tsc_aux;
-    case kMsrKvmSystemTime:
-    case kMsrKvmSystemTimeNew:
-      if (!kvm_clock_) raise_fault(kGP, 0);
-      return kvm_system_time;
-    case kMsrKvmWallClock:
-    case kMsrKvmWallClockNew:
-      if (!kvm_clock_) raise_fault(kGP, 0);
-      return kvm_wall_clock;
     default:
       if ((i >= 0x200 && i <= 0x20F) || i == 0x250 || i == 0x258 || i == 0x259 ||
           (i >= 0x268 && i <= 0x26F))
@@ -857,6 +802,10 @@ uint64_t Cpu::read_msr(uint32_t i) {
 }
 
 void Cpu::write_msr(uint32_t i, uint64_t v) {
+  if (kvm_clock_ && KvmClock::handles(i)) {
+    kvmclock_.write_msr(i, v);
+    return;
+  }
   switch (i) {
     case 0x10: tsc_offset = int64_t(v - clock_.read_tsc()); return;
     case 0x1B:
@@ -898,26 +847,6 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
       return;
     case 0xC0000102: if (!canonical(v)) raise_fault(kGP, 0); kernel_gs_base = v; return;
     case 0xC0000103: tsc_aux = uint32_t(v); return;
-    case kMsrKvmSystemTime:
-    case kMsrKvmSystemTimeNew:
-      if (!kvm_clock_) raise_fault(kGP, 0);
-      kvm_system_time = v;
-      update_kvm_clock();
-      return;
-    case kMsrKvmWallClock:
-    case kMsrKvmWallClockNew: {
-      if (!kvm_clock_) raise_fault(kGP, 0);
-      kvm_wall_clock = v;
-      // Wall-clock time at guest system time 0.
-      timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      uint64_t now = uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
-      uint64_t up = muldiv(read_tsc(), 1'000'000'000ull, clock_.tsc_hz());
-      uint64_t boot = now - up;
-      PvclockWallClock w{2, uint32_t(boot / 1'000'000'000ull), uint32_t(boot % 1'000'000'000ull)};
-      if (mem_.contains(v, sizeof w)) mem_.write(v, &w, sizeof w);
-      return;
-    }
     default:
       if ((i >= 0x200 && i <= 0x20F) || i == 0x250 || i == 0x258 || i == 0x259 ||
           (i >= 0x268 && i <= 0x26F))
