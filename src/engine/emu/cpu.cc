@@ -224,9 +224,7 @@ std::string Cpu::describe_rip() {
 
 // ---------------------------------------------------------------- block cache
 
-void Cpu::flush_jump_cache() {
-  for (unsigned i = 0; i < kJumpCacheSize; ++i) jump_cache_[i] = JumpEntry{};
-}
+void Cpu::flush_jump_cache() { ++code_gen_; }
 
 void Cpu::mark_code_page(uint64_t page) {
   if (page >= code_pages_.size()) return;
@@ -243,10 +241,12 @@ void Cpu::mark_code_page(uint64_t page) {
 void Cpu::invalidate_page(uint64_t page) {
   auto it = page_blocks_.find(page);
   if (it != page_blocks_.end()) {
+    flush_jump_cache();
     for (Block* b : it->second) {
       blocks_.erase(b->key);
       if (b == current_block_) end_block();
       retired_.push_back(b);
+      leave_chain_ = true;
     }
     page_blocks_.erase(it);
   }
@@ -317,7 +317,7 @@ Block* Cpu::find_block() {
   const uint64_t la = r[kRegRip] + seg_base[kCS];
   const uint32_t key = mode | (uint32_t(tlb_user_) << 2);
   JumpEntry& j = jump_cache_[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
-  if (j.rip == la && j.key == key) [[likely]]
+  if (j.rip == la && j.key == key && j.gen == code_gen_) [[likely]]
     return j.block;
 
   const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
@@ -350,7 +350,21 @@ Block* Cpu::find_block() {
       return b;
     }
   }
-  j = JumpEntry{la, key, b};
+  j = JumpEntry{la, code_gen_, key, b};
+  return b;
+}
+
+Block* Cpu::next_block(Block* prev) {
+  const uint64_t rip = r[kRegRip];
+  const uint32_t key = mode | (uint32_t(tlb_user_) << 2);
+  for (Block::Link& l : prev->links)
+    if (l.rip == rip && l.gen == code_gen_ && l.key == key) return l.block;
+  Block* b = find_block();
+  if (b != &scratch_block_ && prev != &scratch_block_) {
+    Block::Link& l = prev->links[prev->next_link];
+    prev->next_link ^= 1;
+    l = Block::Link{rip, code_gen_, key, b};
+  }
   return b;
 }
 
@@ -413,7 +427,19 @@ Cpu::Exit Cpu::run() {
         if (!kicked_.load(std::memory_order_acquire) && apic_.maybe_pending()) check_interrupts();
         continue;
       }
-      run_block(find_block());
+      // The chained loop: block after block without the checks above, until something needs
+      // them (a handler changed state, another thread kicked or queued invalidations, or an
+      // interrupt may be pending).
+      leave_chain_ = false;
+      Block* b = find_block();
+      for (;;) {
+        run_block(b);
+        if (leave_chain_ || kicked_.load(std::memory_order_relaxed) ||
+            pending_invalidation_.load(std::memory_order_relaxed))
+          break;
+        if ((rflags_ & kFlagIF) && apic_.maybe_pending()) break;
+        b = next_block(b);
+      }
     } catch (const GuestFault& f) {
       deliver_fault(f);
     }

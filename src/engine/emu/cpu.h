@@ -286,7 +286,10 @@ class Cpu {
   // ---- Block control (for handlers) ----
   // Makes the run loop leave the current block after this instruction (state that decoding
   // depends on changed, or the block's code was overwritten).
-  void end_block() { block_end_ = nullptr; }
+  void end_block() {
+    block_end_ = nullptr;
+    leave_chain_ = true;
+  }
 
   // ---- Slow paths and system operations (mmu.cc, cpu.cc, ops_sys.cc) ----
   void read_slow(uint64_t la, void* dst, unsigned len, bool user);
@@ -333,7 +336,10 @@ class Cpu {
     halted_ = true;
     end_block();
   }
-  void set_shadow() { shadow_ = true; }
+  void set_shadow() {
+    shadow_ = true;
+    leave_chain_ = true;
+  }
   bool interrupt_shadow() const { return shadow_; }
 
   GuestMemory& memory() { return mem_; }
@@ -342,7 +348,10 @@ class Cpu {
   uint32_t apic_id() const { return apic_id_; }
   bool tsc_deadline_supported() const { return tsc_deadline_; }
   bool kvm_clock_supported() const { return kvm_clock_; }
-  void mark_shutdown() { shutdown_ = true; end_block(); }
+  void mark_shutdown() {
+    shutdown_ = true;
+    end_block();
+  }
 
   // The decoded-instruction cache (cpu.cc / decode.cc).
   static constexpr unsigned kMaxBlockInsns = 64;
@@ -355,6 +364,7 @@ class Cpu {
 
   struct JumpEntry {
     uint64_t rip = ~0ull;
+    uint64_t gen = 0;
     uint32_t key = 0;
     Block* block = nullptr;
   };
@@ -368,6 +378,7 @@ class Cpu {
   bool is_apic_page(uint64_t gpa) const;
 
   Block* find_block();
+  Block* next_block(Block* prev);
   Block* build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cacheable);
   void mark_code_page(uint64_t page);
   void invalidate_page(uint64_t page);
@@ -402,6 +413,10 @@ class Cpu {
   std::vector<uint8_t> code_pages_;  // 1 = page holds decoded code (accessed via atomic_ref)
   std::unique_ptr<JumpEntry[]> jump_cache_;
   const Insn* block_end_ = nullptr;
+  // Generation of translations and decoded code: jump-cache entries and block links made under
+  // an older generation are ignored (so flushes are O(1) and freed blocks are never followed).
+  uint64_t code_gen_ = 1;
+  bool leave_chain_ = false;  // a handler changed state the chained loop must look at
   Block* current_block_ = nullptr;
   Block scratch_block_;  // uncached block for an instruction that crosses a page
   std::mutex pending_mutex_;

@@ -55,6 +55,16 @@ struct Block {
   uint64_t start_gpa = 0;
   uint32_t bytes = 0;     // guest bytes covered
   std::vector<Insn> insns;
+  // Direct links to the blocks that followed this one (branch taken / not taken), valid while
+  // link_gen matches the CPU's code generation (bumped on any TLB flush or invalidation).
+  struct Link {
+    uint64_t rip = ~0ull;
+    uint64_t gen = 0;
+    uint32_t key = 0;
+    Block* block = nullptr;
+  };
+  Link links[2];
+  uint8_t next_link = 0;
 };
 
 }  // namespace keel::emu
