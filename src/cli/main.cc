@@ -14,6 +14,8 @@ namespace {
 constexpr keel::cli::AddVerb kVerbs[] = {
     keel::cli::add_run_verb,
     keel::cli::add_probe_verb,
+    keel::cli::add_daemon_verb,
+    keel::cli::add_client_verbs,  // define, undefine, start, shutdown, ..., console, events
 };
 
 }  // namespace

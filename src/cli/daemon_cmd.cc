@@ -1,0 +1,51 @@
+// keel daemon [--state-dir DIR] [--socket PATH]
+#include <signal.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "base/error.h"
+#include <CLI/CLI.hpp>
+
+#include "cli/verbs.h"
+#include "manager/daemon.h"
+
+namespace keel::cli {
+
+void add_daemon_verb(CLI::App& app, Action& action) {
+  auto options = std::make_shared<manager::DaemonOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "daemon", "Run the management daemon: VM definitions, VMM processes and the HTTP API");
+  cmd->add_option("--state-dir", options->state_dir, "Where the store, sockets and logs live")
+      ->capture_default_str();
+  cmd->add_option("--socket", options->socket_path, "The API's unix socket")->capture_default_str();
+  // Tests and benchmarks run the daemon with a stand-in VMM; hidden from --help.
+  cmd->add_option("--vmm", options->vmm_binary, "The VMM executable (default: this keel)")
+      ->group("");
+  cmd->callback([&action, options] { action = [options] {
+    // SIGINT/SIGTERM end the daemon (the VMs keep running); a dedicated thread waits for them so
+    // that no signal handler runs inside the daemon's threads.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+
+    manager::Daemon daemon(*options);
+    std::thread waiter([&] {
+      int sig = 0;
+      sigwait(&stop_signals, &sig);
+      if (sig != 0) daemon.stop();
+    });
+    daemon.serve();
+    // serve() returned: stop() ran (by a signal) or the server failed. A SIGTERM to ourselves
+    // wakes the waiter in the second case; in the first it stays pending, blocked, and harmless.
+    ::kill(::getpid(), SIGTERM);
+    waiter.join();
+    return 0;
+  }; });
+}
+
+}  // namespace keel::cli

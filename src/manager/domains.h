@@ -1,0 +1,108 @@
+// The daemon's table of defined VMs ("domains", as libvirt calls them) and the commands on them.
+//
+// Locking (docs/architecture.md, "Management"):
+//   - table_mutex_ guards the name -> Domain map (define/undefine/lookup);
+//   - each Domain has `op`, the per-VM command lock, held for a whole command (start, destroy,
+//     suspend, ...), so two commands on one VM never interleave; commands on different VMs run in
+//     parallel on the API's threads;
+//   - each Domain has `mutex`, held briefly to read or change its state; the supervisor thread's
+//     callbacks take only this one, never `op`, so a command waiting for a VMM reply while holding
+//     `op` cannot deadlock with the thread that delivers the reply.
+// Every state change is written to the store (one transaction) under Domain::mutex, so the store
+// and memory agree.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "manager/broadcast.h"
+#include "manager/store.h"
+#include "manager/supervisor.h"
+
+namespace keel::manager {
+
+// The VM is in the wrong state for the command (start a running VM, undefine a running one).
+class ConflictError : public Error {
+ public:
+  using Error::Error;
+};
+
+struct DomainsOptions {
+  std::string state_dir;   // holds run/ (control sockets) and log/ (VMM logs)
+  std::string vmm_binary;  // the keel binary that runs `keel run --control ...`
+  std::chrono::milliseconds start_timeout{15000};
+  std::chrono::milliseconds stop_timeout{15000};
+};
+
+class Domains {
+ public:
+  Domains(Store& store, DomainsOptions options);
+  ~Domains();  // stops watching; running VMMs go on and are adopted by the next daemon
+  Domains(const Domains&) = delete;
+  Domains& operator=(const Domains&) = delete;
+
+  // At daemon start: loads the definitions; VMs the store says are running are adopted again
+  // through their saved pid and control socket, or recorded as shut off (crashed).
+  void recover();
+
+  nlohmann::json define(const nlohmann::json& definition);
+  void undefine(const std::string& name);
+  nlohmann::json start(const std::string& name, bool paused);
+  void shutdown(const std::string& name);  // ACPI power button; returns at once
+  void reboot(const std::string& name);
+  void destroy(const std::string& name);   // kills the VMM, returns once it is gone
+  void suspend(const std::string& name);
+  void resume(const std::string& name);
+  nlohmann::json info(const std::string& name);
+  nlohmann::json list();
+
+  // The console of `name`: recent output to read from, input to write.
+  std::shared_ptr<ByteHistory> console(const std::string& name);
+  void console_write(const std::string& name, std::string_view bytes);
+  MessageHistory& events() { return events_; }
+
+  // Ends every streaming reader (console, events): the daemon is stopping.
+  void close_streams();
+
+ private:
+  struct Domain;
+  std::shared_ptr<Domain> find(const std::string& name);
+  void start_locked(const std::shared_ptr<Domain>& d, bool paused);
+  void adopt(const std::shared_ptr<Domain>& d, const VmRecord& record);
+  void watch(const std::shared_ptr<Domain>& d, std::shared_ptr<VmmLink> link, uint64_t generation);
+  void on_event(const std::shared_ptr<Domain>& d, uint64_t generation, const nlohmann::json& event);
+  void on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int wait_status);
+  void set_state(Domain& d, const std::string& state, const std::string& reason);
+  void publish(const std::string& event, const Domain& d, const std::string& detail = {});
+  std::shared_ptr<VmmLink> live_link(Domain& d, const char* verb);
+  nlohmann::json info_of(Domain& d);
+  void post_job(std::function<void()> job);
+
+  Store& store_;
+  DomainsOptions options_;
+  MessageHistory events_;
+
+  std::mutex table_mutex_;
+  std::map<std::string, std::shared_ptr<Domain>> table_;
+
+  // Work the supervisor thread must not do itself (restarting a VM after a reset takes `op`).
+  std::mutex jobs_mutex_;
+  std::condition_variable jobs_cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool jobs_stop_ = false;
+  std::thread worker_;
+
+  Supervisor supervisor_;  // last: its thread stops first, before the table it calls into
+};
+
+}  // namespace keel::manager

@@ -1,0 +1,239 @@
+#include "manager/vm_definition.h"
+
+#include <sys/stat.h>
+
+#include <regex>
+
+namespace keel::manager {
+
+using nlohmann::json;
+
+namespace {
+
+[[noreturn]] void refuse(const std::string& field, const std::string& why) {
+  throw DefinitionError("field '" + field + "': " + why);
+}
+
+const char* type_name(const json& value) { return value.type_name(); }
+
+std::string get_string(const json& value, const std::string& field, size_t max_length = 4096) {
+  if (!value.is_string()) refuse(field, std::string("expected a string, got ") + type_name(value));
+  const std::string& s = value.get_ref<const std::string&>();
+  if (s.size() > max_length) refuse(field, "longer than " + std::to_string(max_length) + " bytes");
+  if (s.find('\0') != std::string::npos) refuse(field, "contains a NUL byte");
+  return s;
+}
+
+uint64_t get_integer(const json& value, const std::string& field, uint64_t min, uint64_t max) {
+  if (!value.is_number_integer()) {
+    refuse(field, std::string("expected an integer, got ") + type_name(value));
+  }
+  if (value.is_number_unsigned()) {
+    uint64_t v = value.get<uint64_t>();
+    if (v < min || v > max) {
+      refuse(field, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+    }
+    return v;
+  }
+  int64_t v = value.get<int64_t>();
+  if (v < 0 || static_cast<uint64_t>(v) < min || static_cast<uint64_t>(v) > max) {
+    refuse(field, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+  }
+  return static_cast<uint64_t>(v);
+}
+
+bool get_bool(const json& value, const std::string& field) {
+  if (!value.is_boolean()) refuse(field, std::string("expected a boolean, got ") + type_name(value));
+  return value.get<bool>();
+}
+
+// A path that must name an existing regular file.
+std::string get_file(const json& value, const std::string& field) {
+  std::string path = get_string(value, field);
+  if (path.empty()) refuse(field, "empty path");
+  if (path[0] != '/') refuse(field, "'" + path + "' is not an absolute path");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) refuse(field, "file '" + path + "' does not exist");
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+    refuse(field, "'" + path + "' is not a regular file");
+  }
+  return path;
+}
+
+void check_object(const json& value, const std::string& field,
+                  std::initializer_list<const char*> known) {
+  if (!value.is_object()) refuse(field, std::string("expected an object, got ") + type_name(value));
+  for (auto& [key, v] : value.items()) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || key == k;
+    if (!ok) refuse(field.empty() ? key : field + "." + key, "unknown field");
+  }
+}
+
+const json* member(const json& object, const char* key) {
+  auto it = object.find(key);
+  return it == object.end() ? nullptr : &*it;
+}
+
+const std::regex& hostfwd_pattern() {
+  // [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, as QEMU's -netdev user,hostfwd=.
+  static const std::regex pattern(
+      R"(^(tcp|udp):((\d{1,3}\.){3}\d{1,3})?:?(\d{1,5})-((\d{1,3}\.){3}\d{1,3})?:(\d{1,5})$)");
+  return pattern;
+}
+
+}  // namespace
+
+bool valid_vm_name(const std::string& name) {
+  static const std::regex pattern(R"(^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$)");
+  return std::regex_match(name, pattern);
+}
+
+VmDefinition parse_definition(const json& doc) {
+  check_object(doc, "", {"name", "vcpus", "memory_mib", "accel", "kernel", "initrd", "cmdline",
+                         "test_guest", "disks", "nets"});
+  VmDefinition d;
+  const json* name = member(doc, "name");
+  if (!name) refuse("name", "missing");
+  d.name = get_string(*name, "name", 63);
+  if (!valid_vm_name(d.name)) {
+    refuse("name", "'" + d.name + "' must be 1-63 characters of A-Z a-z 0-9 . _ - starting with a "
+                   "letter or digit");
+  }
+  if (const json* v = member(doc, "vcpus")) d.vcpus = static_cast<uint32_t>(get_integer(*v, "vcpus", 1, 256));
+  if (const json* v = member(doc, "memory_mib")) {
+    d.memory_mib = get_integer(*v, "memory_mib", 1, 1u << 20);
+  }
+  if (const json* v = member(doc, "accel")) {
+    d.accel = get_string(*v, "accel");
+    if (d.accel != "auto" && d.accel != "kvm" && d.accel != "emu") {
+      refuse("accel", "'" + d.accel + "' is not one of auto, kvm, emu");
+    }
+  }
+  if (const json* v = member(doc, "kernel")) d.kernel = get_file(*v, "kernel");
+  if (const json* v = member(doc, "initrd")) d.initrd = get_file(*v, "initrd");
+  if (const json* v = member(doc, "cmdline")) d.cmdline = get_string(*v, "cmdline", 2048);
+  if (const json* v = member(doc, "test_guest")) d.test_guest = get_file(*v, "test_guest");
+  if (d.kernel.empty() && d.test_guest.empty()) refuse("kernel", "missing (or give test_guest)");
+  if (!d.test_guest.empty()) {
+    if (!d.kernel.empty()) refuse("test_guest", "cannot be combined with kernel");
+    if (!d.initrd.empty()) refuse("initrd", "needs a kernel, not a test_guest");
+    if (!d.cmdline.empty()) refuse("cmdline", "needs a kernel, not a test_guest");
+  }
+
+  if (const json* v = member(doc, "disks")) {
+    if (!v->is_array()) refuse("disks", std::string("expected an array, got ") + type_name(*v));
+    if (v->size() > 16) refuse("disks", "more than 16 disks");
+    for (size_t i = 0; i < v->size(); ++i) {
+      std::string field = "disks[" + std::to_string(i) + "]";
+      const json& disk = (*v)[i];
+      check_object(disk, field, {"path", "readonly"});
+      DiskDefinition dd;
+      const json* path = member(disk, "path");
+      if (!path) refuse(field + ".path", "missing");
+      dd.path = get_file(*path, field + ".path");
+      if (dd.path.find(',') != std::string::npos) refuse(field + ".path", "contains a comma");
+      if (const json* ro = member(disk, "readonly")) dd.readonly = get_bool(*ro, field + ".readonly");
+      d.disks.push_back(std::move(dd));
+    }
+  }
+  if (const json* v = member(doc, "nets")) {
+    if (!v->is_array()) refuse("nets", std::string("expected an array, got ") + type_name(*v));
+    if (v->size() > 8) refuse("nets", "more than 8 networks");
+    for (size_t i = 0; i < v->size(); ++i) {
+      std::string field = "nets[" + std::to_string(i) + "]";
+      const json& net = (*v)[i];
+      check_object(net, field, {"type", "hostfwd", "ifname"});
+      NetDefinition nd;
+      if (const json* t = member(net, "type")) nd.type = get_string(*t, field + ".type");
+      if (nd.type != "user" && nd.type != "tap") {
+        refuse(field + ".type", "'" + nd.type + "' is not one of user, tap");
+      }
+      if (const json* h = member(net, "hostfwd")) {
+        if (nd.type != "user") refuse(field + ".hostfwd", "only for type user");
+        if (!h->is_array()) {
+          refuse(field + ".hostfwd", std::string("expected an array, got ") + type_name(*h));
+        }
+        for (size_t j = 0; j < h->size(); ++j) {
+          std::string f = field + ".hostfwd[" + std::to_string(j) + "]";
+          std::string rule = get_string((*h)[j], f, 64);
+          if (!std::regex_match(rule, hostfwd_pattern())) {
+            refuse(f, "'" + rule + "' is not PROTO:[ADDR]:HOSTPORT-[ADDR]:GUESTPORT");
+          }
+          nd.hostfwd.push_back(rule);
+        }
+      }
+      if (const json* n = member(net, "ifname")) {
+        if (nd.type != "tap") refuse(field + ".ifname", "only for type tap");
+        nd.ifname = get_string(*n, field + ".ifname", 15);
+        static const std::regex ifname(R"(^[A-Za-z0-9_.-]{1,15}$)");
+        if (!std::regex_match(nd.ifname, ifname)) refuse(field + ".ifname", "not an interface name");
+      }
+      if (nd.type == "tap" && nd.ifname.empty()) refuse(field + ".ifname", "missing");
+      d.nets.push_back(std::move(nd));
+    }
+  }
+  return d;
+}
+
+VmDefinition parse_definition_text(const std::string& text) {
+  json doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw DefinitionError(std::string("malformed JSON: ") + e.what());
+  }
+  return parse_definition(doc);
+}
+
+void check_files(const VmDefinition& d) {
+  // Re-parsing the stored form re-runs every file check with the same messages.
+  parse_definition(d.to_json());
+}
+
+json VmDefinition::to_json() const {
+  json j{{"name", name}, {"vcpus", vcpus}, {"memory_mib", memory_mib}, {"accel", accel}};
+  if (!kernel.empty()) j["kernel"] = kernel;
+  if (!initrd.empty()) j["initrd"] = initrd;
+  if (!cmdline.empty()) j["cmdline"] = cmdline;
+  if (!test_guest.empty()) j["test_guest"] = test_guest;
+  json disk_list = json::array();
+  for (const auto& disk : disks) disk_list.push_back({{"path", disk.path}, {"readonly", disk.readonly}});
+  j["disks"] = disk_list;
+  json net_list = json::array();
+  for (const auto& net : nets) {
+    json n{{"type", net.type}};
+    if (net.type == "user") n["hostfwd"] = net.hostfwd;
+    if (net.type == "tap") n["ifname"] = net.ifname;
+    net_list.push_back(n);
+  }
+  j["nets"] = net_list;
+  return j;
+}
+
+std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string& control_path) {
+  std::vector<std::string> args{"run",
+                                "--control", control_path,
+                                "--paused",
+                                "--cpus", std::to_string(d.vcpus),
+                                "--memory", std::to_string(d.memory_mib) + "M",
+                                "--accel", d.accel};
+  if (!d.test_guest.empty()) {
+    args.insert(args.end(), {"--test-guest", d.test_guest});
+  } else {
+    args.insert(args.end(), {"--kernel", d.kernel});
+    if (!d.initrd.empty()) args.insert(args.end(), {"--initrd", d.initrd});
+    if (!d.cmdline.empty()) args.insert(args.end(), {"--cmdline", d.cmdline});
+  }
+  for (const auto& disk : d.disks) {
+    args.insert(args.end(), {"--disk", disk.path + (disk.readonly ? ",readonly" : "")});
+  }
+  for (const auto& net : d.nets) {
+    std::string spec = net.type == "tap" ? "tap:" + net.ifname : "user";
+    for (const auto& rule : net.hostfwd) spec += ",hostfwd=" + rule;
+    args.insert(args.end(), {"--net", spec});
+  }
+  return args;
+}
+
+}  // namespace keel::manager

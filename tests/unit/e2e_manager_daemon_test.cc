@@ -1,0 +1,521 @@
+// The daemon end to end, with real VMM *processes* that run a stand-in VM: keel_tests itself,
+// started by the daemon with KEEL_TEST_FAKE_VMM=1, serves the real ControlServer over a fake
+// ControlTarget whose "guest" prints a progress counter on its console. This exercises the
+// daemon, store, supervision, restart safety and the CLI independently of an engine; the same
+// flows with purpose-built guests on the kvm engine live in e2e_manager_guest_test.cc.
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+
+#include "control/control_server.h"
+#include "control/unix_socket.h"
+#include "manager/vmm_process.h"
+#include "e2e_manager_helpers.h"
+#include "manager/vm_definition.h"
+
+namespace keel::e2e {
+namespace {
+
+// ---- the stand-in VMM ------------------------------------------------------------------------
+
+class CounterVm : public control::ControlTarget {
+ public:
+  explicit CounterVm(bool paused) : running_(!paused) {
+    counter_ = std::thread([this] { count(); });
+  }
+  ~CounterVm() override {
+    {
+      std::lock_guard lock(mutex_);
+      exiting_ = true;
+    }
+    cv_.notify_all();
+    counter_.join();
+  }
+  control::RunStatus query_status() override {
+    std::lock_guard lock(mutex_);
+    return running_ ? control::RunStatus{control::RunState::kRunning, "booted"}
+                    : control::RunStatus{control::RunState::kPaused, "user"};
+  }
+  void pause() override {
+    set_running(false);
+    emit(control::event::kStop, json::object());
+  }
+  void resume() override {
+    set_running(true);
+    emit(control::event::kResume, json::object());
+  }
+  void powerdown() override {
+    emit(control::event::kPowerdown, json::object());
+    // The "guest" reacts to the power button by powering off.
+    emit(control::event::kShutdown, json{{"guest", true}, {"reason", "guest-shutdown"}});
+    finish(0);
+  }
+  void reset() override {
+    emit(control::event::kReset, json{{"guest", false}, {"reason", "host-qmp-system-reset"}});
+    emit(control::event::kShutdown, json{{"guest", false}, {"reason", "host-qmp-system-reset"}});
+    finish(0);
+  }
+  void quit() override { finish(0); }
+  std::vector<control::CpuInfo> query_cpus() override { return {{0, ::gettid(), false}}; }
+  void set_event_callback(EventCallback cb) override {
+    std::lock_guard lock(mutex_);
+    on_event_ = std::move(cb);
+  }
+  void set_console_callback(ConsoleCallback cb) override {
+    std::lock_guard lock(mutex_);
+    on_console_ = std::move(cb);
+  }
+  void console_input(std::string_view bytes) override { print("echo: " + std::string(bytes) + "\n"); }
+
+  bool finished(int& code) {
+    std::lock_guard lock(mutex_);
+    code = exit_code_;
+    return done_;
+  }
+
+ private:
+  void count() {
+    std::unique_lock lock(mutex_);
+    long n = 0;
+    while (!exiting_) {
+      cv_.wait_for(lock, 20ms, [&] { return exiting_; });
+      if (running_ && !done_) {
+        lock.unlock();
+        print("count " + std::to_string(n++) + "\n");
+        lock.lock();
+      }
+    }
+  }
+  void print(const std::string& text) {
+    ConsoleCallback cb;
+    {
+      std::lock_guard lock(mutex_);
+      cb = on_console_;
+    }
+    if (cb) cb(text);
+  }
+  void emit(const char* name, json data) {
+    EventCallback cb;
+    {
+      std::lock_guard lock(mutex_);
+      cb = on_event_;
+    }
+    if (cb) cb(name, std::move(data));
+  }
+  void set_running(bool on) {
+    std::lock_guard lock(mutex_);
+    running_ = on;
+  }
+  void finish(int code) {
+    std::lock_guard lock(mutex_);
+    done_ = true;
+    exit_code_ = code;
+  }
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool running_;
+  bool exiting_ = false;
+  bool done_ = false;
+  int exit_code_ = 0;
+  EventCallback on_event_;
+  ConsoleCallback on_console_;
+  std::thread counter_;
+};
+
+// `keel_tests run --control PATH [--paused] ... --test-guest FILE`, as the daemon runs a VMM. A
+// test guest file whose content starts with "fail" makes it exit 1 at once, like a VMM that
+// cannot load its guest.
+int fake_vmm_main(const std::vector<std::string>& args) {
+  std::string control_path, guest;
+  bool paused = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--control" && i + 1 < args.size()) control_path = args[i + 1];
+    if (args[i] == "--test-guest" && i + 1 < args.size()) guest = args[i + 1];
+    if (args[i] == "--paused") paused = true;
+  }
+  if (control_path.empty()) return 2;
+  std::string content = read_whole(guest);
+  if (content.rfind("fail", 0) == 0) {
+    std::fprintf(stderr, "keel: cannot load %s: not a guest\n", guest.c_str());
+    return 1;
+  }
+  CounterVm vm(paused);
+  control::ControlServer server(control_path, vm);
+  int code = 0;
+  while (!vm.finished(code)) server.run_once(20ms);
+  server.flush(500ms);
+  return code;
+}
+
+// Runs before main() when the daemon started this binary as its VMM.
+struct FakeVmmHook {
+  FakeVmmHook() {
+    if (!std::getenv("KEEL_TEST_FAKE_VMM")) return;
+    std::ifstream in("/proc/self/cmdline", std::ios::binary);
+    std::vector<std::string> args;
+    for (std::string arg; std::getline(in, arg, '\0');) args.push_back(arg);
+    if (args.size() < 2 || args[1] != "run") return;
+    std::exit(fake_vmm_main(args));
+  }
+} fake_vmm_hook;
+
+std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
+
+// ---- the tests -------------------------------------------------------------------------------
+
+class ManagerDaemonTest : public DaemonFixture {
+ protected:
+  std::vector<std::string> daemon_extra_args() override { return {"--vmm", self_exe()}; }
+  void daemon_environment() override { ::setenv("KEEL_TEST_FAKE_VMM", "1", 1); }
+
+  void SetUp() override {
+    DaemonFixture::SetUp();
+    guest = dir + "/guest.bin";
+    std::ofstream(guest) << "counter guest";
+    start_daemon();
+  }
+  json definition(const std::string& name) {
+    return json{{"name", name}, {"vcpus", 1}, {"memory_mib", 16}, {"test_guest", guest}};
+  }
+  void define(const std::string& name) { api().call("POST", "/v1/vms", definition(name)); }
+
+  std::string guest;
+};
+
+TEST_F(ManagerDaemonTest, LifecycleThroughTheCli) {
+  write_definition("web1.json", definition("web1"));
+  CommandResult r = keel({"define", dir + "/web1.json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Domain 'web1' defined"), std::string::npos);
+
+  r = keel({"list"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out.find("web1"), std::string::npos);  // shut off VMs only with --all
+  r = keel({"list", "--all", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json listed = json::parse(r.out);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0]["state"], "shut off");
+
+  r = keel({"start", "web1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json vm = wait_state("web1", "running", "booted");
+  pid_t pid = vm["pid"].get<pid_t>();
+  EXPECT_GT(pid, 0);
+  r = keel({"list"});
+  EXPECT_NE(r.out.find("running (booted)"), std::string::npos) << r.out;
+  r = keel({"info", "web1", "--json"});
+  EXPECT_EQ(json::parse(r.out)["pid"], pid);
+
+  // The console counts.
+  std::string console = read_console_until("web1", [](const std::string& s) {
+    return last_count(s) >= 3;
+  });
+  EXPECT_NE(console.find("count 0\n"), std::string::npos);
+
+  // Suspended, the counter stops; resumed, it goes on from where it stopped.
+  ASSERT_EQ(keel({"suspend", "web1"}).exit_code, 0);
+  wait_state("web1", "paused", "user");
+  long stopped_at = last_count(read_console_until("web1", [](const std::string& s) {
+    return last_count(s) >= 0;
+  }));
+  // Observe a quiet window: no new count while paused.
+  std::string during_pause;
+  api().stream("/v1/vms/web1/console", [&](std::string_view b) {
+    during_pause.append(b);
+    return true;
+  }, [deadline = Clock::now() + 300ms] { return Clock::now() > deadline; });
+  EXPECT_EQ(during_pause, "");
+  ASSERT_EQ(keel({"resume", "web1"}).exit_code, 0);
+  wait_state("web1", "running", "unpaused");
+  console = read_console_until("web1", [&](const std::string& s) {
+    return last_count(s) > stopped_at + 2;
+  });
+  EXPECT_NE(console.find("count " + std::to_string(stopped_at + 1) + "\n"), std::string::npos);
+
+  // Shutdown: the guest powers off.
+  r = keel({"shutdown", "web1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  wait_state("web1", "shut off", "shutdown");
+  EXPECT_FALSE(info("web1").contains("pid"));
+
+  // Destroy.
+  ASSERT_EQ(keel({"start", "web1"}).exit_code, 0);
+  wait_state("web1", "running");
+  r = keel({"destroy", "web1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  wait_state("web1", "shut off", "destroyed");
+
+  // Undefine.
+  r = keel({"undefine", "web1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = keel({"info", "web1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("no VM named 'web1'"), std::string::npos) << r.err;
+}
+
+TEST_F(ManagerDaemonTest, StartPausedThenConsoleInputEchoes) {
+  define("p1");
+  ASSERT_EQ(keel({"start", "p1", "--paused"}).exit_code, 0);
+  wait_state("p1", "paused", "user");
+  api().call("POST", "/v1/vms/p1/resume");
+  wait_state("p1", "running", "unpaused");
+  auto r = api().request("POST", "/v1/vms/p1/console", "hello", "application/octet-stream");
+  EXPECT_EQ(r.status, 200);
+  read_console_until("p1", [](const std::string& s) {
+    return s.find("echo: hello\n") != std::string::npos;
+  });
+  api().call("POST", "/v1/vms/p1/destroy");
+}
+
+TEST_F(ManagerDaemonTest, RebootStartsAFreshVmm) {
+  define("r1");
+  json vm = api().call("POST", "/v1/vms/r1/start");
+  pid_t first = vm["pid"].get<pid_t>();
+  ASSERT_EQ(keel({"reboot", "r1"}).exit_code, 0);
+  auto deadline = Clock::now() + 30s;
+  while (Clock::now() < deadline) {
+    vm = info("r1");
+    if (vm["state"] == "running" && vm.contains("pid") && vm["pid"] != first) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(vm["state"], "running");
+  EXPECT_NE(vm.value("pid", 0), first);
+  read_console_until("r1", [](const std::string& s) { return s.find("count 0\n") != std::string::npos; });
+}
+
+TEST_F(ManagerDaemonTest, VmmKilledWithSigkillIsCrashed) {
+  define("k1");
+  json vm = api().call("POST", "/v1/vms/k1/start");
+  ASSERT_EQ(::kill(vm["pid"].get<pid_t>(), SIGKILL), 0);
+  wait_state("k1", "shut off", "crashed");
+  // And it starts again.
+  api().call("POST", "/v1/vms/k1/start");
+  wait_state("k1", "running", "booted");
+  api().call("POST", "/v1/vms/k1/destroy");
+}
+
+TEST_F(ManagerDaemonTest, DaemonKilledAndRestartedWhileVmRuns) {
+  define("d1");
+  define("d2");
+  json vm = api().call("POST", "/v1/vms/d1/start");
+  pid_t pid = vm["pid"].get<pid_t>();
+  api().call("POST", "/v1/vms/d2/start", json{{"paused", true}});
+  read_console_until("d1", [](const std::string& s) { return last_count(s) >= 1; });
+
+  stop_daemon(SIGKILL);
+  ASSERT_EQ(::kill(pid, 0), 0) << "the VMM died with the daemon";
+  start_daemon();
+
+  vm = wait_state("d1", "running");
+  EXPECT_EQ(vm["pid"], pid);
+  wait_state("d2", "paused");
+  // Still controllable: console, suspend/resume, destroy.
+  read_console_until("d1", [](const std::string& s) { return last_count(s) >= 0; }, 30s, false);
+  api().call("POST", "/v1/vms/d1/suspend");
+  wait_state("d1", "paused", "user");
+  api().call("POST", "/v1/vms/d1/resume");
+  wait_state("d1", "running");
+  api().call("POST", "/v1/vms/d1/destroy");
+  wait_state("d1", "shut off", "destroyed");
+  api().call("POST", "/v1/vms/d2/destroy");
+}
+
+TEST_F(ManagerDaemonTest, VmmThatDiedWhileTheDaemonWasDownIsCrashed) {
+  define("g1");
+  json vm = api().call("POST", "/v1/vms/g1/start");
+  pid_t pid = vm["pid"].get<pid_t>();
+  stop_daemon(SIGKILL);
+  ::kill(pid, SIGKILL);
+  // The VMM was the killed daemon's child: now adopted by init (or a subreaper), which reaps it.
+  auto deadline = Clock::now() + 10s;
+  while (manager::process_start_time(pid) != 0 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  start_daemon();
+  wait_state("g1", "shut off", "crashed");
+}
+
+TEST_F(ManagerDaemonTest, FailedStartIsRecordedWithTheVmmsMessage) {
+  std::string bad = dir + "/bad.bin";
+  std::ofstream(bad) << "fail please";
+  api().call("POST", "/v1/vms", json{{"name", "bad"}, {"test_guest", bad}});
+  CommandResult r = keel({"start", "bad"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("not a guest"), std::string::npos) << r.err;
+  json vm = info("bad");
+  EXPECT_EQ(vm["state"], "shut off");
+  EXPECT_EQ(vm["reason"], "failed to start");
+  // A file that vanished after define is refused at start, naming the field.
+  std::string gone = dir + "/gone.bin";
+  std::ofstream(gone) << "x";
+  api().call("POST", "/v1/vms", json{{"name", "gone"}, {"test_guest", gone}});
+  std::filesystem::remove(gone);
+  r = keel({"start", "gone"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("field 'test_guest'"), std::string::npos) << r.err;
+}
+
+TEST_F(ManagerDaemonTest, MalformedDefinitionsAndRequestsAreRefused) {
+  // CLI: bad definitions name the field, exit 1; usage errors exit 2.
+  json bad = definition("x");
+  bad["vcpus"] = "two";
+  write_definition("bad.json", bad);
+  CommandResult r = keel({"define", dir + "/bad.json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("field 'vcpus'"), std::string::npos) << r.err;
+  std::ofstream(dir + "/garbage.json") << "{not json";
+  r = keel({"define", dir + "/garbage.json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("malformed JSON"), std::string::npos) << r.err;
+  r = keel({"define", dir + "/does-not-exist.json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(keel({"start"}).exit_code, 2);
+  EXPECT_EQ(keel({"list", "--bogus"}).exit_code, 2);
+  EXPECT_EQ(run_keel({"no-such-verb"}, dir).exit_code, 2);
+
+  // Duplicates.
+  define("x");
+  auto dup = api().request("POST", "/v1/vms", definition("x").dump());
+  EXPECT_EQ(dup.status, 409);
+  EXPECT_NE(dup.body.find("already defined"), std::string::npos);
+
+  // API: statuses and JSON error bodies.
+  struct Case {
+    const char* method;
+    std::string path;
+    std::string body;
+    int status;
+  };
+  std::vector<Case> cases{
+      {"POST", "/v1/vms", "", 422},
+      {"POST", "/v1/vms", "[1,2]", 422},
+      {"POST", "/v1/vms", "\xff\xfe{", 422},
+      {"POST", "/v1/vms", R"({"name": "y", "test_guest": ")" + guest + R"(", "extra": 1})", 422},
+      {"GET", "/v1/vms/nope", "", 404},
+      {"GET", "/v1/vms/..%2Fetc", "", 404},
+      {"POST", "/v1/vms/nope/start", "", 404},
+      {"POST", "/v1/vms/x/start", "{\"paused\": 3}", 400},
+      {"POST", "/v1/vms/x/start", "{\"turbo\": true}", 400},
+      {"POST", "/v1/vms/x/start", "not json", 400},
+      {"POST", "/v1/vms/x/suspend", "", 409},  // not running
+      {"GET", "/v1/nothing-here", "", 404},
+      {"POST", "/v1/vms", std::string(2 << 20, 'x'), 413},
+  };
+  for (const Case& c : cases) {
+    auto resp = api().request(c.method, c.path, c.body);
+    EXPECT_EQ(resp.status, c.status) << c.method << " " << c.path << ": " << resp.body;
+    json body = json::parse(resp.body, nullptr, false);
+    EXPECT_TRUE(body.is_object() && body.contains("error")) << c.path << ": " << resp.body;
+  }
+  // Garbage that is not HTTP at all.
+  {
+    UniqueFd fd = control::connect_unix(socket);
+    control::write_all(fd.get(), std::string("\x00\x01garbage\r\n\r\n", 13));
+  }
+  api().call("POST", "/v1/vms/x/start");
+  auto conflict = api().request("DELETE", "/v1/vms/x");
+  EXPECT_EQ(conflict.status, 409);
+  conflict = api().request("POST", "/v1/vms/x/start");
+  EXPECT_EQ(conflict.status, 409);
+  api().call("POST", "/v1/vms/x/destroy");
+  EXPECT_EQ(api().request("DELETE", "/v1/vms/x").status, 200);
+}
+
+TEST_F(ManagerDaemonTest, TwentyConcurrentClients) {
+  define("shared");
+  api().call("POST", "/v1/vms/shared/start");
+  std::atomic<int> failures{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 20; ++i) {
+    clients.emplace_back([&, i] {
+      try {
+        manager::ApiClient c(socket, 60s);
+        std::string name = "c" + std::to_string(i);
+        c.call("POST", "/v1/vms", definition(name));
+        c.call("POST", "/v1/vms/" + name + "/start");
+        c.call("POST", "/v1/vms/" + name + "/suspend");
+        c.call("POST", "/v1/vms/" + name + "/resume");
+        c.call("GET", "/v1/vms");
+        c.call("POST", "/v1/vms/" + name + "/destroy");
+        c.call("DELETE", "/v1/vms/" + name);
+        // Everyone also pokes the shared VM: the per-VM lock keeps these from interleaving, so
+        // each either succeeds or is refused for the state it finds.
+        for (const char* verb : {"suspend", "resume"}) {
+          auto r = c.request("POST", std::string("/v1/vms/shared/") + verb);
+          if (r.status != 200 && r.status != 409) ++failures;
+        }
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "client " << i << ": " << e.what();
+        ++failures;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failures, 0);
+  json vms = api().call("GET", "/v1/vms");
+  ASSERT_EQ(vms.size(), 1u);
+  EXPECT_EQ(vms[0]["name"], "shared");
+  std::string state = vms[0]["state"];
+  EXPECT_TRUE(state == "running" || state == "paused") << state;
+  EXPECT_EQ(integrity_check(state_dir + "/keel.db"), "ok");
+  api().call("POST", "/v1/vms/shared/destroy");
+}
+
+TEST_F(ManagerDaemonTest, EventsStreamLifecycleChanges) {
+  std::vector<json> seen;
+  std::mutex mutex;
+  std::atomic<bool> stop{false};
+  std::thread listener([&] {
+    api().stream("/v1/events", [&](std::string_view bytes) {
+      std::lock_guard lock(mutex);
+      std::string text(bytes);
+      size_t start = 0, nl;
+      while ((nl = text.find('\n', start)) != std::string::npos) {
+        seen.push_back(json::parse(text.substr(start, nl - start)));
+        start = nl + 1;
+      }
+      return !stop;
+    }, [&] { return stop.load(); });
+  });
+  // The stream is open once a first event shows up; define until then.
+  auto deadline = Clock::now() + 20s;
+  for (int i = 0;; ++i) {
+    define("e" + std::to_string(i));
+    std::this_thread::sleep_for(20ms);
+    std::lock_guard lock(mutex);
+    if (!seen.empty() || Clock::now() > deadline) break;
+  }
+  api().call("POST", "/v1/vms/e0/start");
+  api().call("POST", "/v1/vms/e0/suspend");
+  api().call("POST", "/v1/vms/e0/destroy");
+  auto wanted = [&] {
+    std::lock_guard lock(mutex);
+    for (const json& e : seen) {
+      if (e["vm"] == "e0" && e["event"] == "stopped" && e["reason"] == "destroyed") return true;
+    }
+    return false;
+  };
+  while (!wanted() && Clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  stop = true;
+  listener.join();
+  std::vector<std::string> kinds;
+  for (const json& e : seen) {
+    if (e["vm"] == "e0") kinds.push_back(e["event"]);
+  }
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "started"), kinds.end());
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "suspended"), kinds.end());
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "stopped"), kinds.end());
+  EXPECT_TRUE(seen.front().contains("timestamp"));
+}
+
+TEST_F(ManagerDaemonTest, SecondDaemonOnTheSameStateIsRefused) {
+  CommandResult r = run_keel({"daemon", "--state-dir", state_dir, "--socket", dir + "/other.sock"}, dir);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("another keel daemon"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace keel::e2e

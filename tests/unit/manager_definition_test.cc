@@ -1,0 +1,160 @@
+// Strict validation of VM definitions: every refusal names the field.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "manager/vm_definition.h"
+
+namespace keel::manager {
+namespace {
+
+using nlohmann::json;
+
+class DefinitionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/keel-def-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    kernel = dir + "/vmlinuz";
+    disk = dir + "/disk.img";
+    std::ofstream(kernel) << "kernel";
+    std::ofstream(disk) << "disk";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir); }
+
+  json valid() const {
+    return json{{"name", "web1"}, {"vcpus", 2}, {"memory_mib", 512}, {"accel", "auto"},
+                {"kernel", kernel}, {"cmdline", "console=ttyS0"},
+                {"disks", {{{"path", disk}, {"readonly", false}}}},
+                {"nets", {{{"type", "user"}, {"hostfwd", {"tcp:2222-:22"}}}}}};
+  }
+  // The DefinitionError message for `doc`.
+  std::string refusal(const json& doc) {
+    try {
+      parse_definition(doc);
+    } catch (const DefinitionError& e) {
+      return e.what();
+    }
+    return "accepted";
+  }
+
+  std::string dir, kernel, disk;
+};
+
+TEST_F(DefinitionTest, AcceptsTheIssueExampleAndRoundTrips) {
+  VmDefinition d = parse_definition(valid());
+  EXPECT_EQ(d.name, "web1");
+  EXPECT_EQ(d.vcpus, 2u);
+  EXPECT_EQ(d.disks.size(), 1u);
+  EXPECT_EQ(d.nets[0].hostfwd[0], "tcp:2222-:22");
+  VmDefinition again = parse_definition(d.to_json());
+  EXPECT_EQ(again.to_json(), d.to_json());
+}
+
+TEST_F(DefinitionTest, DefaultsForOptionalFields) {
+  VmDefinition d = parse_definition(json{{"name", "a"}, {"kernel", kernel}});
+  EXPECT_EQ(d.vcpus, 1u);
+  EXPECT_EQ(d.memory_mib, 512u);
+  EXPECT_EQ(d.accel, "auto");
+}
+
+TEST_F(DefinitionTest, RefusesUnknownFieldsNamingThem) {
+  json doc = valid();
+  doc["colour"] = "blue";
+  EXPECT_EQ(refusal(doc), "field 'colour': unknown field");
+  doc = valid();
+  doc["disks"][0]["cache"] = "none";
+  EXPECT_EQ(refusal(doc), "field 'disks[0].cache': unknown field");
+  doc = valid();
+  doc["nets"][0]["mac"] = "x";
+  EXPECT_EQ(refusal(doc), "field 'nets[0].mac': unknown field");
+}
+
+TEST_F(DefinitionTest, RefusesBadTypesNamingTheField) {
+  json doc = valid();
+  doc["vcpus"] = "2";
+  EXPECT_EQ(refusal(doc), "field 'vcpus': expected an integer, got string");
+  doc = valid();
+  doc["memory_mib"] = 1.5;
+  EXPECT_EQ(refusal(doc), "field 'memory_mib': expected an integer, got number");
+  doc = valid();
+  doc["disks"][0]["readonly"] = "yes";
+  EXPECT_EQ(refusal(doc), "field 'disks[0].readonly': expected a boolean, got string");
+  doc = valid();
+  doc["disks"] = json::object();
+  EXPECT_EQ(refusal(doc), "field 'disks': expected an array, got object");
+  doc = valid();
+  doc["name"] = 7;
+  EXPECT_EQ(refusal(doc), "field 'name': expected a string, got number");
+  EXPECT_NE(refusal(json::array()).find("expected an object"), std::string::npos);
+}
+
+TEST_F(DefinitionTest, RefusesOutOfRangeAndBadValues) {
+  json doc = valid();
+  doc["vcpus"] = 0;
+  EXPECT_EQ(refusal(doc), "field 'vcpus': must be between 1 and 256");
+  doc["vcpus"] = -3;
+  EXPECT_EQ(refusal(doc), "field 'vcpus': must be between 1 and 256");
+  doc = valid();
+  doc["accel"] = "tcg";
+  EXPECT_EQ(refusal(doc), "field 'accel': 'tcg' is not one of auto, kvm, emu");
+  for (const char* bad : {"", "../etc", "a b", "-x", "x/y"}) {
+    doc = valid();
+    doc["name"] = bad;
+    EXPECT_EQ(refusal(doc).rfind("field 'name'", 0), 0u) << bad;
+  }
+  doc = valid();
+  doc["nets"][0]["hostfwd"][0] = "tcp:22";
+  EXPECT_EQ(refusal(doc).rfind("field 'nets[0].hostfwd[0]'", 0), 0u);
+  doc = valid();
+  doc["nets"][0]["type"] = "bridge";
+  EXPECT_EQ(refusal(doc), "field 'nets[0].type': 'bridge' is not one of user, tap");
+}
+
+TEST_F(DefinitionTest, RefusesMissingFilesNamingTheField) {
+  json doc = valid();
+  doc["kernel"] = dir + "/nope";
+  EXPECT_EQ(refusal(doc), "field 'kernel': file '" + dir + "/nope' does not exist");
+  doc = valid();
+  doc["disks"][0]["path"] = dir + "/missing.img";
+  EXPECT_EQ(refusal(doc), "field 'disks[0].path': file '" + dir + "/missing.img' does not exist");
+  doc = valid();
+  doc["initrd"] = "relative.img";
+  EXPECT_EQ(refusal(doc), "field 'initrd': 'relative.img' is not an absolute path");
+  doc = valid();
+  doc["kernel"] = dir;  // a directory
+  EXPECT_EQ(refusal(doc), "field 'kernel': '" + dir + "' is not a regular file");
+  doc = valid();
+  doc.erase("kernel");
+  EXPECT_EQ(refusal(doc), "field 'kernel': missing (or give test_guest)");
+  doc = valid();
+  doc.erase("name");
+  EXPECT_EQ(refusal(doc), "field 'name': missing");
+}
+
+TEST_F(DefinitionTest, TestGuestExcludesKernel) {
+  json doc{{"name", "t"}, {"test_guest", kernel}};
+  EXPECT_EQ(parse_definition(doc).test_guest, kernel);
+  doc["kernel"] = kernel;
+  EXPECT_EQ(refusal(doc), "field 'test_guest': cannot be combined with kernel");
+}
+
+TEST_F(DefinitionTest, MalformedJsonTextIsRefused) {
+  EXPECT_THROW(parse_definition_text("{\"name\": "), DefinitionError);
+  EXPECT_THROW(parse_definition_text("\xff\xfe"), DefinitionError);
+}
+
+TEST_F(DefinitionTest, VmmArgumentsStartPausedUnderTheControlSocket) {
+  auto args = vmm_arguments(parse_definition(valid()), "/run/x.sock");
+  std::vector<std::string> expected{"run", "--control", "/run/x.sock", "--paused", "--cpus", "2",
+                                    "--memory", "512M", "--accel", "auto", "--kernel", kernel,
+                                    "--cmdline", "console=ttyS0", "--disk", disk, "--net",
+                                    "user,hostfwd=tcp:2222-:22"};
+  EXPECT_EQ(args, expected);
+}
+
+}  // namespace
+}  // namespace keel::manager
