@@ -15,6 +15,7 @@
 #include "backends/console/raw_terminal.h"
 #include "backends/console/terminal_console.h"
 #include "base/error.h"
+#include "control/machine_target.h"
 #include "base/fd.h"
 #include "base/size.h"
 #include "cli/verbs.h"
@@ -141,10 +142,15 @@ int run(const RunOptions& options) {
   Machine machine(config);
   signals.watch(machine);
 
-  // The control socket (issue 5) attaches to the machine here.
-  if (!config.control_socket.empty())
-    throw Error("--control " + config.control_socket.string() +
-                ": the control socket is not wired to the machine yet");
+  // The control socket (issue 5): events, commands and the console stream for the daemon.
+  std::unique_ptr<control::MachineControl> control;
+  if (!config.control_socket.empty()) {
+    machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
+    control = std::make_unique<control::MachineControl>(machine, config.control_socket.string());
+    ShutdownInfo info = machine.run();
+    control.reset();  // SHUTDOWN reaches the clients before keel exits
+    return report(info);
+  }
 
   machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
   RawTerminal raw(STDIN_FILENO);

@@ -1,0 +1,140 @@
+#include "control/machine_target.h"
+
+#include <sys/epoll.h>
+
+#include "base/error.h"
+#include "devices/legacy/serial16550.h"
+#include "vm/machine.h"
+
+namespace keel::control {
+
+using nlohmann::json;
+
+MachineTarget::MachineTarget(Machine& machine) : machine_(machine) {
+  machine_.add_listener([this](const MachineEvent& event) { on_machine_event(event); });
+  machine_.add_serial_output([this](std::span<const uint8_t> bytes) {
+    ConsoleCallback cb;
+    {
+      std::lock_guard lock(mutex_);
+      cb = on_console_;
+    }
+    if (cb) cb(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+  });
+}
+
+void MachineTarget::emit(const char* name, json data) {
+  EventCallback cb;
+  {
+    std::lock_guard lock(mutex_);
+    cb = on_event_;
+  }
+  if (cb) cb(name, std::move(data));
+}
+
+void MachineTarget::on_machine_event(const MachineEvent& event) {
+  switch (event.state) {
+    case MachineState::kPaused:
+      {
+        std::lock_guard lock(mutex_);
+        was_paused_ = true;
+      }
+      emit(event::kStop, json::object());
+      break;
+    case MachineState::kRunning: {
+      bool resumed;
+      {
+        std::lock_guard lock(mutex_);
+        resumed = was_paused_;
+        was_paused_ = false;
+      }
+      if (resumed) emit(event::kResume, json::object());
+      break;
+    }
+    case MachineState::kShutDown: {
+      const ShutdownInfo& info = event.shutdown;
+      bool guest = info.reason != ShutdownReason::kQuit && info.reason != ShutdownReason::kError;
+      std::string reason;
+      switch (info.reason) {
+        case ShutdownReason::kPowerOff: reason = "guest-shutdown"; break;
+        case ShutdownReason::kReset: reason = "guest-reset"; break;
+        case ShutdownReason::kTripleFault: reason = "guest-reset"; break;
+        case ShutdownReason::kHalted: reason = "guest-halted"; break;
+        case ShutdownReason::kQuit: reason = "host-qmp-quit"; break;
+        case ShutdownReason::kError: reason = "host-error"; break;
+      }
+      if (reason == "guest-reset") emit(event::kReset, json{{"guest", guest}, {"reason", reason}});
+      emit(event::kShutdown, json{{"guest", guest}, {"reason", reason}, {"detail", info.detail}});
+      break;
+    }
+    case MachineState::kCreated:
+      break;
+  }
+}
+
+RunStatus MachineTarget::query_status() {
+  std::lock_guard lock(mutex_);
+  switch (machine_.state()) {
+    case MachineState::kRunning: return {RunState::kRunning, user_paused_ ? "unpaused" : "booted"};
+    case MachineState::kPaused: return {RunState::kPaused, "user"};
+    case MachineState::kCreated: return {RunState::kPaused, "starting up"};
+    case MachineState::kShutDown: return {RunState::kShutdown, "shutdown"};
+  }
+  return {RunState::kPaused, "unknown"};
+}
+
+void MachineTarget::pause() {
+  machine_.pause();
+  std::lock_guard lock(mutex_);
+  user_paused_ = true;
+}
+
+void MachineTarget::resume() { machine_.resume(); }
+
+void MachineTarget::powerdown() {
+  // TODO(issue 5): press AcpiPm::press_power_button() once Machine builds and exposes AcpiPm.
+  throw Error("the ACPI power button is not wired into this machine yet");
+}
+
+void MachineTarget::reset() {
+  emit(event::kReset, json{{"guest", false}, {"reason", "host-qmp-system-reset"}});
+  machine_.shutdown(ShutdownReason::kReset, "system_reset from the control socket");
+}
+
+void MachineTarget::quit() { machine_.shutdown(ShutdownReason::kQuit, "quit from the control socket"); }
+
+std::vector<CpuInfo> MachineTarget::query_cpus() {
+  std::vector<CpuInfo> cpus;
+  int index = 0;
+  for (long tid : machine_.vcpu_thread_ids()) cpus.push_back(CpuInfo{index++, tid, false});
+  return cpus;
+}
+
+void MachineTarget::set_event_callback(EventCallback callback) {
+  std::lock_guard lock(mutex_);
+  on_event_ = std::move(callback);
+}
+
+void MachineTarget::set_console_callback(ConsoleCallback callback) {
+  std::lock_guard lock(mutex_);
+  on_console_ = std::move(callback);
+}
+
+void MachineTarget::console_input(std::string_view bytes) {
+  // What the UART's FIFO cannot take now is dropped, as a serial line without flow control would.
+  machine_.serial().push_input(std::span<const uint8_t>(
+      reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+}
+
+MachineControl::MachineControl(Machine& machine, const std::string& path)
+    : machine_(machine), target_(machine) {
+  server_ = std::make_unique<ControlServer>(path, target_);
+  ControlServer* server = server_.get();
+  machine_.loop().add_fd(server->fd(), EPOLLIN, [server](uint32_t) { server->dispatch(); });
+}
+
+MachineControl::~MachineControl() {
+  machine_.loop().remove_fd(server_->fd());
+  server_.reset();  // flushes SHUTDOWN to the clients, removes the socket file
+}
+
+}  // namespace keel::control
