@@ -1,7 +1,8 @@
 ; ACPI power-off the way an OS does it: find the RSDP at 0xE0000 (the test writes keel's tables
 ; there), follow it to the XSDT and the FADT, take PM1a_CNT_BLK from the FADT and SLP_TYPa from
 ; the DSDT's \_S5 package, then write SLP_TYP and SLP_TYP | SLP_EN to PM1a_CNT (read-modify-write,
-; as ACPICA does). Reports: the PM1a_CNT port, then SLP_TYPa. EXIT 1..5 name the step that failed.
+; as ACPICA does). Reports: the PM1a_CNT port, then SLP_TYPa. The power-off request ends the run;
+; EXIT 1..5 name the step that failed.
 %include "guest.inc"
   mov rsi, 0xE0000
   mov rax, 'RSD PTR '
@@ -64,7 +65,7 @@ have_type:
   out dx, ax                       ; SLP_TYP
   or ax, 1 << 13
   out dx, ax                       ; SLP_TYP | SLP_EN: the machine powers off
-  EXIT 0
+  HANG                             ; a powered-off machine runs nothing more
 
 no_rsdp: EXIT 1
 no_xsdt: EXIT 2

@@ -6,7 +6,6 @@
 #include "arch/x86/acpi/acpi_tables.h"
 #include "devices/legacy/acpi_pm.h"
 #include "engine/engine_factory.h"
-#include "fake_devices.h"
 #include "guest_harness.h"
 
 namespace keel::guest_test {
@@ -20,20 +19,18 @@ class AcpiPoweroff : public ::testing::TestWithParam<Accel> {
 };
 
 TEST_P(AcpiPoweroff, GuestFindsS5InTheTablesAndPowerOffReachesPowerControl) {
-  GuestHarness h(GetParam(), "acpi_poweroff");
+  GuestHarness h(GetParam(), "acpi_poweroff", {.deadline = std::chrono::milliseconds(5000)});
   const auto tables = x86::acpi::write_acpi_tables(h.memory(), {.vcpus = 1, .sb_devices = {}});
   ASSERT_EQ(tables.rsdp, 0xE0000u);  // where the guest looks
-  testing::RecordingPower power;
   h.pio().add(AcpiPm::kBasePort, AcpiPm::kPortCount,
-              std::make_shared<AcpiPm>(power, IrqLine(&h.engine().interrupts(), AcpiPm::kSciIrq)));
+              std::make_shared<AcpiPm>(h.power(), IrqLine(&h.engine().interrupts(), AcpiPm::kSciIrq)));
 
   const auto result = h.run();
-  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_FALSE(result.status) << "the guest failed a step: " << result.summary();
+  EXPECT_FALSE(result.timed_out) << "S5 did not power off: " << result.summary();
   EXPECT_EQ(result.reports, (std::vector<uint32_t>{AcpiPm::kPm1ControlPort, AcpiPm::kSlpTypS5}));
-  std::lock_guard lock(power.mutex);
-  ASSERT_EQ(power.requests.size(), 1u);
-  EXPECT_EQ(power.requests[0].first, StopReason::kPowerOff);
-  EXPECT_EQ(power.requests[0].second, "ACPI S5");
+  EXPECT_EQ(result.stop, StopReason::kPowerOff);
+  EXPECT_EQ(result.stop_detail, "ACPI S5");
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, AcpiPoweroff, ::testing::Values(Accel::kKvm, Accel::kEmu),

@@ -134,6 +134,16 @@ TEST(AcpiTables, MadtHasOneLocalApicPerVcpuTheIoApicAndOverrides) {
   EXPECT_EQ(overrides, 2);
 }
 
+TEST(AcpiTables, Irq0OverrideCanBeLeftOut) {
+  const auto madt = build_madt(1, /*irq0_to_gsi2=*/false);
+  EXPECT_EQ(byte_sum(madt), 0);
+  std::vector<int> overridden;
+  for (size_t at = 44; at < madt.size(); at += madt[at + 1])
+    if (madt[at] == 2) overridden.push_back(madt[at + 3]);
+  EXPECT_EQ(overridden, std::vector<int>{9});
+  EXPECT_EQ(build_madt(1).size(), madt.size() + 10);
+}
+
 TEST(AcpiTables, RefusesBadVcpuCountsAndOversizedDsdt) {
   GuestMemory mem(64 << 20);
   EXPECT_THROW(write_acpi_tables(mem, {.vcpus = 0, .sb_devices = {}}), Error);

@@ -150,7 +150,7 @@ std::vector<uint8_t> build_dsdt(const AcpiConfig& config) {
   return finish(std::move(t));
 }
 
-std::vector<uint8_t> build_madt(uint32_t vcpus) {
+std::vector<uint8_t> build_madt(uint32_t vcpus, bool irq0_to_gsi2) {
   if (vcpus == 0 || vcpus > kMaxVcpus)
     throw Error(fmt::format("MADT: {} vCPUs (keel's xAPIC tables take 1 to {})", vcpus, kMaxVcpus));
   auto t = header("APIC", kMadtRevision);
@@ -165,7 +165,7 @@ std::vector<uint8_t> build_madt(uint32_t vcpus) {
   put<uint32_t>(t, t.size(), 0);
   // Interrupt source overrides: ISA IRQ0 (PIT) -> GSI 2, edge/high (bus default); ISA IRQ9 (SCI)
   // -> GSI 9, level-triggered (flags bits 2-3 = 3), active high (bits 0-1 = 1).
-  entry({2, 10, 0, 0, 2, 0, 0, 0, 0x00, 0x00});
+  if (irq0_to_gsi2) entry({2, 10, 0, 0, 2, 0, 0, 0, 0x00, 0x00});
   entry({2, 10, 0, uint8_t(AcpiPm::kSciIrq), uint8_t(AcpiPm::kSciIrq), 0, 0, 0, 0x0D, 0x00});
   // Local APIC NMI: every processor (UID 0xFF), LINT1, bus-default polarity and trigger.
   entry({4, 6, 0xFF, 0x00, 0x00, 1});
@@ -173,7 +173,7 @@ std::vector<uint8_t> build_madt(uint32_t vcpus) {
 }
 
 AcpiTables write_acpi_tables(GuestMemory& memory, const AcpiConfig& config) {
-  const auto madt = build_madt(config.vcpus);
+  const auto madt = build_madt(config.vcpus, config.irq0_to_gsi2);
   const auto dsdt = build_dsdt(config);
   const auto facs = build_facs();
 

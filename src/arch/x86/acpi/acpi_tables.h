@@ -10,7 +10,8 @@
 //            DSDT: \_S5 (so `poweroff` reaches AcpiPm) and Scope (\_SB) with the devices the
 //                  machine passes in (the PCI0 host bridge from devices/pci/pci_acpi.h, ...)
 //            MADT: one local APIC per vCPU (APIC id = index), the IOAPIC at 0xFEC00000 with GSI
-//                  base 0, ISA overrides IRQ0 -> GSI2 and IRQ9 level/active-high, LINT1 = NMI
+//                  base 0, ISA overrides IRQ0 -> GSI2 (AcpiConfig::irq0_to_gsi2) and IRQ9
+//                  level/active-high, LINT1 = NMI
 //
 // The area lies in the e820-reserved range [0xA0000, 0x100000) (boot/memory_map.h), so the
 // kernel never reuses it as RAM.
@@ -36,6 +37,11 @@ struct AcpiConfig {
   uint32_t vcpus = 1;
   // AML terms placed inside Scope (\_SB) of the DSDT, e.g. pci_root_bridge_aml().
   std::vector<aml::Bytes> sb_devices;
+  // The PC convention: the MADT overrides ISA IRQ0 (the PIT) to GSI 2, so Linux expects the timer
+  // on IOAPIC pin 2. Right for emu (its PIT pulses GSI 0 and 2) and for an engine that routes the
+  // PIT to pin 2 (QEMU does so with KVM); set false for an engine whose PIT reaches pin 0 (KVM's
+  // default GSI routing), and the MADT then carries no IRQ0 override.
+  bool irq0_to_gsi2 = true;
 };
 
 struct AcpiTable {
@@ -60,7 +66,7 @@ std::vector<uint8_t> build_xsdt(std::span<const uint64_t> table_addrs);
 std::vector<uint8_t> build_fadt(uint64_t dsdt_addr, uint64_t facs_addr);
 std::vector<uint8_t> build_facs();
 std::vector<uint8_t> build_dsdt(const AcpiConfig& config);
-std::vector<uint8_t> build_madt(uint32_t vcpus);
+std::vector<uint8_t> build_madt(uint32_t vcpus, bool irq0_to_gsi2 = true);
 
 // The 8-bit sum of `bytes` (0 for a table with a correct checksum).
 uint8_t byte_sum(std::span<const uint8_t> bytes);
