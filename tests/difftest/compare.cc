@@ -110,6 +110,15 @@ std::vector<std::string> compare(const Program& program, const Outcome& expected
   return diffs;
 }
 
+int first_divergence(const Program& program, Sandbox& expected, Sandbox& actual,
+                     const CompareOptions& options) {
+  for (size_t n = 1; n < program.instrs.size(); n++) {
+    Program p = prefix(program, n);
+    if (!compare(p, expected.run(p), actual.run(p), options).empty()) return static_cast<int>(n) - 1;
+  }
+  return -1;
+}
+
 std::string report(const Program& program, const Outcome& expected, const Outcome& actual,
                    const std::vector<std::string>& diffs, const char* expected_name,
                    const char* actual_name) {

@@ -25,6 +25,11 @@ uint32_t undefined_flags(const Program& program, const Outcome& outcome);
 std::vector<std::string> compare(const Program& program, const Outcome& expected,
                                  const Outcome& actual, const CompareOptions& options = {});
 
+// Runs growing prefixes of `program` on both sandboxes and returns the index of the first
+// instruction after which they differ (the culprit of a failed comparison), or -1.
+int first_divergence(const Program& program, Sandbox& expected, Sandbox& actual,
+                     const CompareOptions& options = {});
+
 // The report for a failed comparison: seed, listing with the faulting instruction marked, diff.
 std::string report(const Program& program, const Outcome& expected, const Outcome& actual,
                    const std::vector<std::string>& diffs, const char* expected_name,

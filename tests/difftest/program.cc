@@ -38,6 +38,17 @@ const Instr* Program::find(uint64_t rip) const {
   return nullptr;
 }
 
+Program prefix(const Program& program, size_t n) {
+  Program p = program;
+  if (n + 1 >= p.instrs.size()) return p;
+  Instr stop = p.instrs.back();
+  p.instrs.resize(n);
+  stop.address = n ? p.instrs.back().address + p.instrs.back().bytes.size() : layout::kCode;
+  stop.undef_before = stop.undef_after = n ? p.instrs.back().undef_after : 0;
+  p.instrs.push_back(stop);
+  return p;
+}
+
 std::string flag_names(uint64_t flags) {
   static const struct {
     uint64_t bit;

@@ -96,6 +96,9 @@ struct Program {
   uint32_t final_undefined_flags() const { return instrs.empty() ? 0 : instrs.back().undef_after; }
 };
 
+// The first `n` instructions of `program`, then the stop instruction.
+Program prefix(const Program& program, size_t n);
+
 // Zydis listing of the program, one instruction a line, with `>>` marking `mark_rip`.
 std::string listing(const Program& program, uint64_t mark_rip = 0);
 std::string flag_names(uint64_t flags);
