@@ -18,7 +18,7 @@ using testing::FakeVcpu;
 
 VmConfig test_config(uint32_t cpus = 1) {
   VmConfig c;
-  c.test_guest = KEEL_TEST_GUEST_DIR "/nop.bin";
+  c.test_guest = KEEL_TEST_GUEST_DIR "/exit_status.bin";
   c.memory_bytes = 64ull << 20;
   c.cpus = cpus;
   return c;
