@@ -112,7 +112,7 @@ std::vector<std::string> compare(const Program& program, const Outcome& expected
 
 int first_divergence(const Program& program, Sandbox& expected, Sandbox& actual,
                      const CompareOptions& options) {
-  for (size_t n = 1; n < program.instrs.size(); n++) {
+  for (size_t n = 1; n + kStopLength <= program.instrs.size(); n++) {
     Program p = prefix(program, n);
     if (!compare(p, expected.run(p), actual.run(p), options).empty()) return static_cast<int>(n) - 1;
   }

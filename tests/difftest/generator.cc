@@ -122,8 +122,10 @@ class Generator {
       for (int tries = 0; tries < 20 && !fault_item(); tries++) {
       }
     }
-    // The end marker: out kPortDone, al (E6 ib).
+    // The end: `out kPortDone, al; jmp $`. An engine may notice the kick only at a block end;
+    // spinning on the jump makes it stop in the same state KVM stops in.
     emit({0xE6, static_cast<uint8_t>(kPortDone)}, InsnClass::kSetup, 0, 0);
+    emit({0xEB, 0xFE}, InsnClass::kSetup, 0, 0);
     return std::move(program_);
   }
 
@@ -140,10 +142,12 @@ class Generator {
       int weight;
     };
     static const W kWeights[] = {
-        {InsnClass::kAlu, 20},     {InsnClass::kShift, 14},    {InsnClass::kMulDiv, 10},
+        {InsnClass::kAlu, 20},     {InsnClass::kShift, 11},    {InsnClass::kDoubleShift, 4},
+        {InsnClass::kMulDiv, 10},
         {InsnClass::kBitTest, 6},  {InsnClass::kBitScan, 4},   {InsnClass::kString, 8},
         {InsnClass::kCondMove, 8}, {InsnClass::kExtend, 6},    {InsnClass::kExchange, 6},
-        {InsnClass::kMisc, 8},     {InsnClass::kStack, 6},     {InsnClass::kSse, 16}};
+        {InsnClass::kMisc, 8},     {InsnClass::kStack, 6},     {InsnClass::kSse, 10},
+        {InsnClass::kSseFp, 8}};
     int total = 0;
     for (const auto& w : kWeights)
       if (enabled(w.c)) total += w.weight;
@@ -365,7 +369,8 @@ class Generator {
   bool generate_item(InsnClass c) {
     switch (c) {
       case InsnClass::kAlu: return alu();
-      case InsnClass::kShift: return rng_.chance(75) ? shift() : double_shift();
+      case InsnClass::kShift: return shift();
+      case InsnClass::kDoubleShift: return double_shift();
       case InsnClass::kMulDiv: return rng_.chance(55) ? multiply() : divide(false);
       case InsnClass::kBitTest: return bit_test();
       case InsnClass::kBitScan: return bit_scan();
@@ -375,7 +380,8 @@ class Generator {
       case InsnClass::kExchange: return exchange();
       case InsnClass::kMisc: return misc();
       case InsnClass::kStack: return stack_op();
-      case InsnClass::kSse: return sse();
+      case InsnClass::kSse: return sse(false);
+      case InsnClass::kSseFp: return sse(true);
       default: return false;
     }
   }
@@ -529,10 +535,10 @@ class Generator {
     ZydisEncoderOperand src = R(gpr(w, pick_gpr(avoid)));
     if (cl) {
       must(ins(InsnClass::kSetup, 0, 0, ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_CL), I8(count)}));
-      return ins(InsnClass::kShift, def, undef, m, {d.op, src, R(ZYDIS_REGISTER_CL)},
+      return ins(InsnClass::kDoubleShift, def, undef, m, {d.op, src, R(ZYDIS_REGISTER_CL)},
                  d.prefixes);
     }
-    return ins(InsnClass::kShift, def, undef, m, {d.op, src, I8(count)}, d.prefixes);
+    return ins(InsnClass::kDoubleShift, def, undef, m, {d.op, src, I8(count)}, d.prefixes);
   }
 
   bool multiply() {
@@ -618,6 +624,8 @@ class Generator {
       set_gpr(0, 1ull << (w - 1));
       sign_extend_accumulator(w);
     } else if (is_signed) {
+      // Dividing by -1 overflows for the most negative dividend only: keep it out here.
+      if (divisor == truncate(~0ull, w)) set_gpr(0, interesting() & ~(1ull << (w - 1)));
       sign_extend_accumulator(w);
     } else if (kind < 0) {  // a high half below the divisor, often zero
       set_high(rng_.chance(50) ? 0 : rng_.below(divisor));
@@ -914,18 +922,21 @@ class Generator {
       }
       default: {  // push imm; popfq: arithmetic flags, DF and ID from a known value
         if (!can_push) return false;
-        uint64_t value = (rng_.next() & (kArithFlags | (1u << 10) | (1u << 21))) | 0x2;
+        uint64_t value = (rng_.next() & (kArithFlags | (1u << 10) | (1u << 21))) | 0x202;
         must(ins(InsnClass::kSetup, 0, 0, ZYDIS_MNEMONIC_PUSH, {I(static_cast<int64_t>(value))}));
         return ins(InsnClass::kStack, kArithFlags, 0, ZYDIS_MNEMONIC_POPFQ, {});
       }
     }
   }
 
-  bool sse() {
+  // SSE2: `fp` selects floating-point arithmetic, compares and conversions (which round by
+  // MXCSR.RC and raise MXCSR exception flags); otherwise moves, integer, logic and shuffles.
+  bool sse(bool fp) {
     enum Kind { kPacked, kPackedU, kScalar64, kScalar32, kShiftImm, kShuffle };
     struct Op {
       ZydisMnemonic m;
       Kind kind;
+      bool fp = false;
     };
     static const Op kOps[] = {
         {ZYDIS_MNEMONIC_PADDB, kPacked},     {ZYDIS_MNEMONIC_PADDW, kPacked},
@@ -953,18 +964,18 @@ class Generator {
         {ZYDIS_MNEMONIC_PSRAW, kPacked},     {ZYDIS_MNEMONIC_PSRAD, kPacked},
         {ZYDIS_MNEMONIC_MOVDQA, kPacked},    {ZYDIS_MNEMONIC_MOVDQU, kPackedU},
         {ZYDIS_MNEMONIC_MOVUPS, kPackedU},   {ZYDIS_MNEMONIC_MOVAPD, kPacked},
-        {ZYDIS_MNEMONIC_ADDPD, kPacked},     {ZYDIS_MNEMONIC_SUBPD, kPacked},
-        {ZYDIS_MNEMONIC_MULPD, kPacked},     {ZYDIS_MNEMONIC_DIVPD, kPacked},
-        {ZYDIS_MNEMONIC_MINPD, kPacked},     {ZYDIS_MNEMONIC_MAXPD, kPacked},
-        {ZYDIS_MNEMONIC_SQRTPD, kPacked},    {ZYDIS_MNEMONIC_ANDPD, kPacked},
+        {ZYDIS_MNEMONIC_ADDPD, kPacked, true},     {ZYDIS_MNEMONIC_SUBPD, kPacked, true},
+        {ZYDIS_MNEMONIC_MULPD, kPacked, true},     {ZYDIS_MNEMONIC_DIVPD, kPacked, true},
+        {ZYDIS_MNEMONIC_MINPD, kPacked, true},     {ZYDIS_MNEMONIC_MAXPD, kPacked, true},
+        {ZYDIS_MNEMONIC_SQRTPD, kPacked, true},    {ZYDIS_MNEMONIC_ANDPD, kPacked},
         {ZYDIS_MNEMONIC_XORPD, kPacked},     {ZYDIS_MNEMONIC_UNPCKLPD, kPacked},
-        {ZYDIS_MNEMONIC_CVTTPD2DQ, kPacked}, {ZYDIS_MNEMONIC_CVTDQ2PS, kPacked},
-        {ZYDIS_MNEMONIC_ADDSD, kScalar64},   {ZYDIS_MNEMONIC_SUBSD, kScalar64},
-        {ZYDIS_MNEMONIC_MULSD, kScalar64},   {ZYDIS_MNEMONIC_DIVSD, kScalar64},
-        {ZYDIS_MNEMONIC_MINSD, kScalar64},   {ZYDIS_MNEMONIC_MAXSD, kScalar64},
-        {ZYDIS_MNEMONIC_SQRTSD, kScalar64},  {ZYDIS_MNEMONIC_CVTSD2SS, kScalar64},
-        {ZYDIS_MNEMONIC_MOVSD, kScalar64},   {ZYDIS_MNEMONIC_CVTSS2SD, kScalar32},
-        {ZYDIS_MNEMONIC_ADDSS, kScalar32},   {ZYDIS_MNEMONIC_PSLLW, kShiftImm},
+        {ZYDIS_MNEMONIC_CVTTPD2DQ, kPacked, true}, {ZYDIS_MNEMONIC_CVTDQ2PS, kPacked, true},
+        {ZYDIS_MNEMONIC_ADDSD, kScalar64, true},   {ZYDIS_MNEMONIC_SUBSD, kScalar64, true},
+        {ZYDIS_MNEMONIC_MULSD, kScalar64, true},   {ZYDIS_MNEMONIC_DIVSD, kScalar64, true},
+        {ZYDIS_MNEMONIC_MINSD, kScalar64, true},   {ZYDIS_MNEMONIC_MAXSD, kScalar64, true},
+        {ZYDIS_MNEMONIC_SQRTSD, kScalar64, true},  {ZYDIS_MNEMONIC_CVTSD2SS, kScalar64, true},
+        {ZYDIS_MNEMONIC_MOVSD, kScalar64},   {ZYDIS_MNEMONIC_CVTSS2SD, kScalar32, true},
+        {ZYDIS_MNEMONIC_ADDSS, kScalar32, true},   {ZYDIS_MNEMONIC_PSLLW, kShiftImm},
         {ZYDIS_MNEMONIC_PSLLD, kShiftImm},   {ZYDIS_MNEMONIC_PSLLQ, kShiftImm},
         {ZYDIS_MNEMONIC_PSRLW, kShiftImm},   {ZYDIS_MNEMONIC_PSRLD, kShiftImm},
         {ZYDIS_MNEMONIC_PSRLQ, kShiftImm},   {ZYDIS_MNEMONIC_PSRAW, kShiftImm},
@@ -975,40 +986,44 @@ class Generator {
     };
     ZydisRegister dst = xmm(static_cast<int>(rng_.below(16)));
     ZydisRegister src = xmm(static_cast<int>(rng_.below(16)));
-    switch (rng_.below(8)) {
+    InsnClass cls = fp ? InsnClass::kSseFp : InsnClass::kSse;
+    int form = static_cast<int>(rng_.below(4));
+    if (form < 2) form += fp ? 2 : 0;  // 0,1 integer moves; 2,3 fp conversions and compares
+    else form = 4;
+    switch (form) {
       case 0: {  // movq/movd between XMM and GPR or memory
         bool q = rng_.chance(50);
         int w = q ? 64 : 32;
         ZydisMnemonic m = q ? ZYDIS_MNEMONIC_MOVQ : ZYDIS_MNEMONIC_MOVD;
         switch (rng_.below(4)) {
-          case 0: return ins(InsnClass::kSse, 0, 0, m, {R(dst), R(gpr(w, pick_gpr()))});
-          case 1: return ins(InsnClass::kSse, 0, 0, m, {R(gpr(w, pick_gpr())), R(src)});
+          case 0: return ins(cls, 0, 0, m, {R(dst), R(gpr(w, pick_gpr()))});
+          case 1: return ins(cls, 0, 0, m, {R(gpr(w, pick_gpr())), R(src)});
           case 2: {
             Mem mm = mem(w / 8, pick_target(w / 8, 1, Region::kReadable));
-            return ins(InsnClass::kSse, 0, 0, m, {R(dst), mm.op}, mm.prefixes);
+            return ins(cls, 0, 0, m, {R(dst), mm.op}, mm.prefixes);
           }
           default: {
             Mem mm = mem(w / 8, pick_target(w / 8, 1, Region::kDataOrStack));
-            return ins(InsnClass::kSse, 0, 0, m, {mm.op, R(src)}, mm.prefixes);
+            return ins(cls, 0, 0, m, {mm.op, R(src)}, mm.prefixes);
           }
         }
       }
       case 1: {  // stores and xmm-to-xmm movq
         switch (rng_.below(4)) {
-          case 0: return ins(InsnClass::kSse, 0, 0, ZYDIS_MNEMONIC_MOVQ, {R(dst), R(src)});
+          case 0: return ins(cls, 0, 0, ZYDIS_MNEMONIC_MOVQ, {R(dst), R(src)});
           case 1: {
             bool aligned = rng_.chance(50);
             Mem mm = mem(16, pick_target(16, aligned ? 16 : 1, Region::kDataOrStack));
-            return ins(InsnClass::kSse, 0, 0,
+            return ins(cls, 0, 0,
                        aligned ? ZYDIS_MNEMONIC_MOVDQA : ZYDIS_MNEMONIC_MOVDQU, {mm.op, R(src)},
                        mm.prefixes);
           }
           case 2: {
             Mem mm = mem(8, pick_target(8, 1, Region::kDataOrStack));
-            return ins(InsnClass::kSse, 0, 0, ZYDIS_MNEMONIC_MOVSD, {mm.op, R(src)}, mm.prefixes);
+            return ins(cls, 0, 0, ZYDIS_MNEMONIC_MOVSD, {mm.op, R(src)}, mm.prefixes);
           }
           default:
-            return ins(InsnClass::kSse, 0, 0, ZYDIS_MNEMONIC_PMOVMSKB,
+            return ins(cls, 0, 0, ZYDIS_MNEMONIC_PMOVMSKB,
                        {R(gpr(rng_.chance(50) ? 32 : 64, pick_gpr())), R(src)});
         }
       }
@@ -1016,25 +1031,28 @@ class Generator {
         int w = rng_.chance(50) ? 32 : 64;
         if (rng_.chance(50)) {
           RM s = rm(w, Region::kReadable);
-          return ins(InsnClass::kSse, 0, 0, ZYDIS_MNEMONIC_CVTSI2SD, {R(dst), s.op}, s.prefixes);
+          return ins(cls, 0, 0, ZYDIS_MNEMONIC_CVTSI2SD, {R(dst), s.op}, s.prefixes);
         }
         ZydisMnemonic m = rng_.chance(60) ? ZYDIS_MNEMONIC_CVTTSD2SI : ZYDIS_MNEMONIC_CVTSD2SI;
         if (rng_.chance(40)) {
           Mem mm = mem(8, pick_target(8, 1, Region::kReadable));
-          return ins(InsnClass::kSse, 0, 0, m, {R(gpr(w, pick_gpr())), mm.op}, mm.prefixes);
+          return ins(cls, 0, 0, m, {R(gpr(w, pick_gpr())), mm.op}, mm.prefixes);
         }
-        return ins(InsnClass::kSse, 0, 0, m, {R(gpr(w, pick_gpr())), R(src)});
+        return ins(cls, 0, 0, m, {R(gpr(w, pick_gpr())), R(src)});
       }
       case 3: {  // ucomisd/comisd: ZF PF CF from the compare, OF SF AF cleared
         ZydisMnemonic m = rng_.chance(50) ? ZYDIS_MNEMONIC_UCOMISD : ZYDIS_MNEMONIC_COMISD;
         if (rng_.chance(35)) {
           Mem mm = mem(8, pick_target(8, 1, Region::kReadable));
-          return ins(InsnClass::kSse, kArithFlags, 0, m, {R(dst), mm.op}, mm.prefixes);
+          return ins(cls, kArithFlags, 0, m, {R(dst), mm.op}, mm.prefixes);
         }
-        return ins(InsnClass::kSse, kArithFlags, 0, m, {R(dst), R(src)});
+        return ins(cls, kArithFlags, 0, m, {R(dst), R(src)});
       }
       default: {
-        const Op& op = rng_.pick(kOps);
+        const Op* pick;
+        do pick = &rng_.pick(kOps);
+        while (pick->fp != fp);
+        const Op& op = *pick;
         bool use_mem = op.kind != kShiftImm && rng_.chance(35);
         ZydisEncoderOperand s = R(src);
         ZydisInstructionAttributes prefixes = 0;
@@ -1046,11 +1064,11 @@ class Generator {
           prefixes = mm.prefixes;
         }
         if (op.kind == kShiftImm)
-          return ins(InsnClass::kSse, 0, 0, op.m, {R(dst), I8(pick_count(rng_.pick({16, 32, 64})))});
+          return ins(cls, 0, 0, op.m, {R(dst), I8(pick_count(rng_.pick({16, 32, 64})))});
         if (op.kind == kShuffle)
-          return ins(InsnClass::kSse, 0, 0, op.m, {R(dst), s, I(sign_extend(rng_.below(256), 8))},
+          return ins(cls, 0, 0, op.m, {R(dst), s, I(sign_extend(rng_.below(256), 8))},
                      prefixes);
-        return ins(InsnClass::kSse, 0, 0, op.m, {R(dst), s}, prefixes);
+        return ins(cls, 0, 0, op.m, {R(dst), s}, prefixes);
       }
     }
   }
@@ -1160,8 +1178,10 @@ class Generator {
   void init_state() {
     for (int i = 0; i < 16; i++) program_.gpr[i] = interesting();
     program_.gpr[kRsp] = kInitialRsp;
-    // Arithmetic flags and DF random; IF=0; IOPL=0 (the TSS I/O bitmap allows the stop ports).
-    program_.rflags = 0x2 | (rng_.next() & (kArithFlags | (1u << 10)));
+    // Arithmetic flags and DF random; IOPL=0 (the TSS I/O bitmap allows the stop ports). IF=1:
+    // kvm_pvm runs CPL3 with the host's IF=1 whatever the guest's, so PUSHFQ shows IF=1 there.
+    // No interrupt source is programmed in the sandbox.
+    program_.rflags = 0x2 | (1u << 9) | (rng_.next() & (kArithFlags | (1u << 10)));
     for (auto& x : program_.xmm) {
       for (int half = 0; half < 2; half++) {
         uint64_t v = interesting_fp();

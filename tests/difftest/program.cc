@@ -10,6 +10,7 @@ const char* to_string(InsnClass c) {
     case InsnClass::kSetup: return "setup";
     case InsnClass::kAlu: return "alu";
     case InsnClass::kShift: return "shift";
+    case InsnClass::kDoubleShift: return "doubleshift";
     case InsnClass::kMulDiv: return "muldiv";
     case InsnClass::kBitTest: return "bittest";
     case InsnClass::kBitScan: return "bitscan";
@@ -20,6 +21,7 @@ const char* to_string(InsnClass c) {
     case InsnClass::kMisc: return "misc";
     case InsnClass::kStack: return "stack";
     case InsnClass::kSse: return "sse";
+    case InsnClass::kSseFp: return "ssefp";
     case InsnClass::kFault: return "fault";
     case InsnClass::kCount: break;
   }
@@ -40,12 +42,17 @@ const Instr* Program::find(uint64_t rip) const {
 
 Program prefix(const Program& program, size_t n) {
   Program p = program;
-  if (n + 1 >= p.instrs.size()) return p;
-  Instr stop = p.instrs.back();
+  if (n + kStopLength >= p.instrs.size()) return p;
+  std::vector<Instr> stop(p.instrs.end() - kStopLength, p.instrs.end());
   p.instrs.resize(n);
-  stop.address = n ? p.instrs.back().address + p.instrs.back().bytes.size() : layout::kCode;
-  stop.undef_before = stop.undef_after = n ? p.instrs.back().undef_after : 0;
-  p.instrs.push_back(stop);
+  uint64_t address = n ? p.instrs.back().address + p.instrs.back().bytes.size() : layout::kCode;
+  uint32_t undef = n ? p.instrs.back().undef_after : 0;
+  for (auto& in : stop) {
+    in.address = address;
+    in.undef_before = in.undef_after = undef;
+    address += in.bytes.size();
+    p.instrs.push_back(in);
+  }
   return p;
 }
 

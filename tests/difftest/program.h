@@ -32,8 +32,8 @@ inline constexpr uint64_t kFsBase = kData + 0x800, kGsBase = kData + 0x1400;
 inline constexpr uint16_t kKernelCs = 0x08, kKernelDs = 0x10, kUserCs = 0x1b, kUserDs = 0x23;
 inline constexpr uint16_t kTr = 0x28;
 
-// The program ends with `out kPortDone, al` (the TSS I/O bitmap allows it at CPL3). Exception handler for
-// vector v is a CPL0 stub `out kPortException+v, al; hlt`.
+// The program ends with `out kPortDone, al; jmp $` (the TSS I/O bitmap allows the port at CPL3).
+// The exception handler for vector v is a CPL0 stub `out kPortException+v, al; jmp $`.
 inline constexpr uint16_t kPortDone = 0xE0;
 inline constexpr uint16_t kPortException = 0xC0;  // 0xC0..0xDF
 inline constexpr int kVectors = 32;
@@ -49,7 +49,8 @@ inline constexpr uint32_t kArithFlags = kCF | kPF | kAF | kZF | kSF | kOF;
 enum class InsnClass : uint8_t {
   kSetup,     // plain MOV/LEA/XOR the generator emits to set up operands (always enabled)
   kAlu,       // add adc sub sbb and or xor cmp test inc dec neg not
-  kShift,     // shl shr sar rol ror rcl rcr shld shrd
+  kShift,     // shl shr sar rol ror rcl rcr
+  kDoubleShift,  // shld shrd
   kMulDiv,    // mul imul div idiv (without #DE)
   kBitTest,   // bt bts btr btc
   kBitScan,   // bsf bsr
@@ -59,7 +60,8 @@ enum class InsnClass : uint8_t {
   kExchange,  // xchg xadd cmpxchg
   kMisc,      // bswap lea lahf sahf clc stc cmc mov
   kStack,     // push pop pushf popf
-  kSse,       // SSE2 moves, integer and scalar-double arithmetic, conversions
+  kSse,       // SSE2 moves, integer arithmetic, logic, shuffles, shifts
+  kSseFp,     // SSE2 floating-point arithmetic, compares and conversions
   kFault,     // an instruction meant to raise #DE #UD #GP #SS #PF (always last)
   kCount
 };
@@ -77,9 +79,11 @@ struct Instr {
   uint32_t undef_after = 0;   // ... and after it completes
 };
 
+inline constexpr size_t kStopLength = 2;
+
 struct Program {
   uint64_t seed = 0;
-  std::vector<Instr> instrs;  // the last one is `out kPortDone, al`
+  std::vector<Instr> instrs;  // ends with `out kPortDone, al; jmp $` (kStopLength instructions)
 
   std::array<uint64_t, 16> gpr{};  // RSP is layout::kInitialRsp
   uint64_t rflags = 0x2;
@@ -96,7 +100,7 @@ struct Program {
   uint32_t final_undefined_flags() const { return instrs.empty() ? 0 : instrs.back().undef_after; }
 };
 
-// The first `n` instructions of `program`, then the stop instruction.
+// The first `n` instructions of `program`, then the stop instructions.
 Program prefix(const Program& program, size_t n);
 
 // Zydis listing of the program, one instruction a line, with `>>` marking `mark_rip`.

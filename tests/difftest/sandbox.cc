@@ -95,7 +95,7 @@ void build_system_tables(GuestMemory& memory) {
   tss[iopb + 32] = 0xff;  // the byte after the bitmap must be all ones
   memory.write(kTss, tss.data(), tss.size());
 
-  // IDT: 64-bit interrupt gates, DPL 0, to 16-byte stubs `out port, al; hlt`.
+  // IDT: 64-bit interrupt gates, DPL 0, to 16-byte stubs `out port, al; jmp $`.
   for (int v = 0; v < kVectors; v++) {
     uint64_t handler = kHandlers + 16 * static_cast<uint64_t>(v);
     uint64_t lo = (handler & 0xffff) | (static_cast<uint64_t>(kKernelCs) << 16) | (0x8eull << 40) |
@@ -105,8 +105,10 @@ void build_system_tables(GuestMemory& memory) {
     memory.write_obj(kIdt + 16 * v + 8, hi);
     uint8_t stub[16];
     std::memset(stub, 0xf4, sizeof stub);
-    stub[0] = 0xe6;
+    stub[0] = 0xe6;  // out port, al
     stub[1] = static_cast<uint8_t>(kPortException + v);
+    stub[2] = 0xeb;  // jmp $ (see the program's end)
+    stub[3] = 0xfe;
     memory.write(handler, stub, sizeof stub);
   }
 }

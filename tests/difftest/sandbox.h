@@ -2,7 +2,7 @@
 //
 // Guest memory holds identity-mapped 4 KiB pages (program.h, layout), a GDT with 64-bit CPL0 and
 // CPL3 segments and a TSS whose RSP0 is the kernel stack, and an IDT whose 32 exception vectors
-// point at CPL0 stubs `out kPortException+vector, al; hlt`. The vCPU enters CPL3 directly through
+// point at CPL0 stubs `out kPortException+vector, al; jmp $`. The vCPU enters CPL3 directly through
 // set_state (CS/SS with DPL 3): no CPL0 code runs unless an exception is delivered. The TSS's I/O
 // permission bitmap lets CPL3 write the stop ports (and only those); a BusDevice there records
 // which port was written and kicks the vCPU.

@@ -16,7 +16,7 @@ Outcome done_outcome(const Program& p) {
   Outcome o;
   o.end = Outcome::End::kDone;
   o.state.gpr = p.gpr;
-  o.state.rip = p.instrs.back().address + p.instrs.back().bytes.size();
+  o.state.rip = p.instrs.back().address;
   o.state.rflags = p.rflags;
   o.state.cs.selector = layout::kUserCs;
   o.state.ss.selector = layout::kUserDs;
@@ -44,7 +44,10 @@ Program imul_program() {
   b.bytes = {0xe6, static_cast<uint8_t>(layout::kPortDone)};
   b.address = a.address + a.bytes.size();
   b.undef_before = b.undef_after = a.undef_after;
-  p.instrs = {a, b};
+  Instr c = b;
+  c.bytes = {0xeb, 0xfe};
+  c.address = b.address + b.bytes.size();
+  p.instrs = {a, b, c};
   return p;
 }
 

@@ -195,9 +195,14 @@ TEST(DiffTest, AWrongOracleIsDetected) {
   }
 }
 
-// Instruction classes emu does not yet match KVM on (tests/difftest/README.md, and
-// /work/notes/emu-bugs.md for the details); they still run in KvmAgainstKvmIsIdentical.
-constexpr ClassSet kEmuKnownGaps = 0;
+// Instruction classes emu does not yet match KVM on (found with EmuEngine built directly; details
+// and seeds in /work/notes/emu-bugs.md). They still run in KvmAgainstKvmIsIdentical, and
+// KEEL_DIFFTEST_ALL_CLASSES=1 includes them here.
+//   doubleshift: 16-bit SHLD/SHRD by 16 gives a wrong result and flags
+//   ssefp:       MXCSR exception flags, RC, DAZ/FTZ ignored; SQRTPD raises #UD
+//   fault:       RF missing from the RFLAGS image pushed for faults
+constexpr ClassSet kEmuKnownGaps = class_bit(InsnClass::kDoubleShift) |
+                                   class_bit(InsnClass::kSseFp) | class_bit(InsnClass::kFault);
 
 TEST(DiffTest, EmuMatchesKvm) {
   SANDBOX_OR_SKIP(kvm, kvm_engine, "kvm");

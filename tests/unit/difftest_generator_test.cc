@@ -48,8 +48,10 @@ TEST(DiffTestGenerator, InstructionsDecodeContiguouslyAndEndWithTheStopPort) {
       pc += in.bytes.size();
     }
     EXPECT_LE(pc, layout::kCode + layout::kCodeSize);
-    const auto& last = p.instrs.back().bytes;
-    EXPECT_EQ(last, (std::vector<uint8_t>{0xe6, static_cast<uint8_t>(layout::kPortDone)}));
+    ASSERT_GE(p.instrs.size(), kStopLength);
+    EXPECT_EQ(p.instrs[p.instrs.size() - 2].bytes,
+              (std::vector<uint8_t>{0xe6, static_cast<uint8_t>(layout::kPortDone)}));
+    EXPECT_EQ(p.instrs.back().bytes, (std::vector<uint8_t>{0xeb, 0xfe}));
     EXPECT_EQ(p.gpr[4], layout::kInitialRsp);
     EXPECT_EQ(p.rflags & 0x3000, 0u) << "IOPL must be 0 (see sandbox.h)";
     EXPECT_EQ(p.data.size(), layout::kDataSize);
