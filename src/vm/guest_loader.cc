@@ -3,6 +3,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "arch/x86/acpi/acpi_tables.h"
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
 #include "boot/linux_loader.h"
@@ -51,7 +52,10 @@ std::vector<x86::CpuState> load_linux_guest(GuestImage& image) {
   spec.kernel = image.config.kernel;
   spec.initrd = image.config.initrd;
   spec.cmdline = image.config.cmdline;
-  // ACPI tables (arch/x86/acpi) go here once they land: spec.acpi_rsdp_addr = tables.rsdp.
+  x86::acpi::AcpiConfig acpi;
+  acpi.vcpus = image.vcpus;
+  acpi.sb_devices = image.acpi_devices;
+  spec.acpi_rsdp_addr = x86::acpi::write_acpi_tables(image.memory, acpi).rsdp;
   boot::LinuxBoot boot = boot::load_linux(image.memory, spec);
   return {boot.cpu_state};
 }

@@ -14,6 +14,8 @@ struct GuestImage {
   GuestMemory& memory;
   const VmConfig& config;
   uint32_t vcpus;
+  // AML device descriptions for the DSDT's \_SB scope (Linux guests only).
+  const std::vector<std::vector<uint8_t>>& acpi_devices;
 };
 
 // A purpose-built test guest (tests/guests/README.md): the flat binary at kTestGuestLoadAddr,

@@ -12,6 +12,7 @@
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
 #include "base/log.h"
+#include "devices/legacy/acpi_pm.h"
 #include "devices/legacy/boot_progress.h"
 #include "devices/legacy/cmos_rtc.h"
 #include "devices/legacy/i8042.h"
@@ -136,12 +137,17 @@ void Machine::build_devices() {
   boot_progress_ = std::make_shared<BootProgress>(std::move(trace));
   pio_.add(BootProgress::kPort, 1, boot_progress_);
 
-  if (!config_.test_guest.empty())
+  if (!config_.test_guest.empty()) {
     pio_.add(kTestGuestExitPort, 1, std::make_shared<TestGuestExit>(*this));
+  } else {
+    // ACPI fixed hardware for Linux: S5 power-off, the reset register, the power button.
+    acpi_pm_ = std::make_shared<AcpiPm>(*this, IrqLine(irqs, AcpiPm::kSciIrq));
+    pio_.add(AcpiPm::kBasePort, AcpiPm::kPortCount, acpi_pm_);
+  }
 }
 
 void Machine::load_guest() {
-  GuestImage image{*memory_, config_, vcpu_count()};
+  GuestImage image{*memory_, config_, vcpu_count(), acpi_devices_};
   std::vector<x86::CpuState> states =
       config_.test_guest.empty() ? load_linux_guest(image) : load_test_guest(image);
   for (size_t i = 0; i < vcpus_.size() && i < states.size(); ++i) {

@@ -37,6 +37,7 @@ class Serial16550;
 class I8042;
 class CmosRtc;
 class BootProgress;
+class AcpiPm;
 
 enum class MachineState { kCreated, kRunning, kPaused, kShutDown };
 
@@ -87,6 +88,8 @@ class Machine final : public PowerControl {
   PowerControl& power() { return *this; }
   Serial16550& serial() { return *serial_; }
   BootProgress& boot_progress() { return *boot_progress_; }
+  // The ACPI PM registers (power button for `system_powerdown`); null for test guests.
+  AcpiPm* acpi_pm() { return acpi_pm_.get(); }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
 
   // Where the guest's serial output goes (a vCPU thread calls it). Set before start(); the
@@ -141,6 +144,9 @@ class Machine final : public PowerControl {
   std::shared_ptr<I8042> i8042_;
   std::shared_ptr<CmosRtc> rtc_;
   std::shared_ptr<BootProgress> boot_progress_;
+  std::shared_ptr<AcpiPm> acpi_pm_;
+  // AML for devices under \_SB of the DSDT (PCI0, ...): device families append while building.
+  std::vector<std::vector<uint8_t>> acpi_devices_;
   std::vector<ConsoleOutput> serial_outputs_;
   uint64_t created_ns_ = 0;
 

@@ -7,8 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <optional>
 
+#include "control/control_client.h"
 #include "engine/kvm/kvm_probe.h"
 #include "keel_process.h"
 
@@ -195,6 +197,94 @@ TEST(CliGuest, CtrlAxQuits) {
       run_keel({"run", "--accel", "kvm", "--test-guest", guest("serial_irq_echo")}, "\x01x");
   EXPECT_EQ(r.status, 0) << r.describe();
   EXPECT_TRUE(contains(r.err, "quit (Ctrl-A x)")) << r.err;
+}
+
+// --- the control socket of `keel run --control`
+
+std::string control_path(const char* name) {
+  return "/tmp/keel-cli-test-" + std::to_string(getpid()) + "-" + name + ".sock";
+}
+
+TEST(CliControl, PausedStartThenContStopAndSystemReset) {
+  SKIP_WITHOUT_KVM();
+  std::string path = control_path("lifecycle");
+  KeelProcess p({"run", "--accel", "kvm", "--paused", "--control", path, "--test-guest",
+                 guest("serial_irq_echo")});
+  auto client = control::ControlClient::connect(path);
+  nlohmann::json status = client.execute("query-status");
+  EXPECT_EQ(status["status"], "paused") << status;
+  client.execute("cont");
+  auto resumed = client.next_event(10s);
+  ASSERT_TRUE(resumed.has_value());
+  EXPECT_EQ((*resumed)["event"], "RESUME");
+  ASSERT_TRUE(p.wait_for_stdout("READY", 30s));
+  EXPECT_EQ(client.execute("query-status")["status"], "running");
+  auto cpus = client.execute("query-cpus");
+  ASSERT_EQ(cpus.size(), 1u);
+  EXPECT_GT(cpus[0]["thread-id"].get<long>(), 0);
+
+  client.execute("stop");
+  auto stopped = client.next_event(10s);
+  ASSERT_TRUE(stopped.has_value());
+  EXPECT_EQ((*stopped)["event"], "STOP");
+  status = client.execute("query-status");
+  EXPECT_EQ(status["status"], "paused");
+  EXPECT_EQ(status["reason"], "user");
+
+  client.execute("system_reset");
+  std::vector<std::string> events;
+  while (auto e = client.next_event(10s)) {
+    events.push_back((*e)["event"]);
+    if (events.back() == "SHUTDOWN") break;
+  }
+  EXPECT_NE(std::find(events.begin(), events.end(), "RESET"), events.end());
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "SHUTDOWN");
+  ProcessResult r = p.wait(30s);
+  EXPECT_EQ(r.status, 0) << r.describe();
+  EXPECT_TRUE(contains(r.err, "guest reset (system_reset from the control socket)")) << r.err;
+}
+
+TEST(CliControl, ConsoleAttachRelaysOutputAndInput) {
+  SKIP_WITHOUT_KVM();
+  std::string path = control_path("console");
+  KeelProcess p({"run", "--accel", "kvm", "--paused", "--control", path, "--test-guest",
+                 guest("serial_irq_echo")});
+  UniqueFd console = control::ControlClient::attach_console(path);
+  auto client = control::ControlClient::connect(path);
+  client.execute("cont");
+  std::string seen;
+  auto read_until = [&](const std::string& marker) {
+    auto end = std::chrono::steady_clock::now() + 30s;
+    while (!contains(seen, marker) && std::chrono::steady_clock::now() < end) {
+      pollfd pfd{console.get(), POLLIN, 0};
+      if (poll(&pfd, 1, 100) <= 0) continue;
+      char buf[256];
+      ssize_t n = read(console.get(), buf, sizeof buf);
+      if (n <= 0) break;
+      seen.append(buf, static_cast<size_t>(n));
+    }
+    return contains(seen, marker);
+  };
+  ASSERT_TRUE(read_until("READY\r\n")) << seen;
+  ASSERT_EQ(write(console.get(), "via socket q", 12), 12);
+  EXPECT_TRUE(read_until("via socket q")) << seen;
+  ProcessResult r = p.wait(30s);
+  EXPECT_EQ(r.status, 0) << r.describe();
+  EXPECT_EQ(r.out, "READY\r\nvia socket q");  // the terminal shows the same console
+}
+
+TEST(CliControl, QuitEndsTheVmAndPowerdownNeedsAcpi) {
+  SKIP_WITHOUT_KVM();
+  std::string path = control_path("quit");
+  KeelProcess p({"run", "--accel", "kvm", "--control", path, "--test-guest",
+                 guest("serial_irq_echo")});
+  auto client = control::ControlClient::connect(path);
+  EXPECT_THROW(client.execute("system_powerdown"), control::ControlError);
+  client.execute("quit");
+  ProcessResult r = p.wait(30s);
+  EXPECT_EQ(r.status, 0) << r.describe();
+  EXPECT_TRUE(contains(r.err, "quit from the control socket")) << r.err;
 }
 
 // --- the terminal: raw while keel runs, restored on every exit path
