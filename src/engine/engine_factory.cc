@@ -1,6 +1,8 @@
 #include "engine/engine_factory.h"
 
 #include "base/error.h"
+#include "engine/emu/emu_engine.h"
+#include "engine/emu/platform/pc_platform.h"
 #include "engine/kvm/kvm_engine.h"
 
 namespace keel {
@@ -40,8 +42,12 @@ std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, Engine
   switch (accel) {
     case Accel::kKvm:
       return std::make_unique<KvmEngine>(context, config);
-    case Accel::kEmu:
-      throw Error("the emu engine is not built yet");
+    case Accel::kEmu: {
+      // Refuse extra vCPUs before the platform claims bus ranges and starts its watcher.
+      if (config.vcpus > 1) throw UsageError("the emu engine runs one vCPU for now");
+      auto platform = emu::create_emu_platform(context, config.vcpus);
+      return std::make_unique<emu::EmuEngine>(context, config, std::move(platform));
+    }
     case Accel::kAuto:
       break;
   }

@@ -24,6 +24,20 @@ class GuestConformance : public ::testing::TestWithParam<Accel> {
 #define REQUIRE_BEHAVIOUR(check) \
   if (auto why = behaviour_unavailable(GetParam(), check)) GTEST_SKIP() << *why
 
+// Skips when the engine runs fewer vCPUs than the test needs (emu: one for now).
+std::optional<std::string> vcpus_unavailable(Accel accel, uint32_t vcpus) {
+  try {
+    GuestMemory memory(1 << 20);
+    IoBus pio("pio"), mmio("mmio");
+    create_engine(accel, {memory, pio, mmio}, {.vcpus = vcpus});
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return std::nullopt;
+}
+#define REQUIRE_VCPUS(n) \
+  if (auto why = vcpus_unavailable(GetParam(), n)) GTEST_SKIP() << *why
+
 IoAccess w(uint64_t addr, uint32_t size, uint64_t value) { return {true, addr, size, value}; }
 IoAccess r(uint64_t addr, uint32_t size, uint64_t value) { return {false, addr, size, value}; }
 
@@ -89,6 +103,7 @@ TEST_P(GuestConformance, MsiWakesHlt) {
 
 TEST_P(GuestConformance, EveryVcpuReportsItsApicId) {
   constexpr uint32_t kVcpus = 4;
+  REQUIRE_VCPUS(kVcpus);
   GuestHarness h(GetParam(), "smp_apic_id", {.vcpus = kVcpus});
   auto result = h.run();
   ASSERT_EQ(result.status, 0) << result.summary();
@@ -135,6 +150,7 @@ TEST_P(GuestConformance, DeadlineStopsASpinningGuest) {
 }
 
 TEST_P(GuestConformance, DeadlineStopsHaltedVcpus) {
+  REQUIRE_VCPUS(2);
   GuestHarness h(GetParam(), "halt_forever", {.vcpus = 2, .deadline = milliseconds(300)});
   auto result = h.run();
   EXPECT_TRUE(result.timed_out);
@@ -168,6 +184,7 @@ class PowerOffOnWrite : public BusDevice {
 };
 
 TEST_P(GuestConformance, PowerRequestFromADeviceEndsTheRun) {
+  REQUIRE_VCPUS(2);
   GuestHarness h(GetParam(), "irqfd_msi", {.vcpus = 2});  // writes port 0x50C, then waits
   h.pio().add(0x50C, 1, std::make_shared<PowerOffOnWrite>(h.power()));
   auto result = h.run();
@@ -179,7 +196,7 @@ TEST_P(GuestConformance, PowerRequestFromADeviceEndsTheRun) {
   EXPECT_EQ(result.exits[1], VcpuExit::kStopped) << result.summary();
 }
 
-INSTANTIATE_TEST_SUITE_P(Engines, GuestConformance, ::testing::Values(Accel::kKvm),
+INSTANTIATE_TEST_SUITE_P(Engines, GuestConformance, ::testing::Values(Accel::kKvm, Accel::kEmu),
                          [](const ::testing::TestParamInfo<Accel>& info) {
                            return std::string(to_string(info.param));
                          });

@@ -113,14 +113,19 @@ TEST(EngineChoice, ParsesAcceleratorNames) {
   EXPECT_STREQ(to_string(Accel::kEmu), "emu");
 }
 
-TEST(EngineFactory, EmuIsNotBuiltYet) {
+TEST(EngineFactory, EmuRunsOneVcpu) {
   GuestMemory memory(1 << 20);
   IoBus pio("pio"), mmio("mmio");
+  {
+    auto engine = create_engine(Accel::kEmu, {memory, pio, mmio}, {});
+    EXPECT_EQ(engine->name(), "emu");
+    EXPECT_EQ(engine->max_vcpus(), 1u);
+  }
   try {
-    create_engine(Accel::kEmu, {memory, pio, mmio}, {});
+    create_engine(Accel::kEmu, {memory, pio, mmio}, {.vcpus = 2});
     FAIL() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_STREQ(e.what(), "the emu engine is not built yet");
+  } catch (const UsageError& e) {
+    EXPECT_STREQ(e.what(), "the emu engine runs one vCPU for now");
   }
 }
 
