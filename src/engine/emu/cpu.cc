@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 
 #include "base/error.h"
 #include "engine/emu/decode.h"
@@ -34,6 +35,8 @@ Cpu::Cpu(const Deps& d)
   jump_cache_ = std::make_unique<JumpEntry[]>(kJumpCacheSize);
   code_pages_.assign((mem_.end() + 4095) / 4096, 0);
   decoder_ = new Decoder();
+  // Debugging aid: KEEL_EMU_TRACE_FAULTS=1 logs every exception the CPU raises.
+  if (const char* t = std::getenv("KEEL_EMU_TRACE_FAULTS")) trace_faults_ = *t == '1';
   flush_tlb();
   // Power-on-like defaults for the segment caches; set_state() replaces them.
   for (int i = 0; i < 6; ++i) {
@@ -379,10 +382,12 @@ void Cpu::run_block(Block* b) {
       r[kRegRip] += in.len;
       in.fn(*this, in);
     }
-  } catch (const GuestFault&) {
-    r[kRegRip] -= (ip - 1)->len;
+  } catch (GuestFault& f) {
+    const Insn& in = *(ip - 1);
+    r[kRegRip] -= in.len;
     icount_ += uint64_t(ip - start) - 1;
     current_block_ = nullptr;
+    if (f.noncanonical && (in.prefix & kPfxStack)) f.vector = kStackFault;
     throw;
   }
   icount_ += uint64_t(ip - start);
@@ -450,6 +455,13 @@ Cpu::Exit Cpu::run() {
 
 void Cpu::deliver_fault(const GuestFault& f) {
   halted_ = false;
+  // Faults (all but #DB traps here) push RFLAGS with RF set, so IRET does not re-trigger an
+  // instruction breakpoint.
+  if (f.vector != kDB) rf_for_frame_ = true;
+  if (trace_faults_) {
+    std::fprintf(stderr, "emu: fault %u err %#x cr2 %#llx at %s\n", f.vector, f.error,
+                 static_cast<unsigned long long>(cr2), describe_rip().c_str());
+  }
   deliver(f.vector, f.has_error, f.error, false);
 }
 
@@ -517,7 +529,8 @@ void Cpu::do_deliver(uint8_t vector, bool has_error, uint32_t error, bool soft) 
   if (has_error) frame[n++] = error;
   frame[n++] = r[kRegRip];
   frame[n++] = sreg[kCS].selector;
-  frame[n++] = flags();
+  frame[n++] = flags() | (rf_for_frame_ ? kFlagRF : 0);
+  rf_for_frame_ = false;
   frame[n++] = r[RSP];
   frame[n++] = sreg[kSS].selector;
   // Push (highest address first) with supervisor rights; nothing is committed until all fit.

@@ -32,6 +32,7 @@ struct GuestFault {
   uint8_t vector;
   bool has_error;
   uint32_t error;
+  bool noncanonical = false;  // #GP(0) from a non-canonical address (#SS for stack accesses)
 };
 
 enum Vector : uint8_t {
@@ -332,6 +333,11 @@ class Cpu {
   void cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
   uint64_t read_tsc() const { return clock_.read_tsc() + uint64_t(tsc_offset); }
 
+  // A device handler may have kicked this vCPU (power off, reset, a test's stop port): stop right
+  // after the current instruction, as KVM does after the exit.
+  void stop_if_kicked() {
+    if (kicked_.load(std::memory_order_relaxed)) end_block();
+  }
   void halt() {
     halted_ = true;
     end_block();
@@ -428,6 +434,8 @@ class Cpu {
   bool shadow_ = false;
   bool shutdown_ = false;
   uint64_t icount_ = 0;
+  bool trace_faults_ = false;
+  bool rf_for_frame_ = false;  // the exception being delivered is a fault
   void* decoder_ = nullptr;  // Decoder (decode.cc)
 
   // Exception nesting: the vector being delivered, or -1.

@@ -201,6 +201,13 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
   // 64-bit mode ignores the ES/CS/SS/DS bases.
   if (mode == 0 && in.seg != kFS && in.seg != kGS) in.seg = kSegFlat;
 
+  // Accesses through SS (explicit RSP/RBP-based operands, PUSH/POP/CALL/RET...) raise #SS rather
+  // than #GP on a non-canonical address.
+  for (int i = 0; i < zi.operand_count; ++i)
+    if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[i].mem.type == ZYDIS_MEMOP_TYPE_MEM &&
+        ops[i].mem.segment == ZYDIS_REGISTER_SS)
+      in.prefix |= kPfxStack;
+
   bool ends = is_terminator(zi.mnemonic);
   DecodeCtx d{zi, ops, in, mode, ends};
   if (bad || !(select_int(d) || select_ctl(d) || select_sys(d) || select_sse(d))) {

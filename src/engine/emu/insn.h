@@ -28,6 +28,7 @@ enum SegIdx : uint8_t { kES = 0, kCS = 1, kSS = 2, kDS = 3, kFS = 4, kGS = 5, kS
 inline constexpr uint8_t kPfxRep = 1;    // REP / REPE
 inline constexpr uint8_t kPfxRepne = 2;  // REPNE
 inline constexpr uint8_t kPfxLock = 4;
+inline constexpr uint8_t kPfxStack = 8;  // a memory access goes through SS (#SS, not #GP)
 
 struct Insn {
   Handler fn = nullptr;

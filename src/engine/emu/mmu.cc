@@ -27,7 +27,7 @@ uint64_t Cpu::walk(uint64_t la, Access acc, bool user, bool* writable, bool* exe
     *executable = true;
     return long_mode() ? la : uint32_t(la);
   }
-  if (!canonical(la)) raise_fault(kGP, 0);
+  if (!canonical(la)) throw GuestFault{kGP, true, 0, true};
   const bool nxe = efer & kEferNxe;
   auto fault = [&](bool present, bool rsvd) {
     cr2 = la;
@@ -147,6 +147,7 @@ void Cpu::mmio_read(uint64_t gpa, void* dst, unsigned len) {
     return;
   }
   mmio_.read(gpa, data);
+  stop_if_kicked();
 }
 
 void Cpu::mmio_write(uint64_t gpa, const void* src, unsigned len) {
@@ -156,6 +157,7 @@ void Cpu::mmio_write(uint64_t gpa, const void* src, unsigned len) {
     return;
   }
   mmio_.write(gpa, data);
+  stop_if_kicked();
 }
 
 void Cpu::read_slow(uint64_t la, void* dst, unsigned len, bool user) {
@@ -220,11 +222,13 @@ void Cpu::check_io(uint16_t port, unsigned size) {
 uint64_t Cpu::io_in(uint16_t port, unsigned size) {
   uint64_t v = 0;
   pio_.read(port, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), size));
+  stop_if_kicked();
   return v;
 }
 
 void Cpu::io_out(uint16_t port, unsigned size, uint64_t value) {
   pio_.write(port, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&value), size));
+  stop_if_kicked();
 }
 
 }  // namespace keel::emu

@@ -311,9 +311,18 @@ void op_shxd(Cpu& c, const Insn& in) {
     if (cnt == 0) return d;
     T res;
     bool cf;
-    if (cnt >= b) {  // 16-bit with count > 16: undefined; keep something sane
-      res = d;
-      cf = false;
+    if (b == 16) {
+      // 16-bit with counts up to 31: shift through op1:op2:op1 (48 bits), as Intel CPUs do.
+      uint64_t x;
+      if (Left) {
+        x = (uint64_t(d) << 32) | (uint64_t(s) << 16) | d;
+        res = T(x >> (32 - cnt));
+        cf = (x >> (48 - cnt)) & 1;
+      } else {
+        x = (uint64_t(d) << 32) | (uint64_t(s) << 16) | d;
+        res = T(x >> cnt);
+        cf = (x >> (cnt - 1)) & 1;
+      }
     } else if (Left) {
       res = T((d << cnt) | (s >> (b - cnt)));
       cf = (d >> (b - cnt)) & 1;

@@ -32,6 +32,27 @@ inline void sse_check(Cpu& c) {
     raise_fault(kNM);
 }
 
+// Runs host floating-point SSE under the guest's MXCSR (rounding, DAZ, FTZ) with every
+// exception masked on the host, then merges the raised flags into the guest MXCSR; an exception
+// the guest left unmasked becomes #XM (or #UD without CR4.OSXMMEXCPT).
+class GuestMxcsr {
+ public:
+  explicit GuestMxcsr(Cpu& c) : c_(c), host_(_mm_getcsr()) { _mm_setcsr((c.mxcsr & ~0x3Fu) | 0x1F80u); }
+  ~GuestMxcsr() { _mm_setcsr(host_); }
+  // Call after the operation, before committing its result.
+  void finish() {
+    uint32_t raised = _mm_getcsr() & 0x3F;
+    _mm_setcsr(host_);
+    uint32_t unmasked = raised & ~(c_.mxcsr >> 7) & 0x3F;
+    c_.mxcsr |= raised;
+    if (unmasked) raise_fault((c_.cr4 & (1u << 10)) ? kXM : kUD);
+  }
+
+ private:
+  Cpu& c_;
+  uint32_t host_;
+};
+
 // 128-bit operand i: XMM register or memory (aligned: #GP(0) when not 16-byte aligned).
 template <bool Aligned>
 inline __m128i xsrc(Cpu& c, const Insn& in, int i) {
@@ -150,13 +171,20 @@ void op_movmskpd(Cpu& c, const Insn& in) {
 
 // ---------------------------------------------------------------- packed binary operations
 
-template <typename F>
+template <typename F, bool Fp = false>
 struct Bin {
   static void run(Cpu& c, const Insn& in) {
     sse_check(c);
     __m128i a = to_m(c.xmm[in.reg[0]]);
     __m128i b = xsrc<true>(c, in, 1);
-    c.xmm[in.reg[0]] = from_m(F::f(a, b));
+    if constexpr (Fp) {
+      GuestMxcsr m(c);
+      __m128i r = F::f(a, b);
+      m.finish();
+      c.xmm[in.reg[0]] = from_m(r);
+    } else {
+      c.xmm[in.reg[0]] = from_m(F::f(a, b));
+    }
   }
 };
 
@@ -168,6 +196,7 @@ struct Bin {
   struct name {                                                                          \
     static __m128i f(__m128i ai, __m128i bi) {                                           \
       __m128 a = _mm_castsi128_ps(ai), b = _mm_castsi128_ps(bi);                         \
+      (void)a;                                                                           \
       return _mm_castps_si128(expr);                                                     \
     }                                                                                    \
   };
@@ -175,6 +204,7 @@ struct Bin {
   struct name {                                                                          \
     static __m128i f(__m128i ai, __m128i bi) {                                           \
       __m128d a = _mm_castsi128_pd(ai), b = _mm_castsi128_pd(bi);                        \
+      (void)a;                                                                           \
       return _mm_castpd_si128(expr);                                                     \
     }                                                                                    \
   };
@@ -240,6 +270,8 @@ KEEL_BINPS(Minps, _mm_min_ps(a, b))
 KEEL_BINPS(Maxps, _mm_max_ps(a, b))
 KEEL_BINPS(Unpcklps, _mm_unpacklo_ps(a, b))
 KEEL_BINPS(Unpckhps, _mm_unpackhi_ps(a, b))
+KEEL_BINPD(Sqrtpd, _mm_sqrt_pd(b))
+KEEL_BINPS(Sqrtps, _mm_sqrt_ps(b))
 KEEL_BINPD(Addpd, _mm_add_pd(a, b))
 KEEL_BINPD(Subpd, _mm_sub_pd(a, b))
 KEEL_BINPD(Mulpd, _mm_mul_pd(a, b))
@@ -256,7 +288,10 @@ struct ScalarSd {
     sse_check(c);
     __m128d a = _mm_castsi128_pd(to_m(c.xmm[in.reg[0]]));
     __m128d b = _mm_castsi128_pd(_mm_set_epi64x(0, int64_t(qsrc(c, in, 1))));
-    c.xmm[in.reg[0]] = from_m(_mm_castpd_si128(F::f(a, b)));
+    GuestMxcsr m(c);
+    __m128d r = F::f(a, b);
+    m.finish();
+    c.xmm[in.reg[0]] = from_m(_mm_castpd_si128(r));
   }
 };
 template <typename F>
@@ -265,7 +300,10 @@ struct ScalarSs {
     sse_check(c);
     __m128 a = _mm_castsi128_ps(to_m(c.xmm[in.reg[0]]));
     __m128 b = _mm_castsi128_ps(_mm_set_epi32(0, 0, 0, int32_t(dsrc(c, in, 1))));
-    c.xmm[in.reg[0]] = from_m(_mm_castps_si128(F::f(a, b)));
+    GuestMxcsr m(c);
+    __m128 r = F::f(a, b);
+    m.finish();
+    c.xmm[in.reg[0]] = from_m(_mm_castps_si128(r));
   }
 };
 #define KEEL_SD(name, expr) \
@@ -386,30 +424,40 @@ void op_pinsrw(Cpu& c, const Insn& in) {
 
 // ---------------------------------------------------------------- compares and conversions
 
-void set_compare_flags(Cpu& c, double a, double b) {
+
+// (U)COMISD/(U)COMISS on the host under the guest MXCSR (DAZ, exception flags); ZF/PF/CF as the
+// host sets them, OF/SF/AF cleared.
+template <bool Double>
+void op_ucomis(Cpu& c, const Insn& in) {
+  sse_check(c);
+  __m128i a = to_m(c.xmm[in.reg[0]]);
+  __m128i b = Double ? _mm_set_epi64x(0, int64_t(qsrc(c, in, 1)))
+                     : _mm_set_epi32(0, 0, 0, int32_t(dsrc(c, in, 1)));
+  uint8_t z, p, cf;
+  {
+    GuestMxcsr m(c);
+    if (Double) {
+      if (in.cc)
+        asm volatile("comisd %4, %3\n\tsetz %0\n\tsetp %1\n\tsetc %2"
+                     : "=r"(z), "=r"(p), "=r"(cf) : "x"(a), "x"(b) : "cc");
+      else
+        asm volatile("ucomisd %4, %3\n\tsetz %0\n\tsetp %1\n\tsetc %2"
+                     : "=r"(z), "=r"(p), "=r"(cf) : "x"(a), "x"(b) : "cc");
+    } else {
+      if (in.cc)
+        asm volatile("comiss %4, %3\n\tsetz %0\n\tsetp %1\n\tsetc %2"
+                     : "=r"(z), "=r"(p), "=r"(cf) : "x"(a), "x"(b) : "cc");
+      else
+        asm volatile("ucomiss %4, %3\n\tsetz %0\n\tsetp %1\n\tsetc %2"
+                     : "=r"(z), "=r"(p), "=r"(cf) : "x"(a), "x"(b) : "cc");
+    }
+    m.finish();
+  }
   uint64_t f = c.flags() & ~(kFlagCF | kFlagPF | kFlagAF | kFlagZF | kFlagSF | kFlagOF);
-  if (std::isnan(a) || std::isnan(b)) f |= kFlagZF | kFlagPF | kFlagCF;
-  else if (a < b) f |= kFlagCF;
-  else if (a == b) f |= kFlagZF;
+  if (z) f |= kFlagZF;
+  if (p) f |= kFlagPF;
+  if (cf) f |= kFlagCF;
   c.set_flags(f);
-}
-
-void op_ucomisd(Cpu& c, const Insn& in) {
-  sse_check(c);
-  double a, b;
-  uint64_t bv = qsrc(c, in, 1);
-  std::memcpy(&a, &c.xmm[in.reg[0]].lo, 8);
-  std::memcpy(&b, &bv, 8);
-  set_compare_flags(c, a, b);
-}
-
-void op_ucomiss(Cpu& c, const Insn& in) {
-  sse_check(c);
-  float a, b;
-  uint32_t av = uint32_t(c.xmm[in.reg[0]].lo), bv = dsrc(c, in, 1);
-  std::memcpy(&a, &av, 4);
-  std::memcpy(&b, &bv, 4);
-  set_compare_flags(c, a, b);
 }
 
 // CMPSD/CMPSS/CMPPD/CMPPS with predicate imm 0..7. cc: 0 sd, 1 ss, 2 pd, 3 ps.
@@ -480,11 +528,16 @@ void op_cvtsi2f(Cpu& c, const Insn& in) {
   if (in.opsz2 == 8) v = int64_t(get_any<uint64_t>(c, in, 1));
   else v = int32_t(get_any<uint32_t>(c, in, 1));
   U128& d = c.xmm[in.reg[0]];
+  GuestMxcsr m(c);
   if (in.cc == 0) {
-    double f = double(v);
+    __m128d r = _mm_cvtsi64_sd(_mm_setzero_pd(), v);
+    m.finish();
+    double f = _mm_cvtsd_f64(r);
     std::memcpy(&d.lo, &f, 8);
   } else {
-    float f = float(v);
+    __m128 r = _mm_cvtsi64_ss(_mm_setzero_ps(), v);
+    m.finish();
+    float f = _mm_cvtss_f32(r);
     uint32_t bits;
     std::memcpy(&bits, &f, 4);
     d.lo = (d.lo & ~0xFFFFFFFFull) | bits;
@@ -505,20 +558,32 @@ void op_cvtf2si(Cpu& c, const Insn& in) {
     uint64_t bits = qsrc(c, in, 1);
     std::memcpy(&v, &bits, 8);
   }
-  __m128d x = _mm_set_sd(v);
-  if (in.osz == 8) {
-    c.r[in.reg[0]] = uint64_t(trunc ? _mm_cvttsd_si64(x) : _mm_cvtsd_si64(x));
-  } else {
-    c.r[in.reg[0]] = uint32_t(trunc ? _mm_cvttsd_si32(x) : _mm_cvtsd_si32(x));
+  uint64_t out;
+  {
+    GuestMxcsr m(c);
+    if (ss) {
+      float f = float(v);  // exact: v came from a float
+      __m128 x = _mm_set_ss(f);
+      out = in.osz == 8 ? uint64_t(trunc ? _mm_cvttss_si64(x) : _mm_cvtss_si64(x))
+                        : uint32_t(trunc ? _mm_cvttss_si32(x) : _mm_cvtss_si32(x));
+    } else {
+      __m128d x = _mm_set_sd(v);
+      out = in.osz == 8 ? uint64_t(trunc ? _mm_cvttsd_si64(x) : _mm_cvtsd_si64(x))
+                        : uint32_t(trunc ? _mm_cvttsd_si32(x) : _mm_cvtsd_si32(x));
+    }
+    m.finish();
   }
+  c.r[in.reg[0]] = out;
 }
 
 void op_cvtsd2ss(Cpu& c, const Insn& in) {
   sse_check(c);
   uint64_t bits = qsrc(c, in, 1);
-  double v;
-  std::memcpy(&v, &bits, 8);
-  float f = float(v);
+  __m128d x = _mm_castsi128_pd(_mm_set_epi64x(0, int64_t(bits)));
+  GuestMxcsr m(c);
+  __m128 r = _mm_cvtsd_ss(_mm_setzero_ps(), x);
+  m.finish();
+  float f = _mm_cvtss_f32(r);
   uint32_t fb;
   std::memcpy(&fb, &f, 4);
   U128& d = c.xmm[in.reg[0]];
@@ -528,9 +593,11 @@ void op_cvtsd2ss(Cpu& c, const Insn& in) {
 void op_cvtss2sd(Cpu& c, const Insn& in) {
   sse_check(c);
   uint32_t bits = dsrc(c, in, 1);
-  float f;
-  std::memcpy(&f, &bits, 4);
-  double v = f;
+  __m128 x = _mm_castsi128_ps(_mm_set_epi32(0, 0, 0, int32_t(bits)));
+  GuestMxcsr m(c);
+  __m128d r = _mm_cvtss_sd(_mm_setzero_pd(), x);
+  m.finish();
+  double v = _mm_cvtsd_f64(r);
   std::memcpy(&c.xmm[in.reg[0]].lo, &v, 8);
 }
 
@@ -542,6 +609,7 @@ void op_cvtpacked(Cpu& c, const Insn& in) {
   if ((in.cc == 0 || in.cc == 3) && in.kind[1] == kOpMem) s = _mm_set_epi64x(0, int64_t(qsrc(c, in, 1)));
   else s = xsrc<true>(c, in, 1);
   __m128i r;
+  GuestMxcsr m(c);
   switch (in.cc) {
     case 0: r = _mm_castpd_si128(_mm_cvtepi32_pd(s)); break;
     case 1: r = _mm_castps_si128(_mm_cvtepi32_ps(s)); break;
@@ -551,6 +619,7 @@ void op_cvtpacked(Cpu& c, const Insn& in) {
     case 5: r = _mm_cvttpd_epi32(_mm_castsi128_pd(s)); break;
     default: r = _mm_cvtps_epi32(_mm_castsi128_ps(s)); break;
   }
+  m.finish();
   c.xmm[in.reg[0]] = from_m(r);
 }
 
@@ -743,20 +812,22 @@ bool select_sse(DecodeCtx& d) {
     case ZYDIS_MNEMONIC_ANDPS: case ZYDIS_MNEMONIC_ANDPD: in.fn = bin<Andps>(); return true;
     case ZYDIS_MNEMONIC_ANDNPS: case ZYDIS_MNEMONIC_ANDNPD: in.fn = bin<Andnps>(); return true;
     case ZYDIS_MNEMONIC_ORPS: case ZYDIS_MNEMONIC_ORPD: in.fn = bin<Orps>(); return true;
-    case ZYDIS_MNEMONIC_ADDPS: in.fn = bin<Addps>(); return true;
-    case ZYDIS_MNEMONIC_SUBPS: in.fn = bin<Subps>(); return true;
-    case ZYDIS_MNEMONIC_MULPS: in.fn = bin<Mulps>(); return true;
-    case ZYDIS_MNEMONIC_DIVPS: in.fn = bin<Divps>(); return true;
-    case ZYDIS_MNEMONIC_MINPS: in.fn = bin<Minps>(); return true;
-    case ZYDIS_MNEMONIC_MAXPS: in.fn = bin<Maxps>(); return true;
+    case ZYDIS_MNEMONIC_ADDPS: in.fn = &Bin<Addps, true>::run; return true;
+    case ZYDIS_MNEMONIC_SUBPS: in.fn = &Bin<Subps, true>::run; return true;
+    case ZYDIS_MNEMONIC_MULPS: in.fn = &Bin<Mulps, true>::run; return true;
+    case ZYDIS_MNEMONIC_DIVPS: in.fn = &Bin<Divps, true>::run; return true;
+    case ZYDIS_MNEMONIC_MINPS: in.fn = &Bin<Minps, true>::run; return true;
+    case ZYDIS_MNEMONIC_MAXPS: in.fn = &Bin<Maxps, true>::run; return true;
     case ZYDIS_MNEMONIC_UNPCKLPS: in.fn = bin<Unpcklps>(); return true;
     case ZYDIS_MNEMONIC_UNPCKHPS: in.fn = bin<Unpckhps>(); return true;
-    case ZYDIS_MNEMONIC_ADDPD: in.fn = bin<Addpd>(); return true;
-    case ZYDIS_MNEMONIC_SUBPD: in.fn = bin<Subpd>(); return true;
-    case ZYDIS_MNEMONIC_MULPD: in.fn = bin<Mulpd>(); return true;
-    case ZYDIS_MNEMONIC_DIVPD: in.fn = bin<Divpd>(); return true;
-    case ZYDIS_MNEMONIC_MINPD: in.fn = bin<Minpd>(); return true;
-    case ZYDIS_MNEMONIC_MAXPD: in.fn = bin<Maxpd>(); return true;
+    case ZYDIS_MNEMONIC_SQRTPD: in.fn = &Bin<Sqrtpd, true>::run; return true;
+    case ZYDIS_MNEMONIC_SQRTPS: in.fn = &Bin<Sqrtps, true>::run; return true;
+    case ZYDIS_MNEMONIC_ADDPD: in.fn = &Bin<Addpd, true>::run; return true;
+    case ZYDIS_MNEMONIC_SUBPD: in.fn = &Bin<Subpd, true>::run; return true;
+    case ZYDIS_MNEMONIC_MULPD: in.fn = &Bin<Mulpd, true>::run; return true;
+    case ZYDIS_MNEMONIC_DIVPD: in.fn = &Bin<Divpd, true>::run; return true;
+    case ZYDIS_MNEMONIC_MINPD: in.fn = &Bin<Minpd, true>::run; return true;
+    case ZYDIS_MNEMONIC_MAXPD: in.fn = &Bin<Maxpd, true>::run; return true;
     case ZYDIS_MNEMONIC_UNPCKLPD: in.fn = bin<Unpcklpd>(); return true;
     case ZYDIS_MNEMONIC_UNPCKHPD: in.fn = bin<Unpckhpd>(); return true;
 
@@ -793,8 +864,10 @@ bool select_sse(DecodeCtx& d) {
     case ZYDIS_MNEMONIC_PEXTRW: in.fn = op_pextrw; return is_xmm(1);
     case ZYDIS_MNEMONIC_PINSRW: in.fn = op_pinsrw; return true;
 
-    case ZYDIS_MNEMONIC_UCOMISD: case ZYDIS_MNEMONIC_COMISD: in.fn = op_ucomisd; return true;
-    case ZYDIS_MNEMONIC_UCOMISS: case ZYDIS_MNEMONIC_COMISS: in.fn = op_ucomiss; return true;
+    case ZYDIS_MNEMONIC_UCOMISD: in.cc = 0; in.fn = &op_ucomis<true>; return true;
+    case ZYDIS_MNEMONIC_COMISD: in.cc = 1; in.fn = &op_ucomis<true>; return true;
+    case ZYDIS_MNEMONIC_UCOMISS: in.cc = 0; in.fn = &op_ucomis<false>; return true;
+    case ZYDIS_MNEMONIC_COMISS: in.cc = 1; in.fn = &op_ucomis<false>; return true;
     case ZYDIS_MNEMONIC_CMPSD:
       if (d.zi.opcode_map == ZYDIS_OPCODE_MAP_DEFAULT) return false;
       in.cc = 0; in.fn = op_cmpfp; return true;
