@@ -3,6 +3,7 @@
 #include <sys/epoll.h>
 
 #include "base/error.h"
+#include "devices/legacy/acpi_pm.h"
 #include "devices/legacy/serial16550.h"
 #include "vm/machine.h"
 
@@ -91,8 +92,12 @@ void MachineTarget::pause() {
 void MachineTarget::resume() { machine_.resume(); }
 
 void MachineTarget::powerdown() {
-  // TODO(issue 5): press AcpiPm::press_power_button() once Machine builds and exposes AcpiPm.
-  throw Error("the ACPI power button is not wired into this machine yet");
+  AcpiPm* pm = machine_.acpi_pm();
+  if (!pm) throw Error("this machine has no ACPI power button");
+  if (machine_.state() == MachineState::kShutDown) throw Error("the machine has shut down");
+  // QMP reports the press itself; the guest's reaction (S5) comes later as SHUTDOWN.
+  emit(event::kPowerdown, json::object());
+  pm->press_power_button();
 }
 
 void MachineTarget::reset() {

@@ -33,6 +33,9 @@ std::vector<x86::CpuState> load_test_guest(GuestImage& image) {
                 " bytes) does not fit in guest RAM at 0x100000");
   image.memory.write(kTestGuestLoadAddr, code.data(), code.size());
   x86::write_boot_tables(image.memory);
+  // ACPI tables at 0xE0000, as for Linux: a guest finds PM1a_EVT/CNT there (acpi_poweroff.asm).
+  if (image.memory.contains(x86::acpi::kRsdpAddr, x86::acpi::kTablesEnd - x86::acpi::kRsdpAddr))
+    x86::acpi::write_acpi_tables(image.memory, {.vcpus = image.vcpus, .sb_devices = {}});
   std::vector<x86::CpuState> states;
   for (uint32_t i = 0; i < image.vcpus; ++i) {
     x86::BootEntry entry;

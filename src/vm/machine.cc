@@ -137,13 +137,12 @@ void Machine::build_devices() {
   boot_progress_ = std::make_shared<BootProgress>(std::move(trace));
   pio_.add(BootProgress::kPort, 1, boot_progress_);
 
-  if (!config_.test_guest.empty()) {
+  if (!config_.test_guest.empty())
     pio_.add(kTestGuestExitPort, 1, std::make_shared<TestGuestExit>(*this));
-  } else {
-    // ACPI fixed hardware for Linux: S5 power-off, the reset register, the power button.
-    acpi_pm_ = std::make_shared<AcpiPm>(*this, IrqLine(irqs, AcpiPm::kSciIrq));
-    pio_.add(AcpiPm::kBasePort, AcpiPm::kPortCount, acpi_pm_);
-  }
+  // ACPI fixed hardware: S5 power-off, the reset register, the power button. Test guests get it
+  // too, with the tables (guest_loader.cc), so management tests can press the button.
+  acpi_pm_ = std::make_shared<AcpiPm>(*this, IrqLine(irqs, AcpiPm::kSciIrq));
+  pio_.add(AcpiPm::kBasePort, AcpiPm::kPortCount, acpi_pm_);
 }
 
 void Machine::load_guest() {

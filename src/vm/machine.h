@@ -88,7 +88,7 @@ class Machine final : public PowerControl {
   PowerControl& power() { return *this; }
   Serial16550& serial() { return *serial_; }
   BootProgress& boot_progress() { return *boot_progress_; }
-  // The ACPI PM registers (power button for `system_powerdown`); null for test guests.
+  // The ACPI PM registers (power button for `system_powerdown`), for every guest.
   AcpiPm* acpi_pm() { return acpi_pm_.get(); }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
 

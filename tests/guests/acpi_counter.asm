@@ -1,0 +1,163 @@
+; A guest for the management tests (keel run, the daemon): it prints "count N" lines on COM1 in a
+; loop, so its progress can be watched (and seen to stop while paused), and it obeys the ACPI
+; power button as an OS does: it finds PM1a_EVT_BLK, PM1a_CNT_BLK (FADT) and SLP_TYPa (\_S5 in the
+; DSDT) through the tables at 0xE0000 (as acpi_poweroff.asm), sets PWRBTN_EN in PM1a_EN, and
+; between lines polls PWRBTN_STS in PM1a_STS (interrupts stay off: polling is what works at CPL0 on
+; every engine here). On a press it clears the status, prints "power button", and writes SLP_TYP |
+; SLP_EN to PM1a_CNT: the machine powers off. EXIT 1..5 name the table step that failed.
+; Single vCPU: other vCPUs park at once.
+%include "guest.inc"
+%define POLLS_PER_LINE 2000        ; PM1a_STS reads between two lines (each one a VM exit)
+  test rdi, rdi
+  jnz park
+
+  mov rsi, 0xE0000
+  mov rax, 'RSD PTR '
+  cmp [rsi], rax
+  jne no_rsdp
+  mov rbx, [rsi + 24]              ; XsdtAddress
+  cmp dword [rbx], 'XSDT'
+  jne no_xsdt
+  mov ecx, [rbx + 4]
+  lea r8, [rbx + 36]
+  lea r9, [rbx + rcx]
+find_fadt:
+  cmp r8, r9
+  jae no_fadt
+  mov rdi, [r8]
+  cmp dword [rdi], 'FACP'
+  je found_fadt
+  add r8, 8
+  jmp find_fadt
+found_fadt:
+  mov r15d, [rdi + 56]             ; PM1a_EVT_BLK: status, then (at +PM1_EVT_LEN/2) enable
+  movzx eax, byte [rdi + 88]       ; PM1_EVT_LEN
+  shr eax, 1
+  lea r11d, [r15d + eax]           ; PM1a_EN
+  mov r12d, [rdi + 64]             ; PM1a_CNT_BLK
+  mov r13, [rdi + 140]             ; X_DSDT
+
+  mov ecx, [r13 + 4]
+  lea r8, [r13 + 36]
+  lea r9, [r13 + rcx - 8]
+find_s5:
+  cmp r8, r9
+  jae no_s5
+  cmp dword [r8], '_S5_'
+  je found_s5
+  inc r8
+  jmp find_s5
+found_s5:
+  cmp byte [r8 + 4], 0x12          ; PackageOp
+  jne bad_s5
+  movzx eax, byte [r8 + 7]
+  cmp al, 0x0A                     ; BytePrefix
+  jne small_constant
+  movzx eax, byte [r8 + 8]
+  jmp have_type
+small_constant:
+  cmp al, 1
+  ja bad_s5
+have_type:
+  mov r14d, eax                    ; SLP_TYPa
+
+  mov dx, r11w
+  mov ax, 1 << 8                   ; PWRBTN_EN
+  out dx, ax
+
+  xor ebp, ebp                     ; the counter
+line:
+  lea rsi, [rel count_text]
+  call puts
+  mov eax, ebp
+  call put_decimal
+  mov al, 10
+  call putc
+  inc ebp
+
+  mov ecx, POLLS_PER_LINE
+poll:
+  mov dx, r15w
+  in ax, dx                        ; PM1a_STS
+  test ax, 1 << 8                  ; PWRBTN_STS
+  jnz pressed
+  dec ecx
+  jnz poll
+  jmp line
+
+pressed:
+  mov dx, r15w
+  mov ax, 1 << 8
+  out dx, ax                       ; write 1 to clear PWRBTN_STS
+  lea rsi, [rel button_text]
+  call puts
+  mov dx, r12w
+  in ax, dx
+  and ax, 0xC3FF                   ; clear SLP_TYP and SLP_EN
+  mov ecx, r14d
+  shl ecx, 10
+  or eax, ecx
+  or ax, 1 << 13                   ; SLP_EN
+  mov dx, r12w
+  out dx, ax                       ; S5: the machine powers off
+park:
+  HANG
+
+; putc: al -> COM1 once THR is empty. Clobbers edx, ebx.
+putc:
+  mov bl, al
+  mov dx, 0x3FD
+.busy:
+  in al, dx
+  test al, 0x20
+  jz .busy
+  mov al, bl
+  mov dx, 0x3F8
+  out dx, al
+  ret
+
+; puts: the zero-terminated string at rsi. Clobbers rax, rbx, rdx, rsi.
+puts:
+  lodsb
+  test al, al
+  jz .done
+  call putc
+  jmp puts
+.done:
+  ret
+
+; put_decimal: eax in decimal. Clobbers rax, rbx, rcx, rdx, rdi.
+put_decimal:
+  lea rdi, [rel digits_end]
+  mov ecx, 10
+.next:
+  xor edx, edx
+  div ecx
+  add dl, '0'
+  dec rdi
+  mov [rdi], dl
+  test eax, eax
+  jnz .next
+.print:
+  lea rax, [rel digits_end]
+  cmp rdi, rax
+  jae .done
+  mov al, [rdi]
+  push rdi
+  call putc
+  pop rdi
+  inc rdi
+  jmp .print
+.done:
+  ret
+
+no_rsdp: EXIT 1
+no_xsdt: EXIT 2
+no_fadt: EXIT 3
+no_s5:   EXIT 4
+bad_s5:  EXIT 5
+
+count_text: db "count ", 0
+button_text: db "power button", 10, 0
+digits: times 12 db 0
+digits_end:
