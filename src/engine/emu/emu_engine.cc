@@ -1,6 +1,9 @@
 #include "engine/emu/emu_engine.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
 
 #include "base/error.h"
 
@@ -9,12 +12,29 @@ namespace keel::emu {
 EmuVcpu::EmuVcpu(uint32_t index, const Cpu::Deps& deps, EmuEngine* owner)
     : index_(index), cpu_(deps), owner_(owner) {}
 
+namespace {
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+}  // namespace
+
 EmuVcpu::~EmuVcpu() {
   if (owner_) owner_->unregister(&cpu_);
+  // KEEL_EMU_STATS=1: guest instructions and emulation speed (CPU time of run()) at exit.
+  if (const char* s = std::getenv("KEEL_EMU_STATS"); s && *s == '1' && run_cpu_seconds_ > 0) {
+    std::fprintf(stderr, "emu: vCPU %u ran %llu instructions in %.2f s of CPU time (%.1f MIPS)\n",
+                 index_, static_cast<unsigned long long>(cpu_.instructions()), run_cpu_seconds_,
+                 double(cpu_.instructions()) / run_cpu_seconds_ / 1e6);
+  }
 }
 
 VcpuExit EmuVcpu::run() {
-  switch (cpu_.run()) {
+  double t0 = thread_cpu_seconds();
+  Cpu::Exit e = cpu_.run();
+  run_cpu_seconds_ += thread_cpu_seconds() - t0;
+  switch (e) {
     case Cpu::Exit::kStopped: return VcpuExit::kStopped;
     case Cpu::Exit::kShutdown: return VcpuExit::kShutdown;
     case Cpu::Exit::kHalted: return VcpuExit::kHalted;

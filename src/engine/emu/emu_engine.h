@@ -42,6 +42,7 @@ class EmuVcpu : public Vcpu {
   uint32_t index_;
   Cpu cpu_;
   EmuEngine* owner_;  // outlives its vCPUs
+  double run_cpu_seconds_ = 0;  // CPU time spent in run()
 };
 
 class EmuEngine : public Engine {
