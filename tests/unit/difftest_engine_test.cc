@@ -1,8 +1,7 @@
 // Differential CPU tests on engines (tests/difftest/README.md): random programs at CPL3 on KVM
 // (the oracle: guest CPL3 runs natively on this host's CPU) and on emu.
 //
-// KEEL_DIFFTEST_SEEDS=start:count replaces each test's fixed seed set (a longer sweep);
-// KEEL_DIFFTEST_ALL_CLASSES=1 runs the emu comparison on every instruction class, known gaps too.
+// KEEL_DIFFTEST_SEEDS=start:count replaces each test's fixed seed set (a longer sweep).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -195,22 +194,11 @@ TEST(DiffTest, AWrongOracleIsDetected) {
   }
 }
 
-// Instruction classes emu does not yet match KVM on (found with EmuEngine built directly; details
-// and seeds in /work/notes/emu-bugs.md). They still run in KvmAgainstKvmIsIdentical, and
-// KEEL_DIFFTEST_ALL_CLASSES=1 includes them here.
-//   doubleshift: 16-bit SHLD/SHRD by 16 gives a wrong result and flags
-//   ssefp:       MXCSR exception flags, RC, DAZ/FTZ ignored; SQRTPD raises #UD
-//   fault:       RF missing from the RFLAGS image pushed for faults
-constexpr ClassSet kEmuKnownGaps = class_bit(InsnClass::kDoubleShift) |
-                                   class_bit(InsnClass::kSseFp) | class_bit(InsnClass::kFault);
-
 TEST(DiffTest, EmuMatchesKvm) {
   SANDBOX_OR_SKIP(kvm, kvm_engine, "kvm");
   SANDBOX_OR_SKIP(emu, emu_engine, "emu");
-  GenOptions options;
-  const char* all = std::getenv("KEEL_DIFFTEST_ALL_CLASSES");
-  if (!(all && *all == '1')) options.classes = kAllClasses & ~kEmuKnownGaps;
-  run_differential(*kvm, "kvm", *emu, "emu", seeds(0, 300), options, CompareOptions{});
+  // Every instruction class: emu has no known gaps against KVM.
+  run_differential(*kvm, "kvm", *emu, "emu", seeds(0, 300), GenOptions{}, CompareOptions{});
 }
 
 }  // namespace
