@@ -67,6 +67,10 @@ class SplitQueue {
   // skipped. Returns false when nothing is available. Throws QueueError.
   bool pop_valid(GuestMemory& memory, DescriptorChain& out);
 
+  // Gives back the last `n` chains pop() returned (virtio-net, when a packet does not fit the
+  // buffers available): they are popped again next time.
+  void unpop(uint16_t n) { last_avail_ -= n; }
+
   // Used ring: add_used() writes an element, publish_used() makes all added elements visible to
   // the driver by moving the used index (so a multi-buffer packet appears at once).
   void add_used(GuestMemory& memory, uint16_t head, uint32_t len);
