@@ -88,6 +88,11 @@ uint64_t PciBus::mapped_address(uint8_t slot, int bar) const {
 }
 
 void PciBus::remap(uint8_t slot) {
+  remap_locked(slot);
+  if (remap_listener_) remap_listener_(slot);
+}
+
+void PciBus::remap_locked(uint8_t slot) {
   std::lock_guard lock(mutex_);
   const auto& device = slots_[slot];
   if (!device) return;

@@ -10,6 +10,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -46,15 +47,23 @@ class PciBus {
   // Where BAR `bar` of the device in `slot` is mapped on the MMIO bus now (0: not mapped).
   uint64_t mapped_address(uint8_t slot, int bar) const;
 
+  // Called (on the thread that reprogrammed it, no bus lock held) after a device's BARs may have
+  // moved, for users that cache BAR addresses (KVM ioeventfds). Set before the guest runs.
+  void set_remap_listener(std::function<void(uint8_t slot)> listener) {
+    remap_listener_ = std::move(listener);
+  }
+
  private:
   void attach(uint8_t slot, std::shared_ptr<PciDevice> device);
   void remap(uint8_t slot);
+  void remap_locked(uint8_t slot);
 
   IoBus& mmio_;
   mutable std::mutex mutex_;  // guards slots_, mapped_ and next_address_
   std::array<std::shared_ptr<PciDevice>, kPciMaxSlots> slots_;
   std::array<std::array<uint64_t, pci::kNumBars>, kPciMaxSlots> mapped_{};
   uint64_t next_address_ = kPciMmioWindowBase;
+  std::function<void(uint8_t slot)> remap_listener_;
 };
 
 // The host bridge's configuration mechanism #1: CONFIG_ADDRESS at 0xCF8 (dword accesses),

@@ -1,0 +1,79 @@
+// PciPlatform: the machine's PCI bus 0 (host bridge on 0xCF8-0xCFF) and the virtio devices a
+// VirtioConfig asks for, in PCI slot order: disks (vda, vdb, ...), networks, console, rng.
+// The Machine builds one in build_devices() and owns it; devices stop when it is destroyed.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/console/console_port.h"
+#include "bus/io_bus.h"
+#include "devices/pci/pci_bus.h"
+#include "irq/interrupts.h"
+#include "memory/guest_memory.h"
+
+namespace keel {
+
+class VirtioPciDevice;
+class VirtioConsole;
+
+struct DiskConfig {
+  std::filesystem::path path;
+  bool readonly = false;
+};
+
+struct NetConfig {
+  enum class Kind { kUser, kTap } kind = Kind::kUser;
+  std::vector<std::string> hostfwd;  // user: "tcp:HOSTPORT-:GUESTPORT", ...
+  std::string tap;                   // tap: interface name
+};
+
+struct VirtioConfig {
+  std::vector<DiskConfig> disks;
+  std::vector<NetConfig> nets;
+  bool console = false;  // virtio-console (hvc0)
+  bool rng = true;       // virtio-rng
+};
+
+// Command-line forms (keel run): "PATH[,readonly]"; "user[,hostfwd=SPEC]...", "" (= user) and
+// "tap:IFNAME". Throw UsageError naming the bad part.
+DiskConfig parse_disk_option(const std::string& text);
+NetConfig parse_net_option(const std::string& text);
+
+class PciPlatform {
+ public:
+  // Opens the disks and backends (a missing or locked disk, a busy hostfwd port or an unusable tap
+  // device throws Error naming it). `console_output` receives hvc0 output when config.console.
+  PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus& pio, IoBus& mmio,
+              InterruptController& interrupts, ConsoleOutput console_output);
+  ~PciPlatform();
+  PciPlatform(const PciPlatform&) = delete;
+  PciPlatform& operator=(const PciPlatform&) = delete;
+
+  PciBus& bus() { return bus_; }
+  // The virtio-console device, or nullptr when none was asked for.
+  VirtioConsole* console() const { return console_; }
+  const std::vector<std::shared_ptr<VirtioPciDevice>>& devices() const { return devices_; }
+
+  // Queue notification eventfds for engines that can signal them without a vCPU exit (KVM
+  // ioeventfd): `add(gpa, fd)` for each queue of each device that has one, and again (after
+  // `remove(gpa, fd)`) whenever the guest moves the BAR. Call once, before the guest runs.
+  using NotifyHook = std::function<void(uint64_t gpa, int fd)>;
+  void route_notifications(NotifyHook add, NotifyHook remove);
+
+ private:
+  void update_notifications(uint8_t slot);
+
+  IoBus& pio_;
+  PciBus bus_;
+  std::vector<std::shared_ptr<VirtioPciDevice>> devices_;
+  std::vector<uint8_t> slots_;
+  VirtioConsole* console_ = nullptr;
+  NotifyHook add_notify_, remove_notify_;
+  std::vector<std::vector<std::pair<uint64_t, int>>> routed_;  // per device: (gpa, fd)
+};
+
+}  // namespace keel
