@@ -20,6 +20,8 @@
 #include "base/size.h"
 #include "cli/verbs.h"
 #include "devices/legacy/serial16550.h"
+#include "devices/virtio/virtio_console.h"
+#include "devices/virtio/virtio_platform.h"
 #include "engine/engine_factory.h"
 #include "engine/kvm/kvm_probe.h"
 #include "vm/default_guest.h"
@@ -36,6 +38,9 @@ struct RunOptions {
   std::string accel = "auto";
   bool paused = false;
   bool trace_boot = false;
+  std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
+  std::string console = "serial";
+  bool rng = true;
 };
 
 VmConfig make_config(const RunOptions& o) {
@@ -56,6 +61,10 @@ VmConfig make_config(const RunOptions& o) {
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
+  for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
+  for (const auto& n : o.nets) c.virtio.nets.push_back(parse_net_option(n));
+  c.virtio.console = o.console == "virtio";
+  c.virtio.rng = o.rng;
   if (!c.kernel.empty() && !c.test_guest.empty())
     throw UsageError("--kernel and --test-guest are mutually exclusive");
   if (!c.test_guest.empty() && (!c.initrd.empty() || o.cmdline))
@@ -135,6 +144,10 @@ int run(const RunOptions& options) {
     config.accel = choice.accel;
   }
   apply_guest_defaults(config);
+  // --console virtio: the default command line's console moves from ttyS0 to hvc0.
+  if (config.virtio.console && !options.cmdline)
+    if (auto at = config.cmdline.find("console=ttyS0"); at != std::string::npos)
+      config.cmdline.replace(at, 13, "console=hvc0");
   config.validate();
 
   ::signal(SIGPIPE, SIG_IGN);  // a closed stdout drops console output, it does not kill keel
@@ -154,7 +167,10 @@ int run(const RunOptions& options) {
 
   machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
   RawTerminal raw(STDIN_FILENO);
-  TerminalConsole console(machine.loop(), STDIN_FILENO, STDOUT_FILENO, machine.serial(),
+  ConsoleInput& console_device = config.virtio.console
+                                     ? static_cast<ConsoleInput&>(*machine.pci().console())
+                                     : machine.serial();
+  TerminalConsole console(machine.loop(), STDIN_FILENO, STDOUT_FILENO, console_device,
                           [&machine] { machine.shutdown(ShutdownReason::kQuit, "quit (Ctrl-A x)"); });
   ShutdownInfo info = machine.run();
   raw.restore();
@@ -184,6 +200,18 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_flag("--trace-boot", o->trace_boot,
                 "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "
                 "stderr");
+  sub->add_option("--disk", o->disks, "Raw disk image PATH[,readonly] (repeatable: vda, vdb, ...)");
+  sub->add_option("--net", o->nets,
+                  "Network: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (the default) or tap:IFNAME "
+                  "(repeatable)")
+      ->type_size(0, 1)  // a bare --net means user
+      ->expected(0, CLI::detail::expected_max_vector_size)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->default_str("user");
+  sub->add_option("--console", o->console, "Guest console: serial (ttyS0) or virtio (hvc0)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"serial", "virtio"}));
+  sub->add_flag("--rng,!--no-rng", o->rng, "virtio-rng entropy device (on by default)");
   // For the project's tests: a purpose-built guest (tests/guests/README.md), status port 0x504.
   sub->add_option("--test-guest", o->test_guest, "Flat 64-bit test guest binary")->group("");
   sub->callback([o, &action] { action = [o] { return run(*o); }; });

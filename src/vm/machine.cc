@@ -17,6 +17,9 @@
 #include "devices/legacy/cmos_rtc.h"
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/serial16550.h"
+#include "devices/pci/pci_acpi.h"
+#include "devices/virtio/virtio_platform.h"
+#include "engine/kvm/kvm_engine.h"
 #include "vm/engine_selection.h"
 #include "vm/guest_loader.h"
 
@@ -136,6 +139,21 @@ void Machine::build_devices() {
   }
   boot_progress_ = std::make_shared<BootProgress>(std::move(trace));
   pio_.add(BootProgress::kPort, 1, boot_progress_);
+
+  // PCI bus 0 and the virtio devices (devices/virtio/virtio_platform.h). hvc0 output goes to the
+  // same sinks as the serial port. On KVM, queue notifications become ioeventfds: a kick signals
+  // the device's eventfd inside KVM instead of exiting to the vCPU thread.
+  pci_ = std::make_unique<PciPlatform>(config_.virtio, *memory_, pio_, mmio_, *irqs,
+                                       [this](std::span<const uint8_t> bytes) {
+                                         for (auto& out : serial_outputs_) out(bytes);
+                                       });
+  if (auto* kvm = dynamic_cast<KvmEngine*>(engine_.get()))
+    pci_->route_notifications(
+        [kvm](uint64_t gpa, int fd) { kvm->add_ioeventfd(IoSpace::kMmio, gpa, 2, std::nullopt, fd); },
+        [kvm](uint64_t gpa, int fd) {
+          kvm->remove_ioeventfd(IoSpace::kMmio, gpa, 2, std::nullopt, fd);
+        });
+  acpi_devices_.push_back(pci_root_bridge_aml());  // \_SB.PCI0: Linux scans PCI through it
 
   if (!config_.test_guest.empty())
     pio_.add(kTestGuestExitPort, 1, std::make_shared<TestGuestExit>(*this));

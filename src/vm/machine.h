@@ -38,6 +38,7 @@ class I8042;
 class CmosRtc;
 class BootProgress;
 class AcpiPm;
+class PciPlatform;
 
 enum class MachineState { kCreated, kRunning, kPaused, kShutDown };
 
@@ -90,6 +91,8 @@ class Machine final : public PowerControl {
   BootProgress& boot_progress() { return *boot_progress_; }
   // The ACPI PM registers (power button for `system_powerdown`), for every guest.
   AcpiPm* acpi_pm() { return acpi_pm_.get(); }
+  // PCI bus 0 and the virtio devices (hvc0 is pci().console() when config.virtio.console).
+  PciPlatform& pci() { return *pci_; }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
 
   // Where the guest's serial output goes (a vCPU thread calls it). Set before start(); the
@@ -147,6 +150,7 @@ class Machine final : public PowerControl {
   std::shared_ptr<AcpiPm> acpi_pm_;
   // AML for devices under \_SB of the DSDT (PCI0, ...): device families append while building.
   std::vector<std::vector<uint8_t>> acpi_devices_;
+  std::unique_ptr<PciPlatform> pci_;  // after engine_ and memory_: its device threads use both
   std::vector<ConsoleOutput> serial_outputs_;
   uint64_t created_ns_ = 0;
 

@@ -8,6 +8,7 @@
 
 #include "engine/engine.h"
 #include "engine/engine_factory.h"
+#include "devices/virtio/virtio_platform.h"
 
 namespace keel {
 
@@ -27,6 +28,9 @@ struct VmConfig {
   std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction
   bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
+
+  // PCI virtio devices: disks (vda, vdb, ...), networks, hvc0, entropy (issue 4).
+  VirtioConfig virtio;
 
   // Checks what can be checked without touching the host (sizes, counts, exclusive fields).
   // Throws UsageError naming the field.
