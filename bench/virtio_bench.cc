@@ -1,9 +1,11 @@
 // virtio rows: keel against QEMU (Debian's qemu-system-x86_64) with the same default guest, engine
-// (kvm/kvm or emu/tcg) and disk file, measured inside the guest with busybox tools:
-//   - virtio-blk sequential read and write (dd, 1 MiB blocks, 256 MiB),
-//   - TCP guest -> host through user networking (nc into a host socket, 128 MiB).
-// The guest runs on kvm where the probe says a stock kernel runs, else on emu (QEMU: tcg). 4 KiB random-read IOPS needs fio in the
-// guest, which the busybox initramfs does not have; that row says so.
+// (kvm/kvm or emu/tcg) and disk file, measured inside the guest:
+//   - virtio-blk sequential read and write MB/s (1 MiB blocks, queue depth 8) and 4 KiB random-read
+//     IOPS (queue depth 32), by fio with O_DIRECT and libaio against /dev/vda. fio is the host's
+//     (Debian's package) on a second, read-only disk built by scripts/build-fio-disk.sh; one boot
+//     runs all three jobs and the three rows share it.
+//   - TCP guest -> host through user networking (busybox nc into a host socket, 128 MiB).
+// The guest runs on kvm where the probe says a stock kernel runs, else on emu (QEMU: tcg).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -21,6 +23,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "bench.h"
 #include "engine/kvm/kvm_probe.h"
@@ -84,8 +88,14 @@ class Vm {
     close(out_);
   }
   void type(const std::string& s) { (void)!write(in_, s.data(), s.size()); }
-  // Reads until `re` matches the output; throws at the deadline.
-  std::smatch wait_for(const std::regex& re, std::chrono::seconds deadline) {
+  // What wait_for() saw: the output before the match, and the match's groups (0 = all of it).
+  struct Match {
+    std::string prefix;
+    std::vector<std::string> groups;
+  };
+  // Reads until `re` matches the output; throws at the deadline. Output after the match stays
+  // for the next wait_for().
+  Match wait_for(const std::regex& re, std::chrono::seconds deadline) {
     auto end = Clock::now() + deadline;
     std::smatch m;
     while (!std::regex_search(text_, m, re)) {
@@ -98,9 +108,10 @@ class Vm {
       if (n <= 0) throw std::runtime_error("VM exited; last output: " + tail());
       text_.append(buf, n);
     }
-    std::smatch copy = m;
-    text_ = m.suffix();
-    return copy;
+    Match result{m.prefix().str(), {}};
+    for (const auto& group : m) result.groups.push_back(group.str());
+    text_ = m.suffix().str();
+    return result;
   }
 
  private:
@@ -127,37 +138,133 @@ std::vector<std::string> command(bool qemu, const std::vector<std::string>& devi
 
 constexpr auto kBoot = std::chrono::seconds(900);
 
-class ScratchDisk {
+// A file under the temp directory, removed on destruction.
+class TempFile {
  public:
-  ScratchDisk() {
-    path_ = std::filesystem::temp_directory_path() / ("keel-bench-" + std::to_string(getpid()) + ".img");
-    std::ofstream(path_).close();
-    std::filesystem::resize_file(path_, 300ull << 20);
+  explicit TempFile(const std::string& what) {
+    path_ = std::filesystem::temp_directory_path() /
+            ("keel-bench-" + std::to_string(getpid()) + "-" + what);
   }
-  ~ScratchDisk() { std::filesystem::remove(path_); }
+  ~TempFile() { std::filesystem::remove(path_); }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
   std::string path() const { return path_.string(); }
 
  private:
   std::filesystem::path path_;
 };
 
-// MB/s of a busybox dd run, timed by busybox `time` in the guest ("real 0m 1.23s").
-double dd_in_vm(bool qemu, const std::string& disk, const std::string& dd_args) {
-  std::vector<std::string> dev =
-      qemu ? std::vector<std::string>{"-drive", "file=" + disk + ",if=virtio,format=raw"}
-           : std::vector<std::string>{"--disk", disk};
-  Vm vm(command(qemu, dev));
-  vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
-  vm.type("time dd " + dd_args + " 2>&1\n");
-  auto m = vm.wait_for(std::regex("real\\s+([0-9]+)m\\s*([0-9.]+)s"), kBoot);
-  vm.type("exit\n");
-  double secs = std::stod(m[1]) * 60 + std::stod(m[2]);
-  return secs > 0 ? 256.0 * 1048576 / secs / 1e6 : 0;
+// The disk fio runs against: 300 MiB, every block written once (a hole reads as zeros without
+// touching the host's page cache, which would flatter whichever side reads more holes).
+constexpr uint64_t kScratchBytes = 300ull << 20;
+const TempFile& scratch_disk() {
+  static const TempFile disk("scratch.img");
+  static const bool written = [] {
+    std::ofstream out(disk.path(), std::ios::binary);
+    std::vector<char> block(1 << 20);
+    for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>(i * 131 + 7);
+    for (uint64_t done = 0; done < kScratchBytes; done += block.size())
+      out.write(block.data(), static_cast<std::streamsize>(block.size()));
+    if (!out.flush()) throw std::runtime_error("cannot write " + disk.path());
+    return true;
+  }();
+  (void)written;
+  return disk;
 }
 
-double blk_sample(bool qemu, const std::string& dd_args) {
-  ScratchDisk disk;
-  return dd_in_vm(qemu, disk.path(), dd_args);
+// fio, its libraries and the loader on an ext4 image (scripts/build-fio-disk.sh), made once per
+// keel_bench process. The guest mounts it read-only; the busybox initramfs stays as it is.
+const TempFile& fio_disk() {
+  static const TempFile disk("fio.ext4");
+  static const bool built = [] {
+    std::string cmd = std::string(KEEL_SOURCE_DIR) + "/scripts/build-fio-disk.sh '" + disk.path() + "'";
+    if (std::system(cmd.c_str()) != 0) throw std::runtime_error(cmd + " failed");
+    return true;
+  }();
+  (void)built;
+  return disk;
+}
+
+// One fio run in the guest: three jobs one after the other (stonewall), O_DIRECT on /dev/vda so
+// the guest's page cache stays out, libaio with a queue depth so the device sees parallel requests.
+// Each job runs for a fixed time over the first 256 MiB. The write job goes first so the reads
+// find written blocks.
+constexpr const char* kFioJobs =
+    "--output-format=json --thread --direct=1 --ioengine=libaio --filename=/dev/vda --size=256M "
+    "--time_based --runtime=4 "
+    "--name=seqwrite --rw=write --bs=1M --iodepth=8 "
+    "--name=seqread --stonewall --rw=read --bs=1M --iodepth=8 "
+    "--name=randread --stonewall --rw=randread --bs=4k --iodepth=32";
+
+struct FioFigures {
+  double seq_read_mbs = 0, seq_write_mbs = 0, rand_read_iops = 0;
+};
+
+FioFigures parse_fio_json(const std::string& text) {
+  auto first = text.find('{'), last = text.rfind('}');
+  if (first == std::string::npos || last == std::string::npos || last < first)
+    throw std::runtime_error("no fio JSON in the guest output: " + text.substr(0, 400));
+  nlohmann::json j = nlohmann::json::parse(text.substr(first, last - first + 1));
+  FioFigures f;
+  bool seen[3] = {};
+  for (const auto& job : j.at("jobs")) {
+    if (job.value("error", 0) != 0)
+      throw std::runtime_error("fio job " + job.value("jobname", "?") + " failed with error " +
+                               std::to_string(job.value("error", 0)));
+    std::string name = job.at("jobname");
+    if (name == "seqwrite") {
+      f.seq_write_mbs = job.at("write").at("bw_bytes").get<double>() / 1e6;
+      seen[0] = true;
+    } else if (name == "seqread") {
+      f.seq_read_mbs = job.at("read").at("bw_bytes").get<double>() / 1e6;
+      seen[1] = true;
+    } else if (name == "randread") {
+      f.rand_read_iops = job.at("read").at("iops").get<double>();
+      seen[2] = true;
+    }
+  }
+  if (!seen[0] || !seen[1] || !seen[2]) throw std::runtime_error("fio JSON lacks a job");
+  return f;
+}
+
+FioFigures fio_in_vm(bool qemu) {
+  const std::string scratch = scratch_disk().path(), tools = fio_disk().path();
+  std::vector<std::string> dev =
+      qemu ? std::vector<std::string>{"-drive", "file=" + scratch + ",if=virtio,format=raw",
+                                      "-drive", "file=" + tools + ",if=virtio,format=raw,readonly=on"}
+           : std::vector<std::string>{"--disk", scratch, "--disk", tools + ",readonly"};
+  Vm vm(command(qemu, dev));
+  vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
+  // dmesg -n 1: no kernel messages in the middle of the JSON. $((1+1)) keeps the markers out of
+  // the echoed command line.
+  vm.type(std::string("dmesg -n 1; mkdir -p /t && mount -o ro /dev/vdb /t && "
+                      "/t/ld.so --library-path /t/lib /t/fio ") +
+          kFioJobs + " --output=/tmp/fio.json; echo FIO-$((1+1))-BEGIN; cat /tmp/fio.json; "
+          "echo FIO-$((1+1))-END\n");
+  vm.wait_for(std::regex("FIO-2-BEGIN"), kBoot);
+  auto m = vm.wait_for(std::regex("FIO-2-END"), kBoot);
+  vm.type("exit\n");
+  return parse_fio_json(m.prefix);
+}
+
+// The three fio rows share VM boots: each boot runs all three jobs, and the i-th sample of each
+// row takes the i-th boot's figures (the runner samples every row the same number of times).
+struct FioPair {
+  FioFigures keel, qemu;
+};
+const FioPair& fio_sample(size_t row) {
+  static std::vector<FioPair> measured;
+  static size_t taken[3] = {};
+  size_t i = taken[row]++;
+  while (measured.size() <= i) measured.push_back({fio_in_vm(false), fio_in_vm(true)});
+  return measured[i];
+}
+
+std::optional<std::string> fio_unavailable() {
+  if (auto why = unavailable()) return why;
+  if (std::system("command -v fio >/dev/null 2>&1") != 0)
+    return "fio is not installed on the host (scripts/install-deps.sh); the guest runs the host's";
+  return std::nullopt;
 }
 
 // Guest -> host TCP through user networking: the host counts bytes from the first to EOF.
@@ -208,36 +315,36 @@ double tcp_sample(bool qemu) {
 const char* kQemuBaseline = "QEMU, same guest, engine and disk";
 
 KEEL_BENCH_ROW(Row{
-    .name = "virtio-blk sequential read",
+    .name = "virtio-blk seq read (fio)",
     .unit = "MB/s",
     .baseline = kQemuBaseline,
     .sample = [] {
-      std::string args = "if=/dev/vda of=/dev/null bs=1M count=256";
-      return Sample{blk_sample(false, args), blk_sample(true, args)};
+      const FioPair& p = fio_sample(0);
+      return Sample{p.keel.seq_read_mbs, p.qemu.seq_read_mbs};
     },
-    .unavailable = unavailable,
+    .unavailable = fio_unavailable,
     .higher_is_better = true});
 
 KEEL_BENCH_ROW(Row{
-    .name = "virtio-blk sequential write",
+    .name = "virtio-blk seq write (fio)",
     .unit = "MB/s",
     .baseline = kQemuBaseline,
     .sample = [] {
-      std::string args = "if=/dev/zero of=/dev/vda bs=1M count=256 conv=fsync";
-      return Sample{blk_sample(false, args), blk_sample(true, args)};
+      const FioPair& p = fio_sample(1);
+      return Sample{p.keel.seq_write_mbs, p.qemu.seq_write_mbs};
     },
-    .unavailable = unavailable,
+    .unavailable = fio_unavailable,
     .higher_is_better = true});
 
 KEEL_BENCH_ROW(Row{
-    .name = "virtio-blk 4 KiB random read",
+    .name = "virtio-blk 4K randread (fio)",
     .unit = "IOPS",
     .baseline = kQemuBaseline,
-    .sample = [] { return Sample{}; },
-    .unavailable = []() -> std::optional<std::string> {
-      if (auto why = unavailable()) return why;
-      return "needs fio in the guest; the default guest's initramfs has busybox only";
+    .sample = [] {
+      const FioPair& p = fio_sample(2);
+      return Sample{p.keel.rand_read_iops, p.qemu.rand_read_iops};
     },
+    .unavailable = fio_unavailable,
     .higher_is_better = true});
 
 KEEL_BENCH_ROW(Row{

@@ -210,7 +210,8 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
 
   bool ends = is_terminator(zi.mnemonic);
   DecodeCtx d{zi, ops, in, mode, ends};
-  if (bad || !(select_int(d) || select_ctl(d) || select_sys(d) || select_sse(d))) {
+  if (bad || !(select_int(d) || select_ctl(d) || select_sys(d) || select_sse(d) ||
+                select_x87(d))) {
     in.fn = op_ud;
     d.ends_block = true;
   }

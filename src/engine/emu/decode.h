@@ -20,6 +20,7 @@ bool select_int(DecodeCtx& d);
 bool select_ctl(DecodeCtx& d);
 bool select_sys(DecodeCtx& d);
 bool select_sse(DecodeCtx& d);
+bool select_x87(DecodeCtx& d);  // ops_x87.cc
 
 void op_ud(Cpu& c, const Insn& in);  // raises #UD
 

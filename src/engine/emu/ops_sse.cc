@@ -695,6 +695,8 @@ void op_fnclex(Cpu& c, const Insn&) {
 }
 void op_fwait(Cpu& c, const Insn&) {
   if ((c.cr0 & (kCr0Ts | (1ull << 1))) == (kCr0Ts | (1ull << 1))) raise_fault(kNM);
+  // A pending unmasked x87 exception (FSW.ES, or a flag FLDCW unmasked) is delivered here.
+  if ((c.fsw & 0x80) || (c.fsw & ~c.fcw & 0x3F)) raise_fault(kMF);
 }
 void op_emms(Cpu& c, const Insn&) {
   fpu_check(c);
