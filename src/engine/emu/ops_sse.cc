@@ -672,6 +672,12 @@ void op_fxrstor(Cpu& c, const Insn& in) {
 
 void op_fninit(Cpu& c, const Insn&) {
   fpu_check(c);
+  // st_regs is in stack order (ST(i), as FXSAVE stores it) and TOP becomes 0: the registers keep
+  // their physical contents, so ST(i) becomes physical register i.
+  const int top = (c.fsw >> 11) & 7;
+  uint8_t physical[8][16];
+  for (int i = 0; i < 8; ++i) std::memcpy(physical[(top + i) & 7], c.st_regs[i], 16);
+  std::memcpy(c.st_regs, physical, sizeof physical);
   c.fcw = 0x37F;
   c.fsw = 0;
   c.ftw = 0;

@@ -192,7 +192,7 @@ void op_x87(Cpu& c, const Insn& in) {
       : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
         "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 
-  if (flags & kEnvImage) std::memset(operand + 12, 0, 16);
+  if (flags & kEnvImage) std::memset(operand + 12, 0, 14);  // FIP, FCS, FOP, FDP, FDS
   if (flags & kWrite) write_operand(c, a, operand, bytes);
   // Commit only now: a fault on the store above leaves the guest's x87 state as it was.
   c.fcw = load<uint16_t>(image + 0);
