@@ -81,7 +81,7 @@ fi
 stamp_inputs=$(
   basename "$deb"
   dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || sha256sum "$busybox"
-  cat "$0" "$guest_src/init" "$guest_src/keel-progress.asm" | sha256sum
+  cat "$0" "$guest_src/init" "$guest_src/udhcpc.script" "$guest_src/keel-progress.asm" | sha256sum
 )
 stamp=$(sha256sum <<<"$stamp_inputs" | cut -d' ' -f1)
 if [[ -f $out/.stamp && $(cat "$out/.stamp") == "$stamp" && -s $out/vmlinuz &&
@@ -170,6 +170,7 @@ done < <("$busybox" --list-full)
 nasm -f bin -o "$root/bin/keel-progress" "$guest_src/keel-progress.asm" || die "cannot assemble keel-progress"
 chmod 755 "$root/bin/keel-progress"
 install -m 755 "$guest_src/init" "$root/init"
+install -m 755 "$guest_src/udhcpc.script" "$root/etc/keel/udhcpc.script"
 : >"$root/etc/keel/modules"
 for path in "${ordered[@]}"; do
   dest=$release/${path%%.ko*}.ko

@@ -169,9 +169,12 @@ TEST(VirtioLinux, DiskChecksumSurvivesTwoBoots) {
   EXPECT_EQ(second.status, 0) << second.describe();
 }
 
-// Static addressing (busybox udhcpc would need a script): slirp's guest is 10.0.2.15.
-constexpr const char* kGuestNet =
-    "ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; ip route add default via 10.0.2.2; ";
+// The guest's /init configures eth0 by DHCP; this prints what it got so the tests can check the
+// lease slirp served (10.0.2.15, gateway 10.0.2.2, DNS 10.0.2.3).
+constexpr const char* kShowLease =
+    "ip -4 addr show eth0 | sed -n 's/.*inet \\([0-9.]*\\).*/LEASE-ADDR=\\1/p'; "
+    "ip route | sed -n 's/^default via \\([0-9.]*\\).*/LEASE-GW=\\1/p'; "
+    "sed -n 's/^nameserver /LEASE-DNS=/p' /etc/resolv.conf; ";
 
 TEST(VirtioLinux, GuestFetchesFromAHostServerThroughUserNetworking) {
   SKIP_WITHOUT_LINUX();
@@ -194,10 +197,13 @@ TEST(VirtioLinux, GuestFetchesFromAHostServerThroughUserNetworking) {
   });
   std::string url = "http://10.0.2.2:" + std::to_string(ntohs(sa.sin_port)) + "/";
   ProcessResult r = boot_and_run(engine.accel, {"--net", "user"},
-                                 std::string(kGuestNet) + "wget -q -O - " + url + " | tr a-z A-Z");
+                                 std::string(kShowLease) + "wget -q -O - " + url + " | tr a-z A-Z");
   shutdown(server, SHUT_RDWR);
   close(server);
   t.join();
+  EXPECT_TRUE(contains(r.out, "LEASE-ADDR=10.0.2.15")) << r.describe();
+  EXPECT_TRUE(contains(r.out, "LEASE-GW=10.0.2.2")) << r.describe();
+  EXPECT_TRUE(contains(r.out, "LEASE-DNS=10.0.2.3")) << r.describe();
   EXPECT_TRUE(contains(r.out, "KEEL-NET-OK")) << r.describe();  // upper-cased by the guest
 }
 
@@ -207,8 +213,8 @@ TEST(VirtioLinux, HostReachesAGuestServerThroughHostfwd) {
   KeelProcess p({"run", "--accel", engine.accel, "--net",
                  "user,hostfwd=tcp:127.0.0.1:" + std::to_string(port) + "-:8080"});
   ASSERT_TRUE(p.wait_for_stdout("KEEL-GUEST-READY", kBootDeadline));
-  p.write_stdin(std::string(kGuestNet) +
-                "echo keel-hostfwd-ok | nc -l -p 8080 & sleep 1; echo SERVER-$((1+1))-UP\n");
+  // The host retries its connection until nc listens, so the guest needs no pause here.
+  p.write_stdin("echo keel-hostfwd-ok | nc -l -p 8080 & echo SERVER-$((1+1))-UP\n");
   ASSERT_TRUE(p.wait_for_stdout("SERVER-2-UP", 300s));
   std::string got;
   for (int attempt = 0; attempt < 30 && got.empty(); ++attempt) {
