@@ -24,10 +24,12 @@ cache=${KEEL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/keel}
 mkdir -p "$cache/debs" || die "cannot create cache directory $cache"
 
 meta_package=linux-image-cloud-amd64
-# Modules the guest needs (drivers for keel's virtio-pci devices, ext4 for the data disk). Each is
-# loaded with its dependencies from modules.dep; one that is built into the kernel is skipped.
+# Modules the guest needs (drivers for keel's virtio-pci devices, ext4 for the data disk, the ACPI
+# power button and evdev so busybox acpid sees it). Each is loaded with its dependencies from
+# modules.dep; one that is built into the kernel is skipped.
 wanted_modules=(virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_blk virtio_net
-                net_failover failover virtio_console virtio_rng ext4 jbd2 mbcache crc16 crc32c)
+                net_failover failover virtio_console virtio_rng ext4 jbd2 mbcache crc16 crc32c
+                button evdev)
 
 for tool in apt-cache apt-get dpkg-deb cpio gzip mke2fs nasm busybox readelf flock sha256sum; do
   command -v "$tool" >/dev/null || die "'$tool' not found; run scripts/install-deps.sh"
@@ -185,6 +187,17 @@ for path in "${ordered[@]}"; do
 done
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "keel" >"$root/etc/hostname"
+# The ACPI power button (`keel shutdown`): busybox acpid runs /etc/acpi/PWRF/00000080 for it.
+# PID 1 is /init (a shell), which ignores busybox poweroff's signal, so power off directly.
+mkdir -p "$root/etc/acpi/PWRF"
+cat >"$root/etc/acpi/PWRF/00000080" <<'SCRIPT'
+#!/bin/sh
+echo "keel-init: power button pressed, powering off" >/dev/console
+sync
+umount /mnt/data 2>/dev/null || mount -o remount,ro /mnt/data 2>/dev/null
+poweroff -f
+SCRIPT
+chmod 755 "$root/etc/acpi/PWRF/00000080"
 
 # newc entry without data (directories and device nodes), so no mknod (root) is needed.
 newc_entry() {  # newc_entry NAME MODE RDEV_MAJOR RDEV_MINOR INO

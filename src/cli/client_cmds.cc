@@ -80,8 +80,6 @@ void write_stdout(std::string_view bytes) {
 void attach_console(manager::ApiClient& api, const std::string& name) {
   std::string path = "/v1/vms/" + name + "/console";
   api.call("GET", "/v1/vms/" + name);  // fail early, with the daemon's message, if it is unknown
-  std::fprintf(stderr, "Connected to domain '%s'\nEscape character is ^] (Ctrl + ])\n",
-               name.c_str());
   RawTerminal raw;
   std::atomic<bool> detach{false};
   std::exception_ptr output_error;
@@ -90,7 +88,11 @@ void attach_console(manager::ApiClient& api, const std::string& name) {
       api.stream(path, [&](std::string_view bytes) {
         write_stdout(bytes);
         return !detach;
-      }, [&] { return detach.load(); });
+      }, [&] { return detach.load(); }, [&] {
+        // Said once the stream is open: the output from here on reaches this terminal.
+        std::fprintf(stderr, "Connected to domain '%s'\nEscape character is ^] (Ctrl + ])\n",
+                     name.c_str());
+      });
     } catch (...) {
       output_error = std::current_exception();
     }

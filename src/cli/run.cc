@@ -6,6 +6,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -32,6 +33,7 @@ namespace {
 
 struct RunOptions {
   std::string kernel, initrd, test_guest, control;
+  int ready_fd = -1;  // --ready-fd: told once the control socket listens (the daemon's spawn)
   std::optional<std::string> cmdline;
   std::string memory = "512M";
   uint32_t cpus = 1;
@@ -110,6 +112,17 @@ class TerminationSignals {
   UniqueFd fd_;
 };
 
+// `--ready-fd N`: one byte on N once the control socket listens, then N is closed. The daemon
+// waits on this pipe (and the VMM's pidfd) instead of polling for the socket file.
+void signal_ready(int fd) {
+  if (fd < 0) return;
+  ssize_t n;
+  do {
+    n = ::write(fd, "R", 1);
+  } while (n < 0 && errno == EINTR);
+  ::close(fd);
+}
+
 // The one line keel prints when the VM ends, and the exit status.
 int report(const ShutdownInfo& info) {
   switch (info.reason) {
@@ -134,6 +147,8 @@ int report(const ShutdownInfo& info) {
 
 int run(const RunOptions& options) {
   VmConfig config = make_config(options);
+  if (options.ready_fd >= 0 && config.control_socket.empty())
+    throw UsageError("--ready-fd needs --control");
   if (!config.kernel.empty()) require_file(config.kernel, "kernel");
   if (!config.initrd.empty()) require_file(config.initrd, "initrd");
   if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
@@ -160,6 +175,7 @@ int run(const RunOptions& options) {
   if (!config.control_socket.empty()) {
     machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
     control = std::make_unique<control::MachineControl>(machine, config.control_socket.string());
+    signal_ready(options.ready_fd);
     ShutdownInfo info = machine.run();
     control.reset();  // SHUTDOWN reaches the clients before keel exits
     return report(info);
@@ -196,6 +212,10 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "kvm", "emu"}));
   sub->add_option("--control", o->control, "Serve the VM's control socket at this path");
+  sub->add_option("--ready-fd", o->ready_fd,
+                  "Write one byte to this inherited fd once the control socket listens")
+      ->check(CLI::Range(3, 1 << 20))
+      ->group("");  // for the daemon
   sub->add_flag("--paused", o->paused, "Start with the vCPUs stopped (resume through --control)");
   sub->add_flag("--trace-boot", o->trace_boot,
                 "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "control/unix_socket.h"
 
@@ -21,19 +22,26 @@ std::chrono::milliseconds left_until(Clock::time_point deadline) {
   return left.count() < 0 ? std::chrono::milliseconds(0) : left;
 }
 
-// Reads one line byte by byte, so that nothing after it is consumed (the console stream follows
-// the reply to console-attach on the same connection).
+// Reads one line and nothing after it (the console stream follows the reply to console-attach on
+// the same connection): peeks at what has arrived, then consumes up to the newline only.
 std::string read_line_exact(int fd, Clock::time_point deadline) {
   std::string line;
+  char buf[4096];
   for (;;) {
     if (!wait_readable(fd, left_until(deadline))) throw Error("control socket: no reply in time");
-    char c;
-    ssize_t n = ::recv(fd, &c, 1, 0);
+    ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_PEEK);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_errno("control socket read");
     if (n == 0) throw Error("control socket closed by the VMM");
-    if (c == '\n') return line;
-    line += c;
+    const char* nl = static_cast<const char*>(std::memchr(buf, '\n', static_cast<size_t>(n)));
+    size_t take = nl ? static_cast<size_t>(nl - buf) + 1 : static_cast<size_t>(n);
+    ssize_t got;
+    do {
+      got = ::recv(fd, buf, take, 0);  // what the peek saw is there: this does not block
+    } while (got < 0 && errno == EINTR);
+    if (got != static_cast<ssize_t>(take)) throw_errno("control socket read");
+    line.append(buf, nl ? take - 1 : take);
+    if (nl) return line;
     if (line.size() > kMaxLine) throw Error("control socket: reply line too long");
   }
 }
@@ -61,13 +69,16 @@ ControlClient ControlClient::connect(const std::string& path, std::chrono::milli
 UniqueFd ControlClient::attach_console(const std::string& path, std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   UniqueFd fd = connect_unix(path, timeout);
+  // Both commands at once, without waiting for the greeting: the server greets on accept and runs
+  // what it reads in order; nothing follows them on this connection.
+  write_all(fd.get(), json{{"execute", "qmp_capabilities"}}.dump() + "\n" +
+                          json{{"execute", "console-attach"}}.dump() + "\n");
   json greeting = json::parse(read_line_exact(fd.get(), deadline), nullptr, false);
   if (!greeting.is_object() || !greeting.contains("QMP")) {
     throw Error("control socket " + path + ": unexpected greeting");
   }
-  for (const char* command : {"qmp_capabilities", "console-attach"}) {
-    write_all(fd.get(), json{{"execute", command}}.dump() + "\n");
-    // Events may come before the reply (they are only sent after negotiation, so only here).
+  for (int replies = 0; replies < 2; ++replies) {
+    // Events may come before the second reply (they are only sent after negotiation).
     for (;;) {
       json reply = json::parse(read_line_exact(fd.get(), deadline), nullptr, false);
       if (reply.is_object() && reply.contains("event")) continue;

@@ -176,7 +176,7 @@ json ApiClient::call(const std::string& method, const std::string& path, const j
 
 void ApiClient::stream(const std::string& path,
                        const std::function<bool(std::string_view)>& on_data,
-                       const std::function<bool()>& stop) {
+                       const std::function<bool()>& stop, const std::function<void()>& on_open) {
   UniqueFd fd;
   try {
     fd = control::connect_unix(socket_path_);
@@ -192,6 +192,7 @@ void ApiClient::stream(const std::string& path,
     }, nullptr);
     throw_api_error(response);
   }
+  if (on_open) on_open();
   read_body(reader, response, on_data, stop ? stop : [] { return false; });
 }
 

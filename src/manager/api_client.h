@@ -48,10 +48,12 @@ class ApiClient {
   nlohmann::json call(const std::string& method, const std::string& path,
                       const nlohmann::json& body = nullptr);
   // A streaming GET: `on_data` gets each piece of the body as it arrives until it returns false,
-  // the stream ends or `stop` (checked between reads) says so. Throws ApiError for an error
-  // status.
+  // the stream ends or `stop` (checked between reads) says so. `on_open` runs once the daemon
+  // accepted the stream (its headers came), before any data: from then on nothing is missed.
+  // Throws ApiError for an error status.
   void stream(const std::string& path, const std::function<bool(std::string_view)>& on_data,
-              const std::function<bool()>& stop = nullptr);
+              const std::function<bool()>& stop = nullptr,
+              const std::function<void()>& on_open = nullptr);
 
   const std::string& socket_path() const { return socket_path_; }
 

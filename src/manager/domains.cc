@@ -1,5 +1,6 @@
 #include "manager/domains.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -45,6 +46,56 @@ json timestamp_now() {
   return json{{"seconds", static_cast<int64_t>(ts.tv_sec)},
               {"microseconds", static_cast<int64_t>(ts.tv_nsec / 1000)}};
 }
+
+std::chrono::milliseconds left_until(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  return left.count() < 0 ? std::chrono::milliseconds(0) : left;
+}
+
+// The pipe a VMM is told about with `--ready-fd`: its write end goes to the child, the daemon
+// waits on the read end and the child's pidfd at once.
+class ReadinessPipe {
+ public:
+  enum Outcome { kReady, kExited, kTimeout };
+  ReadinessPipe() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe2");
+    read_.reset(fds[0]);
+    write_.reset(fds[1]);
+    // spawn_process() puts fds 0-2 in place before it moves this one to 3.
+    if (write_.get() < 3) {
+      write_.reset(::fcntl(write_.get(), F_DUPFD_CLOEXEC, 3));
+      if (!write_) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
+    }
+  }
+  int write_end() const { return write_.get(); }
+  void close_write_end() { write_.reset(); }
+
+  // kReady once the byte came; kExited when the process ended. A pipe closed without the byte
+  // means the VMM is on its way out: then only its exit (or the deadline) is waited for.
+  Outcome wait(int pidfd, Clock::time_point deadline) {
+    bool pipe_open = true;
+    for (;;) {
+      pollfd p[2] = {{pidfd, POLLIN, 0}, {read_.get(), POLLIN, 0}};
+      int r = ::poll(p, pipe_open ? 2 : 1, static_cast<int>(left_until(deadline).count()));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) throw_errno("poll");
+      if (r == 0) return kTimeout;
+      if (pipe_open && p[1].revents) {
+        char byte;
+        ssize_t n = ::read(read_.get(), &byte, 1);
+        if (n == 1) return kReady;
+        if (n < 0 && errno == EINTR) continue;
+        pipe_open = false;
+        continue;
+      }
+      return kExited;
+    }
+  }
+
+ private:
+  UniqueFd read_, write_;
+};
 
 std::string describe_exit(int status) {
   if (status < 0) return "exited";
@@ -250,7 +301,12 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   std::string control_path = options_.state_dir + "/run/" + d->name + ".sock";
   std::string log_path = options_.state_dir + "/log/" + d->name + ".log";
   std::filesystem::remove(control_path);
-  SpawnedProcess vmm = spawn_process(options_.vmm_binary, vmm_arguments(def, control_path), log_path);
+  // The VMM writes a byte to this pipe once its control socket listens (`keel run --ready-fd`).
+  ReadinessPipe ready;
+  std::vector<std::string> args = vmm_arguments(def, control_path);
+  args.insert(args.end(), {"--ready-fd", "3"});
+  SpawnedProcess vmm = spawn_process(options_.vmm_binary, args, log_path, ready.write_end());
+  ready.close_write_end();  // so a VMM that exits early shows as end of file too
   int64_t start_time = process_start_time(vmm.pid);
 
   // Until the supervisor watches it, the child is ours to kill and reap on failure.
@@ -262,25 +318,27 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     std::string log_tail = file_tail(log_path, 1024);
     fail(why + (log_tail.empty() ? "" : "; VMM log: " + log_tail));
   };
+  auto exited = [&] {
+    int status = 0;
+    while (::waitpid(vmm.pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    std::string log_tail = file_tail(log_path, 1024);
+    fail("the VMM " + describe_exit(status) + (log_tail.empty() ? "" : ": " + log_tail));
+  };
 
-  // Wait for its control socket, watching the pidfd: a VMM that fails early (a bad kernel, no
+  // Wait for the readiness byte, watching the pidfd: a VMM that fails early (a bad kernel, no
   // /dev/kvm) exits instead of listening.
-  std::optional<control::ControlClient> control;
   auto deadline = Clock::now() + options_.start_timeout;
-  while (!control) {
-    pollfd p{vmm.pidfd.get(), POLLIN, 0};
-    if (::poll(&p, 1, 5) > 0) {
-      int status = 0;
-      while (::waitpid(vmm.pid, &status, 0) < 0 && errno == EINTR) {
-      }
-      std::string log_tail = file_tail(log_path, 1024);
-      fail("the VMM " + describe_exit(status) + (log_tail.empty() ? "" : ": " + log_tail));
-    }
-    try {
-      control = control::ControlClient::connect(control_path, 0ms);
-    } catch (const Error& e) {
-      if (Clock::now() > deadline) abandon(std::string("no control socket in time: ") + e.what());
-    }
+  switch (ready.wait(vmm.pidfd.get(), deadline)) {
+    case ReadinessPipe::kReady: break;
+    case ReadinessPipe::kExited: exited(); break;
+    case ReadinessPipe::kTimeout: abandon("its control socket did not come up in time"); break;
+  }
+  std::optional<control::ControlClient> control;
+  try {
+    control = control::ControlClient::connect(control_path, left_until(deadline));
+  } catch (const std::exception& e) {
+    abandon(std::string("control socket: ") + e.what());
   }
   UniqueFd console;
   json status;
@@ -301,9 +359,15 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     d->link = link;
     uint64_t generation = ++d->generation;
     d->destroy_requested = d->reset_seen = d->shutdown_seen = d->start_failed = false;
-    store_.set_running(d->name, kStatePaused, "user", vmm.pid, start_time, control_path);
-    d->state = kStatePaused;
-    d->reason = "user";
+    // One transaction per start: the process and the state it is about to be in, recorded before
+    // it runs, so a daemon that dies from here on adopts it (and asks it for its real state).
+    // If `cont` fails the VMM is killed and the exit records "failed to start".
+    std::string state = paused ? kStatePaused : kStateRunning;
+    std::string reason = paused ? "user" : "booted";
+    store_.set_running(d->name, state, reason, vmm.pid, start_time, control_path);
+    d->state = state;
+    d->reason = reason;
+    d->changed.notify_all();
     watch(d, link, generation);  // from here on the supervisor reaps it
   }
   if (!paused) {
@@ -321,10 +385,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     }
   }
   std::lock_guard lock(d->mutex);
-  if (d->link == link) {
-    set_state(*d, paused ? kStatePaused : kStateRunning, paused ? "user" : "booted");
-    publish("started", *d);
-  }
+  if (d->link == link) publish("started", *d);
 }
 
 void Domains::watch(const std::shared_ptr<Domain>& d, std::shared_ptr<VmmLink> link,
@@ -350,12 +411,18 @@ void Domains::on_event(const std::shared_ptr<Domain>& d, uint64_t generation, co
   std::lock_guard lock(d->mutex);
   if (d->generation != generation || !d->link) return;
   try {
+    // Published only as a change: `start` records the running state before its own `cont`, and
+    // `suspend`/`resume` publish the change themselves if their event has not come yet.
     if (name == "STOP") {
-      if (d->state == kStateRunning) set_state(*d, kStatePaused, "user");
-      publish("suspended", *d);
+      if (d->state == kStateRunning) {
+        set_state(*d, kStatePaused, "user");
+        publish("suspended", *d);
+      }
     } else if (name == "RESUME") {
-      if (d->state == kStatePaused) set_state(*d, kStateRunning, "unpaused");
-      publish("resumed", *d);
+      if (d->state == kStatePaused) {
+        set_state(*d, kStateRunning, "unpaused");
+        publish("resumed", *d);
+      }
     } else if (name == "SHUTDOWN") {
       std::string why = data.is_object() ? data.value("reason", "") : "";
       if (why.find("reset") != std::string::npos) {

@@ -19,7 +19,7 @@ namespace keel::manager {
 using nlohmann::json;
 
 SpawnedProcess spawn_process(const std::string& binary, const std::vector<std::string>& args,
-                             const std::string& log_path) {
+                             const std::string& log_path, int pass_fd) {
   // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
   std::vector<std::string> storage;
   storage.push_back(binary);
@@ -44,7 +44,14 @@ SpawnedProcess spawn_process(const std::string& binary, const std::vector<std::s
     ::dup2(null.get(), 0);
     ::dup2(log.get(), 1);
     ::dup2(log.get(), 2);
-    ::syscall(SYS_close_range, 3u, ~0u, 0u);
+    unsigned first_closed = 3;
+    if (pass_fd >= 0) {
+      // dup2 clears FD_CLOEXEC on the copy; onto itself it changes nothing, so clear it here.
+      if (pass_fd == 3) ::fcntl(3, F_SETFD, 0);
+      else ::dup2(pass_fd, 3);
+      first_closed = 4;
+    }
+    ::syscall(SYS_close_range, first_closed, ~0u, 0u);
     ::execv(argv[0], argv.data());
     const char msg[] = "keel daemon: exec of the VMM failed\n";
     [[maybe_unused]] ssize_t n = ::write(2, msg, sizeof(msg) - 1);

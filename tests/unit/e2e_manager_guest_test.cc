@@ -9,7 +9,7 @@
 
 #include "control/control_client.h"
 #include "e2e_manager_helpers.h"
-#include "engine/kvm/kvm_probe.h"
+#include "guest_harness.h"
 #include "keel_process.h"
 
 namespace keel::e2e {
@@ -18,24 +18,11 @@ namespace {
 std::string counter_guest() { return KEEL_TEST_GUEST_DIR "/acpi_counter.bin"; }
 
 std::optional<std::string> kvm_unavailable() {
-  static const std::optional<std::string> why = []() -> std::optional<std::string> {
-    KvmProbeResult probe = probe_kvm();
-    if (probe.can_run_guests()) return std::nullopt;
-    return probe.reason();
-  }();
-  return why;
+  return guest_test::engine_unavailable(Accel::kKvm);
 }
 
-#define SKIP_WITHOUT_KVM()                                          \
-  if (auto why = kvm_unavailable()) GTEST_SKIP() << "KVM cannot run test guests: " << *why
-
-size_t count_lines(const std::string& console) {
-  size_t n = 0;
-  for (size_t pos = console.find("count "); pos != std::string::npos;
-       pos = console.find("count ", pos + 1))
-    ++n;
-  return n;
-}
+#define SKIP_WITHOUT_KVM() \
+  if (auto why = kvm_unavailable()) GTEST_SKIP() << *why
 
 // The next event from `client`, failing the test if none comes within the deadline.
 json expect_event(control::ControlClient& client, const std::string& name) {
@@ -109,26 +96,9 @@ TEST_F(ManagerGuestDaemonTest, LifecycleThroughTheCli) {
       read_console_until("c1", [](const std::string& s) { return last_count(s) >= 3; });
   EXPECT_NE(console.find("count 0\n"), std::string::npos) << console;
 
-  // Suspended, the counter stops (at most a line already on its way when the vCPU stopped).
-  ASSERT_EQ(keel({"suspend", "c1"}).exit_code, 0);
-  wait_state("c1", "paused", "user");
-  std::string during_pause;
-  api().stream("/v1/vms/c1/console", [&](std::string_view b) {
-    during_pause.append(b);
-    return true;
-  }, [deadline = Clock::now() + 500ms] { return Clock::now() > deadline; });
-  EXPECT_LE(count_lines(during_pause), 1u) << during_pause;
-  long stopped_at = last_count(read_console_until("c1", [](const std::string& s) {
-    return last_count(s) >= 0;
-  }));
-
-  // Resumed, it goes on from where it stopped.
-  ASSERT_EQ(keel({"resume", "c1"}).exit_code, 0);
-  wait_state("c1", "running", "unpaused");
-  console = read_console_until("c1", [&](const std::string& s) {
-    return last_count(s) > stopped_at + 2;
-  });
-  EXPECT_NE(console.find("count " + std::to_string(stopped_at + 1) + "\n"), std::string::npos);
+  // Suspended, the counter stops (at most a line already on its way when the vCPU stopped);
+  // resumed, it goes on from where it stopped.
+  expect_suspend_stops_and_resume_continues("c1", 1, 500ms);
 
   // keel shutdown: the ACPI power button; the guest powers itself off.
   r = keel({"shutdown", "c1"});

@@ -8,9 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -81,6 +85,102 @@ inline std::string integrity_check(const std::string& db_path) {
   sqlite3_close(db);
   return result;
 }
+
+// The last "count N" the console shows, -1 if none.
+inline long last_count(const std::string& console) {
+  size_t pos = console.rfind("count ");
+  while (pos != std::string::npos) {
+    size_t end = console.find('\n', pos);
+    if (end != std::string::npos) return std::stol(console.substr(pos + 6, end - pos - 6));
+    if (pos == 0) break;
+    pos = console.rfind("count ", pos - 1);
+  }
+  return -1;
+}
+
+// How many "count N" lines the console shows.
+inline size_t count_lines(const std::string& console) {
+  size_t n = 0;
+  for (size_t pos = console.find("count "); pos != std::string::npos;
+       pos = console.find("count ", pos + 1))
+    ++n;
+  return n;
+}
+
+// The daemon's event stream (GET /v1/events), read on a thread of its own from construction on:
+// the constructor returns once the stream is open, so no event after it is missed.
+class EventWatcher {
+ public:
+  explicit EventWatcher(const std::string& socket) : api_(socket, 30s) {
+    thread_ = std::thread([this] {
+      std::string pending;
+      try {
+        api_.stream("/v1/events", [&](std::string_view bytes) {
+          pending.append(bytes);
+          std::lock_guard lock(mutex_);
+          for (size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1))
+            events_.push_back(json::parse(pending.substr(0, nl), nullptr, false));
+          changed_.notify_all();
+          return !stop_;
+        }, [this] { return stop_.load(); }, [this] {
+          std::lock_guard lock(mutex_);
+          open_ = true;
+          changed_.notify_all();
+        });
+      } catch (const std::exception& e) {
+        std::lock_guard lock(mutex_);
+        error_ = e.what();
+      }
+      std::lock_guard lock(mutex_);
+      ended_ = true;
+      changed_.notify_all();
+    });
+    std::unique_lock lock(mutex_);
+    if (!changed_.wait_for(lock, 20s, [&] { return open_ || ended_; }) || !open_)
+      ADD_FAILURE() << "the event stream did not open: " << error_;
+  }
+  ~EventWatcher() {
+    stop_ = true;  // the reader looks at it at least every 200 ms
+    thread_.join();
+  }
+
+  // Waits until an event `event` for `vm` (with `reason`, if given) has arrived; returns it, or
+  // fails the test at the deadline and returns null.
+  json wait_for(const std::string& vm, const std::string& event, const std::string& reason = "",
+                std::chrono::milliseconds timeout = 60s) {
+    auto match = [&]() -> const json* {
+      for (const json& e : events_)
+        if (e.is_object() && e.value("vm", "") == vm && e.value("event", "") == event &&
+            (reason.empty() || e.value("reason", "") == reason))
+          return &e;
+      return nullptr;
+    };
+    std::unique_lock lock(mutex_);
+    if (changed_.wait_for(lock, timeout, [&] { return match() != nullptr || ended_; }) && match())
+      return *match();
+    ADD_FAILURE() << "no event '" << event << "' (" << reason << ") for " << vm
+                  << "; got: " << json(events_).dump() << " " << error_;
+    return nullptr;
+  }
+  // The names of the events seen so far for `vm`, in order.
+  std::vector<std::string> names(const std::string& vm) {
+    std::lock_guard lock(mutex_);
+    std::vector<std::string> out;
+    for (const json& e : events_)
+      if (e.is_object() && e.value("vm", "") == vm) out.push_back(e.value("event", ""));
+    return out;
+  }
+
+ private:
+  manager::ApiClient api_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<json> events_;
+  bool open_ = false, ended_ = false;
+  std::string error_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 // A keel daemon with its own state directory and socket, killed at the end of the test together
 // with every VMM it started.
@@ -199,6 +299,32 @@ class DaemonFixture : public ::testing::Test {
     return seen;
   }
 
+  // For a VM whose console counts ("count N" lines): `keel suspend` stops the count (at most
+  // `in_flight` lines still arrive during `quiet`, those already on their way when the vCPU
+  // stopped), `keel resume` makes it go on from where it stopped.
+  void expect_suspend_stops_and_resume_continues(const std::string& name, size_t in_flight,
+                                                 std::chrono::milliseconds quiet) {
+    ASSERT_EQ(keel({"suspend", name}).exit_code, 0);
+    wait_state(name, "paused", "user");
+    std::string during_pause;
+    api().stream("/v1/vms/" + name + "/console", [&](std::string_view b) {
+      during_pause.append(b);
+      return true;
+    }, [deadline = Clock::now() + quiet] { return Clock::now() > deadline; });
+    EXPECT_LE(count_lines(during_pause), in_flight) << during_pause;
+    long stopped_at = last_count(read_console_until(name, [](const std::string& s) {
+      return last_count(s) >= 0;
+    }));
+
+    ASSERT_EQ(keel({"resume", name}).exit_code, 0);
+    wait_state(name, "running", "unpaused");
+    std::string console = read_console_until(name, [&](const std::string& s) {
+      return last_count(s) > stopped_at + 2;
+    });
+    EXPECT_NE(console.find("count " + std::to_string(stopped_at + 1) + "\n"), std::string::npos)
+        << console;
+  }
+
   void write_definition(const std::string& file, const json& definition) {
     std::ofstream(dir + "/" + file) << definition.dump();
   }
@@ -207,17 +333,5 @@ class DaemonFixture : public ::testing::Test {
   pid_t daemon_pid = -1;
   std::vector<pid_t> vmm_pids;
 };
-
-// The last "count N" the console shows, -1 if none.
-inline long last_count(const std::string& console) {
-  size_t pos = console.rfind("count ");
-  while (pos != std::string::npos) {
-    size_t end = console.find('\n', pos);
-    if (end != std::string::npos) return std::stol(console.substr(pos + 6, end - pos - 6));
-    if (pos == 0) break;
-    pos = console.rfind("count ", pos - 1);
-  }
-  return -1;
-}
 
 }  // namespace keel::e2e
