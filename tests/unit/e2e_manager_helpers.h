@@ -325,6 +325,17 @@ class DaemonFixture : public ::testing::Test {
         << console;
   }
 
+  // Kills the daemon with SIGKILL while `name` runs in VMM `pid`, starts it again, and checks the
+  // VMM survived and was adopted: running, same pid, its console relayed again.
+  void kill_daemon_and_expect_adoption(const std::string& name, pid_t pid) {
+    stop_daemon(SIGKILL);
+    ASSERT_EQ(::kill(pid, 0), 0) << "the VMM died with the daemon";
+    start_daemon();
+    json vm = wait_state(name, "running");
+    EXPECT_EQ(vm["pid"], pid);
+    read_console_until(name, [](const std::string& s) { return last_count(s) >= 0; }, 30s, false);
+  }
+
   void write_definition(const std::string& file, const json& definition) {
     std::ofstream(dir + "/" + file) << definition.dump();
   }
