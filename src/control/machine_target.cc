@@ -3,6 +3,7 @@
 #include <sys/epoll.h>
 
 #include "base/error.h"
+#include "base/log.h"
 #include "devices/legacy/acpi_pm.h"
 #include "devices/legacy/serial16550.h"
 #include "vm/machine.h"
@@ -11,7 +12,8 @@ namespace keel::control {
 
 using nlohmann::json;
 
-MachineTarget::MachineTarget(Machine& machine) : machine_(machine) {
+MachineTarget::MachineTarget(Machine& machine)
+    : machine_(machine), input_(machine.loop(), machine.serial()) {
   machine_.add_listener([this](const MachineEvent& event) { on_machine_event(event); });
   machine_.add_serial_output([this](std::span<const uint8_t> bytes) {
     ConsoleCallback cb;
@@ -125,9 +127,13 @@ void MachineTarget::set_console_callback(ConsoleCallback callback) {
 }
 
 void MachineTarget::console_input(std::string_view bytes) {
-  // What the UART's FIFO cannot take now is dropped, as a serial line without flow control would.
-  machine_.serial().push_input(std::span<const uint8_t>(
-      reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  size_t dropped = input_.write(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  if (dropped > 0 && !input_overflow_) {
+    log::warn("console input: the guest is not reading; {} pending bytes, dropping {}",
+              input_.pending(), dropped);
+  }
+  input_overflow_ = dropped > 0;  // one warning per run of calls that drop
 }
 
 MachineControl::MachineControl(Machine& machine, const std::string& path)

@@ -1,12 +1,14 @@
 // MachineTarget: the ControlTarget a running Machine offers `keel run --control PATH`. It maps the
 // machine's lifecycle listener to QMP events (STOP, RESUME, SHUTDOWN, RESET) and its serial port
-// to the console stream, and hosts the ControlServer on the machine's main loop.
+// to the console stream, and hosts the ControlServer on the machine's main loop. Console input
+// the UART cannot take yet waits in a ConsoleInputQueue (64 KiB) and follows as the guest reads.
 #pragma once
 
 #include <memory>
 #include <mutex>
 #include <string>
 
+#include "backends/console/console_input_queue.h"
 #include "control/control_server.h"
 #include "control/control_target.h"
 
@@ -19,7 +21,8 @@ namespace keel::control {
 
 class MachineTarget : public ControlTarget {
  public:
-  // Adds the lifecycle listener and the serial sink; call before machine.start()/run().
+  // Adds the lifecycle listener, the serial sink and the serial input space callback; call before
+  // machine.start()/run(), on the thread that will run the machine's loop.
   explicit MachineTarget(Machine& machine);
 
   RunStatus query_status() override;
@@ -31,6 +34,8 @@ class MachineTarget : public ControlTarget {
   std::vector<CpuInfo> query_cpus() override;
   void set_event_callback(EventCallback callback) override;
   void set_console_callback(ConsoleCallback callback) override;
+  // Loop thread (the control server's dispatch). Queues what the UART cannot take yet; beyond
+  // ConsoleInputQueue::kDefaultCapacity pending bytes the rest is dropped with a warning.
   void console_input(std::string_view bytes) override;
 
  private:
@@ -43,6 +48,8 @@ class MachineTarget : public ControlTarget {
   ConsoleCallback on_console_;
   bool was_paused_ = false;
   bool user_paused_ = false;
+  ConsoleInputQueue input_;      // loop thread only
+  bool input_overflow_ = false;  // the last console_input() dropped bytes (and warned)
 };
 
 // Serves `path` for `machine` on its main loop for as long as it lives (create before run()).

@@ -15,6 +15,7 @@
 #include "base/error.h"
 #include "base/event_loop.h"
 #include "base/fd.h"
+#include "fake_console_input.h"
 
 namespace keel {
 namespace {
@@ -62,30 +63,6 @@ TEST(EscapeFilter, UnknownEscapeIsDroppedAndHelpIsReported) {
   EXPECT_TRUE(r.to_guest.empty());
 }
 
-// A console device with a small input FIFO the test drains by hand.
-class SmallDevice : public ConsoleInput {
- public:
-  size_t push_input(std::span<const uint8_t> bytes) override {
-    size_t n = 0;
-    while (n < bytes.size() && fifo.size() < 4) fifo.push_back(bytes[n++]);
-    if (n < bytes.size()) refused = true;
-    return n;
-  }
-  void set_input_space_callback(std::function<void()> cb) override { space = std::move(cb); }
-  std::string drain() {
-    std::string s(fifo.begin(), fifo.end());
-    fifo.clear();
-    if (refused && space) {
-      refused = false;
-      space();
-    }
-    return s;
-  }
-  std::deque<uint8_t> fifo;
-  bool refused = false;
-  std::function<void()> space;
-};
-
 struct Pipe {
   Pipe() {
     int p[2];
@@ -99,7 +76,7 @@ struct Pipe {
 TEST(TerminalConsole, InputIsFlowControlledByTheDevice) {
   EventLoop loop;
   Pipe in, out;
-  SmallDevice dev;
+  testing::FakeConsoleInput dev(4);
   bool quit = false;
   TerminalConsole console(loop, in.r.get(), out.w.get(), dev, [&] { quit = true; });
   ASSERT_EQ(write(in.w.get(), "hello world", 11), 11);
@@ -115,7 +92,7 @@ TEST(TerminalConsole, InputIsFlowControlledByTheDevice) {
 TEST(TerminalConsole, CtrlAxCallsQuit) {
   EventLoop loop;
   Pipe in, out;
-  SmallDevice dev;
+  testing::FakeConsoleInput dev(4);
   bool quit = false;
   TerminalConsole console(loop, in.r.get(), out.w.get(), dev, [&] { quit = true; });
   ASSERT_EQ(write(in.w.get(), "ab\x01x", 4), 4);
@@ -127,7 +104,7 @@ TEST(TerminalConsole, CtrlAxCallsQuit) {
 TEST(TerminalConsole, EndOfInputStopsReading) {
   EventLoop loop;
   Pipe in, out;
-  SmallDevice dev;
+  testing::FakeConsoleInput dev(4);
   TerminalConsole console(loop, in.r.get(), out.w.get(), dev, [] {});
   in.w.reset();
   EXPECT_EQ(loop.run_once(std::chrono::milliseconds(1000)), 1);
@@ -143,7 +120,7 @@ TEST(TerminalConsole, RegularFileInputIsReadAsTheDeviceTakesIt) {
   ASSERT_EQ(write(file.get(), "abcdef\x01x", 8), 8);  // bigger than the device's FIFO
   lseek(file.get(), 0, SEEK_SET);
   Pipe out;
-  SmallDevice dev;
+  testing::FakeConsoleInput dev(4);
   bool quit = false;
   TerminalConsole console(loop, file.get(), out.w.get(), dev, [&] { quit = true; });
   loop.run_once(std::chrono::milliseconds(1000));
