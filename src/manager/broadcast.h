@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -14,35 +15,29 @@
 
 namespace keel::manager {
 
-// The last `capacity` bytes of a byte stream; positions count from the stream's start.
-class ByteHistory {
+// The last `capacity` elements of a stream held in `Buffer` (a string of bytes, a deque of
+// messages); positions count elements from the stream's start. read() returns them as `Out`.
+template <typename Buffer, typename Out = Buffer>
+class History {
  public:
-  explicit ByteHistory(size_t capacity = 64 * 1024) : capacity_(capacity) {}
+  explicit History(size_t capacity) : capacity_(capacity) {}
 
-  void append(std::string_view bytes) {
-    {
-      std::lock_guard lock(mutex_);
-      data_.append(bytes);
-      end_ += bytes.size();
-      if (data_.size() > capacity_) data_.erase(0, data_.size() - capacity_);
-    }
-    cv_.notify_all();
-  }
   uint64_t end() const {
     std::lock_guard lock(mutex_);
     return end_;
   }
-  // Bytes from `position` (or the oldest kept) to the end, waiting up to `timeout` for at least
-  // one; advances `position`. Empty on timeout or after close().
-  std::string read(uint64_t& position, std::chrono::milliseconds timeout) {
+  // Elements from `position` (or the oldest kept) to the end, waiting up to `timeout` for at
+  // least one; advances `position`. Empty on timeout or after close().
+  Out read(uint64_t& position, std::chrono::milliseconds timeout) {
     std::unique_lock lock(mutex_);
     cv_.wait_for(lock, timeout, [&] { return end_ > position || closed_; });
-    uint64_t begin = end_ - data_.size();
+    uint64_t begin = end_ - buffer_.size();
     if (position < begin) position = begin;
-    std::string out = data_.substr(static_cast<size_t>(position - begin));
+    Out out(buffer_.begin() + static_cast<ptrdiff_t>(position - begin), buffer_.end());
     position = end_;
     return out;
   }
+  // Wakes every reader; they see what is left, then empty reads.
   void close() {
     {
       std::lock_guard lock(mutex_);
@@ -55,62 +50,45 @@ class ByteHistory {
     return closed_;
   }
 
+ protected:
+  // Appends [first, last) and forgets what exceeds the capacity.
+  template <typename It>
+  void add(It first, It last) {
+    {
+      std::lock_guard lock(mutex_);
+      size_t before = buffer_.size();
+      buffer_.insert(buffer_.end(), first, last);
+      end_ += buffer_.size() - before;
+      if (buffer_.size() > capacity_)
+        buffer_.erase(buffer_.begin(),
+                      buffer_.begin() + static_cast<ptrdiff_t>(buffer_.size() - capacity_));
+    }
+    cv_.notify_all();
+  }
+
  private:
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   size_t capacity_;
-  std::string data_;
+  Buffer buffer_;
   uint64_t end_ = 0;
   bool closed_ = false;
 };
 
-// The last `capacity` messages of a stream; sequence numbers count from 0.
-class MessageHistory {
+// The last `capacity` bytes of a byte stream (a VM's console).
+class ByteHistory : public History<std::string> {
  public:
-  explicit MessageHistory(size_t capacity = 1024) : capacity_(capacity) {}
+  explicit ByteHistory(size_t capacity = 64 * 1024) : History(capacity) {}
+  void append(std::string_view bytes) { add(bytes.begin(), bytes.end()); }
+};
 
+// The last `capacity` messages of a stream (lifecycle events); sequence numbers count from 0.
+class MessageHistory : public History<std::deque<std::string>, std::vector<std::string>> {
+ public:
+  explicit MessageHistory(size_t capacity = 1024) : History(capacity) {}
   void publish(std::string message) {
-    {
-      std::lock_guard lock(mutex_);
-      messages_.push_back(std::move(message));
-      ++end_;
-      if (messages_.size() > capacity_) messages_.pop_front();
-    }
-    cv_.notify_all();
+    add(std::make_move_iterator(&message), std::make_move_iterator(&message + 1));
   }
-  uint64_t end() const {
-    std::lock_guard lock(mutex_);
-    return end_;
-  }
-  std::vector<std::string> read(uint64_t& position, std::chrono::milliseconds timeout) {
-    std::unique_lock lock(mutex_);
-    cv_.wait_for(lock, timeout, [&] { return end_ > position || closed_; });
-    uint64_t begin = end_ - messages_.size();
-    if (position < begin) position = begin;
-    std::vector<std::string> out(messages_.begin() + static_cast<ptrdiff_t>(position - begin),
-                                 messages_.end());
-    position = end_;
-    return out;
-  }
-  void close() {
-    {
-      std::lock_guard lock(mutex_);
-      closed_ = true;
-    }
-    cv_.notify_all();
-  }
-  bool closed() const {
-    std::lock_guard lock(mutex_);
-    return closed_;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::condition_variable cv_;
-  size_t capacity_;
-  std::deque<std::string> messages_;
-  uint64_t end_ = 0;
-  bool closed_ = false;
 };
 
 }  // namespace keel::manager

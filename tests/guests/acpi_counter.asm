@@ -1,7 +1,7 @@
 ; A guest for the management tests (keel run, the daemon): it prints "count N" lines on COM1 in a
 ; loop, so its progress can be watched (and seen to stop while paused), and it obeys the ACPI
 ; power button as an OS does: it finds PM1a_EVT_BLK, PM1a_CNT_BLK (FADT) and SLP_TYPa (\_S5 in the
-; DSDT) through the tables at 0xE0000 (as acpi_poweroff.asm), sets PWRBTN_EN in PM1a_EN, and
+; DSDT) through the tables at 0xE0000 (acpi_tables.inc), sets PWRBTN_EN in PM1a_EN, and
 ; between lines polls PWRBTN_STS in PM1a_STS (interrupts stay off: polling is what works at CPL0 on
 ; every engine here). On a press it clears the status, prints "power button", and writes SLP_TYP |
 ; SLP_EN to PM1a_CNT: the machine powers off. EXIT 1..5 name the table step that failed.
@@ -11,55 +11,12 @@
   test rdi, rdi
   jnz park
 
-  mov rsi, 0xE0000
-  mov rax, 'RSD PTR '
-  cmp [rsi], rax
-  jne no_rsdp
-  mov rbx, [rsi + 24]              ; XsdtAddress
-  cmp dword [rbx], 'XSDT'
-  jne no_xsdt
-  mov ecx, [rbx + 4]
-  lea r8, [rbx + 36]
-  lea r9, [rbx + rcx]
-find_fadt:
-  cmp r8, r9
-  jae no_fadt
-  mov rdi, [r8]
-  cmp dword [rdi], 'FACP'
-  je found_fadt
-  add r8, 8
-  jmp find_fadt
-found_fadt:
+  call acpi_find_pm                ; rdi = FADT, r14d = SLP_TYPa
   mov r15d, [rdi + 56]             ; PM1a_EVT_BLK: status, then (at +PM1_EVT_LEN/2) enable
   movzx eax, byte [rdi + 88]       ; PM1_EVT_LEN
   shr eax, 1
   lea r11d, [r15d + eax]           ; PM1a_EN
   mov r12d, [rdi + 64]             ; PM1a_CNT_BLK
-  mov r13, [rdi + 140]             ; X_DSDT
-
-  mov ecx, [r13 + 4]
-  lea r8, [r13 + 36]
-  lea r9, [r13 + rcx - 8]
-find_s5:
-  cmp r8, r9
-  jae no_s5
-  cmp dword [r8], '_S5_'
-  je found_s5
-  inc r8
-  jmp find_s5
-found_s5:
-  cmp byte [r8 + 4], 0x12          ; PackageOp
-  jne bad_s5
-  movzx eax, byte [r8 + 7]
-  cmp al, 0x0A                     ; BytePrefix
-  jne small_constant
-  movzx eax, byte [r8 + 8]
-  jmp have_type
-small_constant:
-  cmp al, 1
-  ja bad_s5
-have_type:
-  mov r14d, eax                    ; SLP_TYPa
 
   mov dx, r11w
   mov ax, 1 << 8                   ; PWRBTN_EN
@@ -151,13 +108,9 @@ put_decimal:
 .done:
   ret
 
-no_rsdp: EXIT 1
-no_xsdt: EXIT 2
-no_fadt: EXIT 3
-no_s5:   EXIT 4
-bad_s5:  EXIT 5
-
 count_text: db "count ", 0
 button_text: db "power button", 10, 0
 digits: times 12 db 0
 digits_end:
+
+%include "acpi_tables.inc"
