@@ -18,6 +18,7 @@
 #include "base/error.h"
 #include "control/machine_target.h"
 #include "base/fd.h"
+#include "base/log_file.h"
 #include "base/size.h"
 #include "cli/verbs.h"
 #include "devices/legacy/serial16550.h"
@@ -32,7 +33,7 @@ namespace keel::cli {
 namespace {
 
 struct RunOptions {
-  std::string kernel, initrd, test_guest, control;
+  std::string kernel, initrd, test_guest, control, log_file;
   int ready_fd = -1;  // --ready-fd: told once the control socket listens (the daemon's spawn)
   std::optional<std::string> cmdline;
   std::string memory = "512M";
@@ -146,6 +147,9 @@ int report(const ShutdownInfo& info) {
 }
 
 int run(const RunOptions& options) {
+  // --log-file (the daemon's per-VM log): stdout and stderr go there, kept under 1 MiB.
+  std::optional<LogFile> log;
+  if (!options.log_file.empty()) log.emplace(options.log_file);
   VmConfig config = make_config(options);
   if (options.ready_fd >= 0 && config.control_socket.empty())
     throw UsageError("--ready-fd needs --control");
@@ -169,6 +173,10 @@ int run(const RunOptions& options) {
   TerminationSignals signals;
   Machine machine(config);
   signals.watch(machine);
+  if (log) {
+    auto second = std::chrono::seconds(1);
+    machine.loop().add_timer(second, second, [&log] { log->check(); });
+  }
 
   // The control socket (issue 5): events, commands and the console stream for the daemon.
   std::unique_ptr<control::MachineControl> control;
@@ -217,6 +225,9 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->check(CLI::Range(3, 1 << 20))
       ->group("");  // for the daemon
   sub->add_flag("--paused", o->paused, "Start with the vCPUs stopped (resume through --control)");
+  sub->add_option("--log-file", o->log_file,
+                  "Append stdout and stderr to this file; past 1 MiB it moves to FILE.1 and a new "
+                  "one starts");
   sub->add_flag("--trace-boot", o->trace_boot,
                 "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "
                 "stderr");

@@ -303,7 +303,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   std::filesystem::remove(control_path);
   // The VMM writes a byte to this pipe once its control socket listens (`keel run --ready-fd`).
   ReadinessPipe ready;
-  std::vector<std::string> args = vmm_arguments(def, control_path);
+  std::vector<std::string> args = vmm_arguments(def, control_path, log_path);
   args.insert(args.end(), {"--ready-fd", "3"});
   SpawnedProcess vmm = spawn_process(options_.vmm_binary, args, log_path, ready.write_end());
   ready.close_write_end();  // so a VMM that exits early shows as end of file too

@@ -211,13 +211,15 @@ json VmDefinition::to_json() const {
   return j;
 }
 
-std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string& control_path) {
+std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string& control_path,
+                                       const std::string& log_path) {
   std::vector<std::string> args{"run",
                                 "--control", control_path,
                                 "--paused",
                                 "--cpus", std::to_string(d.vcpus),
                                 "--memory", std::to_string(d.memory_mib) + "M",
                                 "--accel", d.accel};
+  if (!log_path.empty()) args.insert(args.end(), {"--log-file", log_path});
   if (!d.test_guest.empty()) {
     args.insert(args.end(), {"--test-guest", d.test_guest});
   } else {

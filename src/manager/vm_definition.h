@@ -55,9 +55,10 @@ VmDefinition parse_definition_text(const std::string& text);
 void check_files(const VmDefinition& definition);
 
 // The `keel run` arguments (after the program name) that run this VM under a control socket,
-// started paused.
+// started paused, with its stdout/stderr log at `log_path` (kept under 1 MiB) unless empty.
 std::vector<std::string> vmm_arguments(const VmDefinition& definition,
-                                       const std::string& control_path);
+                                       const std::string& control_path,
+                                       const std::string& log_path = {});
 
 // A name is 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit (it names files).
 bool valid_vm_name(const std::string& name);

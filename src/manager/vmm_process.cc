@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/log_file.h"
 #include "control/unix_socket.h"
 
 namespace keel::manager {
@@ -28,6 +29,7 @@ SpawnedProcess spawn_process(const std::string& binary, const std::vector<std::s
   for (auto& s : storage) argv.push_back(s.data());
   argv.push_back(nullptr);
 
+  rotate_log_file(log_path);  // the previous run's log becomes LOG.1
   UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
   if (!log) throw_errno("open " + log_path);
   UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));

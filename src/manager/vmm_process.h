@@ -27,9 +27,10 @@ struct SpawnedProcess {
 
 // fork/exec of `binary args...` in a session of its own (so a signal to the daemon's process group
 // or the daemon's death leaves it running), stdin from /dev/null, stdout and stderr appended to
-// `log_path`, signal mask and SIGPIPE reset. `pass_fd` (if >= 0) is inherited as fd 3; every
-// other fd above 2 is closed. Throws Error if the fork or pidfd fails; a failing exec shows as an
-// exit status of 127 with the reason in the log.
+// `log_path` after the previous run's log there has moved to `log_path`.1, signal mask and SIGPIPE
+// reset. `pass_fd` (if >= 0) is inherited as fd 3; every other fd above 2 is closed. Throws Error
+// if the fork or pidfd fails; a failing exec shows as an exit status of 127 with the reason in
+// the log.
 SpawnedProcess spawn_process(const std::string& binary, const std::vector<std::string>& args,
                              const std::string& log_path, int pass_fd = -1);
 

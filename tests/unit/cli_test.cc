@@ -8,7 +8,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <optional>
+#include <sstream>
 
 #include "control/control_client.h"
 #include "engine/kvm/kvm_probe.h"
@@ -115,6 +118,21 @@ TEST(CliGuest, SerialOutputReachesStdout) {
   ProcessResult r = run_keel({"run", "--accel", "kvm", "--test-guest", guest("serial_hello")});
   EXPECT_EQ(r.status, 0) << r.describe();
   EXPECT_EQ(r.out, "Hello from the guest on ttyS0\r\n");
+}
+
+TEST(CliGuest, LogFileTakesStdoutAndStderr) {
+  // The daemon runs each VMM with --log-file (bounded: base/log_file.h, log_file_test.cc).
+  auto path = std::filesystem::temp_directory_path() /
+              ("keel-cli-log-" + std::to_string(::getpid()) + ".log");
+  std::filesystem::remove(path);
+  ProcessResult r = run_keel({"run", "--accel", "emu", "--test-guest", guest("serial_hello"),
+                              "--log-file", path.string()});
+  std::stringstream text;
+  text << std::ifstream(path).rdbuf();
+  std::filesystem::remove(path);
+  EXPECT_EQ(r.status, 0) << r.describe();
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(text.str(), "Hello from the guest on ttyS0\r\n");
 }
 
 TEST(CliGuest, SerialInputIsDeliveredByInterruptAndEchoed) {

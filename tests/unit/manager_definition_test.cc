@@ -154,6 +154,9 @@ TEST_F(DefinitionTest, VmmArgumentsStartPausedUnderTheControlSocket) {
                                     "--cmdline", "console=ttyS0", "--disk", disk, "--net",
                                     "user,hostfwd=tcp:2222-:22"};
   EXPECT_EQ(args, expected);
+  auto logged = vmm_arguments(parse_definition(valid()), "/run/x.sock", "/log/x.log");
+  expected.insert(expected.begin() + 10, {"--log-file", "/log/x.log"});
+  EXPECT_EQ(logged, expected);
 }
 
 }  // namespace
