@@ -105,6 +105,37 @@ TEST_P(VirtioBlkTest, ReadsSectors) {
   EXPECT_EQ(got, image.read(3 * 512, 1024));
 }
 
+// The largest request seg_max allows, as direct descriptors: header, kSegMax scattered 512-byte
+// buffers and the status fill the whole 256-entry queue.
+TEST_P(VirtioBlkTest, ServesARequestOfSegMaxSegmentsInOneRing) {
+  start();
+  ASSERT_EQ(kSegMax + 2, 256u);
+  struct {
+    uint32_t type, reserved;
+    uint64_t sector;
+  } hdr{kTypeIn, 0, 5};
+  std::vector<Buf> bufs = {{h->put(&hdr, sizeof hdr), sizeof hdr, false}};
+  std::vector<uint64_t> data;
+  for (uint32_t i = 0; i < kSegMax; ++i) {
+    data.push_back(h->alloc(512 + 64, 512));  // not contiguous: a gap after each buffer
+    bufs.push_back({data.back(), 512, true});
+  }
+  uint64_t status_gpa = h->alloc(1);
+  bufs.push_back({status_gpa, 1, true});
+  uint16_t head = h->add_chain(0, bufs);
+  h->kick(0);
+  auto used = h->next_used(0);
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->id, head);
+  EXPECT_EQ(used->len, kSegMax * 512 + 1);
+  EXPECT_EQ(h->memory.read_obj<uint8_t>(status_gpa), kStatusOk);
+  for (uint32_t i = 0; i < kSegMax; i += 53) {
+    std::vector<uint8_t> got(512);
+    h->memory.read(data[i], got.data(), got.size());
+    EXPECT_EQ(got, image.read((5 + i) * 512ull, 512)) << "segment " << i;
+  }
+}
+
 TEST_P(VirtioBlkTest, WritesSectorsToTheImage) {
   start();
   std::vector<uint8_t> payload(2048, 0xa5);
