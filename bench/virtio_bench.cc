@@ -4,7 +4,8 @@
 //     IOPS (queue depth 32), by fio with O_DIRECT and libaio against /dev/vda. fio is the host's
 //     (Debian's package) on a second, read-only disk built by scripts/build-fio-disk.sh; one boot
 //     runs all three jobs and the three rows share it.
-//   - TCP guest -> host through user networking (busybox nc into a host socket, 128 MiB).
+//   - TCP guest -> host through user networking (busybox nc into a host socket, 32 MiB: at
+//     ~1 MB/s on emu that is half a minute).
 // The guest runs on kvm where the probe says a stock kernel runs, else on emu (QEMU: tcg).
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -301,7 +302,7 @@ double tcp_sample(bool qemu) {
     Vm vm(command(qemu, dev));
     vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
     vm.type("ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; dd if=/dev/zero bs=65536 "
-            "count=2048 2>/dev/null | nc 10.0.2.2 " + std::to_string(ntohs(sa.sin_port)) +
+            "count=512 2>/dev/null | nc 10.0.2.2 " + std::to_string(ntohs(sa.sin_port)) +
             "; echo TCP-$((1+1))-DONE\n");
     vm.wait_for(std::regex("TCP-2-DONE"), kBoot);
     vm.type("exit\n");
