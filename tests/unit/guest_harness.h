@@ -18,8 +18,10 @@
 // over engines (see guest_conformance_test.cc).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -89,6 +91,18 @@ class TestMmio : public BusDevice {
   mutable std::mutex mutex_;
   std::vector<uint8_t> regs_ = std::vector<uint8_t>(kTestMmioSize);
   std::vector<IoAccess> log_;
+};
+
+// Calls a function on every write: a test's trigger port (e.g. 0x50C, which irqfd_msi.asm writes
+// when it is ready for an interrupt). Reads return zero.
+class OnWrite : public BusDevice {
+ public:
+  explicit OnWrite(std::function<void()> fn) : fn_(std::move(fn)) {}
+  void read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
+  void write(uint64_t, std::span<const uint8_t>) override { fn_(); }
+
+ private:
+  std::function<void()> fn_;
 };
 
 struct GuestOptions {

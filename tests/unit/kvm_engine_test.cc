@@ -15,17 +15,6 @@ namespace {
 #define REQUIRE_KVM()                                              \
   if (auto why = engine_unavailable(Accel::kKvm)) GTEST_SKIP() << *why
 
-// Calls a function on every write (the test's trigger port).
-class OnWrite : public BusDevice {
- public:
-  explicit OnWrite(std::function<void()> fn) : fn_(std::move(fn)) {}
-  void read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
-  void write(uint64_t, std::span<const uint8_t>) override { fn_(); }
-
- private:
-  std::function<void()> fn_;
-};
-
 TEST(KvmEngine, InternalErrorNamesTheReasonRipAndInstructionBytes) {
   REQUIRE_KVM();
   if (!behaviour_unavailable(Accel::kKvm, "int3_cpl0"))

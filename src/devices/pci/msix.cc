@@ -12,9 +12,11 @@ constexpr uint32_t kVectorMasked = 1;
 }
 
 MsixTable::MsixTable(uint16_t vectors, InterruptController* controller)
-    : controller_(controller), entries_(vectors), pending_((vectors + 63) / 64) {
+    : entries_(vectors), routes_(vectors), pending_((vectors + 63) / 64) {
   if (vectors == 0 || vectors > kMaxVectors)
     throw Error("MSI-X: invalid vector count " + std::to_string(vectors));
+  if (controller)
+    for (auto& r : routes_) r.route = controller->create_msi_route(r.programmed);
 }
 
 bool MsixTable::enabled() const {
@@ -26,31 +28,41 @@ bool MsixTable::masked_locked(uint16_t n) const {
   return function_masked_ || (entries_[n].control & kVectorMasked);
 }
 
-void MsixTable::send_locked(uint16_t n) {
-  if (!controller_) return;
-  const Entry& e = entries_[n];
-  controller_->send_msi({(uint64_t{e.addr_hi} << 32) | e.addr_lo, e.data});
+bool MsixTable::pending_locked(uint16_t n) const {
+  return pending_[n / 64] & (uint64_t{1} << (n % 64));
+}
+
+void MsixTable::set_pending_locked(uint16_t n, bool pending) {
+  uint64_t bit = uint64_t{1} << (n % 64);
+  pending_[n / 64] = pending ? pending_[n / 64] | bit : pending_[n / 64] & ~bit;
+}
+
+void MsixTable::fire_locked(uint16_t n) {
+  if (routes_[n].route) routes_[n].route->fire();
 }
 
 bool MsixTable::notify(uint16_t n) {
   std::lock_guard lock(mutex_);
   if (n >= entries_.size() || !enabled_) return false;
   if (masked_locked(n)) {
-    pending_[n / 64] |= uint64_t{1} << (n % 64);
+    set_pending_locked(n, true);
     return false;
   }
-  send_locked(n);
+  fire_locked(n);
   return true;
 }
 
-void MsixTable::deliver_pending_locked() {
-  if (!enabled_) return;
-  for (uint16_t n = 0; n < entries_.size(); ++n) {
-    uint64_t bit = uint64_t{1} << (n % 64);
-    if ((pending_[n / 64] & bit) && !masked_locked(n)) {
-      pending_[n / 64] &= ~bit;
-      send_locked(n);
-    }
+void MsixTable::refresh_locked(uint16_t n) {
+  if (!enabled_ || masked_locked(n)) return;
+  Route& r = routes_[n];
+  MsiMessage msg = entries_[n].message();
+  if (r.route && r.programmed != msg) {
+    r.route->set_message(msg);
+    r.programmed = msg;
+  }
+  if (pending_locked(n)) {
+    set_pending_locked(n, false);
+    fire_locked(n);
   }
 }
 
@@ -58,7 +70,7 @@ void MsixTable::set_control(uint16_t control) {
   std::lock_guard lock(mutex_);
   enabled_ = control & kControlEnable;
   function_masked_ = control & kControlFunctionMask;
-  deliver_pending_locked();
+  for (uint16_t n = 0; n < entries_.size(); ++n) refresh_locked(n);
 }
 
 uint16_t MsixTable::control() const {
@@ -82,8 +94,8 @@ void MsixTable::table_read(uint64_t offset, std::span<uint8_t> data) const {
 }
 
 void MsixTable::table_write(uint64_t offset, std::span<const uint8_t> data) {
+  if (data.empty()) return;
   std::lock_guard lock(mutex_);
-  bool unmasked = false;
   for (size_t i = 0; i < data.size(); ++i) {
     uint64_t off = offset + i;
     uint64_t n = off / kEntrySize;
@@ -91,14 +103,15 @@ void MsixTable::table_write(uint64_t offset, std::span<const uint8_t> data) {
     Entry& e = entries_[n];
     uint32_t words[4] = {e.addr_lo, e.addr_hi, e.data, e.control};
     reinterpret_cast<uint8_t*>(words)[off % kEntrySize] = data[i];
-    bool was_masked = e.control & kVectorMasked;
     e.addr_lo = words[0] & ~3u;  // message address is dword aligned
     e.addr_hi = words[1];
     e.data = words[2];
     e.control = words[3] & kVectorMasked;  // other control bits are reserved
-    if (was_masked && !(e.control & kVectorMasked)) unmasked = true;
   }
-  if (unmasked) deliver_pending_locked();
+  // An access of at most 8 bytes touches one or two entries.
+  uint64_t last = (offset + data.size() - 1) / kEntrySize;
+  for (uint64_t n = offset / kEntrySize; n <= last && n < entries_.size(); ++n)
+    refresh_locked(static_cast<uint16_t>(n));
 }
 
 void MsixTable::pba_read(uint64_t offset, std::span<uint8_t> data) const {
@@ -113,10 +126,11 @@ void MsixTable::pba_read(uint64_t offset, std::span<uint8_t> data) const {
 MsiMessage MsixTable::message(uint16_t n) const {
   std::lock_guard lock(mutex_);
   if (n >= entries_.size()) return {};
-  return {(uint64_t{entries_[n].addr_hi} << 32) | entries_[n].addr_lo, entries_[n].data};
+  return entries_[n].message();
 }
 
 void MsixTable::reset() {
+  // Routes keep their programmed message; refresh_locked() reprograms them once vectors can fire.
   std::lock_guard lock(mutex_);
   std::fill(entries_.begin(), entries_.end(), Entry{});
   std::fill(pending_.begin(), pending_.end(), 0);

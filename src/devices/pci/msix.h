@@ -2,15 +2,22 @@
 //
 // The guest programs each vector's message (address, data) and mask bit through the table in a
 // BAR, and enables MSI-X / masks the whole function through the capability's message control.
-// A device raises vector n with notify(n): the message goes to the InterruptController at once, or,
-// while the vector or the function is masked, its pending bit is set and the message is sent when
-// it is unmasked (PCI 3.0, 6.8.2).
+// Each vector owns an MsiRoute from the InterruptController (on KVM an irqfd on its own GSI route).
+// A device raises vector n with notify(n): the route fires at once, or, while the vector or the
+// function is masked, its pending bit is set and the route fires when it is unmasked
+// (PCI 3.0, 6.8.2); while MSI-X is disabled notifications are dropped. A route is reprogrammed when
+// its vector becomes able to fire with a message the route does not carry yet (unmask, enable,
+// function unmask, or a rewrite while unmasked): drivers mask a vector while they rewrite it,
+// so this is one KVM_SET_GSI_ROUTING per rewrite, on the vCPU thread that unmasks, and notify()
+// on a device thread only fires (an eventfd write on KVM).
 //
 // Thread safety: notify() is called from device worker threads, table accesses from vCPU threads;
-// one mutex guards the table. send_msi is called with it held (the controller never calls back).
+// one mutex guards the table and the routes, which are fired and reprogrammed with it held (the
+// controller never calls back).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <vector>
@@ -32,8 +39,8 @@ class MsixTable {
   uint32_t table_bytes() const { return vectors() * kEntrySize; }
   uint32_t pba_bytes() const { return ((vectors() + 63) / 64) * 8; }
 
-  // Raises vector `n`; ignored when n is out of range or MSI-X is disabled. Returns whether a
-  // message was sent (false: dropped or left pending).
+  // Raises vector `n`; ignored when n is out of range or MSI-X is disabled. Returns whether the
+  // route fired (false: dropped or left pending).
   bool notify(uint16_t n);
   bool enabled() const;
 
@@ -58,14 +65,22 @@ class MsixTable {
     uint32_t addr_hi = 0;
     uint32_t data = 0;
     uint32_t control = 1;  // bit 0: masked
+    MsiMessage message() const { return {(uint64_t{addr_hi} << 32) | addr_lo, data}; }
+  };
+  struct Route {
+    std::unique_ptr<MsiRoute> route;  // null without a controller
+    MsiMessage programmed;            // the message `route` delivers
   };
   bool masked_locked(uint16_t n) const;
-  void deliver_pending_locked();
-  void send_locked(uint16_t n);
+  bool pending_locked(uint16_t n) const;
+  void set_pending_locked(uint16_t n, bool pending);
+  // Vector n can fire: reprogram its route if the guest changed the message, send if pending.
+  void refresh_locked(uint16_t n);
+  void fire_locked(uint16_t n);
 
   mutable std::mutex mutex_;
-  InterruptController* controller_;
   std::vector<Entry> entries_;
+  std::vector<Route> routes_;
   std::vector<uint64_t> pending_;
   bool enabled_ = false;
   bool function_masked_ = false;

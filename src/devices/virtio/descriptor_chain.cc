@@ -86,9 +86,13 @@ DescriptorChain walk_chain(const GuestMemory& memory, uint64_t desc_table, uint1
   return chain;
 }
 
-uint64_t read_from_buffers(const GuestMemory& memory, const std::vector<GuestBuffer>& buffers,
-                           uint64_t offset, void* dst, uint64_t len) {
-  auto* out = static_cast<uint8_t*>(dst);
+namespace {
+
+// Walks [offset, offset + len) of `buffers` seen as one byte stream: calls copy(gpa, at, n) for
+// each piece, `at` being the piece's position in the caller's memory. Returns the bytes covered.
+template <typename Copy>
+uint64_t for_each_piece(const std::vector<GuestBuffer>& buffers, uint64_t offset, uint64_t len,
+                        Copy copy) {
   uint64_t done = 0;
   for (const auto& b : buffers) {
     if (done == len) break;
@@ -97,29 +101,29 @@ uint64_t read_from_buffers(const GuestMemory& memory, const std::vector<GuestBuf
       continue;
     }
     uint64_t n = std::min<uint64_t>(b.len - offset, len - done);
-    memory.read(b.gpa + offset, out + done, n);
+    copy(b.gpa + offset, done, n);
     done += n;
     offset = 0;
   }
   return done;
 }
 
+}  // namespace
+
+uint64_t read_from_buffers(const GuestMemory& memory, const std::vector<GuestBuffer>& buffers,
+                           uint64_t offset, void* dst, uint64_t len) {
+  auto* out = static_cast<uint8_t*>(dst);
+  return for_each_piece(buffers, offset, len, [&](uint64_t gpa, uint64_t at, uint64_t n) {
+    memory.read(gpa, out + at, n);
+  });
+}
+
 uint64_t write_to_buffers(GuestMemory& memory, const std::vector<GuestBuffer>& buffers,
                           uint64_t offset, const void* src, uint64_t len) {
   auto* in = static_cast<const uint8_t*>(src);
-  uint64_t done = 0;
-  for (const auto& b : buffers) {
-    if (done == len) break;
-    if (offset >= b.len) {
-      offset -= b.len;
-      continue;
-    }
-    uint64_t n = std::min<uint64_t>(b.len - offset, len - done);
-    memory.write(b.gpa + offset, in + done, n);
-    done += n;
-    offset = 0;
-  }
-  return done;
+  return for_each_piece(buffers, offset, len, [&](uint64_t gpa, uint64_t at, uint64_t n) {
+    memory.write(gpa, in + at, n);
+  });
 }
 
 }  // namespace keel

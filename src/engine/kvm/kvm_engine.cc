@@ -230,7 +230,7 @@ uint32_t KvmEngine::add_irqfd(const MsiMessage& msg, int eventfd) {
     // The lowest free GSI above the IOAPIC's, so that routes freed by remove_irqfd are reused.
     gsi = kFirstMsiGsi;
     while (std::any_of(msi_routes_.begin(), msi_routes_.end(),
-                       [gsi](const MsiRoute& r) { return r.gsi == gsi; }))
+                       [gsi](const GsiRoute& r) { return r.gsi == gsi; }))
       ++gsi;
     msi_routes_.push_back({gsi, msg});
     try {
@@ -240,14 +240,19 @@ uint32_t KvmEngine::add_irqfd(const MsiMessage& msg, int eventfd) {
       throw;
     }
   }
-  add_irqfd(gsi, eventfd);
+  try {
+    add_irqfd(gsi, eventfd);
+  } catch (...) {
+    drop_msi_route(gsi);
+    throw;
+  }
   return gsi;
 }
 
 void KvmEngine::update_msi_route(uint32_t gsi, const MsiMessage& msg) {
   std::lock_guard lock(routes_mutex_);
   auto it = std::find_if(msi_routes_.begin(), msi_routes_.end(),
-                         [gsi](const MsiRoute& r) { return r.gsi == gsi; });
+                         [gsi](const GsiRoute& r) { return r.gsi == gsi; });
   if (it == msi_routes_.end()) throw Error("no MSI route for GSI " + std::to_string(gsi));
   it->msg = msg;
   commit_routes();
@@ -259,12 +264,37 @@ void KvmEngine::remove_irqfd(uint32_t gsi, int eventfd) {
   irqfd.gsi = gsi;
   irqfd.flags = KVM_IRQFD_FLAG_DEASSIGN;
   ioctl_or_throw(vm_.get(), KVM_IRQFD, &irqfd, "KVM_IRQFD (deassign)");
+  drop_msi_route(gsi);
+}
+
+void KvmEngine::drop_msi_route(uint32_t gsi) {
   std::lock_guard lock(routes_mutex_);
   auto it = std::find_if(msi_routes_.begin(), msi_routes_.end(),
-                         [gsi](const MsiRoute& r) { return r.gsi == gsi; });
+                         [gsi](const GsiRoute& r) { return r.gsi == gsi; });
   if (it != msi_routes_.end()) {
     msi_routes_.erase(it);
     commit_routes();
+  }
+}
+
+std::unique_ptr<MsiRoute> KvmEngine::create_msi_route(const MsiMessage& msg) {
+  try {
+    return std::make_unique<KvmMsiRoute>(*this, msg);
+  } catch (const Error& e) {
+    if (!irqfd_refused_.exchange(true))
+      log::warn("kvm: MSI irqfd refused ({}); MSI-X vectors fall back to KVM_SIGNAL_MSI", e.what());
+    return InterruptController::create_msi_route(msg);
+  }
+}
+
+KvmMsiRoute::KvmMsiRoute(KvmEngine& engine, const MsiMessage& msg)
+    : engine_(engine), gsi_(engine.add_irqfd(msg, eventfd_.fd())) {}
+
+KvmMsiRoute::~KvmMsiRoute() {
+  try {
+    engine_.remove_irqfd(gsi_, eventfd_.fd());
+  } catch (const Error& e) {
+    log::warn("kvm: freeing the MSI route on GSI {}: {}", gsi_, e.what());
   }
 }
 

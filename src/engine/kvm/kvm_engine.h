@@ -8,12 +8,14 @@
 // they are KVM-only, so their users hold a KvmEngine, never a plain Engine.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <vector>
 
+#include "base/eventfd.h"
 #include "engine/engine.h"
 #include "engine/kvm/kvm_system.h"
 
@@ -64,8 +66,11 @@ class KvmEngine final : public Engine, private InterruptController {
   // InterruptController
   void set_irq(uint32_t gsi, bool level) override;
   void send_msi(const MsiMessage& msg) override;
+  // A KvmMsiRoute (irqfd); if KVM refuses one, a SendMsiRoute (KVM_SIGNAL_MSI) with a warning.
+  std::unique_ptr<MsiRoute> create_msi_route(const MsiMessage& msg) override;
 
   void commit_routes();  // routes_mutex_ held
+  void drop_msi_route(uint32_t gsi);
 
   EngineContext context_;
   EngineConfig config_;
@@ -77,12 +82,36 @@ class KvmEngine final : public Engine, private InterruptController {
   bool tsc_deadline_ = false;
   bool xsave_ = false;
 
-  struct MsiRoute {
+  struct GsiRoute {
     uint32_t gsi;
     MsiMessage msg;
   };
   std::mutex routes_mutex_;
-  std::vector<MsiRoute> msi_routes_;
+  std::vector<GsiRoute> msi_routes_;
+  std::atomic<bool> irqfd_refused_{false};  // warned once
+};
+
+// An MSI route as an irqfd: an eventfd bound to its own GSI, whose routing entry carries the
+// message. fire() is an eventfd write (any thread; KVM injects the interrupt), set_message() is
+// KVM_SET_GSI_ROUTING. The destructor unbinds the eventfd and frees the GSI. The engine must
+// outlive its routes.
+class KvmMsiRoute final : public keel::MsiRoute {
+ public:
+  KvmMsiRoute(KvmEngine& engine, const MsiMessage& msg);
+  ~KvmMsiRoute() override;
+  KvmMsiRoute(const KvmMsiRoute&) = delete;
+  KvmMsiRoute& operator=(const KvmMsiRoute&) = delete;
+
+  void set_message(const MsiMessage& msg) override { engine_.update_msi_route(gsi_, msg); }
+  void fire() override { eventfd_.signal(); }
+
+  int eventfd() const { return eventfd_.fd(); }
+  uint32_t gsi() const { return gsi_; }
+
+ private:
+  KvmEngine& engine_;
+  EventFd eventfd_;
+  uint32_t gsi_;
 };
 
 }  // namespace keel
