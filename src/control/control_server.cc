@@ -68,24 +68,40 @@ void ControlServer::Mailbox::notify() {
   [[maybe_unused]] ssize_t n = ::write(wake.get(), &one, sizeof(one));
 }
 
+// Only the post that finds the mailbox empty wakes the loop: the loop reads the eventfd before it
+// swaps the mailbox out (dispatch), so whatever a later post adds is drained by that same swap or
+// finds the mailbox empty again and wakes it anew. A guest printing byte by byte thus costs one
+// eventfd write and one send per drain, not per byte.
 void ControlServer::Mailbox::post_event(const std::string& name, json data) {
   json message{{"event", name}, {"timestamp", qmp_timestamp()}};
   if (!data.is_null()) message["data"] = std::move(data);
+  bool wake;
   {
     std::lock_guard lock(mutex);
+    wake = events.empty() && console.empty();
     events.push_back(message.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
+    if (wake) ++wakeups;
   }
-  notify();
+  if (wake) notify();
 }
 
 void ControlServer::Mailbox::post_console(std::string_view bytes) {
+  if (bytes.empty()) return;
+  bool wake;
   {
     std::lock_guard lock(mutex);
+    wake = events.empty() && console.empty();
     console.append(bytes);
     // Nobody drained it in time: keep the newest bytes, as a serial line would lose the oldest.
     if (console.size() > console_limit) console.erase(0, console.size() - console_limit);
+    if (wake) ++wakeups;
   }
-  notify();
+  if (wake) notify();
+}
+
+uint64_t ControlServer::wakeups_posted() const {
+  std::lock_guard lock(mailbox_->mutex);
+  return mailbox_->wakeups;
 }
 
 ControlServer::ControlServer(const std::string& path, ControlTarget& target,

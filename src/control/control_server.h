@@ -13,7 +13,9 @@
 //
 // Threading: the server lives on one thread (the VMM's main loop). It owns an epoll set whose fd
 // the loop watches; when readable, the loop calls dispatch(). Target callbacks (events, console
-// output) may run on any thread: they are queued under a mutex and an eventfd wakes the loop.
+// output) may run on any thread: they are queued under a mutex in a mailbox, and the post that
+// finds the mailbox empty writes an eventfd that wakes the loop, which drains everything queued by
+// then in one go (one send per client per drain).
 #pragma once
 
 #include <chrono>
@@ -56,6 +58,8 @@ class ControlServer {
 
   const std::string& path() const { return path_; }
   size_t client_count() const { return clients_.size(); }
+  // How many times target callbacks woke the loop (any thread): once per batch, not per byte.
+  uint64_t wakeups_posted() const;
 
  private:
   struct Client {
@@ -97,6 +101,7 @@ class ControlServer {
     std::deque<std::string> events;  // serialised event lines
     std::string console;
     size_t console_limit = 0;
+    uint64_t wakeups = 0;  // eventfd writes (one per empty -> non-empty transition)
     UniqueFd wake;  // eventfd
     void post_event(const std::string& name, nlohmann::json data);
     void post_console(std::string_view bytes);

@@ -15,13 +15,15 @@ using nlohmann::json;
 MachineTarget::MachineTarget(Machine& machine)
     : machine_(machine), input_(machine.loop(), machine.serial()) {
   machine_.add_listener([this](const MachineEvent& event) { on_machine_event(event); });
+  // vCPU threads, often one byte at a time: a shared_ptr copy (no allocation) and one append to
+  // the control server's mailbox, which wakes the loop only when it was empty.
   machine_.add_serial_output([this](std::span<const uint8_t> bytes) {
-    ConsoleCallback cb;
+    std::shared_ptr<const ConsoleCallback> cb;
     {
       std::lock_guard lock(mutex_);
       cb = on_console_;
     }
-    if (cb) cb(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+    if (cb && *cb) (*cb)(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
   });
 }
 
@@ -54,18 +56,24 @@ void MachineTarget::on_machine_event(const MachineEvent& event) {
       break;
     }
     case MachineState::kShutDown: {
+      // As QMP reports them: `guest` is true only when the guest itself asked; a reset (the
+      // guest's or system_reset's) is one RESET and then, since keel ends the VM on reset as QEMU
+      // does with -no-reboot, one SHUTDOWN with the same reason.
       const ShutdownInfo& info = event.shutdown;
-      bool guest = info.reason != ShutdownReason::kQuit && info.reason != ShutdownReason::kError;
+      bool guest = !info.by_host && info.reason != ShutdownReason::kQuit &&
+                   info.reason != ShutdownReason::kError;
       std::string reason;
       switch (info.reason) {
-        case ShutdownReason::kPowerOff: reason = "guest-shutdown"; break;
-        case ShutdownReason::kReset: reason = "guest-reset"; break;
-        case ShutdownReason::kTripleFault: reason = "guest-reset"; break;
+        case ShutdownReason::kPowerOff: reason = guest ? "guest-shutdown" : "host-qmp-quit"; break;
+        case ShutdownReason::kReset:
+        case ShutdownReason::kTripleFault:
+          reason = guest ? "guest-reset" : "host-qmp-system-reset";
+          emit(event::kReset, json{{"guest", guest}, {"reason", reason}});
+          break;
         case ShutdownReason::kHalted: reason = "guest-halted"; break;
         case ShutdownReason::kQuit: reason = "host-qmp-quit"; break;
         case ShutdownReason::kError: reason = "host-error"; break;
       }
-      if (reason == "guest-reset") emit(event::kReset, json{{"guest", guest}, {"reason", reason}});
       emit(event::kShutdown, json{{"guest", guest}, {"reason", reason}, {"detail", info.detail}});
       break;
     }
@@ -103,8 +111,8 @@ void MachineTarget::powerdown() {
 }
 
 void MachineTarget::reset() {
-  emit(event::kReset, json{{"guest", false}, {"reason", "host-qmp-system-reset"}});
-  machine_.shutdown(ShutdownReason::kReset, "system_reset from the control socket");
+  // RESET (host-qmp-system-reset) and SHUTDOWN follow from the machine's shutdown event.
+  machine_.shutdown(ShutdownReason::kReset, "system_reset from the control socket", true);
 }
 
 void MachineTarget::quit() { machine_.shutdown(ShutdownReason::kQuit, "quit from the control socket"); }
@@ -122,8 +130,9 @@ void MachineTarget::set_event_callback(EventCallback callback) {
 }
 
 void MachineTarget::set_console_callback(ConsoleCallback callback) {
+  auto cb = std::make_shared<const ConsoleCallback>(std::move(callback));
   std::lock_guard lock(mutex_);
-  on_console_ = std::move(callback);
+  on_console_ = std::move(cb);
 }
 
 void MachineTarget::console_input(std::string_view bytes) {

@@ -45,7 +45,7 @@ class MachineTarget : public ControlTarget {
   Machine& machine_;
   std::mutex mutex_;  // guards the callbacks and last_ (listeners run on any thread)
   EventCallback on_event_;
-  ConsoleCallback on_console_;
+  std::shared_ptr<const ConsoleCallback> on_console_;  // copied per console write: no allocation
   bool was_paused_ = false;
   bool user_paused_ = false;
   ConsoleInputQueue input_;      // loop thread only

@@ -256,8 +256,8 @@ void Machine::resume() {
   for (auto& l : listeners_) l(event);
 }
 
-void Machine::shutdown(ShutdownReason reason, std::string detail) {
-  MachineEvent event{MachineState::kShutDown, {reason, std::move(detail)}};
+void Machine::shutdown(ShutdownReason reason, std::string detail, bool by_host) {
+  MachineEvent event{MachineState::kShutDown, {reason, std::move(detail), by_host}};
   {
     std::lock_guard lock(mutex_);
     if (state_ == MachineState::kShutDown) return;

@@ -54,6 +54,7 @@ enum class ShutdownReason {
 struct ShutdownInfo {
   ShutdownReason reason = ShutdownReason::kQuit;
   std::string detail;  // "i8042 reset", "vCPU 0: KVM_EXIT_INTERNAL_ERROR ...", "Ctrl-A x", ...
+  bool by_host = false;  // asked from outside the guest (the control socket's system_reset, ...)
 };
 
 const char* to_string(MachineState state);
@@ -119,8 +120,9 @@ class Machine final : public PowerControl {
   void pause();
   // Lets the vCPUs run again (no-op unless paused).
   void resume();
-  // Ends the VM: the first call wins and its reason is the one reported. Never blocks.
-  void shutdown(ShutdownReason reason, std::string detail);
+  // Ends the VM: the first call wins and its reason is the one reported. Never blocks. `by_host`
+  // marks a reason the host chose for the guest (a host-requested reset); kQuit is always the host's.
+  void shutdown(ShutdownReason reason, std::string detail, bool by_host = false);
   // PowerControl, for devices: power off or reset ends the VM (keel does not reboot in place).
   void request_stop(StopReason reason, std::string detail) override;
 

@@ -354,6 +354,56 @@ TEST_F(ControlServerTest, ConsoleStreamCarriesOutputAndInput) {
   EXPECT_FALSE(other.next_event(50ms));  // console bytes are not events
 }
 
+// Reads from a console stream until `n` bytes came, dispatching the server on this thread when
+// `server` is given (its loop thread is stopped).
+std::string read_console(int fd, size_t n, ControlServer* server) {
+  std::string got;
+  while (got.size() < n) {
+    if (server) server->run_once(0ms);
+    if (!wait_readable(fd, 5000ms)) break;
+    char buf[65536];
+    ssize_t r = ::recv(fd, buf, sizeof(buf), 0);
+    if (r <= 0) break;
+    got.append(buf, static_cast<size_t>(r));
+  }
+  return got;
+}
+
+std::string letters(size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s += static_cast<char>('a' + i % 26);
+  return s;
+}
+
+TEST_F(ControlServerTest, ConsoleOutputByteByByteWakesTheLoopOncePerBatch) {
+  UniqueFd console = ControlClient::attach_console(path);
+  running = false;  // the loop thread stops; this thread dispatches from here on
+  loop.join();
+  const uint64_t before = server->wakeups_posted();
+  const std::string text = letters(10000);
+  for (char c : text) target.print(std::string_view(&c, 1));  // as a UART does: byte by byte
+  EXPECT_EQ(server->wakeups_posted(), before + 1);
+  EXPECT_EQ(read_console(console.get(), text.size(), server.get()), text);
+  // Drained: the next byte wakes the loop again, and an event behind it rides the same wake-up.
+  target.print("!");
+  target.emit(event::kStop, json::object());
+  EXPECT_EQ(server->wakeups_posted(), before + 2);
+  EXPECT_EQ(read_console(console.get(), 1, server.get()), "!");
+}
+
+TEST_F(ControlServerTest, ConsoleOutputFromAnotherThreadArrivesWholeAndInOrder) {
+  UniqueFd console = ControlClient::attach_console(path);
+  const std::string text = letters(200000);  // under max_console_pending: nothing may be lost
+  std::thread guest([&] {
+    for (char c : text) target.print(std::string_view(&c, 1));
+  });
+  std::string got = read_console(console.get(), text.size(), nullptr);
+  guest.join();
+  ASSERT_EQ(got.size(), text.size());
+  EXPECT_TRUE(got == text);
+  EXPECT_LT(server->wakeups_posted(), text.size());
+}
+
 TEST_F(ControlServerTest, RefusesClientsBeyondTheLimit) {
   stop();
   start(ControlServerOptions{.max_clients = 2});

@@ -114,6 +114,7 @@ struct TargetFixture {
       std::lock_guard lock(mutex);
       events.push_back(name + (data.contains("reason") ? " " + data["reason"].get<std::string>()
                                                        : std::string()));
+      guest_flags.push_back(data.value("guest", false));
     });
     // A test that goes wrong ends here instead of hanging.
     machine.loop().add_timer(std::chrono::seconds(30), {}, [this] {
@@ -124,12 +125,17 @@ struct TargetFixture {
     std::lock_guard lock(mutex);
     return events;
   }
+  std::vector<bool> seen_guest_flags() {
+    std::lock_guard lock(mutex);
+    return guest_flags;
+  }
 
   Machine machine;
   std::unique_ptr<control::MachineTarget> target;
   std::mutex mutex;
   std::string console;
   std::vector<std::string> events;
+  std::vector<bool> guest_flags;  // each event's data.guest (false when absent)
 };
 
 // A guest that echoes COM1 input (polling LSR) until it reads 'q', then powers off.
@@ -211,6 +217,35 @@ TEST(MachineTarget, GuestPowerOffIsAGuestShutdownEvent) {
   TargetFixture f([](FakeVcpu&) { return VcpuExit::kPowerOff; });
   EXPECT_EQ(f.machine.run().reason, ShutdownReason::kPowerOff);
   EXPECT_EQ(f.seen_events(), (std::vector<std::string>{"SHUTDOWN guest-shutdown"}));
+}
+
+TEST(MachineTarget, SystemResetIsOneHostResetThenAHostShutdown) {
+  TargetFixture f([](FakeVcpu& v) { return v.run_until_kicked(); });
+  f.machine.start();
+  f.target->reset();  // the control socket's system_reset
+  ShutdownInfo info = f.machine.run();
+  EXPECT_EQ(info.reason, ShutdownReason::kReset);
+  EXPECT_TRUE(info.by_host);
+  EXPECT_EQ(f.seen_events(), (std::vector<std::string>{"RESET host-qmp-system-reset",
+                                                       "SHUTDOWN host-qmp-system-reset"}));
+  EXPECT_EQ(f.seen_guest_flags(), (std::vector<bool>{false, false}));
+}
+
+TEST(MachineTarget, GuestResetIsOneGuestResetThenAGuestShutdown) {
+  TargetFixture f([](FakeVcpu&) { return VcpuExit::kReset; });
+  ShutdownInfo info = f.machine.run();
+  EXPECT_EQ(info.reason, ShutdownReason::kReset);
+  EXPECT_FALSE(info.by_host);
+  EXPECT_EQ(f.seen_events(), (std::vector<std::string>{"RESET guest-reset", "SHUTDOWN guest-reset"}));
+  EXPECT_EQ(f.seen_guest_flags(), (std::vector<bool>{true, true}));
+}
+
+TEST(MachineTarget, QuitIsNotTheGuests) {
+  TargetFixture f([](FakeVcpu& v) { return v.run_until_kicked(); });
+  f.machine.start();
+  f.target->quit();
+  f.machine.run();
+  EXPECT_EQ(f.seen_guest_flags(), (std::vector<bool>{false}));
 }
 
 }  // namespace
