@@ -15,7 +15,6 @@
 namespace keel::e2e {
 namespace {
 
-constexpr auto kBootDeadline = 900s;  // emu on a shared, loaded host
 constexpr char kDetach = 0x1d;        // Ctrl-]
 
 std::optional<std::string> linux_unavailable() {
@@ -67,8 +66,10 @@ TEST_F(ManagerLinuxTest, DefaultGuestOnEmuStartsTakesConsoleInputAndShutsDownWit
 
   // keel start --console: started paused, attached, resumed, so the console has every byte.
   testing::KeelProcess console({"start", "lin", "--console", "--socket", socket});
+  // Every wait draws on one budget inside CTest's timeout, so a hang reports keel's output.
+  testing::Budget budget(480s);
   events.wait_for("lin", "started");
-  if (!console.wait_for_stdout("KEEL-GUEST-READY", kBootDeadline)) {
+  if (!console.wait_for_stdout("KEEL-GUEST-READY", budget.left())) {
     console.send_signal(SIGTERM);
     FAIL() << "the guest never became ready: " << console.wait(30s).describe() << "\nVMM log:\n"
            << read_whole(state_dir + "/log/lin.log");
@@ -81,7 +82,7 @@ TEST_F(ManagerLinuxTest, DefaultGuestOnEmuStartsTakesConsoleInputAndShutsDownWit
   console.write_stdin(
       "echo keel-was-here >/mnt/data/from-the-console; "
       "cd /mnt/data && sha256sum -c numbers.sha256; cd /; echo typed-$((6*7))-through-keel\n");
-  ASSERT_TRUE(console.wait_for_stdout("typed-42-through-keel", 300s))
+  ASSERT_TRUE(console.wait_for_stdout("typed-42-through-keel", budget.at_most(300s)))
       << console.wait(30s).describe();
   console.write_stdin(std::string(1, kDetach));
   testing::ProcessResult attached = console.wait(30s);
@@ -93,7 +94,7 @@ TEST_F(ManagerLinuxTest, DefaultGuestOnEmuStartsTakesConsoleInputAndShutsDownWit
   CommandResult r = keel({"shutdown", "lin"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   events.wait_for("lin", "powerdown");
-  json stopped = events.wait_for("lin", "stopped", "shutdown", 300s);
+  json stopped = events.wait_for("lin", "stopped", "shutdown", budget.at_most(300s));
   EXPECT_EQ(stopped.value("state", ""), "shut off") << stopped.dump();
   vm = info("lin");
   EXPECT_EQ(vm["state"], "shut off") << vm.dump();

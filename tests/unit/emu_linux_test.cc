@@ -24,18 +24,19 @@ TEST(EmuLinux, DefaultGuestBootsToAShellRunsACommandAndPowersOff) {
     GTEST_SKIP() << "the default guest is not built in " << dir
                  << " (ninja -C build default-guest)";
   KeelProcess p({"run", "--accel", "emu"});
-  if (!p.wait_for_stdout("KEEL-GUEST-READY", 500s)) {
+  testing::Budget budget;  // everything before CTest's timeout, so a hang reports keel's output
+  if (!p.wait_for_stdout("KEEL-GUEST-READY", budget.left())) {
     p.send_signal(SIGTERM);
     FAIL() << p.wait(30s).describe();
   }
   // The shell echoes the typed line; only the command's output contains the product.
   p.write_stdin("echo emu-says-$((6*7))\n");
-  if (!p.wait_for_stdout("emu-says-42", 120s)) {
+  if (!p.wait_for_stdout("emu-says-42", budget.at_most(120s))) {
     p.send_signal(SIGTERM);
     FAIL() << p.wait(30s).describe();
   }
   p.write_stdin("exit\n");  // leaving the shell powers the guest off
-  ProcessResult r = p.wait(300s);
+  ProcessResult r = p.wait(budget.left());
   EXPECT_EQ(r.status, 0) << r.describe();
 }
 

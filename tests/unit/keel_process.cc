@@ -128,11 +128,18 @@ ProcessResult KeelProcess::wait(std::chrono::milliseconds deadline) {
     pump(20);
   }
   reaped_ = true;
-  while (out_ || err_) pump(1000);
+  // The rest of the output; bounded, in case something keel started still holds the pipes.
+  auto drain_end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((out_ || err_) && std::chrono::steady_clock::now() < drain_end) pump(100);
   result_.exited = WIFEXITED(wstatus);
   result_.status = result_.exited ? WEXITSTATUS(wstatus) : -1;
   result_.signal = WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0;
   return result_;
+}
+
+std::chrono::milliseconds Budget::left() const {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end_ - std::chrono::steady_clock::now());
+  return std::max(left, std::chrono::milliseconds(0));
 }
 
 ProcessResult run_keel(const std::vector<std::string>& args, const std::string& input,

@@ -3,6 +3,7 @@
 // stderr. Tests can also wait for a marker on stdout while it runs and then signal or feed it.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <string>
@@ -49,6 +50,24 @@ class KeelProcess {
   UniqueFd in_, out_, err_;
   ProcessResult result_;
   bool reaped_ = false;
+};
+
+// A test's time budget. CTest kills a test at 600 s (tests/CMakeLists.txt) without letting it
+// print anything, so a test that boots Linux draws all its waits from one budget well inside
+// that: when it runs out, the waits fail and the test reports what keel printed.
+inline constexpr std::chrono::seconds kCtestTimeout{600};
+inline constexpr std::chrono::seconds kTestBudget{540};
+
+class Budget {
+ public:
+  explicit Budget(std::chrono::milliseconds total = kTestBudget)
+      : end_(std::chrono::steady_clock::now() + total) {}
+  std::chrono::milliseconds left() const;  // never negative
+  // The smaller of `cap` and what is left.
+  std::chrono::milliseconds at_most(std::chrono::milliseconds cap) const { return std::min(cap, left()); }
+
+ private:
+  std::chrono::steady_clock::time_point end_;
 };
 
 // Runs keel to completion with `input` on stdin.

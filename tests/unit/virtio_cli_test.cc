@@ -130,23 +130,30 @@ const LinuxEngine& linux_engine() {
   const auto& dg = testing::default_guest();                                    \
   if (!dg) GTEST_SKIP() << "default guest unavailable: " << dg.why_missing
 
-constexpr auto kBootDeadline = 900s;  // emu boots slowly
+// One boot's share of the test's budget: a test boots at most twice, and both must end (and
+// report) before CTest's timeout.
+constexpr auto kBootBudget = 250s;
+static_assert(2 * kBootBudget + 30s < testing::kCtestTimeout);
 
 // Boots the default guest with `extra` options, waits for the shell, types `commands` and then
-// `exit` (which powers off), and returns everything keel printed.
+// `exit` (which powers off), and returns everything keel printed. Within kBootBudget: a guest
+// that hangs is killed and the test fails with keel's output.
 ProcessResult boot_and_run(const std::string& accel, std::vector<std::string> extra,
                            const std::string& commands, const std::string& ready = "KEEL-GUEST-READY") {
+  testing::Budget budget(kBootBudget);
   std::vector<std::string> args = {"run", "--accel", accel, "--memory", "512M"};
   args.insert(args.end(), extra.begin(), extra.end());
   KeelProcess p(args);
-  if (!p.wait_for_stdout(ready, kBootDeadline)) {
+  if (!p.wait_for_stdout(ready, budget.left())) {
     p.send_signal(SIGTERM);
-    ProcessResult r = p.wait(30s);
+    ProcessResult r = p.wait(15s);
     ADD_FAILURE() << "the guest never printed " << ready << ": " << r.describe();
     return r;
   }
   p.write_stdin(commands + "\nexit\n");
-  return p.wait(kBootDeadline);
+  ProcessResult r = p.wait(budget.left());
+  if (r.timed_out) ADD_FAILURE() << "the guest did not power off after its commands: " << r.describe();
+  return r;
 }
 
 TEST(VirtioLinux, DiskChecksumSurvivesTwoBoots) {
@@ -212,10 +219,11 @@ TEST(VirtioLinux, HostReachesAGuestServerThroughHostfwd) {
   uint16_t port = free_port();
   KeelProcess p({"run", "--accel", engine.accel, "--net",
                  "user,hostfwd=tcp:127.0.0.1:" + std::to_string(port) + "-:8080"});
-  ASSERT_TRUE(p.wait_for_stdout("KEEL-GUEST-READY", kBootDeadline));
+  testing::Budget budget;
+  ASSERT_TRUE(p.wait_for_stdout("KEEL-GUEST-READY", budget.left())) << p.wait(15s).describe();
   // The host retries its connection until nc listens, so the guest needs no pause here.
   p.write_stdin("echo keel-hostfwd-ok | nc -l -p 8080 & echo SERVER-$((1+1))-UP\n");
-  ASSERT_TRUE(p.wait_for_stdout("SERVER-2-UP", 300s));
+  ASSERT_TRUE(p.wait_for_stdout("SERVER-2-UP", budget.at_most(300s))) << p.wait(15s).describe();
   std::string got;
   for (int attempt = 0; attempt < 30 && got.empty(); ++attempt) {
     int c = socket(AF_INET, SOCK_STREAM, 0);
@@ -234,7 +242,7 @@ TEST(VirtioLinux, HostReachesAGuestServerThroughHostfwd) {
     if (got.empty()) std::this_thread::sleep_for(1s);  // retry pacing, not synchronisation
   }
   p.write_stdin("exit\n");
-  ProcessResult r = p.wait(kBootDeadline);
+  ProcessResult r = p.wait(budget.left());
   EXPECT_EQ(got, "keel-hostfwd-ok\n") << r.describe();
 }
 

@@ -381,6 +381,8 @@ void Cpu::run_block(Block* b) {
       const Insn& in = *ip++;
       r[kRegRip] += in.len;
       in.fn(*this, in);
+      if (in.prefix & kPfxFence) [[unlikely]]
+        std::atomic_thread_fence(std::memory_order_seq_cst);  // see kPfxFence
     }
   } catch (GuestFault& f) {
     const Insn& in = *(ip - 1);

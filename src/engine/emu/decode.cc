@@ -208,6 +208,14 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
         ops[i].mem.segment == ZYDIS_REGISTER_SS)
       in.prefix |= kPfxStack;
 
+  bool has_memory = false;
+  for (int i = 0; i < zi.operand_count; ++i)
+    if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[i].mem.type == ZYDIS_MEMOP_TYPE_MEM)
+      has_memory = true;
+  if ((in.prefix & kPfxLock) || zi.mnemonic == ZYDIS_MNEMONIC_MFENCE ||
+      (zi.mnemonic == ZYDIS_MNEMONIC_XCHG && has_memory))
+    in.prefix |= kPfxFence;
+
   bool ends = is_terminator(zi.mnemonic);
   DecodeCtx d{zi, ops, in, mode, ends};
   if (bad || !(select_int(d) || select_ctl(d) || select_sys(d) || select_sse(d) ||

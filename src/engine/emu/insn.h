@@ -29,6 +29,11 @@ inline constexpr uint8_t kPfxRep = 1;    // REP / REPE
 inline constexpr uint8_t kPfxRepne = 2;  // REPNE
 inline constexpr uint8_t kPfxLock = 4;
 inline constexpr uint8_t kPfxStack = 8;  // a memory access goes through SS (#SS, not #GP)
+// Not a prefix: the instruction orders memory (LOCK, XCHG with memory, MFENCE), so run_block
+// follows it with a host full fence. Device threads read and write guest RAM concurrently;
+// without the fence the host's store buffer can hold the guest's store past its next load, and
+// a virtio driver and device (event index) can each miss the other's update: a lost interrupt.
+inline constexpr uint8_t kPfxFence = 16;
 
 struct Insn {
   Handler fn = nullptr;
