@@ -1,4 +1,5 @@
-// libFuzzer target: the bzImage and ELF vmlinux parsers, and the whole loader on their output.
+// libFuzzer target: the bzImage and ELF vmlinux parsers, and the whole loader on their output
+// (also with the payload decompressed on the host).
 // Any input must either load or throw keel::Error; ASan/UBSan catch out-of-bounds reads.
 #include <cstddef>
 #include <cstdint>
@@ -25,6 +26,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const uint8_t initrd[8192] = {1, 2, 3};
   try {
     keel::boot::load_linux_image(memory, image, initrd, "console=ttyS0", 0xE0000);
+  } catch (const keel::Error&) {
+  }
+  // The emu engine's path: the bzImage's payload decompressed on the host, then its ELF loaded.
+  try {
+    keel::boot::load_linux_image(memory, image, initrd, "console=ttyS0", 0xE0000,
+                                 /*decompress_on_host=*/true);
   } catch (const keel::Error&) {
   }
   return 0;

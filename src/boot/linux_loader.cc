@@ -13,6 +13,7 @@
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
 #include "base/fd.h"
+#include "boot/kernel_payload.h"
 #include "boot/memory_map.h"
 
 namespace keel::boot {
@@ -67,8 +68,11 @@ uint64_t low_ram_end(const GuestMemory& memory) {
 
 class Loader {
  public:
-  Loader(GuestMemory& memory, std::string kernel_name)
-      : memory_(memory), name_(std::move(kernel_name)), low_end_(low_ram_end(memory)) {}
+  Loader(GuestMemory& memory, std::string kernel_name, bool decompress_on_host)
+      : memory_(memory),
+        name_(std::move(kernel_name)),
+        low_end_(low_ram_end(memory)),
+        decompress_on_host_(decompress_on_host) {}
 
   LinuxBoot load(std::span<const uint8_t> kernel, const InitrdSource& initrd,
                  const std::string& cmdline, uint64_t rsdp) {
@@ -82,7 +86,7 @@ class Loader {
     try {
       if (result_.format == KernelFormat::kBzImage) {
         const BzImage bz = parse_bzimage(kernel);
-        load_bzimage(bz, kernel);
+        if (!decompress_on_host_ || !load_payload(bz, kernel)) load_bzimage(bz, kernel);
         std::memcpy(reinterpret_cast<uint8_t*>(&zp) + kSetupHeaderOffset,
                     kernel.data() + kSetupHeaderOffset,
                     std::min<uint64_t>(bz.header_end, 0x290) - kSetupHeaderOffset);
@@ -177,6 +181,23 @@ class Loader {
     kernel_end_ = end;
   }
 
+  // The vmlinux inside the bzImage, decompressed here, at its link address; the zero page keeps
+  // the bzImage's setup header. False when keel has no decompressor for the payload's format.
+  bool load_payload(const BzImage& bz, std::span<const uint8_t> image) {
+    const auto payload = bzimage_payload(bz, image);
+    if (payload.empty()) return false;
+    auto vmlinux = decompress_payload(payload, memory_.ram_size());
+    if (!vmlinux) return false;
+    try {
+      load_elf(parse_elf_kernel(*vmlinux), *vmlinux);
+    } catch (const Error& e) {
+      throw Error(fmt::format("decompressed payload: {}", e.what()));
+    }
+    result_.protocol = bz.protocol();
+    result_.host_decompressed = compression_name(detect_compression(payload));
+    return true;
+  }
+
   void load_elf(const ElfKernel& k, std::span<const uint8_t> image) {
     for (const auto& s : k.segments) {
       if (s.paddr < kKernelLowAddr)
@@ -228,6 +249,7 @@ class Loader {
   GuestMemory& memory_;
   std::string name_;
   uint64_t low_end_;
+  bool decompress_on_host_;
   uint64_t kernel_end_ = 0;
   LinuxBoot result_;
 };
@@ -252,16 +274,18 @@ LinuxBoot load_linux(GuestMemory& memory, const LinuxBootSpec& spec) {
     ifd = open_regular_file(spec.initrd, "initrd", &initrd.size);
     initrd.fill = [&](std::span<uint8_t> dst) { read_exactly(ifd.get(), dst, initrd.name); };
   }
-  return Loader(memory, kernel_name).load(kernel, initrd, spec.cmdline, spec.acpi_rsdp_addr);
+  return Loader(memory, kernel_name, spec.decompress_on_host)
+      .load(kernel, initrd, spec.cmdline, spec.acpi_rsdp_addr);
 }
 
 LinuxBoot load_linux_image(GuestMemory& memory, std::span<const uint8_t> kernel,
                            std::span<const uint8_t> initrd, const std::string& cmdline,
-                           uint64_t acpi_rsdp_addr) {
+                           uint64_t acpi_rsdp_addr, bool decompress_on_host) {
   InitrdSource source{"initrd", initrd.size(), [&](std::span<uint8_t> dst) {
                         std::memcpy(dst.data(), initrd.data(), initrd.size());
                       }};
-  return Loader(memory, "kernel image").load(kernel, source, cmdline, acpi_rsdp_addr);
+  return Loader(memory, "kernel image", decompress_on_host)
+      .load(kernel, source, cmdline, acpi_rsdp_addr);
 }
 
 }  // namespace keel::boot

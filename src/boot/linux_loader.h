@@ -32,6 +32,9 @@ struct LinuxBootSpec {
   std::filesystem::path initrd{};  // empty: no initramfs
   std::string cmdline{};
   uint64_t acpi_rsdp_addr = 0;    // 0: no ACPI tables (the kernel then scans for an RSDP)
+  // Decompress a bzImage's payload on the host and boot the vmlinux inside it (kernel_payload.h);
+  // the emu engine asks for it. Formats keel cannot decompress boot as a bzImage.
+  bool decompress_on_host = false;
 };
 
 // One area of guest memory the boot path filled, for logs, tests and overlap checks.
@@ -50,6 +53,7 @@ struct LinuxBoot {
   uint64_t stack = 0;             // RSP at entry
   uint64_t kernel_addr = 0;       // where the kernel's code was loaded
   uint64_t initrd_addr = 0, initrd_size = 0;
+  std::string host_decompressed;  // the payload's format when it was decompressed on the host
   std::vector<BootRange> ranges;  // every area written, sorted by address
   x86::CpuState cpu_state;        // vCPU 0's entry state (long mode, RIP, RSI, RSP)
 };
@@ -59,6 +63,6 @@ LinuxBoot load_linux(GuestMemory& memory, const LinuxBootSpec& spec);
 // The same from bytes already in memory (tests, fuzzing). `initrd` may be empty.
 LinuxBoot load_linux_image(GuestMemory& memory, std::span<const uint8_t> kernel,
                            std::span<const uint8_t> initrd, const std::string& cmdline,
-                           uint64_t acpi_rsdp_addr = 0);
+                           uint64_t acpi_rsdp_addr = 0, bool decompress_on_host = false);
 
 }  // namespace keel::boot

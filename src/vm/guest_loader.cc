@@ -6,6 +6,7 @@
 #include "arch/x86/acpi/acpi_tables.h"
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
+#include "base/log.h"
 #include "boot/linux_loader.h"
 
 namespace keel {
@@ -59,7 +60,11 @@ std::vector<x86::CpuState> load_linux_guest(GuestImage& image) {
   acpi.vcpus = image.vcpus;
   acpi.sb_devices = image.acpi_devices;
   spec.acpi_rsdp_addr = x86::acpi::write_acpi_tables(image.memory, acpi).rsdp;
+  spec.decompress_on_host = image.decompress_on_host;
   boot::LinuxBoot boot = boot::load_linux(image.memory, spec);
+  if (!boot.host_decompressed.empty())
+    log::info("kernel: {} payload decompressed on the host, booting its vmlinux at {:#x} (no KASLR)",
+              boot.host_decompressed, boot.kernel_addr);
   return {boot.cpu_state};
 }
 

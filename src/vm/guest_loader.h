@@ -16,6 +16,9 @@ struct GuestImage {
   uint32_t vcpus;
   // AML device descriptions for the DSDT's \_SB scope (Linux guests only).
   const std::vector<std::vector<uint8_t>>& acpi_devices;
+  // Linux only: decompress a bzImage's kernel on the host (boot/kernel_payload.h). The emu engine
+  // wants it: its interpreter would spend seconds in the in-guest decompressor.
+  bool decompress_on_host = false;
 };
 
 // A purpose-built test guest (tests/guests/README.md): the flat binary at kTestGuestLoadAddr,

@@ -2,6 +2,10 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <lz4.h>
+#include <lzma.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #include <cstring>
 #include <fstream>
@@ -10,6 +14,7 @@
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
 #include "boot/boot_params.h"
+#include "boot/kernel_payload.h"
 #include "boot/memory_map.h"
 #include "default_guest.h"
 
@@ -124,6 +129,19 @@ std::string load_error(GuestMemory& mem, std::span<const uint8_t> kernel,
                        std::span<const uint8_t> initrd = {}, const std::string& cmdline = "") {
   try {
     load_linux_image(mem, kernel, initrd, cmdline);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+void put_le32(std::vector<uint8_t>& v, uint32_t x) {
+  for (int i = 0; i < 4; ++i) v.push_back(static_cast<uint8_t>(x >> (8 * i)));
+}
+
+std::string load_error_decompressing(GuestMemory& mem, std::span<const uint8_t> kernel) {
+  try {
+    load_linux_image(mem, kernel, {}, "", 0, /*decompress_on_host=*/true);
   } catch (const Error& e) {
     return e.what();
   }
@@ -447,6 +465,214 @@ TEST(E820, RamAboveTheHoleStartsAt4GiB) {
   EXPECT_EQ(map[4].addr, kMmioHoleEnd);
   EXPECT_EQ(map[4].size, 256 * kMiB);
   EXPECT_EQ(map[4].type, kE820Ram);
+}
+
+
+// --- bzImage payloads decompressed on the host (the emu engine's boot path) ---------------------
+
+// Compresses `data` as the kernel build does for `c`: the format's stream, then (except for gzip,
+// whose own trailer is it) the uncompressed size as le32.
+std::vector<uint8_t> kernel_compress(PayloadCompression c, const std::vector<uint8_t>& data) {
+  std::vector<uint8_t> out;
+  switch (c) {
+    case PayloadCompression::kGzip: {
+      z_stream zs{};
+      EXPECT_EQ(deflateInit2(&zs, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+      out.resize(deflateBound(&zs, data.size()) + 32);
+      zs.next_in = const_cast<Bytef*>(data.data());
+      zs.avail_in = static_cast<uInt>(data.size());
+      zs.next_out = out.data();
+      zs.avail_out = static_cast<uInt>(out.size());
+      EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+      out.resize(zs.total_out);
+      deflateEnd(&zs);
+      return out;  // gzip ends with ISIZE already
+    }
+    case PayloadCompression::kXz:
+    case PayloadCompression::kLzma: {
+      lzma_stream s = LZMA_STREAM_INIT;
+      lzma_options_lzma opt;
+      lzma_lzma_preset(&opt, 1);
+      if (c == PayloadCompression::kXz) {
+        EXPECT_EQ(lzma_easy_encoder(&s, 1, LZMA_CHECK_CRC32), LZMA_OK);
+      } else {
+        EXPECT_EQ(lzma_alone_encoder(&s, &opt), LZMA_OK);
+      }
+      out.resize(data.size() + data.size() / 2 + 4096);
+      s.next_in = data.data();
+      s.avail_in = data.size();
+      s.next_out = out.data();
+      s.avail_out = out.size();
+      EXPECT_EQ(lzma_code(&s, LZMA_FINISH), LZMA_STREAM_END);
+      out.resize(s.total_out);
+      lzma_end(&s);
+      break;
+    }
+    case PayloadCompression::kZstd:
+      out.resize(ZSTD_compressBound(data.size()));
+      out.resize(ZSTD_compress(out.data(), out.size(), data.data(), data.size(), 3));
+      break;
+    case PayloadCompression::kLz4: {  // the legacy frame: magic, then 8 MiB chunks
+      put_le32(out, 0x184C2102);
+      for (size_t pos = 0; pos < data.size(); pos += 8 << 20) {
+        const int n = static_cast<int>(std::min<size_t>(8 << 20, data.size() - pos));
+        std::vector<char> chunk(LZ4_compressBound(n));
+        const int len = LZ4_compress_default(reinterpret_cast<const char*>(data.data() + pos),
+                                             chunk.data(), n, static_cast<int>(chunk.size()));
+        put_le32(out, static_cast<uint32_t>(len));
+        out.insert(out.end(), chunk.begin(), chunk.begin() + len);
+      }
+      break;
+    }
+    default:
+      ADD_FAILURE() << "no compressor for " << compression_name(c);
+  }
+  put_le32(out, static_cast<uint32_t>(data.size()));
+  return out;
+}
+
+// A bzImage whose protected-mode code holds `payload` at payload_offset 0x100.
+std::vector<uint8_t> bzimage_with_payload(const std::vector<uint8_t>& payload) {
+  FakeBzImage f;
+  f.code_size = static_cast<uint32_t>(0x100 + payload.size());
+  auto img = f.build();
+  const uint64_t code = (uint64_t(f.setup_sects) + 1) * 512;
+  put<uint32_t>(img, 0x248, 0x100);
+  put<uint32_t>(img, 0x24C, static_cast<uint32_t>(payload.size()));
+  std::copy(payload.begin(), payload.end(), img.begin() + static_cast<ptrdiff_t>(code + 0x100));
+  return img;
+}
+
+// Bytes that compress but are not trivially repetitive.
+std::vector<uint8_t> sample_bytes(size_t n) {
+  std::vector<uint8_t> v(n);
+  uint32_t x = 12345;
+  for (size_t i = 0; i < n; ++i) {
+    x = x * 1103515245 + 12345;
+    v[i] = static_cast<uint8_t>((i % 64 < 48) ? i / 64 : x >> 24);
+  }
+  return v;
+}
+
+class KernelPayload : public ::testing::TestWithParam<PayloadCompression> {};
+
+TEST_P(KernelPayload, DecompressesWhatTheKernelBuildCompressed) {
+  // Over 8 MiB, so the LZ4 legacy frame has more than one chunk.
+  const auto data = sample_bytes((8 << 20) + 12345);
+  const auto payload = kernel_compress(GetParam(), data);
+  EXPECT_EQ(detect_compression(payload), GetParam());
+  const auto out = decompress_payload(payload, 64 * kMiB);
+  ASSERT_TRUE(out.has_value());
+  EXPECT_TRUE(*out == data);
+}
+
+TEST_P(KernelPayload, CorruptTruncatedOrLyingStreamsAreRefused) {
+  const auto data = sample_bytes(300000);
+  const auto good = kernel_compress(GetParam(), data);
+  auto refuses = [](std::vector<uint8_t> p, const char* what) {
+    try {
+      decompress_payload(p, 64 * kMiB);
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("kernel payload")) << what;
+      return;
+    }
+    ADD_FAILURE() << what << ": accepted";
+  };
+  auto flipped = good;
+  for (size_t i = 16; i + 8 < flipped.size(); i += 97) flipped[i] ^= 0x5A;
+  refuses(flipped, "flipped bytes");
+  auto truncated = good;
+  truncated.erase(truncated.begin() + static_cast<ptrdiff_t>(good.size() / 2), truncated.end() - 4);
+  refuses(truncated, "truncated");
+  auto bigger = good;
+  put<uint32_t>(bigger, bigger.size() - 4, static_cast<uint32_t>(data.size() + 1));
+  refuses(bigger, "trailer one byte too large");
+  auto smaller = good;
+  put<uint32_t>(smaller, smaller.size() - 4, static_cast<uint32_t>(data.size() - 1));
+  refuses(smaller, "trailer one byte too small");
+  // A trailer over the limit is refused before anything is allocated.
+  try {
+    decompress_payload(good, data.size() - 1);
+    ADD_FAILURE() << "over the limit: accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("more than"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, KernelPayload,
+                         ::testing::Values(PayloadCompression::kGzip, PayloadCompression::kXz,
+                                           PayloadCompression::kLzma, PayloadCompression::kLz4,
+                                           PayloadCompression::kZstd),
+                         [](const auto& info) { return std::string(compression_name(info.param)); });
+
+TEST(KernelPayloadFormats, UnsupportedFormatsAreLeftToTheGuest) {
+  const std::vector<uint8_t> bzip2 = {'B', 'Z', 'h', '9', 1, 2, 3, 4, 5, 6};
+  const std::vector<uint8_t> lzo = {0x89, 'L', 'Z', 'O', 0, 1, 2, 3, 4, 5};
+  EXPECT_EQ(detect_compression(bzip2), PayloadCompression::kBzip2);
+  EXPECT_EQ(detect_compression(lzo), PayloadCompression::kLzo);
+  EXPECT_FALSE(decompress_payload(bzip2, kMiB).has_value());
+  EXPECT_FALSE(decompress_payload(lzo, kMiB).has_value());
+  EXPECT_FALSE(decompress_payload(std::vector<uint8_t>{0, 1, 2, 3, 4, 5, 6, 7}, kMiB).has_value());
+}
+
+TEST(BzImage, HostDecompressionBootsTheVmlinuxInsideAtItsLinkAddress) {
+  GuestMemory mem(64 * kMiB);
+  const auto elf = fake_elf({{0x100'0000, 0xFFFF'FFFF'8100'0000, 0x1000, 0x3000}},
+                            0xFFFF'FFFF'8100'0000);
+  const auto img = bzimage_with_payload(kernel_compress(PayloadCompression::kZstd, elf));
+  const auto boot = load_linux_image(mem, img, {}, "console=ttyS0", 0xE0000, true);
+  EXPECT_EQ(boot.format, KernelFormat::kBzImage);
+  EXPECT_EQ(boot.host_decompressed, "zstd");
+  EXPECT_EQ(boot.entry, 0x100'0000u);  // startup_64 of the vmlinux, not the decompressor's
+  EXPECT_EQ(boot.kernel_addr, 0x100'0000u);
+  EXPECT_EQ(mem.read_obj<uint8_t>(0x100'0FFF), 0xA0);  // the ELF segment, not the bzImage code
+  EXPECT_EQ(mem.read_obj<uint8_t>(0x100'2FFF), 0);     // its bss
+  const BootParams zp = zero_page(mem, boot);
+  EXPECT_EQ(zp.hdr.version, 0x020F);     // the bzImage's own setup header
+  EXPECT_EQ(zp.hdr.cmdline_size, 255u);
+  EXPECT_EQ(zp.hdr.payload_length, img.size() - 5 * 512 - 0x100);
+  expect_ranges_disjoint(boot);
+
+  // Without the option the same image boots through its own decompressor.
+  GuestMemory mem2(64 * kMiB);
+  const auto plain = load_linux_image(mem2, img, {}, "console=ttyS0", 0xE0000, false);
+  EXPECT_EQ(plain.entry, 0x100'0200u);
+  EXPECT_TRUE(plain.host_decompressed.empty());
+}
+
+TEST(BzImage, HostDecompressionLeavesUnsupportedPayloadsToTheGuest) {
+  GuestMemory mem(64 * kMiB);
+  const auto img = bzimage_with_payload({'B', 'Z', 'h', '9', 1, 2, 3, 4, 5, 6, 7, 8});
+  const auto boot = load_linux_image(mem, img, {}, "", 0, true);
+  EXPECT_EQ(boot.entry, 0x100'0200u);
+  EXPECT_TRUE(boot.host_decompressed.empty());
+}
+
+TEST(BzImage, HostDecompressionRefusesACorruptPayloadOrOneThatIsNoElf) {
+  GuestMemory mem(64 * kMiB);
+  auto payload = kernel_compress(PayloadCompression::kGzip, sample_bytes(100000));
+  // Not an ELF inside: refused, naming the kernel and the payload.
+  EXPECT_THAT(load_error_decompressing(mem, bzimage_with_payload(payload)),
+              HasSubstr("kernel image: decompressed payload:"));
+  payload[payload.size() / 2] ^= 0xFF;
+  EXPECT_THAT(load_error_decompressing(mem, bzimage_with_payload(payload)),
+              HasSubstr("kernel image: kernel payload (gzip) is corrupt"));
+}
+
+TEST_F(DebianKernel, PayloadDecompressesOnTheHostToAVmlinuxAtSixteenMiB) {
+  GuestMemory mem(512 * kMiB);
+  const auto boot = load_linux(mem, {.kernel = kernel_path, .initrd = initrd_path,
+                                     .cmdline = "console=ttyS0", .decompress_on_host = true});
+  const BzImage bz = parse_bzimage(kernel);
+  EXPECT_FALSE(boot.host_decompressed.empty());
+  EXPECT_EQ(boot.kernel_addr, 0x100'0000u);  // LOAD_PHYSICAL_ADDR of an x86-64 kernel
+  EXPECT_EQ(boot.entry, 0x100'0000u);        // startup_64
+  // The decompressed kernel starts with startup_64's code, not the bzImage's (which it differs
+  // from), and the initrd still lies above it.
+  EXPECT_NE(0, std::memcmp(mem.read_span(boot.entry, 64).data(), kernel.data() + bz.kernel_offset, 64));
+  EXPECT_GE(boot.initrd_addr, boot.kernel_addr + 16 * kMiB);
+  EXPECT_EQ(zero_page(mem, boot).hdr.version, bz.protocol());
+  expect_ranges_disjoint(boot);
 }
 
 }  // namespace
