@@ -198,6 +198,15 @@ umount /mnt/data 2>/dev/null || mount -o remount,ro /mnt/data 2>/dev/null
 poweroff -f
 SCRIPT
 chmod 755 "$root/etc/acpi/PWRF/00000080"
+# For the same reason `poweroff`, `reboot` or `halt` typed at the shell would do nothing (busybox
+# ash runs its applets directly, whatever PATH says): the login shell's profile makes them
+# functions that sync, unmount the data disk and act at once.
+cat >"$root/etc/profile" <<'SCRIPT'
+keel_power() { sync; umount /mnt/data 2>/dev/null || mount -o remount,ro /mnt/data 2>/dev/null; busybox "$1" -f; }
+poweroff() { keel_power poweroff; }
+reboot() { keel_power reboot; }
+halt() { keel_power halt; }
+SCRIPT
 
 # newc entry without data (directories and device nodes), so no mknod (root) is needed.
 newc_entry() {  # newc_entry NAME MODE RDEV_MAJOR RDEV_MINOR INO
