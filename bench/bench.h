@@ -36,6 +36,10 @@ struct Registrar {
 
 double median(std::vector<double> values);
 
+// For Row::unavailable of rows that run guests on KVM: the probe's reason when this host's KVM
+// cannot run them, else nullopt.
+std::optional<std::string> kvm_unavailable();
+
 }  // namespace keel::bench
 
 #define KEEL_BENCH_CONCAT2(a, b) a##b

@@ -172,12 +172,7 @@ KEEL_BENCH_ROW(Row{
           }
           return s;
         },
-    .unavailable =
-        []() -> std::optional<std::string> {
-          auto probe = probe_kvm();
-          if (!probe.can_run_guests()) return probe.reason();
-          return std::nullopt;
-        },
+    .unavailable = kvm_unavailable,
 });
 
 }  // namespace

@@ -6,12 +6,19 @@
 #include <exception>
 
 #include "bench.h"
+#include "engine/kvm/kvm_probe.h"
 
 namespace keel::bench {
 
 std::vector<Row>& rows() {
   static std::vector<Row> registered;
   return registered;
+}
+
+std::optional<std::string> kvm_unavailable() {
+  KvmProbeResult probe = probe_kvm();
+  if (!probe.can_run_guests()) return probe.reason();
+  return std::nullopt;
 }
 
 double median(std::vector<double> values) {

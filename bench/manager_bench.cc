@@ -19,7 +19,6 @@
 
 #include "base/error.h"
 #include "bench.h"
-#include "engine/kvm/kvm_probe.h"
 #include "manager/api_client.h"
 
 namespace keel::bench {
@@ -152,12 +151,6 @@ double run_to_first_line() {
   return ms;
 }
 
-std::optional<std::string> no_kvm() {
-  KvmProbeResult probe = probe_kvm();
-  if (!probe.can_run_guests()) return probe.reason();
-  return std::nullopt;
-}
-
 int serial = 0;  // fresh VM names across samples
 
 KEEL_BENCH_ROW(Row{
@@ -173,7 +166,7 @@ KEEL_BENCH_ROW(Row{
           daemon().remove(name);
           return s;
         },
-    .unavailable = no_kvm,
+    .unavailable = kvm_unavailable,
 });
 
 KEEL_BENCH_ROW(Row{
@@ -201,7 +194,7 @@ KEEL_BENCH_ROW(Row{
           for (auto& n : names) daemon().remove(n);
           return Sample{double(running), double(std::thread::hardware_concurrency())};
         },
-    .unavailable = no_kvm,
+    .unavailable = kvm_unavailable,
     .higher_is_better = true,
 });
 

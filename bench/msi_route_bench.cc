@@ -69,12 +69,7 @@ KEEL_BENCH_ROW(Row{
     .unit = "us CPU/interrupt",
     .baseline = "same table, KVM_SIGNAL_MSI route",
     .sample = sample,
-    .unavailable =
-        []() -> std::optional<std::string> {
-          auto probe = probe_kvm();
-          if (!probe.can_run_guests()) return probe.reason();
-          return std::nullopt;
-        },
+    .unavailable = kvm_unavailable,
 });
 
 }  // namespace

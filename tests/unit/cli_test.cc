@@ -23,13 +23,10 @@ namespace {
 using namespace std::chrono_literals;
 using testing::KeelProcess;
 using testing::ProcessResult;
+using testing::contains;
 using testing::run_keel;
 
-std::string guest(const std::string& name) { return KEEL_TEST_GUEST_DIR "/" + name + ".bin"; }
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
+std::string guest(const std::string& name) { return testing::test_guest(name); }
 
 // --- usage errors: exit 2
 

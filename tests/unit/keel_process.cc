@@ -1,9 +1,12 @@
 #include "keel_process.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -149,6 +152,18 @@ ProcessResult run_keel(const std::vector<std::string>& args, const std::string& 
   p.write_stdin(input);
   p.close_stdin();
   return p.wait(deadline);
+}
+
+uint16_t free_loopback_port() {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  if (!s || ::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
+      ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&sa), &len) != 0)
+    throw std::runtime_error(std::string("cannot bind a loopback port: ") + std::strerror(errno));
+  return ntohs(sa.sin_port);
 }
 
 }  // namespace keel::testing

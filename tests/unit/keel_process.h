@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -69,6 +70,20 @@ class Budget {
  private:
   std::chrono::steady_clock::time_point end_;
 };
+
+// Output checks: true when `haystack` contains `needle`.
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// The path of the purpose-built test guest `name` (tests/guests/NAME.asm, assembled by CMake).
+inline std::string test_guest(const std::string& name) {
+  return std::string(KEEL_TEST_GUEST_DIR) + "/" + name + ".bin";
+}
+
+// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
+// Throws std::runtime_error when no socket can be bound.
+uint16_t free_loopback_port();
 
 // Runs keel to completion with `input` on stdin.
 ProcessResult run_keel(const std::vector<std::string>& args, const std::string& input = "",

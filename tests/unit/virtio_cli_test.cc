@@ -28,9 +28,9 @@ using testing::KeelProcess;
 using testing::ProcessResult;
 using testing::run_keel;
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+using testing::contains;
 
-std::string guest(const char* name) { return std::string(KEEL_TEST_GUEST_DIR) + "/" + name + ".bin"; }
+std::string guest(const std::string& name) { return testing::test_guest(name); }
 
 std::optional<std::string> kvm_unavailable() {
   static const std::optional<std::string> why = []() -> std::optional<std::string> {
@@ -55,18 +55,6 @@ class TempFile {
  private:
   std::filesystem::path path_;
 };
-
-uint16_t free_port() {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  socklen_t len = sizeof sa;
-  getsockname(s, reinterpret_cast<sockaddr*>(&sa), &len);
-  close(s);
-  return ntohs(sa.sin_port);
-}
 
 TEST(VirtioCli, MissingDiskExitsOneNamingIt) {
   if (auto why = kvm_unavailable()) GTEST_SKIP() << "KVM cannot run test guests: " << *why;
@@ -98,7 +86,7 @@ TEST(VirtioCli, BadDeviceOptionsAreUsageErrors) {
 TEST(VirtioCli, TestGuestRunsWithEveryVirtioDevice) {
   if (auto why = kvm_unavailable()) GTEST_SKIP() << "KVM cannot run test guests: " << *why;
   TempFile a("vda"), b("vdb");
-  uint16_t port = free_port();
+  uint16_t port = testing::free_loopback_port();
   ProcessResult r = run_keel({"run", "--accel", "kvm", "--test-guest", guest("serial_hello"), "--disk",
                               a.path(), "--disk", b.path() + ",readonly", "--net",
                               "user,hostfwd=tcp:127.0.0.1:" + std::to_string(port) + "-:22",
@@ -216,7 +204,7 @@ TEST(VirtioLinux, GuestFetchesFromAHostServerThroughUserNetworking) {
 
 TEST(VirtioLinux, HostReachesAGuestServerThroughHostfwd) {
   SKIP_WITHOUT_LINUX();
-  uint16_t port = free_port();
+  uint16_t port = testing::free_loopback_port();
   KeelProcess p({"run", "--accel", engine.accel, "--net",
                  "user,hostfwd=tcp:127.0.0.1:" + std::to_string(port) + "-:8080"});
   testing::Budget budget;

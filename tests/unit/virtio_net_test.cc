@@ -12,6 +12,7 @@
 #include "backends/net/tap_backend.h"
 #include "base/eventfd.h"
 #include "devices/virtio/virtio_net.h"
+#include "keel_process.h"
 #include "virtio_harness.h"
 
 namespace keel {
@@ -294,16 +295,11 @@ TEST_F(SlirpNetTest, GatewayAnswersArp) {
 }
 
 TEST_F(SlirpNetTest, HostForwardListensAndReachesTheGuest) {
-  // Pick a free port.
-  int probe = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
+  const uint16_t port = testing::free_loopback_port();
+  sockaddr_in sa{};  // where the host client connects
   sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(probe, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
-  socklen_t len = sizeof sa;
-  getsockname(probe, reinterpret_cast<sockaddr*>(&sa), &len);
-  uint16_t port = ntohs(sa.sin_port);
-  close(probe);
 
   start_slirp({parse_host_forward("tcp:127.0.0.1:" + std::to_string(port) + "-:8080")});
   auto bufs = post_rx(8, 2048);
