@@ -39,6 +39,7 @@ struct RunOptions {
   std::string memory = "512M";
   uint32_t cpus = 1;
   std::string accel = "auto";
+  std::string emu_tier = "jit";
   bool paused = false;
   bool trace_boot = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
@@ -61,6 +62,7 @@ VmConfig make_config(const RunOptions& o) {
   }
   c.cpus = o.cpus;
   c.accel = parse_accel(o.accel);
+  c.emu_tier = o.emu_tier == "interp" ? EmuTier::kInterp : EmuTier::kJit;
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
@@ -219,6 +221,12 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_option("--accel", o->accel, "Engine: auto (probe KVM, else emu), kvm or emu")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "kvm", "emu"}));
+  sub->add_option("--emu-tier", o->emu_tier,
+                  "emu: jit (interpret, then translate hot blocks to host code) or interp (the "
+                  "interpreter alone, for debugging)")
+      ->capture_default_str()
+      ->envname("KEEL_EMU_TIER")
+      ->check(CLI::IsMember({"jit", "interp"}));
   sub->add_option("--control", o->control, "Serve the VM's control socket at this path");
   sub->add_option("--ready-fd", o->ready_fd,
                   "Write one byte to this inherited fd once the control socket listens")

@@ -56,8 +56,15 @@ struct EngineContext {
   IoBus& mmio;
 };
 
+// Which tiers of the emu engine run guest code (the kvm engine ignores it): its interpreter
+// alone, or the interpreter until a block is hot and then the block's translation to host code.
+enum class EmuTier : uint8_t { kInterp, kJit };
+
 struct EngineConfig {
   uint32_t vcpus = 1;
+  EmuTier emu_tier = EmuTier::kJit;
+  // emu: executions of a block by the interpreter before it is translated (0: at once).
+  uint32_t emu_hot_threshold = 16;
 };
 
 class Engine {

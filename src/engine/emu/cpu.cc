@@ -2,12 +2,15 @@
 // invalidation, and interrupt/exception delivery through the IDT (64-bit mode).
 #include "engine/emu/cpu.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 #include "base/error.h"
 #include "engine/emu/decode.h"
+#include "engine/emu/jit/jit.h"
 
 namespace keel::emu {
 
@@ -31,12 +34,21 @@ Cpu::Cpu(const Deps& d)
       tsc_deadline_(d.tsc_deadline),
       kvm_clock_(d.kvm_clock),
       kvmclock_(d.memory, d.clock) {
-  for (auto& t : tlbs_) t = std::make_unique<TlbEntry[]>(kTlbSize);
-  jump_cache_ = std::make_unique<JumpEntry[]>(kJumpCacheSize);
+  apic_attention = apic_.attention_word();
+  if (!apic_attention) apic_attention = &always_attention;
+  if (d.tier == EmuTier::kJit) {
+    jit_ = std::make_unique<jit::Jit>(reinterpret_cast<const void*>(&Cpu::jit_call),
+                                      reinterpret_cast<const void*>(&Cpu::jit_pack_flags));
+    hot_threshold_ = d.hot_threshold;
+  }
   code_pages_.assign((mem_.end() + 4095) / 4096, 0);
   decoder_ = new Decoder();
   // Debugging aid: KEEL_EMU_TRACE_FAULTS=1 logs every exception the CPU raises.
   if (const char* t = std::getenv("KEEL_EMU_TRACE_FAULTS")) trace_faults_ = *t == '1';
+  if (const char* p = std::getenv("KEEL_EMU_PROFILE"); p && *p == '1') {
+    mnemonic_counts_ = std::make_unique<uint64_t[]>(ZYDIS_MNEMONIC_MAX_VALUE + 1);
+    helper_counts_ = std::make_unique<uint64_t[]>(ZYDIS_MNEMONIC_MAX_VALUE + 1);
+  }
   flush_tlb();
   // Power-on-like defaults for the segment caches; set_state() replaces them.
   for (int i = 0; i < 6; ++i) {
@@ -49,11 +61,37 @@ Cpu::Cpu(const Deps& d)
   update_mode();
 }
 
+namespace {
+void print_mnemonics(const char* title, const uint64_t* counts) {
+  std::vector<std::pair<uint64_t, int>> top;
+  uint64_t total = 0;
+  for (int m = 0; m <= ZYDIS_MNEMONIC_MAX_VALUE; ++m)
+    if (counts[m]) {
+      top.emplace_back(counts[m], m);
+      total += counts[m];
+    }
+  std::sort(top.rbegin(), top.rend());
+  std::fprintf(stderr, "emu profile: %s: %llu instructions\n", title,
+               static_cast<unsigned long long>(total));
+  for (size_t i = 0; i < top.size() && i < 60; ++i)
+    std::fprintf(stderr, "  %-12s %12llu %5.2f%%\n",
+                 ZydisMnemonicGetString(static_cast<ZydisMnemonic>(top[i].second)),
+                 static_cast<unsigned long long>(top[i].first),
+                 100.0 * double(top[i].first) / double(total));
+}
+}  // namespace
+
 Cpu::~Cpu() {
+  if (mnemonic_counts_) {
+    print_mnemonics("interpreted", mnemonic_counts_.get());
+    if (jit_) print_mnemonics("handlers called from translated code", helper_counts_.get());
+  }
   for (auto& [key, b] : blocks_) delete b;
   for (Block* b : retired_) delete b;
   delete static_cast<Decoder*>(decoder_);
 }
+
+const jit::Stats* Cpu::jit_stats() const { return jit_ ? &jit_->stats() : nullptr; }
 
 // ---------------------------------------------------------------- lazy flags
 
@@ -67,6 +105,7 @@ bool Cpu::cf() const {
     case FlagOp::kLogic: return false;
     case FlagOp::kInc:
     case FlagOp::kDec: return lf_cin;
+    case FlagOp::kHost: return (lf_res >> 8) & 1;
   }
   return false;
 }
@@ -81,6 +120,7 @@ bool Cpu::of() const {
     case FlagOp::kSbb:
     case FlagOp::kDec: return sign_of((lf_dst ^ lf_src) & (lf_dst ^ lf_res), lf_bits);
     case FlagOp::kLogic: return false;
+    case FlagOp::kHost: return lf_res & 1;
   }
   return false;
 }
@@ -89,12 +129,15 @@ bool Cpu::af() const {
   switch (lf_op) {
     case FlagOp::kNone: return rflags_ & kFlagAF;
     case FlagOp::kLogic: return false;
+    case FlagOp::kHost: return (lf_res >> 12) & 1;
     default: return (lf_dst ^ lf_src ^ lf_res) & 0x10;
   }
 }
 
 uint64_t Cpu::flags() const {
   if (lf_op == FlagOp::kNone) return rflags_ | 0x2;
+  if (lf_op == FlagOp::kHost)
+    return (rflags_ & ~kArith) | 0x2 | ((lf_res >> 8) & 0xD5) | ((lf_res & 1) << 11);
   uint64_t f = (rflags_ & ~kArith) | 0x2;
   if (cf()) f |= kFlagCF;
   if (pf()) f |= kFlagPF;
@@ -114,10 +157,11 @@ void Cpu::update_mode() {
   cpl = uint8_t(cs.selector & 3);
   if (!(cr0 & 1)) cpl = 0;
   tlb_user_ = cpl == 3;
-  tlb_ = tlbs_[tlb_user_].get();
+  tlb_ = tlb_table[tlb_user_];
   ss_32_ = mode != 0;
   for (int i = 0; i < 6; ++i) seg_base[i] = sreg[i].base;
   seg_base[kSegFlat] = 0;
+  refresh_genkey();
 }
 
 void Cpu::set_sreg_raw(int idx, const Segment& s) {
@@ -227,7 +271,10 @@ std::string Cpu::describe_rip() {
 
 // ---------------------------------------------------------------- block cache
 
-void Cpu::flush_jump_cache() { ++code_gen_; }
+void Cpu::flush_jump_cache() {
+  ++code_gen_;
+  refresh_genkey();
+}
 
 void Cpu::mark_code_page(uint64_t page) {
   if (page >= code_pages_.size()) return;
@@ -236,7 +283,7 @@ void Cpu::mark_code_page(uint64_t page) {
   bit.store(1, std::memory_order_relaxed);
   // Stores to this page must now take the slow path (which invalidates its blocks).
   uint64_t gpa = page << 12;
-  for (auto& t : tlbs_)
+  for (auto& t : tlb_table)
     for (unsigned i = 0; i < kTlbSize; ++i)
       if (t[i].gpa == gpa) t[i].wtag = kNoTag;
 }
@@ -318,9 +365,8 @@ Block* Cpu::build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cachea
 
 Block* Cpu::find_block() {
   const uint64_t la = r[kRegRip] + seg_base[kCS];
-  const uint32_t key = mode | (uint32_t(tlb_user_) << 2);
-  JumpEntry& j = jump_cache_[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
-  if (j.rip == la && j.key == key && j.gen == code_gen_) [[likely]]
+  JumpEntry& j = jump_cache[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
+  if (j.rip == la && j.genkey == genkey) [[likely]]
     return j.block;
 
   const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
@@ -353,7 +399,7 @@ Block* Cpu::find_block() {
       return b;
     }
   }
-  j = JumpEntry{la, code_gen_, key, b};
+  j = JumpEntry{la, genkey, b, b->jit_entry[tlb_user_]};
   return b;
 }
 
@@ -379,6 +425,7 @@ void Cpu::run_block(Block* b) {
   try {
     while (ip < block_end_) {
       const Insn& in = *ip++;
+      if (mnemonic_counts_) [[unlikely]] ++mnemonic_counts_[in.mnem];
       r[kRegRip] += in.len;
       in.fn(*this, in);
       if (in.prefix & kPfxFence) [[unlikely]]
@@ -388,11 +435,13 @@ void Cpu::run_block(Block* b) {
     const Insn& in = *(ip - 1);
     r[kRegRip] -= in.len;
     icount_ += uint64_t(ip - start) - 1;
+    interpreted_ += uint64_t(ip - start) - 1;
     current_block_ = nullptr;
     if (f.noncanonical && (in.prefix & kPfxStack)) f.vector = kStackFault;
     throw;
   }
   icount_ += uint64_t(ip - start);
+  interpreted_ += uint64_t(ip - start);
   current_block_ = nullptr;
 }
 
@@ -412,6 +461,12 @@ bool Cpu::check_interrupts() {
   return true;
 }
 
+bool Cpu::must_leave_chain() {
+  return leave_chain_ || kicked_.load(std::memory_order_relaxed) ||
+         pending_invalidation_.load(std::memory_order_relaxed) ||
+         ((rflags_ & kFlagIF) && apic_.maybe_pending());
+}
+
 Cpu::Exit Cpu::run() {
   for (;;) {
     if (kicked_.load(std::memory_order_acquire)) {
@@ -421,6 +476,7 @@ Cpu::Exit Cpu::run() {
     if (shutdown_) return Exit::kShutdown;
     if (pending_invalidation_.load(std::memory_order_acquire)) process_pending_invalidations();
     free_retired_blocks();
+    jit_slot = nullptr;
     try {
       if (shadow_) {
         shadow_ = false;
@@ -436,21 +492,106 @@ Cpu::Exit Cpu::run() {
       }
       // The chained loop: block after block without the checks above, until something needs
       // them (a handler changed state, another thread kicked or queued invalidations, or an
-      // interrupt may be pending).
+      // interrupt may be pending). Translated code chains on its own and comes back here only
+      // for what it cannot do itself.
       leave_chain_ = false;
       Block* b = find_block();
       for (;;) {
+        if (void* body = translated(b)) {
+          run_translated(body);
+          if (must_leave_chain()) break;
+          b = find_block();
+          continue;
+        }
         run_block(b);
-        if (leave_chain_ || kicked_.load(std::memory_order_relaxed) ||
-            pending_invalidation_.load(std::memory_order_relaxed))
-          break;
-        if ((rflags_ & kFlagIF) && apic_.maybe_pending()) break;
+        if (must_leave_chain()) break;
         b = next_block(b);
       }
     } catch (const GuestFault& f) {
       deliver_fault(f);
     }
   }
+}
+
+// ---------------------------------------------------------------- translation tier
+
+void* Cpu::translated(Block* b) {
+  // The same-page branch that exited to find this block, if any: linked below once b has a
+  // translation, forgotten otherwise (it must not be linked to a later block).
+  uint8_t* slot = std::exchange(jit_slot, nullptr);
+  if (!jit_ || mode != 0 || b == &scratch_block_) return nullptr;
+  const bool user = tlb_user_;
+  if (!b->jit_body[user]) {
+    if (b->untranslatable || ++b->heat <= hot_threshold_) return nullptr;
+    auto t = jit_->translate(*b, user);
+    if (!t) {
+      flush_translations();
+      slot = nullptr;
+      t = jit_->translate(*b, user);
+      if (!t) {
+        b->untranslatable = true;
+        return nullptr;
+      }
+    }
+    b->jit_entry[user] = t->entry;
+    b->jit_body[user] = t->body;
+    // The jump-cache entry that led here learns the translation.
+    const uint64_t la = r[kRegRip] + seg_base[kCS];
+    JumpEntry& j = jump_cache[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
+    if (j.rip == la && j.genkey == genkey && j.block == b) j.code = t->entry;
+  }
+  if (slot) jit_->link(slot, b->jit_entry[user]);
+  return b->jit_body[user];
+}
+
+void Cpu::run_translated(void* body) {
+  jit_slot = nullptr;
+  jit_exit = 0;
+  jit_->enter(this, body);
+  switch (jit_exit) {
+    case kJitFault:
+      throw GuestFault(jit_fault_);
+    case kJitError:
+      std::rethrow_exception(std::exchange(jit_error_, nullptr));
+    case kJitChain:
+      break;  // jit_slot names the jump to link once the target is translated
+    default:
+      jit_slot = nullptr;
+      break;
+  }
+}
+
+void Cpu::flush_translations() {
+  jit_->flush();
+  for (auto& [key, b] : blocks_) {
+    b->jit_entry[0] = b->jit_entry[1] = nullptr;
+    b->jit_body[0] = b->jit_body[1] = nullptr;
+  }
+  flush_jump_cache();
+  jit_slot = nullptr;
+}
+
+uint32_t Cpu::jit_call(CpuHot* hot, const Insn* in) {
+  Cpu& c = static_cast<Cpu&>(*hot);
+  if (c.helper_counts_) [[unlikely]] ++c.helper_counts_[in->mnem];
+  try {
+    in->fn(c, *in);
+    if (in->prefix & kPfxFence) std::atomic_thread_fence(std::memory_order_seq_cst);
+  } catch (GuestFault& f) {
+    c.r[kRegRip] -= in->len;  // precise: RIP at the faulting instruction
+    if (f.noncanonical && (in->prefix & kPfxStack)) f.vector = kStackFault;
+    c.jit_fault_ = f;
+    return kJitFault;
+  } catch (...) {
+    c.jit_error_ = std::current_exception();
+    return kJitError;
+  }
+  return c.leave_chain_ ? kJitLeave : 0;
+}
+
+uint32_t Cpu::jit_pack_flags(CpuHot* hot) {
+  uint64_t f = static_cast<Cpu&>(*hot).flags();
+  return uint32_t(((f & 0xD5) << 8) | ((f >> 11) & 1));
 }
 
 // ---------------------------------------------------------------- exceptions and interrupts

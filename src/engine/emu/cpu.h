@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -20,11 +21,17 @@
 #include "arch/x86/cpu_state.h"
 #include "bus/io_bus.h"
 #include "engine/emu/insn.h"
+#include "engine/engine.h"
 #include "engine/emu/local_apic.h"
 #include "engine/emu/platform/kvm_clock.h"
 #include "memory/guest_memory.h"
 
 namespace keel::emu {
+
+namespace jit {
+class Jit;
+struct Stats;
+}  // namespace jit
 
 // A guest exception raised by an instruction. Thrown inside the CPU only, caught by the run loop
 // (which rolls RIP back to the faulting instruction and delivers it through the IDT).
@@ -45,7 +52,9 @@ enum Vector : uint8_t {
 
 // Lazy flags: the last flag-setting operation's kind, size and operands; the six arithmetic flags
 // are computed only when something reads them.
-enum class FlagOp : uint8_t { kNone, kAdd, kAdc, kSub, kSbb, kLogic, kInc, kDec };
+// kHost: the flags a translated block took from the host's own instruction, packed as LAHF/SETO
+// leave them: lf_res bits 15..8 = RFLAGS bits 7..0 (SF ZF - AF - PF - CF), bit 0 = OF.
+enum class FlagOp : uint8_t { kNone, kAdd, kAdc, kSub, kSbb, kLogic, kInc, kDec, kHost };
 
 struct U128 {
   uint64_t lo, hi;
@@ -58,12 +67,69 @@ struct TlbEntry {
   uintptr_t addend;  // host address = linear address + addend
   uint64_t gpa;      // guest-physical page address
   uint64_t large_mask;  // ~(page size - 1) of the guest mapping (INVLPG of large pages)
+  uint64_t pad[2];      // 64 bytes: translated code scales the index with one shift
 };
 inline constexpr uint64_t kNoTag = ~0ull;
+inline constexpr unsigned kTlbSize = 512;
+inline constexpr unsigned kJumpCacheSize = 4096;
+
+// Linear RIP -> decoded block (and its translation), direct-mapped by (la ^ la >> 12). An entry is
+// valid while `genkey` equals the CPU's: (code generation << 3) | decode mode | user << 2.
+struct JumpEntry {
+  uint64_t rip = ~0ull;
+  uint64_t genkey = 0;
+  Block* block = nullptr;
+  void* code = nullptr;  // checked entry of the block's translation for this key, or nullptr
+};
+
+// How translated code left (CpuHot::jit_exit). Values 1..3 are also jit_call's statuses.
+enum JitExit : uint8_t {
+  kJitFault = 1,   // a guest exception is pending (Cpu::jit_fault_), RIP at the instruction
+  kJitLeave = 2,   // a handler asked the run loop to look at the CPU state (end_block)
+  kJitError = 3,   // a host error (Cpu::jit_error_) to rethrow
+  kJitCheck = 4,   // a block entry saw a kick, queued invalidations or a possible interrupt
+  kJitChain = 5,   // a same-page direct branch whose target was not linked yet (jit_slot)
+  kJitMiss = 6,    // an indirect or cross-page branch missed the jump cache
+};
+
+// The part of a Cpu that translated code (engine/emu/jit/) reads and writes by offset from its
+// base register. Standard layout, so offsetof is well defined. The interpreter uses the same
+// fields by name through Cpu, which derives from it.
+struct CpuHot {
+  uint64_t r[18] = {};           // GPRs, zero slot, next RIP (insn.h)
+  uint64_t seg_base[8] = {};     // per SegIdx; [kSegFlat] stays 0
+  uint64_t rflags_ = 0x2;        // arithmetic bits valid only when lf_op == kNone
+
+  // Lazy flags: the last flag-setting operation's kind, size and operands; the six arithmetic
+  // flags are computed only when something reads them.
+  FlagOp lf_op = FlagOp::kNone;
+  uint8_t lf_bits = 64;
+  uint8_t lf_cin = 0;  // carry in (ADC/SBB), preserved CF (INC/DEC)
+  uint64_t lf_res = 0, lf_dst = 0, lf_src = 0;
+
+  uint64_t icount_ = 0;  // guest instructions retired
+
+  // Requests another thread makes of the vCPU. Adjacent: translated code tests both with one
+  // 16-bit compare at every block entry.
+  std::atomic<bool> kicked_{false};
+  std::atomic<bool> pending_invalidation_{false};
+
+  // Translated-code state.
+  uint16_t jit_flags_spill = 0;   // guest flags in the kHost packing while host flags are busy
+  uint8_t jit_exit = 0;           // JitExit
+  uint64_t jit_tmp = 0;
+  uint8_t* jit_slot = nullptr;    // kJitChain: the rel32 jump to patch
+  const std::atomic<uint32_t>* apic_attention = nullptr;  // LocalApic::attention_word()
+  std::atomic<uint32_t> always_attention{1};  // for APIC models without an attention word
+  uint64_t genkey = 0;            // see JumpEntry
+
+  TlbEntry tlb_table[2][kTlbSize];  // soft TLBs: [0] supervisor, [1] user
+  JumpEntry jump_cache[kJumpCacheSize];
+};
 
 enum class Access : uint8_t { kRead, kWrite, kExec };
 
-class Cpu {
+class Cpu : public CpuHot {
  public:
   struct Deps {
     GuestMemory& memory;
@@ -74,6 +140,8 @@ class Cpu {
     uint32_t apic_id = 0;
     bool tsc_deadline = false;  // the platform implements the TSC-deadline timer
     bool kvm_clock = true;      // advertise kvm-clock (the CPU serves its MSRs)
+    EmuTier tier = EmuTier::kJit;
+    uint32_t hot_threshold = 16;  // executions of a block before it is translated (0: at once)
   };
   explicit Cpu(const Deps& deps);
   ~Cpu();
@@ -90,20 +158,22 @@ class Cpu {
   void kick();                               // thread-safe, sticky
   void invalidate_code(uint64_t gpa, uint64_t len);  // thread-safe (GuestMemory write observer)
   uint64_t instructions() const { return icount_; }
+  uint64_t interpreted_instructions() const { return interpreted_; }
+  // Translation-tier figures (KEEL_EMU_STATS), or nullptr on the interpreter tier.
+  const jit::Stats* jit_stats() const;
   // For diagnostics: RIP and the bytes at it (best effort, no faults).
   std::string describe_rip();
 
   // ---- State (public: the handlers in ops_*.cc operate on it directly) ----
-  uint64_t r[18] = {};           // GPRs, zero slot, next RIP (insn.h)
-  uint64_t seg_base[8] = {};     // per SegIdx; [kSegFlat] stays 0
+  // r, seg_base, rflags_ and the lazy flags live in CpuHot.
   x86::Segment sreg[6];          // ES CS SS DS FS GS
   x86::Segment tr, ldtr;
   x86::DescriptorTable gdt, idt;
-  uint64_t rflags_ = 0x2;        // arithmetic bits valid only when lf_op == kNone
   uint64_t cr0 = 0x60000010, cr2 = 0, cr3 = 0, cr4 = 0, efer = 0;
   uint64_t star = 0, lstar = 0, cstar = 0, fmask = 0, kernel_gs_base = 0;
   uint64_t sysenter_cs = 0, sysenter_esp = 0, sysenter_eip = 0;
   uint64_t pat = 0x0007040600070406ull, tsc_aux = 0, misc_enable = 1;  // fast strings
+  uint64_t spec_ctrl = 0;  // IA32_SPEC_CTRL: stored, nothing to control (emu does not speculate)
   int64_t tsc_offset = 0;
   uint8_t cpl = 0;
   uint8_t mode = 0;  // decode mode: 0 = 64-bit, 1 = 32-bit, 2 = 16-bit
@@ -217,11 +287,6 @@ class Cpu {
   }
 
   // ---- Lazy flags ----
-  FlagOp lf_op = FlagOp::kNone;
-  uint8_t lf_bits = 64;
-  uint8_t lf_cin = 0;  // carry in (ADC/SBB), preserved CF (INC/DEC)
-  uint64_t lf_res = 0, lf_dst = 0, lf_src = 0;
-
   void set_lazy(FlagOp op, uint8_t bits, uint64_t res, uint64_t dst, uint64_t src) {
     lf_op = op;
     lf_bits = bits;
@@ -236,13 +301,20 @@ class Cpu {
   bool cf() const;
   bool of() const;
   bool af() const;
-  bool zf() const { return lf_op == FlagOp::kNone ? (rflags_ & x86::kFlagZF) : lf_res == 0; }
+  bool zf() const {
+    if (lf_op == FlagOp::kNone) return rflags_ & x86::kFlagZF;
+    if (lf_op == FlagOp::kHost) [[unlikely]] return (lf_res >> 14) & 1;
+    return lf_res == 0;
+  }
   bool sf() const {
-    return lf_op == FlagOp::kNone ? (rflags_ & x86::kFlagSF) : sign_of(lf_res, lf_bits);
+    if (lf_op == FlagOp::kNone) return rflags_ & x86::kFlagSF;
+    if (lf_op == FlagOp::kHost) [[unlikely]] return (lf_res >> 15) & 1;
+    return sign_of(lf_res, lf_bits);
   }
   bool pf() const {
-    return lf_op == FlagOp::kNone ? (rflags_ & x86::kFlagPF)
-                                  : !(__builtin_popcount(unsigned(lf_res & 0xFF)) & 1);
+    if (lf_op == FlagOp::kNone) return rflags_ & x86::kFlagPF;
+    if (lf_op == FlagOp::kHost) [[unlikely]] return (lf_res >> 10) & 1;
+    return !(__builtin_popcount(unsigned(lf_res & 0xFF)) & 1);
   }
   // The full RFLAGS value (materialises the lazy flags).
   uint64_t flags() const;
@@ -364,16 +436,8 @@ class Cpu {
 
  private:
   friend class Decoder;
-  static constexpr unsigned kTlbSize = 512;
+  friend class jit::Jit;
   static constexpr unsigned kTlbMask = kTlbSize - 1;
-  static constexpr unsigned kJumpCacheSize = 4096;
-
-  struct JumpEntry {
-    uint64_t rip = ~0ull;
-    uint64_t gen = 0;
-    uint32_t key = 0;
-    Block* block = nullptr;
-  };
 
   void fill_tlb(uint64_t la, uint64_t gpa, bool user, bool writable, bool executable,
                 uint64_t large_mask);
@@ -391,10 +455,23 @@ class Cpu {
   void process_pending_invalidations();
   void free_retired_blocks();
   void flush_jump_cache();
+  void refresh_genkey() { genkey = (code_gen_ << 3) | mode | (uint64_t(tlb_user_) << 2); }
   bool check_interrupts();
   void deliver_nested(uint8_t vector, bool has_error, uint32_t error, bool soft);
   void do_deliver(uint8_t vector, bool has_error, uint32_t error, bool soft);
   void run_block(Block* b);
+  bool must_leave_chain();
+
+  // The translation tier (jit/). `translated(b)` returns the body entry of b's translation for
+  // the current CPL class, translating b when it has become hot, or nullptr (interpret it).
+  void* translated(Block* b);
+  // Runs translated code from `body` until it exits; throws a pending guest fault or host error.
+  void run_translated(void* body);
+  void flush_translations();
+  // Called by translated code (jit/): runs one instruction's interpreter handler and returns 0
+  // or a JitExit status; packs the lazy flags for the host's SAHF.
+  static uint32_t jit_call(CpuHot* hot, const Insn* in);
+  static uint32_t jit_pack_flags(CpuHot* hot);
 
   GuestMemory& mem_;
   IoBus& pio_;
@@ -406,8 +483,7 @@ class Cpu {
   bool kvm_clock_;
   KvmClock kvmclock_;  // kvm-clock MSRs (engine/emu/platform)
 
-  // Soft TLBs, one per privilege (user, supervisor); tlb_ points at the one for the current CPL.
-  std::unique_ptr<TlbEntry[]> tlbs_[2];
+  // tlb_ points at the soft TLB (CpuHot::tlb_table) for the current CPL.
   TlbEntry* tlb_ = nullptr;
   bool tlb_user_ = false;
   bool ss_32_ = false;  // stack pointer is 32-bit (compatibility mode with a 32-bit SS)
@@ -417,7 +493,6 @@ class Cpu {
   std::unordered_map<uint64_t, std::vector<Block*>> page_blocks_;  // by guest-physical page
   std::vector<Block*> retired_;  // invalidated, freed at the next block boundary
   std::vector<uint8_t> code_pages_;  // 1 = page holds decoded code (accessed via atomic_ref)
-  std::unique_ptr<JumpEntry[]> jump_cache_;
   const Insn* block_end_ = nullptr;
   // Generation of translations and decoded code: jump-cache entries and block links made under
   // an older generation are ignored (so flushes are O(1) and freed blocks are never followed).
@@ -427,14 +502,22 @@ class Cpu {
   Block scratch_block_;  // uncached block for an instruction that crosses a page
   std::mutex pending_mutex_;
   std::vector<uint64_t> pending_pages_;
-  std::atomic<bool> pending_invalidation_{false};
 
-  std::atomic<bool> kicked_{false};
+  // Translation tier; null when the interpreter runs alone (EmuTier::kInterp).
+  std::unique_ptr<jit::Jit> jit_;
+  uint32_t hot_threshold_ = 0;
+  GuestFault jit_fault_{};
+  std::exception_ptr jit_error_;
+  uint64_t interpreted_ = 0;  // instructions run by the interpreter's block loop
+
   bool halted_ = false;
   bool shadow_ = false;
   bool shutdown_ = false;
-  uint64_t icount_ = 0;
   bool trace_faults_ = false;
+  // KEEL_EMU_PROFILE=1: dynamic instruction count per Zydis mnemonic (interpreted blocks), and
+  // per mnemonic of the instructions translated code hands to the interpreter, printed at exit.
+  std::unique_ptr<uint64_t[]> mnemonic_counts_;
+  std::unique_ptr<uint64_t[]> helper_counts_;
   bool rf_for_frame_ = false;  // the exception being delivered is a fault
   void* decoder_ = nullptr;  // Decoder (decode.cc)
 

@@ -6,6 +6,7 @@
 #include <ctime>
 
 #include "base/error.h"
+#include "engine/emu/jit/jit.h"
 
 namespace keel::emu {
 
@@ -24,9 +25,26 @@ EmuVcpu::~EmuVcpu() {
   if (owner_) owner_->unregister(&cpu_);
   // KEEL_EMU_STATS=1: guest instructions and emulation speed (CPU time of run()) at exit.
   if (const char* s = std::getenv("KEEL_EMU_STATS"); s && *s == '1' && run_cpu_seconds_ > 0) {
-    std::fprintf(stderr, "emu: vCPU %u ran %llu instructions in %.2f s of CPU time (%.1f MIPS)\n",
-                 index_, static_cast<unsigned long long>(cpu_.instructions()), run_cpu_seconds_,
-                 double(cpu_.instructions()) / run_cpu_seconds_ / 1e6);
+    const uint64_t total = cpu_.instructions(), interpreted = cpu_.interpreted_instructions();
+    std::fprintf(stderr,
+                 "emu: vCPU %u ran %llu instructions in %.2f s of CPU time (%.1f MIPS): %llu "
+                 "interpreted, %llu in translated code\n",
+                 index_, static_cast<unsigned long long>(total), run_cpu_seconds_,
+                 double(total) / run_cpu_seconds_ / 1e6,
+                 static_cast<unsigned long long>(interpreted),
+                 static_cast<unsigned long long>(total - interpreted));
+    if (const jit::Stats* j = cpu_.jit_stats()) {
+      std::fprintf(stderr,
+                   "emu: vCPU %u translated %llu blocks (%llu instructions to host code, %llu to "
+                   "handler calls) in %.3f s; code cache %.1f of %zu MiB, %llu flushes, %llu "
+                   "direct links\n",
+                   index_, static_cast<unsigned long long>(j->blocks),
+                   static_cast<unsigned long long>(j->native_insns),
+                   static_cast<unsigned long long>(j->helper_insns), j->translate_seconds,
+                   double(j->code_bytes) / double(1 << 20), j->capacity >> 20,
+                   static_cast<unsigned long long>(j->flushes),
+                   static_cast<unsigned long long>(j->links));
+    }
   }
 }
 
@@ -44,7 +62,7 @@ VcpuExit EmuVcpu::run() {
 
 EmuEngine::EmuEngine(const EngineContext& ctx, const EngineConfig& config,
                      std::unique_ptr<EmuPlatform> platform)
-    : ctx_(ctx), platform_(std::move(platform)) {
+    : ctx_(ctx), config_(config), platform_(std::move(platform)) {
   if (config.vcpus > 1) throw UsageError("the emu engine runs one vCPU for now");
   // Writes that bypass the CPU's MMU (device DMA, the loader) drop decoded code of those pages.
   // Called from any thread; Cpu::invalidate_code only queues the pages.
@@ -59,7 +77,8 @@ EmuEngine::~EmuEngine() { ctx_.memory.set_write_observer(nullptr); }
 std::unique_ptr<Vcpu> EmuEngine::create_vcpu(uint32_t index) {
   if (index >= max_vcpus()) throw UsageError("the emu engine runs one vCPU for now");
   Cpu::Deps deps{ctx_.memory, ctx_.pio, ctx_.mmio, platform_->local_apic(index),
-                 platform_->clock(), index, platform_->tsc_deadline_supported(), true};
+                 platform_->clock(), index, platform_->tsc_deadline_supported(), true,
+                 config_.emu_tier, config_.emu_hot_threshold};
   auto v = std::make_unique<EmuVcpu>(index, deps, this);
   std::lock_guard lock(vcpus_mutex_);
   cpus_.push_back(&v->cpu());

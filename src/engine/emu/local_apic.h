@@ -44,6 +44,9 @@ class LocalApic {
   // Cheap check (an atomic load) the CPU makes at block boundaries: is anything pending that may
   // need attention (an interrupt request, an expired timer)? False positives are allowed.
   virtual bool maybe_pending() const = 0;
+  // The word maybe_pending() reads (nonzero: maybe pending), for translated code to test inline
+  // at block entries; nullptr when the model has none (the CPU then checks at every entry).
+  virtual const std::atomic<uint32_t>* attention_word() const { return nullptr; }
   // Fires expired timers, then returns the highest-priority deliverable vector (IRR above PPR)
   // without accepting it, or -1. Called when RFLAGS.IF=1 and no STI/MOV SS shadow.
   virtual int pending_vector() = 0;

@@ -88,7 +88,7 @@ void Cpu::fill_tlb(uint64_t la, uint64_t gpa, bool user, bool writable, bool exe
   uint64_t gpage = gpa & ~0xFFFull;
   uint8_t* host = mem_.host_ptr(gpage, 4096);
   if (!host) return;  // MMIO: always the slow path
-  TlbEntry& e = tlbs_[user][(la >> 12) & kTlbMask];
+  TlbEntry& e = tlb_table[user][(la >> 12) & kTlbMask];
   if (e.rtag != page || e.gpa != gpage) {
     e.wtag = kNoTag;
     e.xtag = kNoTag;
@@ -113,7 +113,7 @@ uint64_t Cpu::translate(uint64_t la, Access acc, bool user) {
 }
 
 void Cpu::flush_tlb() {
-  for (auto& t : tlbs_) {
+  for (auto& t : tlb_table) {
     for (unsigned i = 0; i < kTlbSize; ++i) {
       t[i].rtag = t[i].wtag = t[i].xtag = kNoTag;
       t[i].gpa = ~0ull;
@@ -123,7 +123,7 @@ void Cpu::flush_tlb() {
 }
 
 void Cpu::flush_tlb_page(uint64_t la) {
-  for (auto& t : tlbs_) {
+  for (auto& t : tlb_table) {
     for (unsigned i = 0; i < kTlbSize; ++i) {
       TlbEntry& e = t[i];
       if (e.rtag != kNoTag && ((e.rtag ^ la) & e.large_mask) == 0) {

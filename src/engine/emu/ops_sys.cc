@@ -763,6 +763,29 @@ void Cpu::write_efer(uint64_t v) {
   update_mode();
 }
 
+namespace {
+// IA32_ARCH_CAPABILITIES (0x10A): emu executes one instruction at a time and fills no buffers
+// a later instruction could sample, so it is unaffected by every speculative-execution and
+// stale-data flaw these bits describe. Without them Linux assumes an Ivy Bridge's flaws and
+// turns on page-table isolation (a CR3 switch and TLB flush per system call) and the rest.
+constexpr uint64_t kArchCapabilities =
+    (1ull << 0)     // RDCL_NO: no Meltdown, so no page-table isolation, no L1TF
+    | (1ull << 1)   // IBRS_ALL: enhanced IBRS (one SPEC_CTRL write at boot instead of retpolines)
+    | (1ull << 3)   // SKIP_L1DFL_VMENTRY
+    | (1ull << 4)   // SSB_NO
+    | (1ull << 5)   // MDS_NO
+    | (1ull << 6)   // PSCHANGE_MC_NO: no iTLB multihit
+    | (1ull << 8)   // TAA_NO
+    | (1ull << 13)  // SBDR_SSDP_NO
+    | (1ull << 14)  // FBSDP_NO
+    | (1ull << 15)  // PSDP_NO
+    | (1ull << 20)  // BHI_NO: no branch-history clearing loop on every system call
+    | (1ull << 24)  // PBRSB_NO
+    | (1ull << 26)  // GDS_NO
+    | (1ull << 27)  // RFDS_NO
+    | (1ull << 62); // ITS_NO
+}  // namespace
+
 uint64_t Cpu::read_msr(uint32_t i) {
   if (kvm_clock_ && KvmClock::handles(i)) {
     uint64_t v = 0;
@@ -773,6 +796,8 @@ uint64_t Cpu::read_msr(uint32_t i) {
     case 0x10: return read_tsc();
     case 0x1B: return apic_.base_msr();
     case 0x3A: return 1;  // IA32_FEATURE_CONTROL: locked, VMX off
+    case 0x48: return spec_ctrl;
+    case 0x10A: return kArchCapabilities;
     case 0x8B: return 0;  // IA32_BIOS_SIGN_ID (microcode revision)
     case 0xFE: return 0;  // IA32_MTRRCAP: no variable ranges, no fixed ranges
     case 0x174: return sysenter_cs;
@@ -813,6 +838,13 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
       apic_.set_base_msr(v);
       return;
     case 0x8B: return;
+    case 0x48:  // IA32_SPEC_CTRL: IBRS, STIBP, SSBD (nothing to do), the rest reserved
+      if (v & ~uint64_t(7)) raise_fault(kGP, 0);
+      spec_ctrl = v;
+      return;
+    case 0x49:  // IA32_PRED_CMD: IBPB (no predictor state to flush)
+      if (v & ~uint64_t(1)) raise_fault(kGP, 0);
+      return;
     case 0x174: sysenter_cs = v & 0xFFFF; return;
     case 0x175: if (!canonical(v)) raise_fault(kGP, 0); sysenter_esp = v; return;
     case 0x176: if (!canonical(v)) raise_fault(kGP, 0); sysenter_eip = v; return;
@@ -907,7 +939,10 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
       return;
     }
     case 7:
-      if (sub == 0) o[2] = 1u << 22;  // RDPID
+      if (sub == 0) {
+        o[2] = 1u << 22;                  // RDPID
+        o[3] = (1u << 26) | (1u << 29);   // IBRS/IBPB (SPEC_CTRL, PRED_CMD), ARCH_CAPABILITIES
+      }
       return;
     case 0x15: {
       uint64_t hz = clock_.tsc_hz();

@@ -89,6 +89,7 @@ class LocalApicModel final : public LocalApic, public DeadlineClient {
   uint64_t tsc_deadline() const override;
   void set_tsc_deadline(uint64_t value) override;
   bool maybe_pending() const override { return attention_.load(std::memory_order_relaxed) != 0; }
+  const std::atomic<uint32_t>* attention_word() const override { return &attention_; }
   int pending_vector() override;
   void accept(int vector) override;
   void wait_for_interrupt(const std::atomic<bool>& kicked) override;
