@@ -254,7 +254,9 @@ TEST(DiffTest, EmuLoopsAndSelfModifyingCodeMatchKvm) {
     run_differential(*kvm, "kvm", *jit, "emu jit", s, o, CompareOptions{});
     run_differential(*kvm, "kvm", *hot, "emu jit, hot after 16 runs", s, o, CompareOptions{});
     // Rewriting code the previous iteration ran forces a new translation each time.
-    if (smc) EXPECT_GT(jit_stats(*jit).blocks - blocks_before, 10 * s.count);
+    if (smc) {
+      EXPECT_GT(jit_stats(*jit).blocks - blocks_before, 10 * s.count);
+    }
   }
   EXPECT_GT(jit_stats(*jit).links, 0u) << "no branch was linked to its target";
   EXPECT_GT(jit_stats(*hot).blocks, 0u) << "no loop body turned hot";

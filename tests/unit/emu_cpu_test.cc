@@ -295,6 +295,32 @@ TEST_P(EmuCpu, CpuidVendorAndCacheLeaves) {
   EXPECT_EQ(m.reg(R12), 0x4b4d564bu);  // "KVMK"
 }
 
+// What the kernel reads to decide on speculation mitigations: ARCH_CAPABILITIES advertised in
+// CPUID.7 and the MSR saying "not affected" (RDCL_NO, MDS_NO, BHI_NO, ...); SPEC_CTRL writable.
+TEST_P(EmuCpu, ArchCapabilitiesSayNotAffected) {
+  EmuMachine m(GetParam());
+  ASSERT_EQ(m.run(R"(
+    mov eax, 7
+    xor ecx, ecx
+    cpuid
+    mov r8d, edx
+    mov ecx, 0x10a
+    rdmsr
+    mov r9d, eax
+    mov ecx, 0x48
+    mov eax, 0x401        ; IBRS | BHI_DIS_S
+    xor edx, edx
+    wrmsr
+    rdmsr
+    mov r10d, eax
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.reg(R8) & (1u << 29), 1u << 29);  // ARCH_CAPABILITIES
+  EXPECT_EQ(m.reg(R8) & (1u << 26), 1u << 26);  // IBRS/IBPB
+  const uint32_t caps = uint32_t(m.reg(R9));
+  for (int bit : {0, 1, 4, 5, 6, 8, 20, 24, 26, 27}) EXPECT_TRUE(caps & (1u << bit)) << bit;
+  EXPECT_EQ(m.reg(R10), 0x401u);
+}
+
 TEST_P(EmuCpu, StringInstructions) {
   EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(

@@ -18,6 +18,14 @@
 
 #include "engine/emu/emu_engine.h"
 
+namespace keel {
+// gtest prints a parameter with PrintTo: the tier, not the struct's bytes (padding included).
+inline void PrintTo(const EngineConfig& c, std::ostream* os) {
+  *os << (c.emu_tier == EmuTier::kInterp ? "interpreter" : "translation tier, threshold ")
+      << (c.emu_tier == EmuTier::kInterp ? "" : std::to_string(c.emu_hot_threshold));
+}
+}  // namespace keel
+
 namespace keel::emu::test {
 
 class StubApic : public LocalApic {

@@ -838,8 +838,8 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
       apic_.set_base_msr(v);
       return;
     case 0x8B: return;
-    case 0x48:  // IA32_SPEC_CTRL: IBRS, STIBP, SSBD (nothing to do), the rest reserved
-      if (v & ~uint64_t(7)) raise_fault(kGP, 0);
+    case 0x48:  // IA32_SPEC_CTRL: IBRS, STIBP, SSBD, BHI_DIS_S (nothing to do), rest reserved
+      if (v & ~uint64_t(7 | (1u << 10))) raise_fault(kGP, 0);
       spec_ctrl = v;
       return;
     case 0x49:  // IA32_PRED_CMD: IBPB (no predictor state to flush)
@@ -940,8 +940,13 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
     }
     case 7:
       if (sub == 0) {
+        o[0] = 2;                         // highest subleaf
         o[2] = 1u << 22;                  // RDPID
         o[3] = (1u << 26) | (1u << 29);   // IBRS/IBPB (SPEC_CTRL, PRED_CMD), ARCH_CAPABILITIES
+      } else if (sub == 2) {
+        // BHI_CTRL: SPEC_CTRL.BHI_DIS_S exists, so Linux sets one bit at boot rather than run
+        // its branch-history clearing loop on every system call (kernels that ignore BHI_NO).
+        o[3] = 1u << 4;
       }
       return;
     case 0x15: {
