@@ -40,6 +40,7 @@ struct RunOptions {
   uint32_t cpus = 1;
   std::string accel = "auto";
   std::string emu_tier = "jit";
+  uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
   bool paused = false;
   bool trace_boot = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
@@ -63,6 +64,7 @@ VmConfig make_config(const RunOptions& o) {
   c.cpus = o.cpus;
   c.accel = parse_accel(o.accel);
   c.emu_tier = o.emu_tier == "interp" ? EmuTier::kInterp : EmuTier::kJit;
+  c.emu_hot_threshold = o.emu_hot_threshold;
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
@@ -227,6 +229,11 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->capture_default_str()
       ->envname("KEEL_EMU_TIER")
       ->check(CLI::IsMember({"jit", "interp"}));
+  sub->add_option("--emu-hot-threshold", o->emu_hot_threshold,
+                  "emu: interpreted runs of a block before it is translated (tuning)")
+      ->envname("KEEL_EMU_HOT_THRESHOLD")
+      ->check(CLI::Range(0u, 1u << 20))
+      ->group("");
   sub->add_option("--control", o->control, "Serve the VM's control socket at this path");
   sub->add_option("--ready-fd", o->ready_fd,
                   "Write one byte to this inherited fd once the control socket listens")

@@ -90,7 +90,9 @@ Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::m
   memory_ = std::make_unique<GuestMemory>(config_.memory_bytes);
   if (!engine_factory) engine_factory = default_engine_factory();
   engine_ = engine_factory(config_.accel, EngineContext{*memory_, pio_, mmio_},
-                           EngineConfig{.vcpus = config_.cpus, .emu_tier = config_.emu_tier});
+                           EngineConfig{.vcpus = config_.cpus,
+                                        .emu_tier = config_.emu_tier,
+                                        .emu_hot_threshold = config_.emu_hot_threshold});
   if (config_.cpus > engine_->max_vcpus())
     throw Error("the " + engine_->name() + " engine runs at most " +
                 std::to_string(engine_->max_vcpus()) + " vCPUs, " + std::to_string(config_.cpus) +

@@ -38,7 +38,8 @@ Cpu::Cpu(const Deps& d)
   if (!apic_attention) apic_attention = &always_attention;
   if (d.tier == EmuTier::kJit) {
     jit_ = std::make_unique<jit::Jit>(reinterpret_cast<const void*>(&Cpu::jit_call),
-                                      reinterpret_cast<const void*>(&Cpu::jit_pack_flags));
+                                      reinterpret_cast<const void*>(&Cpu::jit_pack_flags),
+                                      d.count_instructions);
     hot_threshold_ = d.hot_threshold;
   }
   code_pages_.assign((mem_.end() + 4095) / 4096, 0);
@@ -87,6 +88,7 @@ Cpu::~Cpu() {
     if (jit_) print_mnemonics("handlers called from translated code", helper_counts_.get());
   }
   for (auto& [key, b] : blocks_) delete b;
+  for (auto& [key, b] : crossing_) delete b;
   for (Block* b : retired_) delete b;
   delete static_cast<Decoder*>(decoder_);
 }
@@ -158,6 +160,7 @@ void Cpu::update_mode() {
   if (!(cr0 & 1)) cpl = 0;
   tlb_user_ = cpl == 3;
   tlb_ = tlb_table[tlb_user_];
+  itlb_ = itlb_table[tlb_user_];
   ss_32_ = mode != 0;
   for (int i = 0; i < 6; ++i) seg_base[i] = sreg[i].base;
   seg_base[kSegFlat] = 0;
@@ -284,16 +287,24 @@ void Cpu::mark_code_page(uint64_t page) {
   // Stores to this page must now take the slow path (which invalidates its blocks).
   uint64_t gpa = page << 12;
   for (auto& t : tlb_table)
-    for (unsigned i = 0; i < kTlbSize; ++i)
-      if (t[i].gpa == gpa) t[i].wtag = kNoTag;
+    for (TlbEntry& e : t)
+      if (e.gpa == gpa) e.wtag = kNoTag;
 }
 
 void Cpu::invalidate_page(uint64_t page) {
   auto it = page_blocks_.find(page);
   if (it != page_blocks_.end()) {
+    ++pages_invalidated_;
     flush_jump_cache();
     for (Block* b : it->second) {
-      blocks_.erase(b->key);
+      if (b->gpa2 != ~0ull) {
+        // Also listed under its other page: unlist it there so it is retired once.
+        crossing_.erase(b->key);
+        uint64_t other = page == b->page ? b->gpa2 >> 12 : b->page;
+        if (auto o = page_blocks_.find(other); o != page_blocks_.end()) std::erase(o->second, b);
+      } else {
+        blocks_.erase(b->key);
+      }
       if (b == current_block_) end_block();
       retired_.push_back(b);
       leave_chain_ = true;
@@ -333,9 +344,10 @@ void Cpu::free_retired_blocks() {
   retired_.clear();
 }
 
-Block* Cpu::build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cacheable) {
+Block* Cpu::build_block(uint64_t gpa, const uint8_t* host, unsigned avail, uint64_t gpa2) {
   Decoder& dec = decoder_of(decoder_);
   auto b = std::make_unique<Block>();
+  ++blocks_decoded_;
   b->start_gpa = gpa;
   b->page = gpa >> 12;
   b->key = (gpa << 3) | mode;
@@ -352,24 +364,56 @@ Block* Cpu::build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cachea
     if (ends || b->insns.size() >= kMaxBlockInsns) break;
   }
   b->bytes = off;
-  if (!cacheable) {
-    scratch_block_ = std::move(*b);
-    return &scratch_block_;
-  }
+  b->gpa2 = gpa2;
   Block* raw = b.release();
-  blocks_[raw->key] = raw;
+  if (gpa2 == ~0ull) {
+    blocks_[raw->key] = raw;
+  } else {
+    crossing_[raw->key] = raw;
+    page_blocks_[gpa2 >> 12].push_back(raw);
+    mark_code_page(gpa2 >> 12);
+  }
   page_blocks_[raw->page].push_back(raw);
   mark_code_page(raw->page);
   return raw;
 }
 
+// The first instruction at `la` (guest-physical `gpa`, `avail` bytes left on its page) crosses
+// into the next page: decoded from both pages once, found again while the next page still maps
+// to the same guest-physical page.
+Block* Cpu::find_crossing_block(uint64_t la, uint64_t gpa, const uint8_t* host, unsigned avail) {
+  const uint64_t la2 = la + avail;
+  const TlbEntry& e2 = itlb_[(la2 >> 12) & kTlbMask];
+  uint64_t gpa2 = e2.xtag == la2 ? e2.gpa : translate(la2, Access::kExec, tlb_user_);
+  auto it = crossing_.find((gpa << 3) | mode);
+  if (it != crossing_.end()) {
+    if (it->second->gpa2 == gpa2) return fill_jump_cache(la, it->second);
+    invalidate_page(gpa >> 12);  // the next page is mapped elsewhere now: decode again
+  }
+  uint8_t buf[16] = {};
+  std::memcpy(buf, host, avail);
+  unsigned more = 15 - avail;
+  if (const uint8_t* h2 = mem_.host_ptr(gpa2, more)) std::memcpy(buf + avail, h2, more);
+  Block* b = build_block(gpa, buf, 15, gpa2);
+  if (!b) raise_fault(kUD);
+  return fill_jump_cache(la, b);
+}
+
+Block* Cpu::fill_jump_cache(uint64_t la, Block* b) {
+  JumpEntry* set = &jump_cache[jump_cache_set(la) * kJumpCacheWays];
+  set[1] = set[0];
+  set[0] = JumpEntry{la, genkey, b->page << 12, b->jit_entry[tlb_user_], b};
+  return b;
+}
+
 Block* Cpu::find_block() {
   const uint64_t la = r[kRegRip] + seg_base[kCS];
-  JumpEntry& j = jump_cache[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
-  if (j.rip == la && j.genkey == genkey) [[likely]]
-    return j.block;
+  JumpEntry* set = &jump_cache[jump_cache_set(la) * kJumpCacheWays];
+  for (unsigned w = 0; w < kJumpCacheWays; ++w)
+    if (set[w].rip == la && set[w].genkey == genkey && block_mapped(la, set[w].block)) [[likely]]
+      return set[w].block;
 
-  const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
+  const TlbEntry& e = itlb_[(la >> 12) & kTlbMask];
   uint64_t gpa;
   if (e.xtag == (la & ~0xFFFull)) gpa = e.gpa | (la & 0xFFF);
   else gpa = translate(la, Access::kExec, tlb_user_);
@@ -386,30 +430,24 @@ Block* Cpu::find_block() {
       return std::string(s);
     }() + ", " + describe_rip());
     unsigned avail = 4096 - unsigned(gpa & 0xFFF);
-    b = build_block(gpa, host, avail, true);
-    if (!b) {
-      // The first instruction crosses into the next page: decode it from both pages, uncached.
-      uint8_t buf[16] = {};
-      std::memcpy(buf, host, avail);
-      uint64_t gpa2 = translate(la + avail, Access::kExec, tlb_user_);
-      unsigned more = std::min(15u - avail, 15u);
-      if (const uint8_t* h2 = mem_.host_ptr(gpa2, more)) std::memcpy(buf + avail, h2, more);
-      b = build_block(gpa, buf, 15, false);
-      if (!b) raise_fault(kUD);
-      return b;
-    }
+    if (crossing_.empty() || avail >= 15 || !crossing_.count((gpa << 3) | mode))
+      b = build_block(gpa, host, avail);
+    else
+      b = nullptr;
+    if (!b) return find_crossing_block(la, gpa, host, avail);
   }
-  j = JumpEntry{la, genkey, b, b->jit_entry[tlb_user_]};
-  return b;
+  return fill_jump_cache(la, b);
 }
 
 Block* Cpu::next_block(Block* prev) {
   const uint64_t rip = r[kRegRip];
   const uint32_t key = mode | (uint32_t(tlb_user_) << 2);
   for (Block::Link& l : prev->links)
-    if (l.rip == rip && l.gen == code_gen_ && l.key == key) return l.block;
+    if (l.rip == rip && l.gen == code_gen_ && l.key == key &&
+        block_mapped(rip + seg_base[kCS], l.block))
+      return l.block;
   Block* b = find_block();
-  if (b != &scratch_block_ && prev != &scratch_block_) {
+  {
     Block::Link& l = prev->links[prev->next_link];
     prev->next_link ^= 1;
     l = Block::Link{rip, code_gen_, key, b};
@@ -519,7 +557,7 @@ void* Cpu::translated(Block* b) {
   // The same-page branch that exited to find this block, if any: linked below once b has a
   // translation, forgotten otherwise (it must not be linked to a later block).
   uint8_t* slot = std::exchange(jit_slot, nullptr);
-  if (!jit_ || mode != 0 || b == &scratch_block_) return nullptr;
+  if (!jit_ || mode != 0) return nullptr;
   const bool user = tlb_user_;
   if (!b->jit_body[user]) {
     if (b->untranslatable || ++b->heat <= hot_threshold_) return nullptr;
@@ -537,8 +575,9 @@ void* Cpu::translated(Block* b) {
     b->jit_body[user] = t->body;
     // The jump-cache entry that led here learns the translation.
     const uint64_t la = r[kRegRip] + seg_base[kCS];
-    JumpEntry& j = jump_cache[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
-    if (j.rip == la && j.genkey == genkey && j.block == b) j.code = t->entry;
+    JumpEntry* set = &jump_cache[jump_cache_set(la) * kJumpCacheWays];
+    for (unsigned w = 0; w < kJumpCacheWays; ++w)
+      if (set[w].rip == la && set[w].genkey == genkey && set[w].block == b) set[w].code = t->entry;
   }
   if (slot) jit_->link(slot, b->jit_entry[user]);
   return b->jit_body[user];
@@ -548,6 +587,7 @@ void Cpu::run_translated(void* body) {
   jit_slot = nullptr;
   jit_exit = 0;
   jit_->enter(this, body);
+  jit_->count_exit(jit_exit);
   switch (jit_exit) {
     case kJitFault:
       throw GuestFault(jit_fault_);

@@ -67,19 +67,36 @@ struct TlbEntry {
   uintptr_t addend;  // host address = linear address + addend
   uint64_t gpa;      // guest-physical page address
   uint64_t large_mask;  // ~(page size - 1) of the guest mapping (INVLPG of large pages)
-  uint64_t pad[2];      // 64 bytes: translated code scales the index with one shift
+  uint64_t global;      // a global mapping (PTE.G with CR4.PGE): survives CR3 writes
+  uint64_t pad;         // 64 bytes: translated code scales the index with one shift
 };
 inline constexpr uint64_t kNoTag = ~0ull;
-inline constexpr unsigned kTlbSize = 512;
-inline constexpr unsigned kJumpCacheSize = 4096;
+inline constexpr unsigned kTlbSize = 512;   // ITLB entries; DTLB sets
+inline constexpr unsigned kDtlbWays = 2;    // data TLB: 2-way (MRU way first)
+inline constexpr unsigned kDtlbSize = kTlbSize * kDtlbWays;
+// The jump cache is 2-way set associative: two hot branch targets whose RIPs hash alike (hot
+// loops found such pairs with any single hash) do not evict each other.
+inline constexpr unsigned kJumpCacheWays = 2;
+inline constexpr unsigned kJumpCacheBits = 12;  // sets
+inline constexpr unsigned kJumpCacheSize = kJumpCacheWays << kJumpCacheBits;
+// Jump-cache set of linear RIP `la`: Fibonacci hashing of its low 32 bits. Translated code
+// computes the same: imul r32, r32, kJumpCacheHash; shr r32, 32 - kJumpCacheBits.
+inline constexpr uint32_t kJumpCacheHash = 0x9E3779B1u;
+inline constexpr uint32_t jump_cache_set(uint64_t la) {
+  return (uint32_t(la) * kJumpCacheHash) >> (32 - kJumpCacheBits);
+}
 
-// Linear RIP -> decoded block (and its translation), direct-mapped by (la ^ la >> 12). An entry is
-// valid while `genkey` equals the CPU's: (code generation << 3) | decode mode | user << 2.
+// Linear RIP -> decoded block (and its translation), by set (jump_cache_set). An entry is
+// valid while `genkey` equals the CPU's ((code generation << 3) | decode mode | user << 2: blocks
+// freed since, or another mode or CPL, make it stale) and the soft TLB still maps the RIP's page
+// to `page` for execution (so TLB flushes need not touch the cache).
 struct JumpEntry {
   uint64_t rip = ~0ull;
   uint64_t genkey = 0;
-  Block* block = nullptr;
+  uint64_t page = 0;     // guest-physical address of the block's page
   void* code = nullptr;  // checked entry of the block's translation for this key, or nullptr
+  Block* block = nullptr;
+  uint64_t pad[3] = {};  // 64 bytes: translated code scales the index with one shift
 };
 
 // How translated code left (CpuHot::jit_exit). Values 1..3 are also jit_call's statuses.
@@ -123,8 +140,15 @@ struct CpuHot {
   std::atomic<uint32_t> always_attention{1};  // for APIC models without an attention word
   uint64_t genkey = 0;            // see JumpEntry
 
-  TlbEntry tlb_table[2][kTlbSize];  // soft TLBs: [0] supervisor, [1] user
-  JumpEntry jump_cache[kJumpCacheSize];
+  // Soft TLBs, [0] supervisor and [1] user: data accesses (rtag, wtag) and instruction fetches
+  // (xtag) apart, as the hardware's DTLB and ITLB, so data pages do not evict code pages (whose
+  // entries also validate cached branch targets, JumpEntry).
+  // The DTLB is 2-way set associative: two hot pages whose linear addresses are 2 MiB apart
+  // (guest ASLR makes such pairs at random) do not evict each other on every access. Set s is
+  // entries [2s] (most recently filled) and [2s + 1].
+  TlbEntry tlb_table[2][kDtlbSize];
+  TlbEntry itlb_table[2][kTlbSize];
+  JumpEntry jump_cache[kJumpCacheSize];  // set s: [2s] most recently filled, [2s + 1] older
 };
 
 enum class Access : uint8_t { kRead, kWrite, kExec };
@@ -142,6 +166,9 @@ class Cpu : public CpuHot {
     bool kvm_clock = true;      // advertise kvm-clock (the CPU serves its MSRs)
     EmuTier tier = EmuTier::kJit;
     uint32_t hot_threshold = 16;  // executions of a block before it is translated (0: at once)
+    // Translated code counts the instructions it retires (instructions()): a memory add per
+    // block, so only when someone reads the figure (KEEL_EMU_STATS).
+    bool count_instructions = true;
   };
   explicit Cpu(const Deps& deps);
   ~Cpu();
@@ -157,8 +184,15 @@ class Cpu : public CpuHot {
   Exit run();
   void kick();                               // thread-safe, sticky
   void invalidate_code(uint64_t gpa, uint64_t len);  // thread-safe (GuestMemory write observer)
+  // Instructions retired (translated code's only when Deps::count_instructions).
   uint64_t instructions() const { return icount_; }
   uint64_t interpreted_instructions() const { return interpreted_; }
+  // Decoded blocks built, and guest-physical pages whose decoded code was dropped (writes).
+  uint64_t blocks_decoded() const { return blocks_decoded_; }
+  uint64_t code_pages_invalidated() const { return pages_invalidated_; }
+  // Page walks (soft-TLB misses) and whole-TLB flushes.
+  uint64_t page_walks() const { return walks_; }
+  uint64_t tlb_flushes() const { return tlb_flushes_; }
   // Translation-tier figures (KEEL_EMU_STATS), or nullptr on the interpreter tier.
   const jit::Stats* jit_stats() const;
   // For diagnostics: RIP and the bytes at it (best effort, no faults).
@@ -218,23 +252,35 @@ class Cpu : public CpuHot {
   }
 
   // ---- Memory (linear addresses) ----
+  // The DTLB entry that allows a `size`-byte read (write) at `la` without a walk, or nullptr.
+  const TlbEntry* dtlb_read(uint64_t la, unsigned size) const {
+    const TlbEntry* set = &tlb_[((la >> 12) & kTlbMask) * kDtlbWays];
+    const uint64_t tag = la & ~0xFFFull;
+    if ((la & 0xFFF) > 4096 - size) [[unlikely]] return nullptr;
+    if (set[0].rtag == tag) [[likely]] return &set[0];
+    return set[1].rtag == tag ? &set[1] : nullptr;
+  }
+  const TlbEntry* dtlb_write(uint64_t la, unsigned size) const {
+    const TlbEntry* set = &tlb_[((la >> 12) & kTlbMask) * kDtlbWays];
+    const uint64_t tag = la & ~0xFFFull;
+    if ((la & 0xFFF) > 4096 - size) [[unlikely]] return nullptr;
+    if (set[0].wtag == tag) [[likely]] return &set[0];
+    return set[1].wtag == tag ? &set[1] : nullptr;
+  }
   template <typename T>
   T rd(uint64_t la) {
-    const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
-    if (e.rtag == (la & ~0xFFFull) && (la & 0xFFF) <= 4096 - sizeof(T)) [[likely]] {
-      T v;
-      std::memcpy(&v, reinterpret_cast<void*>(la + e.addend), sizeof(T));
+    T v;
+    if (const TlbEntry* e = dtlb_read(la, sizeof(T))) [[likely]] {
+      std::memcpy(&v, reinterpret_cast<void*>(la + e->addend), sizeof(T));
       return v;
     }
-    T v;
     read_slow(la, &v, sizeof(T), tlb_user_);
     return v;
   }
   template <typename T>
   void wr(uint64_t la, T v) {
-    const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
-    if (e.wtag == (la & ~0xFFFull) && (la & 0xFFF) <= 4096 - sizeof(T)) [[likely]] {
-      std::memcpy(reinterpret_cast<void*>(la + e.addend), &v, sizeof(T));
+    if (const TlbEntry* e = dtlb_write(la, sizeof(T))) [[likely]] {
+      std::memcpy(reinterpret_cast<void*>(la + e->addend), &v, sizeof(T));
       return;
     }
     write_slow(la, &v, sizeof(T), tlb_user_);
@@ -243,9 +289,8 @@ class Cpu : public CpuHot {
   // faults raised), or nullptr when the target is MMIO or crosses a page: then use rd/wr.
   template <typename T>
   uint8_t* wptr(uint64_t la) {
-    const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
-    if (e.wtag == (la & ~0xFFFull) && (la & 0xFFF) <= 4096 - sizeof(T)) [[likely]]
-      return reinterpret_cast<uint8_t*>(la + e.addend);
+    if (const TlbEntry* e = dtlb_write(la, sizeof(T))) [[likely]]
+      return reinterpret_cast<uint8_t*>(la + e->addend);
     return wptr_slow(la, sizeof(T));
   }
   // Supervisor-mode (implicit) accesses: descriptor tables, TSS, interrupt stack frames.
@@ -370,7 +415,8 @@ class Cpu : public CpuHot {
   uint8_t* wptr_slow(uint64_t la, unsigned len);
   // Translates a linear address (walk + fill); raises #PF/#GP. Returns the guest-physical address.
   uint64_t translate(uint64_t la, Access acc, bool user);
-  void flush_tlb();
+  // Every TLB entry, or (CR3 writes) all but the global ones.
+  void flush_tlb(bool keep_global = false);
   void flush_tlb_page(uint64_t la);
   bool paging() const { return cr0 & (1u << 31); }
   bool long_mode() const { return efer & (1u << 10); }  // EFER.LMA
@@ -439,17 +485,38 @@ class Cpu : public CpuHot {
   friend class jit::Jit;
   static constexpr unsigned kTlbMask = kTlbSize - 1;
 
-  void fill_tlb(uint64_t la, uint64_t gpa, bool user, bool writable, bool executable,
-                uint64_t large_mask);
-  uint64_t walk(uint64_t la, Access acc, bool user, bool* writable, bool* executable,
-                uint64_t* large_mask);
+  // A page walk's outcome: the guest-physical address and what the mapping allows.
+  struct Walk {
+    uint64_t gpa = 0;
+    uint64_t large_mask = ~0xFFFull;  // ~(page size - 1)
+    bool writable = false;  // only once the dirty bit is set
+    bool executable = false;
+    bool global = false;
+  };
+  Walk walk(uint64_t la, Access acc, bool user);
+  void fill_tlb(uint64_t la, const Walk& w, Access acc, bool user);
+  template <typename F>
+  void for_each_tlb_entry(F&& f);
   void mmio_read(uint64_t gpa, void* dst, unsigned len);
   void mmio_write(uint64_t gpa, const void* src, unsigned len);
   bool is_apic_page(uint64_t gpa) const;
+  // The soft TLB maps linear `la`'s page to guest-physical page address `page` for execution
+  // (validates cached branch targets after TLB flushes, which leave the caches alone).
+  bool maps_for_exec(uint64_t la, uint64_t page) const {
+    const TlbEntry& e = itlb_[(la >> 12) & kTlbMask];
+    return e.xtag == (la & ~0xFFFull) && e.gpa == page;
+  }
+  // Block `b` is still what runs at linear `la` (both its pages, for a page-crossing block).
+  bool block_mapped(uint64_t la, const Block* b) const {
+    return maps_for_exec(la, b->page << 12) &&
+           (b->gpa2 == ~0ull || maps_for_exec((la & ~0xFFFull) + 4096, b->gpa2));
+  }
 
   Block* find_block();
   Block* next_block(Block* prev);
-  Block* build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cacheable);
+  Block* build_block(uint64_t gpa, const uint8_t* host, unsigned avail, uint64_t gpa2 = ~0ull);
+  Block* find_crossing_block(uint64_t la, uint64_t gpa, const uint8_t* host, unsigned avail);
+  Block* fill_jump_cache(uint64_t la, Block* b);
   void mark_code_page(uint64_t page);
   void invalidate_page(uint64_t page);
   void process_pending_invalidations();
@@ -485,12 +552,14 @@ class Cpu : public CpuHot {
 
   // tlb_ points at the soft TLB (CpuHot::tlb_table) for the current CPL.
   TlbEntry* tlb_ = nullptr;
+  TlbEntry* itlb_ = nullptr;
   bool tlb_user_ = false;
   bool ss_32_ = false;  // stack pointer is 32-bit (compatibility mode with a 32-bit SS)
 
   // Decoded code.
   std::unordered_map<uint64_t, Block*> blocks_;                  // by Block::key
   std::unordered_map<uint64_t, std::vector<Block*>> page_blocks_;  // by guest-physical page
+  std::unordered_map<uint64_t, Block*> crossing_;  // blocks starting with a page-crossing insn
   std::vector<Block*> retired_;  // invalidated, freed at the next block boundary
   std::vector<uint8_t> code_pages_;  // 1 = page holds decoded code (accessed via atomic_ref)
   const Insn* block_end_ = nullptr;
@@ -499,7 +568,6 @@ class Cpu : public CpuHot {
   uint64_t code_gen_ = 1;
   bool leave_chain_ = false;  // a handler changed state the chained loop must look at
   Block* current_block_ = nullptr;
-  Block scratch_block_;  // uncached block for an instruction that crosses a page
   std::mutex pending_mutex_;
   std::vector<uint64_t> pending_pages_;
 
@@ -509,6 +577,7 @@ class Cpu : public CpuHot {
   GuestFault jit_fault_{};
   std::exception_ptr jit_error_;
   uint64_t interpreted_ = 0;  // instructions run by the interpreter's block loop
+  uint64_t blocks_decoded_ = 0, pages_invalidated_ = 0, walks_ = 0, tlb_flushes_ = 0;
 
   bool halted_ = false;
   bool shadow_ = false;

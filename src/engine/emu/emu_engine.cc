@@ -33,6 +33,13 @@ EmuVcpu::~EmuVcpu() {
                  double(total) / run_cpu_seconds_ / 1e6,
                  static_cast<unsigned long long>(interpreted),
                  static_cast<unsigned long long>(total - interpreted));
+    std::fprintf(stderr,
+                 "emu: vCPU %u decoded %llu blocks; %llu code pages were written and dropped; "
+                 "%llu page walks, %llu TLB flushes\n",
+                 index_, static_cast<unsigned long long>(cpu_.blocks_decoded()),
+                 static_cast<unsigned long long>(cpu_.code_pages_invalidated()),
+                 static_cast<unsigned long long>(cpu_.page_walks()),
+                 static_cast<unsigned long long>(cpu_.tlb_flushes()));
     if (const jit::Stats* j = cpu_.jit_stats()) {
       std::fprintf(stderr,
                    "emu: vCPU %u translated %llu blocks (%llu instructions to host code, %llu to "
@@ -44,6 +51,17 @@ EmuVcpu::~EmuVcpu() {
                    double(j->code_bytes) / double(1 << 20), j->capacity >> 20,
                    static_cast<unsigned long long>(j->flushes),
                    static_cast<unsigned long long>(j->links));
+      std::fprintf(stderr,
+                   "emu: vCPU %u left translated code %llu times: %llu faults, %llu for the run "
+                   "loop, %llu entry checks, %llu unlinked branches, %llu jump-cache misses\n",
+                   index_,
+                   static_cast<unsigned long long>(j->exits[1] + j->exits[2] + j->exits[3] +
+                                                   j->exits[4] + j->exits[5] + j->exits[6]),
+                   static_cast<unsigned long long>(j->exits[1]),
+                   static_cast<unsigned long long>(j->exits[2]),
+                   static_cast<unsigned long long>(j->exits[4]),
+                   static_cast<unsigned long long>(j->exits[5]),
+                   static_cast<unsigned long long>(j->exits[6]));
     }
   }
 }
@@ -63,6 +81,9 @@ VcpuExit EmuVcpu::run() {
 EmuEngine::EmuEngine(const EngineContext& ctx, const EngineConfig& config,
                      std::unique_ptr<EmuPlatform> platform)
     : ctx_(ctx), config_(config), platform_(std::move(platform)) {
+  // Counting costs translated code a memory add per block: only for KEEL_EMU_STATS/PROFILE.
+  for (const char* name : {"KEEL_EMU_STATS", "KEEL_EMU_PROFILE"})
+    if (const char* v = std::getenv(name); v && *v == '1') count_instructions_ = true;
   if (config.vcpus > 1) throw UsageError("the emu engine runs one vCPU for now");
   // Writes that bypass the CPU's MMU (device DMA, the loader) drop decoded code of those pages.
   // Called from any thread; Cpu::invalidate_code only queues the pages.
@@ -78,7 +99,7 @@ std::unique_ptr<Vcpu> EmuEngine::create_vcpu(uint32_t index) {
   if (index >= max_vcpus()) throw UsageError("the emu engine runs one vCPU for now");
   Cpu::Deps deps{ctx_.memory, ctx_.pio, ctx_.mmio, platform_->local_apic(index),
                  platform_->clock(), index, platform_->tsc_deadline_supported(), true,
-                 config_.emu_tier, config_.emu_hot_threshold};
+                 config_.emu_tier, config_.emu_hot_threshold, count_instructions_};
   auto v = std::make_unique<EmuVcpu>(index, deps, this);
   std::lock_guard lock(vcpus_mutex_);
   cpus_.push_back(&v->cpu());

@@ -60,6 +60,7 @@ class EmuEngine : public Engine {
  private:
   EngineContext ctx_;
   EngineConfig config_;
+  bool count_instructions_ = false;
   std::unique_ptr<EmuPlatform> platform_;
   // vCPUs registered for code invalidation by the GuestMemory write observer.
   std::mutex vcpus_mutex_;

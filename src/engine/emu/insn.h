@@ -71,6 +71,10 @@ struct Block {
   uint64_t page = 0;      // guest-physical page number
   uint64_t start_gpa = 0;
   uint32_t bytes = 0;     // guest bytes covered
+  // A block whose first instruction crosses into the next page: that page's guest-physical
+  // address, checked at every lookup (the two pages' mappings are independent); ~0 otherwise.
+  // Their translations check it at their checked entry.
+  uint64_t gpa2 = ~0ull;
   std::vector<Insn> insns;
   // Direct links to the blocks that followed this one (branch taken / not taken), valid while
   // link_gen matches the CPU's code generation (bumped on any TLB flush or invalidation).

@@ -745,7 +745,7 @@ void Cpu::write_cr0(uint64_t v) {
 
 void Cpu::write_cr3(uint64_t v) {
   cr3 = v & 0x000F'FFFF'FFFF'FFFFull & ~0xFE7ull;
-  flush_tlb();
+  flush_tlb(/*keep_global=*/true);
 }
 
 void Cpu::write_cr4(uint64_t v) {

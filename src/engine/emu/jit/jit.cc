@@ -34,6 +34,7 @@ class StubEmitter : public Xbyak::CodeGenerator {
     push(r15);
     sub(rsp, 8);
     mov(rbp, rdi);
+    mov(r15, qword[rbp + kOffRip]);  // a block runs with its own address in r15
     jmp(rsi);
 
     s->epilogue = getCurr();
@@ -47,6 +48,7 @@ class StubEmitter : public Xbyak::CodeGenerator {
     ret();
 
     s->check_exit = getCurr();
+    mov(qword[rbp + kOffRip], r15);
     mov(byte[rbp + kOffExit], uint8_t(kJitCheck));
     jmp(s->epilogue);
 
@@ -55,33 +57,50 @@ class StubEmitter : public Xbyak::CodeGenerator {
     add(qword[rbp + kOffIcount], rdx);
     jmp(s->epilogue);
 
-    // Jump-cache lookup of [rbp+rip] (Cpu::find_block fills the cache with the same hash).
-    Xbyak::Label miss;
-    s->lookup = getCurr();
-    mov(rax, qword[rbp + kOffRip]);
-    mov(rdx, rax);
-    shr(rdx, 12);
-    xor_(rdx, rax);
-    and_(edx, kJumpCacheSize - 1);
-    shl(edx, 5);
-    cmp(rax, qword[rbp + rdx + (kOffJumpCache + kJcRip)]);
-    jne(miss);
-    mov(rax, qword[rbp + rdx + (kOffJumpCache + kJcGenkey)]);
-    cmp(rax, qword[rbp + kOffGenkey]);
-    jne(miss);
-    mov(rax, qword[rbp + rdx + (kOffJumpCache + kJcCode)]);
-    test(rax, rax);
-    jz(miss);
-    jmp(rax);
-    L(miss);
-    mov(byte[rbp + kOffExit], uint8_t(kJitMiss));
-    jmp(s->epilogue);
+    // Jump-cache lookup of [rbp+rip], one per soft TLB (Cpu::find_block fills the cache with the
+    // same hash and checks the same things: RIP, generation and key, the TLB still mapping the
+    // page to the block's page for execution, a translation).
+    for (int user = 0; user < 2; ++user) {
+      Xbyak::Label miss, found;
+      s->lookup[user] = getCurr();
+      mov(rax, qword[rbp + kOffRip]);
+      imul(edx, eax, int(kJumpCacheHash));  // jump_cache_set(rax) * 2 * sizeof(JumpEntry)
+      shr(edx, 32 - kJumpCacheBits);
+      shl(edx, 7);
+      cmp(rax, qword[rbp + rdx + (kOffJumpCache + kJcRip)]);
+      je(found);
+      add(edx, 64);  // the set's second way
+      cmp(rax, qword[rbp + rdx + (kOffJumpCache + kJcRip)]);
+      jne(miss);
+      L(found);
+      mov(rcx, qword[rbp + rdx + (kOffJumpCache + kJcGenkey)]);
+      cmp(rcx, qword[rbp + kOffGenkey]);
+      jne(miss);
+      mov(rcx, rax);
+      shr(rcx, 6);
+      and_(ecx, (kTlbSize - 1) << 6);
+      and_(rax, uint32_t(-4096));
+      cmp(rax, qword[rbp + rcx + (itlb_offset(user) + kTlbXtag)]);
+      jne(miss);
+      mov(rax, qword[rbp + rcx + (itlb_offset(user) + kTlbGpa)]);
+      cmp(rax, qword[rbp + rdx + (kOffJumpCache + kJcPage)]);
+      jne(miss);
+      mov(rax, qword[rbp + rdx + (kOffJumpCache + kJcCode)]);
+      test(rax, rax);
+      jz(miss);
+      mov(r15, qword[rbp + kOffRip]);
+      jmp(rax);
+      L(miss);
+      mov(byte[rbp + kOffExit], uint8_t(kJitMiss));
+      jmp(s->epilogue);
+    }
   }
 };
 
 }  // namespace
 
-Jit::Jit(const void* call, const void* pack_flags, size_t cache_bytes) {
+Jit::Jit(const void* call, const void* pack_flags, bool count, size_t cache_bytes)
+    : count_(count) {
   // One RWX mapping, written only by this vCPU's thread between runs of translated code.
   void* p = ::mmap(nullptr, cache_bytes, PROT_READ | PROT_WRITE | PROT_EXEC,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -99,6 +118,7 @@ Jit::Jit(const void* call, const void* pack_flags, size_t cache_bytes) {
   stubs_end_ = (e.getSize() + 63) & ~size_t(63);
   used_ = stubs_end_;
 
+  if (const char* d = std::getenv("KEEL_EMU_JIT_DUMP")) dump_dir_ = d;
   if (const char* v = std::getenv("KEEL_EMU_PERFMAP"); v && *v == '1') {
     std::string path = "/tmp/perf-" + std::to_string(getpid()) + ".map";
     perf_map_.reset(std::fopen(path.c_str(), "a"));
@@ -112,7 +132,7 @@ std::optional<Translation> Jit::translate(const Block& block, bool user) {
   uint8_t* at = code_.data() + used_;
   Translation t;
   try {
-    t = translate_block(block, user, stubs_, at, code_.size() - used_);
+    t = translate_block(block, user, count_, stubs_, at, code_.size() - used_);
   } catch (const Xbyak::Error& e) {
     if (int(e) == Xbyak::ERR_CODE_IS_TOO_BIG) return std::nullopt;
     throw Error(std::string("emu: translating the block at guest-physical 0x") + [&] {
@@ -128,6 +148,16 @@ std::optional<Translation> Jit::translate(const Block& block, bool user) {
   stats_.code_bytes = used_;
   stats_.translate_seconds +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!dump_dir_.empty()) {
+    // KEEL_EMU_JIT_DUMP=DIR: DIR/GPA[-user].bin, for objdump -D -b binary -m i386:x86-64.
+    char name[64];
+    std::snprintf(name, sizeof name, "/%llx%s.bin", static_cast<unsigned long long>(block.start_gpa),
+                  user ? "-user" : "");
+    if (FILE* f = std::fopen((dump_dir_ + name).c_str(), "wb")) {
+      std::fwrite(t.entry, 1, t.size, f);
+      std::fclose(f);
+    }
+  }
   if (perf_map_)
     std::fprintf(perf_map_.get(), "%llx %zx keel-emu gpa 0x%llx%s\n",
                  static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(t.entry)), t.size,

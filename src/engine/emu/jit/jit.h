@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "base/mapping.h"
 #include "engine/emu/jit/layout.h"
@@ -20,6 +21,7 @@ struct Stats {
   uint64_t helper_insns = 0;   // instructions translated as calls to their handler (static count)
   uint64_t flushes = 0;        // times the code cache was emptied because it was full
   uint64_t links = 0;          // direct branches patched to their target
+  uint64_t exits[8] = {};      // returns to the run loop, by JitExit (index 0: none recorded)
   size_t code_bytes = 0;       // code cache in use now
   size_t capacity = 0;
   double translate_seconds = 0;
@@ -27,8 +29,10 @@ struct Stats {
 
 class Jit {
  public:
-  // `call` and `pack_flags` are the Cpu entry points translated code calls (layout.h, Stubs).
-  Jit(const void* call, const void* pack_flags, size_t cache_bytes = kDefaultCacheBytes);
+  // `call` and `pack_flags` are the Cpu entry points translated code calls (layout.h, Stubs);
+  // with `count`, translated code adds the instructions it retires to CpuHot::icount_.
+  Jit(const void* call, const void* pack_flags, bool count,
+      size_t cache_bytes = kDefaultCacheBytes);
   ~Jit();
   Jit(const Jit&) = delete;
   Jit& operator=(const Jit&) = delete;
@@ -44,14 +48,17 @@ class Jit {
   // Forgets every translation; the caller drops its pointers to them.
   void flush();
   const Stats& stats() const { return stats_; }
+  void count_exit(uint8_t kind) { ++stats_.exits[kind < 8 ? kind : 0]; }
 
  private:
+  const bool count_;
   Mapping code_;
   size_t stubs_end_ = 0;  // the fixed code at the start of the cache survives flushes
   size_t used_ = 0;
   Stubs stubs_;
   void (*enter_)(CpuHot*, const void*) = nullptr;
   Stats stats_;
+  std::string dump_dir_;  // KEEL_EMU_JIT_DUMP: a file per translation, for reading its code
   // KEEL_EMU_PERFMAP=1: /tmp/perf-PID.map names each translation for `perf report`.
   std::unique_ptr<FILE, int (*)(FILE*)> perf_map_{nullptr, &fclose};
 };

@@ -39,7 +39,10 @@ inline constexpr int32_t kOffAttention = int32_t(offsetof(CpuHot, apic_attention
 inline constexpr int32_t kOffGenkey = int32_t(offsetof(CpuHot, genkey));
 inline constexpr int32_t kOffJumpCache = int32_t(offsetof(CpuHot, jump_cache));
 inline constexpr int32_t tlb_offset(bool user) {
-  return int32_t(offsetof(CpuHot, tlb_table)) + (user ? int32_t(kTlbSize * sizeof(TlbEntry)) : 0);
+  return int32_t(offsetof(CpuHot, tlb_table)) + (user ? int32_t(kDtlbSize * sizeof(TlbEntry)) : 0);
+}
+inline constexpr int32_t itlb_offset(bool user) {
+  return int32_t(offsetof(CpuHot, itlb_table)) + (user ? int32_t(kTlbSize * sizeof(TlbEntry)) : 0);
 }
 inline constexpr int32_t kTlbRtag = int32_t(offsetof(TlbEntry, rtag));
 inline constexpr int32_t kTlbWtag = int32_t(offsetof(TlbEntry, wtag));
@@ -47,19 +50,24 @@ inline constexpr int32_t kTlbAddend = int32_t(offsetof(TlbEntry, addend));
 inline constexpr int32_t kJcRip = int32_t(offsetof(JumpEntry, rip));
 inline constexpr int32_t kJcGenkey = int32_t(offsetof(JumpEntry, genkey));
 inline constexpr int32_t kJcCode = int32_t(offsetof(JumpEntry, code));
+inline constexpr int32_t kJcPage = int32_t(offsetof(JumpEntry, page));
+inline constexpr int32_t kTlbXtag = int32_t(offsetof(TlbEntry, xtag));
+inline constexpr int32_t kTlbGpa = int32_t(offsetof(TlbEntry, gpa));
 
 static_assert(std::is_standard_layout_v<CpuHot>, "translated code addresses CpuHot by offset");
 static_assert(offsetof(CpuHot, pending_invalidation_) == offsetof(CpuHot, kicked_) + 1,
               "block entries test both requests with one 16-bit compare");
 static_assert(sizeof(std::atomic<bool>) == 1 && sizeof(std::atomic<uint32_t>) == 4);
-static_assert(sizeof(TlbEntry) == 64, "the TLB index is scaled by a shift of 6");
-static_assert(sizeof(JumpEntry) == 32, "the jump-cache index is scaled by a shift of 5");
+static_assert(sizeof(TlbEntry) == 64 && kDtlbWays == 2,
+              "TLB indexes are scaled by a shift: 6 (ITLB entry), 7 (DTLB set)");
+static_assert(sizeof(JumpEntry) == 64, "the jump-cache index is scaled by a shift of 6");
 static_assert(sizeof(CpuHot) < (1u << 30), "offsets fit a 32-bit displacement");
 
 // The fixed code every translation jumps to (jit.cc emits it once per code cache).
 struct Stubs {
   const void* epilogue = nullptr;     // returns from Jit::enter to the run loop
-  const void* lookup = nullptr;       // jump-cache lookup of [rbp+rip]; enters or exits kJitMiss
+  const void* lookup[2] = {};         // jump-cache lookup of [rbp+rip] for CPL class [user];
+                                      // enters the block or exits kJitMiss
   const void* check_exit = nullptr;   // exit kJitCheck (block entry saw a request)
   const void* status_exit = nullptr;  // eax = JitExit, edx = instructions retired: exit
   const void* call = nullptr;         // Cpu::jit_call(CpuHot*, const Insn*)

@@ -4,8 +4,9 @@
 // not translated calls the instruction's interpreter handler (one semantics, two tiers).
 //
 // Invariants at every block entry: every guest register is in CpuHot::r, the guest flags are in
-// the lazy-flag fields (lf_op/lf_res or rflags_), r15 is loaded from r[kRegRip] (the block's own
-// linear address). docs/architecture.md ("emu translator") has the whole design.
+// the lazy-flag fields (lf_op/lf_res or rflags_), r15 holds the block's own linear address
+// (r[kRegRip] is written only when leaving for the run loop or calling a handler).
+// docs/architecture.md ("emu translator") has the whole design.
 #include "engine/emu/jit/translator.h"
 
 #include <Zydis/Zydis.h>
@@ -224,8 +225,9 @@ Plan classify(const Insn& in, int64_t next) {
 
 class BlockEmitter : public CodeGenerator {
  public:
-  BlockEmitter(const Block& b, bool user, const Stubs& stubs, uint8_t* buf, size_t avail)
-      : CodeGenerator(avail, buf), b_(b), user_(user), stubs_(stubs) {}
+  BlockEmitter(const Block& b, bool user, bool count, const Stubs& stubs, uint8_t* buf,
+               size_t avail)
+      : CodeGenerator(avail, buf), b_(b), user_(user), count_(count), stubs_(stubs) {}
 
   Translation run();
 
@@ -319,7 +321,11 @@ class BlockEmitter : public CodeGenerator {
   }
   void leave_prep();
   void goto_offset(int64_t off);
-  void exit_lookup() { jmp(stubs_.lookup, T_NEAR); }
+  void exit_lookup() { jmp(stubs_.lookup[user_], T_NEAR); }
+  // Guest instructions retired, when the CPU counts them (KEEL_EMU_STATS).
+  void count(unsigned n) {
+    if (count_) add(qword[rbp + kOffIcount], n);
+  }
 
   // ---- instructions
   void emit(int i);
@@ -336,6 +342,7 @@ class BlockEmitter : public CodeGenerator {
 
   const Block& b_;
   const bool user_;
+  const bool count_;
   const Stubs& stubs_;
   unsigned n_ = 0;
   std::vector<int64_t> off_;  // byte offset of instruction i from the block start; off_[n]: end
@@ -524,16 +531,27 @@ void BlockEmitter::ea_rcx(const Insn& in, int i) {
 
 void BlockEmitter::tlb(int size, bool write, Label& slow) {
   const int32_t base = tlb_offset(user_);
+  const int32_t tag = write ? kTlbWtag : kTlbRtag;
   mov(rdx, rcx);
-  shr(rdx, 6);
-  and_(edx, (kTlbSize - 1) << 6);  // index * sizeof(TlbEntry)
+  shr(rdx, 5);
+  and_(edx, (kTlbSize - 1) << 7);  // set * 2 * sizeof(TlbEntry)
   // The tag of the access's last byte: a page-crossing access cannot match.
   if (size == 1) mov(rax, rcx);
   else lea(rax, ptr[rcx + (size - 1)]);
   and_(rax, uint32_t(-4096));
-  cmp(rax, qword[rbp + rdx + (base + (write ? kTlbWtag : kTlbRtag))]);
-  jne(slow, T_NEAR);
+  cmp(rax, qword[rbp + rdx + (base + tag)]);
+  Label& way1 = label();
+  Label& hit = label();
+  jne(way1, T_NEAR);
+  L(hit);
   add(rcx, qword[rbp + rdx + (base + kTlbAddend)]);
+  cold([this, base, tag, &way1, &hit, &slow] {
+    L(way1);  // the set's older way
+    cmp(rax, qword[rbp + rdx + (base + int32_t(sizeof(TlbEntry)) + tag)]);
+    jne(slow, T_NEAR);
+    add(edx, int32_t(sizeof(TlbEntry)));
+    jmp(hit, T_NEAR);
+  });
 }
 
 void BlockEmitter::memop(int i, bool write, int size, const std::function<void()>& addr,
@@ -558,7 +576,7 @@ void BlockEmitter::memop(int i, bool write, int size, const std::function<void()
     set_rip(off_[i + 1]);
     call_handler(i);
     if (terminator) {
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       exit_lookup();
       return;
     }
@@ -586,17 +604,20 @@ void BlockEmitter::leave_prep() {
 // (translations are keyed by guest-physical page, so a same-page target is the same code under
 // any mapping that reached this block), the jump-cache lookup otherwise.
 void BlockEmitter::goto_offset(int64_t off) {
-  set_rip(off);
   int64_t in_page = int64_t(b_.start_gpa & 0xFFF) + off;
   if (in_page < 0 || in_page >= 4096) {
+    set_rip(off);
     exit_lookup();
     return;
   }
+  // A block is entered with its own address in r15.
+  lea(r15, ptr[r15 + int32_t(off)]);
   const uint8_t* slot = getCurr();
   Label& stub = label();
   jmp(stub, T_NEAR);  // E9 rel32: Jit::link rewrites it
   cold([this, slot, &stub] {
     L(stub);
+    mov(qword[rbp + kOffRip], r15);
     mov(rax, reinterpret_cast<uint64_t>(slot));
     mov(qword[rbp + kOffSlot], rax);
     mov(byte[rbp + kOffExit], uint8_t(kJitChain));
@@ -748,7 +769,7 @@ void BlockEmitter::emit_helper(int i) {
   call_handler(i);
   cache_ = Cache{};  // the handler may have changed any guest register
   if (unsigned(i) + 1 == n_) {
-    add(qword[rbp + kOffIcount], n_);
+    count(n_);
     exit_lookup();  // RIP is wherever the handler left it
   }
 }
@@ -1139,7 +1160,7 @@ void BlockEmitter::emit(int i) {
 
     case Op::kJmp:
       leave_prep();
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       goto_offset(off_[i + 1] + int64_t(in.imm));
       return;
 
@@ -1152,10 +1173,10 @@ void BlockEmitter::emit(int i) {
       cache_.dirty = 0;
       Label& taken = label();
       jcc(in.cc, taken);
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       goto_offset(off_[i + 1]);
       L(taken);
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       goto_offset(off_[i + 1] + int64_t(in.imm));
       return;
     }
@@ -1169,7 +1190,7 @@ void BlockEmitter::emit(int i) {
       }, false, false, true);
       dirty(x86::RSP);
       leave_prep();
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       goto_offset(off_[i + 1] + int64_t(in.imm));
       return;
     }
@@ -1184,7 +1205,7 @@ void BlockEmitter::emit(int i) {
       }, false, false, true);
       dirty(x86::RSP);
       leave_prep();
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       exit_lookup();
       return;
     }
@@ -1199,7 +1220,7 @@ void BlockEmitter::emit(int i) {
         }, false, false, true);
       }
       leave_prep();
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       exit_lookup();
       return;
 
@@ -1225,7 +1246,7 @@ void BlockEmitter::emit(int i) {
       }, false, false, true);
       dirty(x86::RSP);
       leave_prep();
-      add(qword[rbp + kOffIcount], n_);
+      count(n_);
       exit_lookup();
       return;
     }
@@ -1264,8 +1285,21 @@ Translation BlockEmitter::run() {
   cmp(dword[rax], 0);
   jne(stubs_.check_exit);
   L(body);
+  if (b_.gpa2 != ~0ull) {
+    // The first instruction crosses into the next page, whose mapping is the entry's to check
+    // (the run loop, which enters at the body, has just checked it).
+    const int32_t avail = int32_t(4096 - (b_.start_gpa & 0xFFF));
+    lea(rax, ptr[r15 + avail]);
+    mov(rcx, rax);
+    shr(rcx, 6);
+    and_(ecx, (kTlbSize - 1) << 6);
+    cmp(rax, qword[rbp + rcx + (itlb_offset(user_) + kTlbXtag)]);
+    jne(stubs_.check_exit);
+    mov(rax, b_.gpa2);
+    cmp(rax, qword[rbp + rcx + (itlb_offset(user_) + kTlbGpa)]);
+    jne(stubs_.check_exit);
+  }
   t.body = const_cast<uint8_t*>(getCurr());
-  mov(r15, qword[rbp + kOffRip]);
 
   for (unsigned i = 0; i < n_; ++i) {
     emit(int(i));
@@ -1278,7 +1312,7 @@ Translation BlockEmitter::run() {
   if (last != Op::kHelper && last != Op::kJmp && last != Op::kJcc && last != Op::kCall &&
       last != Op::kRet && last != Op::kJmpInd && last != Op::kCallInd) {
     leave_prep();
-    add(qword[rbp + kOffIcount], n_);
+    count(n_);
     goto_offset(off_[n_]);
   }
   for (size_t k = 0; k < cold_.size(); ++k) cold_[k]();
@@ -1288,9 +1322,9 @@ Translation BlockEmitter::run() {
 
 }  // namespace
 
-Translation translate_block(const Block& block, bool user, const Stubs& stubs, uint8_t* buf,
-                            size_t avail) {
-  BlockEmitter e(block, user, stubs, buf, avail);
+Translation translate_block(const Block& block, bool user, bool count, const Stubs& stubs,
+                            uint8_t* buf, size_t avail) {
+  BlockEmitter e(block, user, count, stubs, buf, avail);
   return e.run();
 }
 

@@ -17,8 +17,9 @@ struct Translation {
 };
 
 // Emits the translation of `block` for CPL class `user` (which soft TLB it reads) into
-// [buf, buf + avail). Throws Xbyak::Error when it does not fit. The block must be 64-bit code.
-Translation translate_block(const Block& block, bool user, const Stubs& stubs, uint8_t* buf,
-                            size_t avail);
+// [buf, buf + avail), counting retired instructions in CpuHot::icount_ when `count`. Throws
+// Xbyak::Error when it does not fit. The block must be 64-bit code.
+Translation translate_block(const Block& block, bool user, bool count, const Stubs& stubs,
+                            uint8_t* buf, size_t avail);
 
 }  // namespace keel::emu::jit
