@@ -125,6 +125,8 @@ struct CpuHot {
   uint64_t lf_res = 0, lf_dst = 0, lf_src = 0;
 
   uint64_t icount_ = 0;  // guest instructions retired
+  uint64_t cr0 = 0x60000010, cr4 = 0;  // translated SSE code checks EM, TS and OSFXSR
+  alignas(16) U128 xmm[16] = {};
 
   // Requests another thread makes of the vCPU. Adjacent: translated code tests both with one
   // 16-bit compare at every block entry.
@@ -203,7 +205,7 @@ class Cpu : public CpuHot {
   x86::Segment sreg[6];          // ES CS SS DS FS GS
   x86::Segment tr, ldtr;
   x86::DescriptorTable gdt, idt;
-  uint64_t cr0 = 0x60000010, cr2 = 0, cr3 = 0, cr4 = 0, efer = 0;
+  uint64_t cr2 = 0, cr3 = 0, efer = 0;  // CR0 and CR4 live in CpuHot
   uint64_t star = 0, lstar = 0, cstar = 0, fmask = 0, kernel_gs_base = 0;
   uint64_t sysenter_cs = 0, sysenter_esp = 0, sysenter_eip = 0;
   uint64_t pat = 0x0007040600070406ull, tsc_aux = 0, misc_enable = 1;  // fast strings
@@ -212,7 +214,7 @@ class Cpu : public CpuHot {
   uint8_t cpl = 0;
   uint8_t mode = 0;  // decode mode: 0 = 64-bit, 1 = 32-bit, 2 = 16-bit
 
-  alignas(16) U128 xmm[16] = {};
+  // xmm lives in CpuHot.
   uint32_t mxcsr = 0x1F80;
   uint16_t fcw = 0x37F, fsw = 0;
   uint8_t ftw = 0;  // abridged tag word as FXSAVE stores it

@@ -168,6 +168,8 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
         }
         in.kind[slot] = kOpReg;
         in.reg[slot] = static_cast<uint8_t>(s);
+        if (ZydisRegisterGetClass(op.reg.value) == ZYDIS_REGCLASS_XMM)
+          in.xmm_ops |= uint8_t(1u << slot);
         if (slot == 1) in.opsz2 = static_cast<uint8_t>(op.size / 8);
         ++slot;
         break;
@@ -237,7 +239,7 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
     if (ops[i].type != ZYDIS_OPERAND_TYPE_REGISTER) continue;
     auto cls = ZydisRegisterGetClass(ops[i].reg.value);
     if (cls != ZYDIS_REGCLASS_GPR8 && cls != ZYDIS_REGCLASS_GPR16 &&
-        cls != ZYDIS_REGCLASS_GPR32 && cls != ZYDIS_REGCLASS_GPR64)
+        cls != ZYDIS_REGCLASS_GPR32 && cls != ZYDIS_REGCLASS_GPR64 && cls != ZYDIS_REGCLASS_XMM)
       gpr_only = false;
   }
   if (gpr_only) in.prefix |= kPfxGpr;

@@ -35,7 +35,8 @@ inline constexpr uint8_t kPfxStack = 8;  // a memory access goes through SS (#SS
 // a virtio driver and device (event index) can each miss the other's update: a lost interrupt.
 inline constexpr uint8_t kPfxFence = 16;
 // Not prefixes either, for the translator: every visible register operand is a general-purpose
-// register (not a segment, control, debug, x87 or XMM register); a far branch.
+// or an XMM register (Insn::xmm_ops says which are XMM), none is a segment, control, debug, x87
+// or MMX register; a far branch.
 inline constexpr uint8_t kPfxGpr = 32;
 inline constexpr uint8_t kPfxFar = 64;
 
@@ -58,6 +59,7 @@ struct Insn {
   // Arithmetic flags the instruction reads and writes (kFl* bits), from Zydis's flag tables; the
   // translator's flag liveness uses them.
   uint8_t fl_read = 0, fl_write = 0;
+  uint8_t xmm_ops = 0;  // bit i: operand i (kind kOpReg) is an XMM register
 };
 
 // Compact arithmetic-flag masks for Insn::fl_read / fl_write.

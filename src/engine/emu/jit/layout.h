@@ -30,6 +30,9 @@ inline constexpr int32_t kOffRflags = int32_t(offsetof(CpuHot, rflags_));
 inline constexpr int32_t kOffLfOp = int32_t(offsetof(CpuHot, lf_op));
 inline constexpr int32_t kOffLfRes = int32_t(offsetof(CpuHot, lf_res));
 inline constexpr int32_t kOffIcount = int32_t(offsetof(CpuHot, icount_));
+inline constexpr int32_t kOffCr0 = int32_t(offsetof(CpuHot, cr0));
+inline constexpr int32_t kOffCr4 = int32_t(offsetof(CpuHot, cr4));
+inline constexpr int32_t kOffXmm = int32_t(offsetof(CpuHot, xmm));
 inline constexpr int32_t kOffRequests = int32_t(offsetof(CpuHot, kicked_));
 inline constexpr int32_t kOffSpill = int32_t(offsetof(CpuHot, jit_flags_spill));
 inline constexpr int32_t kOffExit = int32_t(offsetof(CpuHot, jit_exit));
@@ -62,6 +65,8 @@ static_assert(sizeof(TlbEntry) == 64 && kDtlbWays == 2,
               "TLB indexes are scaled by a shift: 6 (ITLB entry), 7 (DTLB set)");
 static_assert(sizeof(JumpEntry) == 64, "the jump-cache index is scaled by a shift of 6");
 static_assert(sizeof(CpuHot) < (1u << 30), "offsets fit a 32-bit displacement");
+static_assert(offsetof(CpuHot, xmm) % 16 == 0 && alignof(CpuHot) >= 16,
+              "translated code uses aligned SSE moves on the guest's XMM registers");
 
 // The fixed code every translation jumps to (jit.cc emits it once per code cache).
 struct Stubs {

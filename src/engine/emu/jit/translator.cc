@@ -37,6 +37,9 @@ enum class Op : uint8_t {
   kMov, kMovx, kLea, kAlu, kTest, kUnary, kShift, kImul2, kImul3, kMul1, kCmov, kSetcc,
   kPush, kPop, kXchg, kCmpxchg, kXadd, kBt, kBswap, kCbw, kCwd, kNop, kMfence, kBsf,
   kJmp, kJcc, kCall, kRet, kJmpInd, kCallInd,
+  // SSE moves and integer/logic operations, on the guest's XMM registers in CpuHot::xmm (no
+  // MXCSR dependence: floating-point arithmetic keeps calling its handler).
+  kSseMov, kSseBin, kSseMovq, kSsePmovmskb, kSseMovhl, kSseMovScalar,
 };
 
 struct Plan {
@@ -56,22 +59,79 @@ int64_t sext(uint64_t v, int size) {
 }
 bool fits_i32(int64_t v) { return v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max(); }
 
+bool is_xmm(const Insn& in, int i) { return in.kind[i] == kOpReg && (in.xmm_ops & (1u << i)); }
+
+// SSE instructions with at least one XMM operand and no MMX/x87 ones (classify below).
+Plan classify_sse(const Insn& in, bool memop) {
+  Plan p;
+  const auto m = static_cast<ZydisMnemonic>(in.mnem);
+  const bool x0 = is_xmm(in, 0), x1 = is_xmm(in, 1);
+  const bool m0 = in.kind[0] == kOpMem, m1 = in.kind[1] == kOpMem;
+  auto set = [&](Op op) {
+    p.op = op;
+    p.mem = memop;
+    return p;
+  };
+  switch (m) {
+    case ZYDIS_MNEMONIC_MOVAPS: case ZYDIS_MNEMONIC_MOVAPD: case ZYDIS_MNEMONIC_MOVDQA:
+    case ZYDIS_MNEMONIC_MOVUPS: case ZYDIS_MNEMONIC_MOVUPD: case ZYDIS_MNEMONIC_MOVDQU:
+    case ZYDIS_MNEMONIC_MOVNTDQ: case ZYDIS_MNEMONIC_MOVNTPS: case ZYDIS_MNEMONIC_MOVNTPD:
+      if ((x0 && (x1 || m1)) || (m0 && x1)) return set(Op::kSseMov);
+      return p;
+    case ZYDIS_MNEMONIC_MOVD: case ZYDIS_MNEMONIC_MOVQ:
+      // The interpreter's decoder classified the form (in.imm2) and the width (in.cc).
+      if (in.cc == 4 || in.cc == 8) return set(Op::kSseMovq);
+      return p;
+    case ZYDIS_MNEMONIC_PMOVMSKB:
+      if (in.kind[0] == kOpReg && !x0 && x1) return set(Op::kSsePmovmskb);
+      return p;
+    case ZYDIS_MNEMONIC_MOVLPD: case ZYDIS_MNEMONIC_MOVHPD: case ZYDIS_MNEMONIC_MOVLPS:
+    case ZYDIS_MNEMONIC_MOVHPS:
+      if ((x0 && m1) || (m0 && x1)) return set(Op::kSseMovhl);
+      return p;
+    case ZYDIS_MNEMONIC_MOVSD: case ZYDIS_MNEMONIC_MOVSS:
+      if ((x0 && (x1 || m1)) || (m0 && x1)) return set(Op::kSseMovScalar);
+      return p;
+    case ZYDIS_MNEMONIC_PXOR: case ZYDIS_MNEMONIC_POR: case ZYDIS_MNEMONIC_PAND:
+    case ZYDIS_MNEMONIC_PANDN: case ZYDIS_MNEMONIC_XORPS: case ZYDIS_MNEMONIC_XORPD:
+    case ZYDIS_MNEMONIC_ANDPS: case ZYDIS_MNEMONIC_ANDPD: case ZYDIS_MNEMONIC_ANDNPS:
+    case ZYDIS_MNEMONIC_ANDNPD: case ZYDIS_MNEMONIC_ORPS: case ZYDIS_MNEMONIC_ORPD:
+    case ZYDIS_MNEMONIC_PCMPEQB: case ZYDIS_MNEMONIC_PCMPEQW: case ZYDIS_MNEMONIC_PCMPEQD:
+    case ZYDIS_MNEMONIC_PCMPGTB: case ZYDIS_MNEMONIC_PCMPGTW: case ZYDIS_MNEMONIC_PCMPGTD:
+    case ZYDIS_MNEMONIC_PADDB: case ZYDIS_MNEMONIC_PADDW: case ZYDIS_MNEMONIC_PADDD:
+    case ZYDIS_MNEMONIC_PADDQ: case ZYDIS_MNEMONIC_PSUBB: case ZYDIS_MNEMONIC_PSUBW:
+    case ZYDIS_MNEMONIC_PSUBD: case ZYDIS_MNEMONIC_PSUBQ: case ZYDIS_MNEMONIC_PMINUB:
+    case ZYDIS_MNEMONIC_PMAXUB: case ZYDIS_MNEMONIC_PUNPCKLBW: case ZYDIS_MNEMONIC_PUNPCKLWD:
+    case ZYDIS_MNEMONIC_PUNPCKLDQ: case ZYDIS_MNEMONIC_PUNPCKLQDQ:
+    case ZYDIS_MNEMONIC_PUNPCKHBW: case ZYDIS_MNEMONIC_PUNPCKHWD:
+    case ZYDIS_MNEMONIC_PUNPCKHDQ: case ZYDIS_MNEMONIC_PUNPCKHQDQ:
+      if (x0 && (x1 || m1) && in.kind[2] == kOpNone) return set(Op::kSseBin);
+      return p;
+    case ZYDIS_MNEMONIC_PSHUFD:
+      if (x0 && (x1 || m1) && in.kind[2] == kOpImm) return set(Op::kSseBin);
+      return p;
+    default:
+      return p;
+  }
+}
+
 // Decides how `in` (at byte offset `next` past the block start, for RIP-relative operands) is
 // translated. Everything the emitter below handles is listed here and nowhere else.
 Plan classify(const Insn& in, int64_t next) {
   Plan p;
   const auto m = static_cast<ZydisMnemonic>(in.mnem);
   const uint8_t k0 = in.kind[0], k1 = in.kind[1], k2 = in.kind[2];
-  const bool gpr = in.prefix & kPfxGpr;
+  const bool gpr = (in.prefix & kPfxGpr) && !in.xmm_ops;
   const int sz = in.osz;
   const bool memop = k0 == kOpMem || k1 == kOpMem || k2 == kOpMem;
   for (int i = 0; i < 3; ++i)
     if (in.kind[i] == kOpReg && in.reg[i] >= 16) return p;  // AH..BH: not encodable with REX
-  if (!gpr) return p;
   if (memop) {
     if (in.asz != 8 || (in.seg != kSegFlat && in.seg != kFS && in.seg != kGS)) return p;
     if (in.base == kRegRip && !fits_i32(int64_t(in.disp) + next)) return p;
   }
+  if (in.xmm_ops && (in.prefix & kPfxGpr)) return classify_sse(in, memop);
+  if (!gpr) return p;
   if ((in.prefix & kPfxLock) && k0 != kOpMem) return p;
   if (in.prefix & kPfxFar) return p;
   const bool r0 = k0 == kOpReg, m0 = k0 == kOpMem;
@@ -327,6 +387,16 @@ class BlockEmitter : public CodeGenerator {
     if (count_) add(qword[rbp + kOffIcount], n);
   }
 
+  // ---- SSE
+  Address xmm_slot(int x, int offset = 0) { return xword[rbp + (kOffXmm + 16 * x + offset)]; }
+  // Once per block, before its first SSE instruction: CR0.EM/TS and CR4.OSFXSR allow SSE (else
+  // the handler raises #UD or #NM). Instructions that change them end the block.
+  void sse_guard(int i);
+  void sse_bin(ZydisMnemonic m, const Xbyak::Xmm& a, const Xbyak::Operand& b, uint8_t imm);
+  void emit_sse(int i);
+  bool sse_checked_ = false;
+  Label* slow_ = nullptr;  // the current memop's slow path (an op may branch to it)
+
   // ---- instructions
   void emit(int i);
   void emit_helper(int i);
@@ -562,6 +632,7 @@ void BlockEmitter::memop(int i, bool write, int size, const std::function<void()
   const Fl pre_fl = fl_;
   Label& slow = label();
   Label& rejoin = label();
+  slow_ = &slow;
   addr();
   tlb(size, write, slow);
   if (reads_flags) ensure_host_flags();
@@ -791,6 +862,10 @@ void BlockEmitter::emit(int i) {
   switch (p.op) {
     case Op::kHelper:
       emit_helper(i);
+      return;
+    case Op::kSseMov: case Op::kSseBin: case Op::kSseMovq: case Op::kSsePmovmskb:
+    case Op::kSseMovhl: case Op::kSseMovScalar:
+      emit_sse(i);
       return;
 
     case Op::kMov:
@@ -1250,6 +1325,229 @@ void BlockEmitter::emit(int i) {
       exit_lookup();
       return;
     }
+  }
+}
+
+// ---------------------------------------------------------------- SSE
+
+void BlockEmitter::sse_guard(int i) {
+  if (sse_checked_) return;
+  sse_checked_ = true;
+  spill_flags();
+  const Cache pre = cache_;
+  const Fl pre_fl = fl_;
+  Label& fail = label();
+  Label& rejoin = label();
+  test(byte[rbp + kOffCr0], uint8_t(0x0C));      // EM | TS
+  jnz(fail, T_NEAR);
+  test(byte[rbp + kOffCr4 + 1], uint8_t(0x02));  // OSFXSR (bit 9)
+  jz(fail, T_NEAR);
+  L(rejoin);
+  cold([this, i, pre, pre_fl, &fail, &rejoin] {
+    // The handler raises the fault; were it to return, the instruction has run: continue.
+    L(fail);
+    materialize(pre_fl);
+    writeback(pre);
+    set_rip(off_[i + 1]);
+    call_handler(i);
+    count(unsigned(i) + 1);
+    exit_lookup();
+  });
+  (void)rejoin;
+}
+
+void BlockEmitter::sse_bin(ZydisMnemonic m, const Xbyak::Xmm& a, const Xbyak::Operand& b,
+                           uint8_t imm) {
+  switch (m) {
+    case ZYDIS_MNEMONIC_PXOR: pxor(a, b); break;
+    case ZYDIS_MNEMONIC_POR: por(a, b); break;
+    case ZYDIS_MNEMONIC_PAND: pand(a, b); break;
+    case ZYDIS_MNEMONIC_PANDN: pandn(a, b); break;
+    case ZYDIS_MNEMONIC_XORPS: xorps(a, b); break;
+    case ZYDIS_MNEMONIC_XORPD: xorpd(a, b); break;
+    case ZYDIS_MNEMONIC_ANDPS: andps(a, b); break;
+    case ZYDIS_MNEMONIC_ANDPD: andpd(a, b); break;
+    case ZYDIS_MNEMONIC_ANDNPS: andnps(a, b); break;
+    case ZYDIS_MNEMONIC_ANDNPD: andnpd(a, b); break;
+    case ZYDIS_MNEMONIC_ORPS: orps(a, b); break;
+    case ZYDIS_MNEMONIC_ORPD: orpd(a, b); break;
+    case ZYDIS_MNEMONIC_PCMPEQB: pcmpeqb(a, b); break;
+    case ZYDIS_MNEMONIC_PCMPEQW: pcmpeqw(a, b); break;
+    case ZYDIS_MNEMONIC_PCMPEQD: pcmpeqd(a, b); break;
+    case ZYDIS_MNEMONIC_PCMPGTB: pcmpgtb(a, b); break;
+    case ZYDIS_MNEMONIC_PCMPGTW: pcmpgtw(a, b); break;
+    case ZYDIS_MNEMONIC_PCMPGTD: pcmpgtd(a, b); break;
+    case ZYDIS_MNEMONIC_PADDB: paddb(a, b); break;
+    case ZYDIS_MNEMONIC_PADDW: paddw(a, b); break;
+    case ZYDIS_MNEMONIC_PADDD: paddd(a, b); break;
+    case ZYDIS_MNEMONIC_PADDQ: paddq(a, b); break;
+    case ZYDIS_MNEMONIC_PSUBB: psubb(a, b); break;
+    case ZYDIS_MNEMONIC_PSUBW: psubw(a, b); break;
+    case ZYDIS_MNEMONIC_PSUBD: psubd(a, b); break;
+    case ZYDIS_MNEMONIC_PSUBQ: psubq(a, b); break;
+    case ZYDIS_MNEMONIC_PMINUB: pminub(a, b); break;
+    case ZYDIS_MNEMONIC_PMAXUB: pmaxub(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKLBW: punpcklbw(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKLWD: punpcklwd(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKLDQ: punpckldq(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKLQDQ: punpcklqdq(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKHBW: punpckhbw(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKHWD: punpckhwd(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKHDQ: punpckhdq(a, b); break;
+    case ZYDIS_MNEMONIC_PUNPCKHQDQ: punpckhqdq(a, b); break;
+    case ZYDIS_MNEMONIC_PSHUFD: pshufd(a, b, imm); break;
+    default: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
+  }
+}
+
+void BlockEmitter::emit_sse(int i) {
+  const Insn& in = b_.insns[i];
+  const auto m = static_cast<ZydisMnemonic>(in.mnem);
+  const uint8_t k0 = in.kind[0], k1 = in.kind[1];
+  const int d = in.reg[0], s = in.reg[1];
+  sse_guard(i);
+  // Legacy SSE faults #GP on a 128-bit memory operand that is not 16-byte aligned (but for the
+  // U forms); the host address has the guest address's alignment (pages map whole).
+  auto aligned = [&] {
+    test(cl, 15);
+    jnz(*slow_, T_NEAR);
+  };
+  switch (plans_[i].op) {
+    case Op::kSseMov: {
+      const bool need_align = m != ZYDIS_MNEMONIC_MOVUPS && m != ZYDIS_MNEMONIC_MOVUPD &&
+                              m != ZYDIS_MNEMONIC_MOVDQU;
+      if (k0 == kOpReg && k1 == kOpReg) {
+        movdqa(xmm0, xmm_slot(s));
+        movdqa(xmm_slot(d), xmm0);
+      } else if (k0 == kOpReg) {
+        memop_ea(i, false, 16, [&] {
+          if (need_align) aligned();
+          movdqu(xmm0, xword[rcx]);
+          movdqa(xmm_slot(d), xmm0);
+        }, false, false);
+      } else {
+        memop_ea(i, true, 16, [&] {
+          if (need_align) aligned();
+          movdqa(xmm0, xmm_slot(s));
+          movdqu(xword[rcx], xmm0);
+        }, false, false);
+      }
+      return;
+    }
+    case Op::kSseBin: {
+      const uint8_t imm = uint8_t(in.imm);
+      movdqa(xmm0, xmm_slot(d));
+      if (k1 == kOpReg) {
+        sse_bin(m, xmm0, xmm_slot(s), imm);
+        movdqa(xmm_slot(d), xmm0);
+      } else {
+        memop_ea(i, false, 16, [&] {
+          aligned();
+          movdqu(xmm1, xword[rcx]);
+          sse_bin(m, xmm0, xmm1, imm);
+          movdqa(xmm_slot(d), xmm0);
+        }, false, false);
+      }
+      return;
+    }
+    case Op::kSsePmovmskb: {
+      int g = target(in.reg[0], 4);
+      movdqa(xmm0, xmm_slot(s));
+      pmovmskb(Reg32(g), xmm0);
+      dirty(in.reg[0]);
+      return;
+    }
+    case Op::kSseMovq: {
+      // in.imm2 (the interpreter decoder's form): 0 xmm <- xmm/mem, 1 xmm <- GPR, 2 GPR <- xmm,
+      // 3 mem <- xmm; in.cc: 4 or 8 bytes. Loads into an XMM register zero the rest of it.
+      const int w = in.cc;
+      switch (in.imm2) {
+        case 0:
+          if (k1 == kOpReg) {
+            movq(xmm0, xmm_slot(s));
+            movdqa(xmm_slot(d), xmm0);
+          } else {
+            memop_ea(i, false, w, [&] {
+              if (w == 8) movq(xmm0, qword[rcx]);
+              else movd(xmm0, dword[rcx]);
+              movdqa(xmm_slot(d), xmm0);
+            }, false, false);
+          }
+          return;
+        case 1: {
+          int g = use(in.reg[1]);
+          if (w == 8) movq(xmm0, Reg64(g));
+          else movd(xmm0, Reg32(g));
+          movdqa(xmm_slot(d), xmm0);
+          return;
+        }
+        case 2: {
+          int g = target(in.reg[0], w);
+          if (w == 8) mov(Reg64(g), qword[rbp + (kOffXmm + 16 * s)]);
+          else mov(Reg32(g), dword[rbp + (kOffXmm + 16 * s)]);
+          dirty(in.reg[0]);
+          return;
+        }
+        default:
+          memop_ea(i, true, w, [&] {
+            if (w == 8) {
+              mov(rax, qword[rbp + (kOffXmm + 16 * s)]);
+              mov(qword[rcx], rax);
+            } else {
+              mov(eax, dword[rbp + (kOffXmm + 16 * s)]);
+              mov(dword[rcx], eax);
+            }
+          }, false, false);
+          return;
+      }
+    }
+    case Op::kSseMovhl: {
+      const int half = (m == ZYDIS_MNEMONIC_MOVHPD || m == ZYDIS_MNEMONIC_MOVHPS) ? 8 : 0;
+      if (k0 == kOpReg) {
+        memop_ea(i, false, 8, [&] {
+          mov(rax, qword[rcx]);
+          mov(qword[rbp + (kOffXmm + 16 * d + half)], rax);
+        }, false, false);
+      } else {
+        memop_ea(i, true, 8, [&] {
+          mov(rax, qword[rbp + (kOffXmm + 16 * s + half)]);
+          mov(qword[rcx], rax);
+        }, false, false);
+      }
+      return;
+    }
+    case Op::kSseMovScalar: {
+      const int w = m == ZYDIS_MNEMONIC_MOVSD ? 8 : 4;
+      const Reg64 r64 = rax;
+      if (k0 == kOpReg && k1 == kOpReg) {  // merges the low element
+        if (w == 8) {
+          mov(r64, qword[rbp + (kOffXmm + 16 * s)]);
+          mov(qword[rbp + (kOffXmm + 16 * d)], r64);
+        } else {
+          mov(eax, dword[rbp + (kOffXmm + 16 * s)]);
+          mov(dword[rbp + (kOffXmm + 16 * d)], eax);
+        }
+      } else if (k0 == kOpReg) {  // a load zeroes the rest
+        memop_ea(i, false, w, [&] {
+          if (w == 8) movq(xmm0, qword[rcx]);
+          else movd(xmm0, dword[rcx]);
+          movdqa(xmm_slot(d), xmm0);
+        }, false, false);
+      } else {
+        memop_ea(i, true, w, [&] {
+          if (w == 8) {
+            mov(rax, qword[rbp + (kOffXmm + 16 * s)]);
+            mov(qword[rcx], rax);
+          } else {
+            mov(eax, dword[rbp + (kOffXmm + 16 * s)]);
+            mov(dword[rcx], eax);
+          }
+        }, false, false);
+      }
+      return;
+    }
+    default:
+      throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
   }
 }
 
