@@ -4,6 +4,7 @@
 // InterruptController.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -65,6 +66,8 @@ struct EngineConfig {
   EmuTier emu_tier = EmuTier::kJit;
   // emu: executions of a block by the interpreter before it is translated (0: at once).
   uint32_t emu_hot_threshold = 16;
+  // emu: bytes of translated code per vCPU before the cache is emptied (0: the default, 64 MiB).
+  size_t emu_code_cache_bytes = 0;
 };
 
 class Engine {

@@ -42,9 +42,12 @@ std::unique_ptr<Engine> emu_engine(const EngineContext& ctx) {
 }
 // emu's translation tier, translating every block the first time it runs, or once it ran
 // `threshold` times (a loop then changes tiers in the middle of a program).
-std::unique_ptr<Engine> emu_jit_engine(const EngineContext& ctx, uint32_t threshold = 0) {
+std::unique_ptr<Engine> emu_jit_engine(const EngineContext& ctx, uint32_t threshold = 0,
+                                       size_t code_cache_bytes = 0) {
   return create_engine(Accel::kEmu, ctx,
-                       EngineConfig{.emu_tier = EmuTier::kJit, .emu_hot_threshold = threshold});
+                       EngineConfig{.emu_tier = EmuTier::kJit,
+                                    .emu_hot_threshold = threshold,
+                                    .emu_code_cache_bytes = code_cache_bytes});
 }
 
 // The translation tier's figures for a sandbox on emu's translation tier.
@@ -260,6 +263,18 @@ TEST(DiffTest, EmuLoopsAndSelfModifyingCodeMatchKvm) {
   }
   EXPECT_GT(jit_stats(*jit).links, 0u) << "no branch was linked to its target";
   EXPECT_GT(jit_stats(*hot).blocks, 0u) << "no loop body turned hot";
+}
+
+// A code cache a few blocks large: it fills and is emptied over and over, in the middle of
+// loops and of self-modifying programs, and long blocks (60 items) still fit.
+TEST(DiffTest, EmuTranslationCacheFlushesKeepProgramsRight) {
+  SANDBOX_OR_SKIP(kvm, kvm_engine, "kvm");
+  SANDBOX_OR_SKIP(jit, [](const EngineContext& c) { return emu_jit_engine(c, 0, 64 << 10); }, "emu");
+  GenOptions o = looping(true);
+  o.items = 60;
+  run_differential(*kvm, "kvm", *jit, "emu jit, 64 KiB code cache", seeds(7000, 100), o,
+                   CompareOptions{});
+  EXPECT_GT(jit_stats(*jit).flushes, 10u);
 }
 
 }  // namespace

@@ -39,7 +39,9 @@ Cpu::Cpu(const Deps& d)
   if (d.tier == EmuTier::kJit) {
     jit_ = std::make_unique<jit::Jit>(reinterpret_cast<const void*>(&Cpu::jit_call),
                                       reinterpret_cast<const void*>(&Cpu::jit_pack_flags),
-                                      d.count_instructions);
+                                      d.count_instructions,
+                                      d.code_cache_bytes ? d.code_cache_bytes
+                                                         : jit::Jit::kDefaultCacheBytes);
     hot_threshold_ = d.hot_threshold;
   }
   code_pages_.assign((mem_.end() + 4095) / 4096, 0);

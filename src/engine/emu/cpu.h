@@ -171,6 +171,7 @@ class Cpu : public CpuHot {
     // Translated code counts the instructions it retires (instructions()): a memory add per
     // block, so only when someone reads the figure (KEEL_EMU_STATS).
     bool count_instructions = true;
+    size_t code_cache_bytes = 0;  // 0: jit::Jit::kDefaultCacheBytes
   };
   explicit Cpu(const Deps& deps);
   ~Cpu();

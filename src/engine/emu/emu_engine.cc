@@ -99,7 +99,8 @@ std::unique_ptr<Vcpu> EmuEngine::create_vcpu(uint32_t index) {
   if (index >= max_vcpus()) throw UsageError("the emu engine runs one vCPU for now");
   Cpu::Deps deps{ctx_.memory, ctx_.pio, ctx_.mmio, platform_->local_apic(index),
                  platform_->clock(), index, platform_->tsc_deadline_supported(), true,
-                 config_.emu_tier, config_.emu_hot_threshold, count_instructions_};
+                 config_.emu_tier, config_.emu_hot_threshold, count_instructions_,
+                 config_.emu_code_cache_bytes};
   auto v = std::make_unique<EmuVcpu>(index, deps, this);
   std::lock_guard lock(vcpus_mutex_);
   cpus_.push_back(&v->cpu());
