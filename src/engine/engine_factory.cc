@@ -44,7 +44,9 @@ std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, Engine
       return std::make_unique<KvmEngine>(context, config);
     case Accel::kEmu: {
       // Refuse extra vCPUs before the platform claims bus ranges and starts its watcher.
-      if (config.vcpus > 1) throw UsageError("the emu engine runs one vCPU for now");
+      if (config.vcpus > emu::EmuEngine::kMaxVcpus)
+        throw UsageError("the emu engine runs at most " +
+                         std::to_string(emu::EmuEngine::kMaxVcpus) + " vCPUs");
       auto platform = emu::create_emu_platform(context, config.vcpus);
       return std::make_unique<emu::EmuEngine>(context, config, std::move(platform));
     }

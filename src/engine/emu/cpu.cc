@@ -33,7 +33,9 @@ Cpu::Cpu(const Deps& d)
       apic_id_(d.apic_id),
       tsc_deadline_(d.tsc_deadline),
       kvm_clock_(d.kvm_clock),
-      kvmclock_(d.memory, d.clock) {
+      kvmclock_(d.memory, d.clock),
+      group_(*d.group),
+      smp_(d.smp) {
   apic_attention = apic_.attention_word();
   if (!apic_attention) apic_attention = &always_attention;
   if (d.tier == EmuTier::kJit) {
@@ -44,7 +46,6 @@ Cpu::Cpu(const Deps& d)
                                                          : jit::Jit::kDefaultCacheBytes);
     hot_threshold_ = d.hot_threshold;
   }
-  code_pages_.assign((mem_.end() + 4095) / 4096, 0);
   decoder_ = new Decoder();
   // Debugging aid: KEEL_EMU_TRACE_FAULTS=1 logs every exception the CPU raises.
   if (const char* t = std::getenv("KEEL_EMU_TRACE_FAULTS")) trace_faults_ = *t == '1';
@@ -62,6 +63,9 @@ Cpu::Cpu(const Deps& d)
     sreg[i].type = i == kCS ? 0xB : 0x3;
   }
   update_mode();
+  // NMI, INIT and SIPI from other vCPUs' IPIs: the run loop looks at them (service()).
+  apic_.set_event_listener([this] { request_service(); });
+  group_.add(this);
 }
 
 namespace {
@@ -85,6 +89,8 @@ void print_mnemonics(const char* title, const uint64_t* counts) {
 }  // namespace
 
 Cpu::~Cpu() {
+  group_.remove(this);
+  apic_.set_event_listener(nullptr);
   if (mnemonic_counts_) {
     print_mnemonics("interpreted", mnemonic_counts_.get());
     if (jit_) print_mnemonics("handlers called from translated code", helper_counts_.get());
@@ -281,16 +287,14 @@ void Cpu::flush_jump_cache() {
   refresh_genkey();
 }
 
-void Cpu::mark_code_page(uint64_t page) {
-  if (page >= code_pages_.size()) return;
-  std::atomic_ref<uint8_t> bit(code_pages_[page]);
-  if (bit.load(std::memory_order_relaxed)) return;
-  bit.store(1, std::memory_order_relaxed);
-  // Stores to this page must now take the slow path (which invalidates its blocks).
-  uint64_t gpa = page << 12;
+void Cpu::mark_code_page(uint64_t page) { group_.mark_code(page, *this); }
+
+void Cpu::revoke_write(uint64_t page) {
+  const uint64_t gpa = page << 12;
+  std::lock_guard lock(tlb_mutex_);
   for (auto& t : tlb_table)
     for (TlbEntry& e : t)
-      if (e.gpa == gpa) e.wtag = kNoTag;
+      if (e.gpa == gpa) __atomic_store_n(&e.wtag, kNoTag, __ATOMIC_RELAXED);
 }
 
 void Cpu::invalidate_page(uint64_t page) {
@@ -313,20 +317,19 @@ void Cpu::invalidate_page(uint64_t page) {
     }
     page_blocks_.erase(it);
   }
-  if (page < code_pages_.size())
-    std::atomic_ref<uint8_t>(code_pages_[page]).store(0, std::memory_order_relaxed);
 }
 
-void Cpu::invalidate_code(uint64_t gpa, uint64_t len) {
-  if (len == 0) return;
-  uint64_t first = gpa >> 12, last = (gpa + len - 1) >> 12;
-  std::lock_guard lock(pending_mutex_);
-  for (uint64_t p = first; p <= last && p < code_pages_.size(); ++p) {
-    if (std::atomic_ref<uint8_t>(code_pages_[p]).load(std::memory_order_relaxed)) {
-      pending_pages_.push_back(p);
-      pending_invalidation_.store(true, std::memory_order_release);
-    }
+void Cpu::code_page_written(uint64_t page) {
+  invalidate_page(page);
+  group_.code_written(page, this);
+}
+
+void Cpu::queue_invalidation(uint64_t page) {
+  {
+    std::lock_guard lock(pending_mutex_);
+    pending_pages_.push_back(page);
   }
+  request_service();
 }
 
 void Cpu::process_pending_invalidations() {
@@ -334,9 +337,25 @@ void Cpu::process_pending_invalidations() {
   {
     std::lock_guard lock(pending_mutex_);
     pages.swap(pending_pages_);
-    pending_invalidation_.store(false, std::memory_order_relaxed);
   }
   for (uint64_t p : pages) invalidate_page(p);
+}
+
+bool Cpu::service() {
+  if (!service_requested_.exchange(false, std::memory_order_acq_rel)) return true;
+  process_pending_invalidations();
+  (void)apic_.take_sipi();  // a SIPI reaches only a vCPU waiting for one (EmuVcpu)
+  if (apic_.take_init()) {
+    init_pending_ = true;
+    return false;
+  }
+  if (!nmi_blocked_ && apic_.take_nmi()) {
+    halted_ = false;
+    nmi_blocked_ = true;
+    deliver(kNMI, false, 0, false);
+  }
+  group_.park_if_requested(*this);
+  return true;
 }
 
 void Cpu::free_retired_blocks() {
@@ -503,21 +522,29 @@ bool Cpu::check_interrupts() {
 
 bool Cpu::must_leave_chain() {
   return leave_chain_ || kicked_.load(std::memory_order_relaxed) ||
-         pending_invalidation_.load(std::memory_order_relaxed) ||
+         service_requested_.load(std::memory_order_relaxed) ||
          ((rflags_ & kFlagIF) && apic_.maybe_pending());
 }
 
 Cpu::Exit Cpu::run() {
+  // Counted as executing guest code for exclusive runs (VcpuGroup), except while halted.
+  struct Running {
+    VcpuGroup& g;
+    Cpu& c;
+    Running(VcpuGroup& g, Cpu& c) : g(g), c(c) { g.enter(c); }
+    ~Running() { g.leave(c); }
+  } running(group_, *this);
   for (;;) {
     if (kicked_.load(std::memory_order_acquire)) {
       kicked_.store(false, std::memory_order_relaxed);
       return Exit::kStopped;
     }
     if (shutdown_) return Exit::kShutdown;
-    if (pending_invalidation_.load(std::memory_order_acquire)) process_pending_invalidations();
     free_retired_blocks();
     jit_slot = nullptr;
     try {
+      if (!service()) return Exit::kInit;
+      free_retired_blocks();
       if (shadow_) {
         shadow_ = false;
       } else if ((rflags_ & kFlagIF) && apic_.maybe_pending()) {
@@ -525,13 +552,23 @@ Cpu::Exit Cpu::run() {
         if (shutdown_) return Exit::kShutdown;
       }
       if (halted_) {
-        if (!(rflags_ & kFlagIF)) return Exit::kHalted;
+        if (!(rflags_ & kFlagIF)) {
+          // Halted for good, unless another vCPU sends an NMI or INIT: alone, say so (the
+          // machine ends when no vCPU can run); with others, wait for them or a kick.
+          if (!smp_) return Exit::kHalted;
+          group_.leave(*this);
+          apic_.wait_for_event(kicked_);
+          group_.enter(*this);
+          continue;
+        }
+        group_.leave(*this);
         apic_.wait_for_interrupt(kicked_);
+        group_.enter(*this);
         if (!kicked_.load(std::memory_order_acquire) && apic_.maybe_pending()) check_interrupts();
         continue;
       }
       // The chained loop: block after block without the checks above, until something needs
-      // them (a handler changed state, another thread kicked or queued invalidations, or an
+      // them (a handler changed state, another thread kicked or asked for service, or an
       // interrupt may be pending). Translated code chains on its own and comes back here only
       // for what it cannot do itself.
       leave_chain_ = false;
@@ -551,6 +588,41 @@ Cpu::Exit Cpu::run() {
       deliver_fault(f);
     }
   }
+}
+
+void Cpu::start_at_sipi(uint8_t vector) {
+  // The INIT state (SDM 10.4.7.3 / 9.1.1) with CS:IP = vector << 8 : 0.
+  CpuState s{};
+  auto seg = [](uint16_t sel, uint8_t type) {
+    Segment g{};
+    g.selector = sel;
+    g.base = uint64_t(sel) << 4;
+    g.limit = 0xFFFF;
+    g.type = type;
+    g.s = 1;
+    g.present = 1;
+    return g;
+  };
+  s.cs = seg(uint16_t(vector) << 8, 0xB);
+  s.ds = s.es = s.ss = s.fs = s.gs = seg(0, 0x3);
+  s.tr.limit = 0xFFFF;
+  s.tr.type = 0xB;
+  s.tr.present = 1;
+  s.ldt.limit = 0xFFFF;
+  s.ldt.type = 0x2;
+  s.ldt.present = 1;
+  s.gdt.limit = 0xFFFF;
+  s.idt.limit = 0xFFFF;
+  s.rflags = 0x2;
+  s.cr0 = 0x60000010;
+  s.gpr[x86::RDX] = 0x000306A9;  // the CPUID.1 signature, as after INIT
+  s.apic_base = apic_.base_msr();
+  set_state(s);
+  set_fpu(x86::FpuState{});  // x87 and SSE state as after INIT: zero, then the two defaults
+  mxcsr = 0x1F80;
+  fcw = 0x37F;
+  nmi_blocked_ = false;
+  init_pending_ = false;
 }
 
 // ---------------------------------------------------------------- translation tier

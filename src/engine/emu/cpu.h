@@ -24,6 +24,7 @@
 #include "engine/engine.h"
 #include "engine/emu/local_apic.h"
 #include "engine/emu/platform/kvm_clock.h"
+#include "engine/emu/vcpu_group.h"
 #include "memory/guest_memory.h"
 
 namespace keel::emu {
@@ -129,9 +130,10 @@ struct CpuHot {
   alignas(16) U128 xmm[16] = {};
 
   // Requests another thread makes of the vCPU. Adjacent: translated code tests both with one
-  // 16-bit compare at every block entry.
+  // 16-bit compare at every block entry. kicked_: stop (Vcpu::kick). service_requested_: look at
+  // queued code invalidations, NMI/INIT/SIPI, a pending exclusive run (VcpuGroup).
   std::atomic<bool> kicked_{false};
-  std::atomic<bool> pending_invalidation_{false};
+  std::atomic<bool> service_requested_{false};
 
   // Translated-code state.
   uint16_t jit_flags_spill = 0;   // guest flags in the kHost packing while host flags are busy
@@ -172,6 +174,9 @@ class Cpu : public CpuHot {
     // block, so only when someone reads the figure (KEEL_EMU_STATS).
     bool count_instructions = true;
     size_t code_cache_bytes = 0;  // 0: jit::Jit::kDefaultCacheBytes
+    // The VM's vCPUs (shared code pages, exclusive execution); the Cpu adds itself.
+    VcpuGroup* group = nullptr;
+    bool smp = false;  // other vCPUs exist: TLB fills lock against their revocations
   };
   explicit Cpu(const Deps& deps);
   ~Cpu();
@@ -183,10 +188,23 @@ class Cpu : public CpuHot {
   void set_state(const x86::CpuState& s);
   x86::FpuState get_fpu();
   void set_fpu(const x86::FpuState& f);
-  enum class Exit { kStopped, kShutdown, kHalted };
+  // kInit: an INIT IPI arrived; the vCPU waits for a SIPI (EmuVcpu) from the INIT state.
+  enum class Exit { kStopped, kShutdown, kHalted, kInit };
   Exit run();
   void kick();                               // thread-safe, sticky
-  void invalidate_code(uint64_t gpa, uint64_t len);  // thread-safe (GuestMemory write observer)
+  bool take_kick() { return kicked_.exchange(false, std::memory_order_acquire); }
+  const std::atomic<bool>& kick_flag() const { return kicked_; }
+  // Thread-safe, for VcpuGroup: the run loop should look at its requests.
+  void request_service() { service_requested_.store(true, std::memory_order_release); }
+  // Thread-safe, for VcpuGroup: drop the decoded code of guest page `page` at the next block
+  // boundary (another vCPU or a device wrote it).
+  void queue_invalidation(uint64_t page);
+  // Thread-safe, for VcpuGroup: stores to guest page `page` must take the slow path.
+  void revoke_write(uint64_t page);
+  // The architectural state after INIT, then a SIPI with `vector`: real mode at vector << 12.
+  void start_at_sipi(uint8_t vector);
+  // IRET ends NMI blocking.
+  void nmi_done() { nmi_blocked_ = false; }
   // Instructions retired (translated code's only when Deps::count_instructions).
   uint64_t instructions() const { return icount_; }
   uint64_t interpreted_instructions() const { return interpreted_; }
@@ -267,8 +285,9 @@ class Cpu : public CpuHot {
     const TlbEntry* set = &tlb_[((la >> 12) & kTlbMask) * kDtlbWays];
     const uint64_t tag = la & ~0xFFFull;
     if ((la & 0xFFF) > 4096 - size) [[unlikely]] return nullptr;
-    if (set[0].wtag == tag) [[likely]] return &set[0];
-    return set[1].wtag == tag ? &set[1] : nullptr;
+    // Other vCPUs may revoke write tags concurrently (VcpuGroup::mark_code).
+    if (__atomic_load_n(&set[0].wtag, __ATOMIC_RELAXED) == tag) [[likely]] return &set[0];
+    return __atomic_load_n(&set[1].wtag, __ATOMIC_RELAXED) == tag ? &set[1] : nullptr;
   }
   template <typename T>
   T rd(uint64_t la) {
@@ -471,6 +490,10 @@ class Cpu : public CpuHot {
 
   GuestMemory& memory() { return mem_; }
   LocalApic& apic() { return apic_; }
+  // Runs `fn` while every other vCPU is stopped outside guest code (a locked access that
+  // straddles two pages).
+  void run_exclusive(const std::function<void()>& fn) { group_.run_exclusive(*this, fn); }
+  bool real_mode() const { return !(cr0 & 1); }
   IoBus& pio() { return pio_; }
   uint32_t apic_id() const { return apic_id_; }
   bool tsc_deadline_supported() const { return tsc_deadline_; }
@@ -522,7 +545,11 @@ class Cpu : public CpuHot {
   Block* fill_jump_cache(uint64_t la, Block* b);
   void mark_code_page(uint64_t page);
   void invalidate_page(uint64_t page);
+  // This vCPU wrote code page `page`: drop its code here, and on every other vCPU.
+  void code_page_written(uint64_t page);
   void process_pending_invalidations();
+  // service_requested_: invalidations, NMI/INIT, exclusive runs. False when INIT arrived.
+  bool service();
   void free_retired_blocks();
   void flush_jump_cache();
   void refresh_genkey() { genkey = (code_gen_ << 3) | mode | (uint64_t(tlb_user_) << 2); }
@@ -564,7 +591,14 @@ class Cpu : public CpuHot {
   std::unordered_map<uint64_t, std::vector<Block*>> page_blocks_;  // by guest-physical page
   std::unordered_map<uint64_t, Block*> crossing_;  // blocks starting with a page-crossing insn
   std::vector<Block*> retired_;  // invalidated, freed at the next block boundary
-  std::vector<uint8_t> code_pages_;  // 1 = page holds decoded code (accessed via atomic_ref)
+  VcpuGroup& group_;
+  const bool smp_;
+  std::unique_lock<std::mutex> tlb_lock() {
+    return smp_ ? std::unique_lock(tlb_mutex_) : std::unique_lock<std::mutex>();
+  }
+  // Other vCPUs' threads revoke write tags (revoke_write) under it; this vCPU's fills and
+  // flushes take it when smp_.
+  std::mutex tlb_mutex_;
   const Insn* block_end_ = nullptr;
   // Generation of translations and decoded code: jump-cache entries and block links made under
   // an older generation are ignored (so flushes are O(1) and freed blocks are never followed).
@@ -583,6 +617,8 @@ class Cpu : public CpuHot {
   uint64_t blocks_decoded_ = 0, pages_invalidated_ = 0, walks_ = 0, tlb_flushes_ = 0;
 
   bool halted_ = false;
+  bool nmi_blocked_ = false;  // an NMI handler runs (until IRET)
+  bool init_pending_ = false;
   bool shadow_ = false;
   bool shutdown_ = false;
   bool trace_faults_ = false;

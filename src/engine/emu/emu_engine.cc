@@ -11,7 +11,7 @@
 namespace keel::emu {
 
 EmuVcpu::EmuVcpu(uint32_t index, const Cpu::Deps& deps, EmuEngine* owner)
-    : index_(index), cpu_(deps), owner_(owner) {}
+    : index_(index), cpu_(deps), owner_(owner), waiting_for_sipi_(index != 0) {}
 
 namespace {
 double thread_cpu_seconds() {
@@ -22,7 +22,6 @@ double thread_cpu_seconds() {
 }  // namespace
 
 EmuVcpu::~EmuVcpu() {
-  if (owner_) owner_->unregister(&cpu_);
   // KEEL_EMU_STATS=1: guest instructions and emulation speed (CPU time of run()) at exit.
   if (const char* s = std::getenv("KEEL_EMU_STATS"); s && *s == '1' && run_cpu_seconds_ > 0) {
     const uint64_t total = cpu_.instructions(), interpreted = cpu_.interpreted_instructions();
@@ -67,6 +66,19 @@ EmuVcpu::~EmuVcpu() {
 }
 
 VcpuExit EmuVcpu::run() {
+  // An application processor waits for its start-up IPI (INIT first: an INIT while waiting
+  // changes nothing), then starts in real mode at the SIPI's vector.
+  while (waiting_for_sipi_) {
+    if (cpu_.take_kick()) return VcpuExit::kStopped;
+    LocalApic& apic = cpu_.apic();
+    (void)apic.take_init();
+    if (std::optional<uint8_t> vector = apic.take_sipi()) {
+      cpu_.start_at_sipi(*vector);
+      waiting_for_sipi_ = false;
+      break;
+    }
+    apic.wait_for_event(cpu_.kick_flag());
+  }
   double t0 = thread_cpu_seconds();
   Cpu::Exit e = cpu_.run();
   run_cpu_seconds_ += thread_cpu_seconds() - t0;
@@ -74,42 +86,44 @@ VcpuExit EmuVcpu::run() {
     case Cpu::Exit::kStopped: return VcpuExit::kStopped;
     case Cpu::Exit::kShutdown: return VcpuExit::kShutdown;
     case Cpu::Exit::kHalted: return VcpuExit::kHalted;
+    case Cpu::Exit::kInit:
+      waiting_for_sipi_ = true;  // the next run() waits for the SIPI
+      return VcpuExit::kStopped;
   }
   return VcpuExit::kStopped;
 }
 
 EmuEngine::EmuEngine(const EngineContext& ctx, const EngineConfig& config,
                      std::unique_ptr<EmuPlatform> platform)
-    : ctx_(ctx), config_(config), platform_(std::move(platform)) {
+    : ctx_(ctx),
+      config_(config),
+      platform_(std::move(platform)),
+      group_((ctx.memory.end() + 4095) / 4096) {
   // Counting costs translated code a memory add per block: only for KEEL_EMU_STATS/PROFILE.
   for (const char* name : {"KEEL_EMU_STATS", "KEEL_EMU_PROFILE"})
     if (const char* v = std::getenv(name); v && *v == '1') count_instructions_ = true;
-  if (config.vcpus > 1) throw UsageError("the emu engine runs one vCPU for now");
-  // Writes that bypass the CPU's MMU (device DMA, the loader) drop decoded code of those pages.
-  // Called from any thread; Cpu::invalidate_code only queues the pages.
+  if (config.vcpus > kMaxVcpus)
+    throw UsageError("the emu engine runs at most " + std::to_string(kMaxVcpus) + " vCPUs");
+  // Writes that bypass the CPU's MMU (device DMA, the loader) drop decoded code of those pages
+  // on every vCPU. Called from any thread; the vCPUs only get the pages queued.
   ctx_.memory.set_write_observer([this](uint64_t gpa, uint64_t len) {
-    std::lock_guard lock(vcpus_mutex_);
-    for (Cpu* c : cpus_) c->invalidate_code(gpa, len);
+    if (len == 0) return;
+    for (uint64_t p = gpa >> 12; p <= (gpa + len - 1) >> 12; ++p)
+      if (group_.holds_code(p)) group_.code_written(p, nullptr);
   });
 }
 
 EmuEngine::~EmuEngine() { ctx_.memory.set_write_observer(nullptr); }
 
 std::unique_ptr<Vcpu> EmuEngine::create_vcpu(uint32_t index) {
-  if (index >= max_vcpus()) throw UsageError("the emu engine runs one vCPU for now");
+  if (index >= std::max(config_.vcpus, 1u))
+    throw UsageError("vCPU " + std::to_string(index) + " of an emu VM with " +
+                     std::to_string(config_.vcpus));
   Cpu::Deps deps{ctx_.memory, ctx_.pio, ctx_.mmio, platform_->local_apic(index),
                  platform_->clock(), index, platform_->tsc_deadline_supported(), true,
                  config_.emu_tier, config_.emu_hot_threshold, count_instructions_,
-                 config_.emu_code_cache_bytes};
-  auto v = std::make_unique<EmuVcpu>(index, deps, this);
-  std::lock_guard lock(vcpus_mutex_);
-  cpus_.push_back(&v->cpu());
-  return v;
-}
-
-void EmuEngine::unregister(Cpu* cpu) {
-  std::lock_guard lock(vcpus_mutex_);
-  cpus_.erase(std::remove(cpus_.begin(), cpus_.end(), cpu), cpus_.end());
+                 config_.emu_code_cache_bytes, &group_, config_.vcpus > 1};
+  return std::make_unique<EmuVcpu>(index, deps, this);
 }
 
 }  // namespace keel::emu

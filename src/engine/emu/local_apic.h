@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <span>
 
 namespace keel::emu {
@@ -61,6 +63,17 @@ class LocalApic {
 
   // Thread-safe delivery from the IOAPIC, MSI writes and other vCPUs' IPIs (fixed mode).
   virtual void deliver_fixed(uint8_t vector, bool level_triggered) = 0;
+
+  // NMI, INIT and SIPI IPIs from other vCPUs, each taken once by this vCPU's thread. The
+  // listener is called (from the sending thread, briefly) when one arrives; nullptr removes it.
+  virtual bool take_nmi() { return false; }
+  virtual bool take_init() { return false; }
+  virtual std::optional<uint8_t> take_sipi() { return std::nullopt; }
+  virtual void set_event_listener(std::function<void()> listener) {}
+  // A vCPU waiting for its SIPI, or halted with interrupts off: blocks until an NMI, INIT or SIPI
+  // arrives or `kicked` becomes true (then wake() is called); may return early. Returns at once
+  // if one already has.
+  virtual void wait_for_event(const std::atomic<bool>& kicked) {}
 };
 
 }  // namespace keel::emu

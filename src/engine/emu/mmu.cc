@@ -102,7 +102,9 @@ void Cpu::fill_tlb(uint64_t la, const Walk& w, Access acc, bool user) {
     return;
   }
   // The set's way that holds this page already, else the older way's slot after moving the
-  // most recent entry into it.
+  // most recent entry into it. Under the TLB lock with other vCPUs: a revocation must not be
+  // lost in the copy.
+  auto lock = tlb_lock();
   TlbEntry* set = &tlb_table[user][((la >> 12) & kTlbMask) * kDtlbWays];
   TlbEntry* way = &set[0];
   if (set[0].rtag != page) {
@@ -120,10 +122,8 @@ void Cpu::fill_tlb(uint64_t la, const Walk& w, Access acc, bool user) {
   e.addend = reinterpret_cast<uintptr_t>(host) - page;
   e.large_mask = w.large_mask;
   e.global = w.global;
-  uint64_t pn = gpage >> 12;
-  bool code = pn < code_pages_.size() &&
-              std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed);
-  if (w.writable && !code) e.wtag = page;
+  // A code page (on any vCPU) gets no write tag: stores to it take the slow path.
+  if (w.writable && !group_.holds_code(gpage >> 12)) __atomic_store_n(&e.wtag, page, __ATOMIC_RELAXED);
 }
 
 uint64_t Cpu::translate(uint64_t la, Access acc, bool user) {
@@ -143,6 +143,7 @@ void Cpu::for_each_tlb_entry(F&& f) {
 
 void Cpu::flush_tlb(bool keep_global) {
   ++tlb_flushes_;
+  auto lock = tlb_lock();
   for_each_tlb_entry([&](TlbEntry& e) {
     if (keep_global && e.global) return;
     e.rtag = e.wtag = e.xtag = kNoTag;
@@ -152,6 +153,7 @@ void Cpu::flush_tlb(bool keep_global) {
 }
 
 void Cpu::flush_tlb_page(uint64_t la) {
+  auto lock = tlb_lock();
   for_each_tlb_entry([&](TlbEntry& e) {
     const uint64_t tag = e.rtag != kNoTag ? e.rtag : e.xtag;  // a DTLB or an ITLB entry
     if (tag != kNoTag && ((tag ^ la) & e.large_mask) == 0) {
@@ -210,9 +212,7 @@ void Cpu::write_slow(uint64_t la, const void* src, unsigned len, bool user) {
     return;
   }
   uint64_t gpa = translate(la, Access::kWrite, user);
-  uint64_t pn = gpa >> 12;
-  if (pn < code_pages_.size() && std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed))
-    invalidate_page(pn);
+  if (group_.holds_code(gpa >> 12)) code_page_written(gpa >> 12);
   if (uint8_t* h = mem_.host_ptr(gpa, len)) std::memcpy(h, src, len);
   else mmio_write(gpa, src, len);
 }
@@ -224,9 +224,7 @@ uint8_t* Cpu::wptr_slow(uint64_t la, unsigned len) {
     return nullptr;
   }
   uint64_t gpa = translate(la, Access::kWrite, tlb_user_);
-  uint64_t pn = gpa >> 12;
-  if (pn < code_pages_.size() && std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed))
-    invalidate_page(pn);
+  if (group_.holds_code(gpa >> 12)) code_page_written(gpa >> 12);
   return mem_.host_ptr(gpa, len);
 }
 

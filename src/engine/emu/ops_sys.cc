@@ -61,6 +61,18 @@ void Cpu::read_descriptor(uint16_t selector, uint8_t out[8], uint8_t vec) {
 }
 
 void Cpu::load_segment(int idx, uint16_t sel) {
+  if (real_mode()) {
+    // Real mode: the base is selector * 16; limit and attributes stay as they were (an
+    // application processor's trampoline only ever loads real-mode values).
+    Segment s = sreg[idx];
+    s.selector = sel;
+    s.base = uint64_t(sel) << 4;
+    s.unusable = 0;
+    s.present = 1;
+    s.s = 1;
+    set_sreg_raw(idx, s);
+    return;
+  }
   if ((sel & ~3) == 0) {
     if (idx == kSS && (mode != 0 || (sel & 3) != cpl)) raise_fault(kGP, 0);
     Segment s{};
@@ -183,10 +195,24 @@ void far_target(Cpu& c, const Insn& in, uint64_t* off, uint16_t* sel) {
   *sel = c.rd<uint16_t>(a + osz);
 }
 
+// Real mode: CS = selector, base = selector * 16, the rest of the cached descriptor stays.
+void load_real_mode_cs(Cpu& c, uint16_t sel) {
+  Segment cs = c.sreg[kCS];
+  cs.selector = sel;
+  cs.base = uint64_t(sel) << 4;
+  c.set_sreg_raw(kCS, cs);
+}
+
 void op_jmp_far(Cpu& c, const Insn& in) {
   uint64_t off;
   uint16_t sel;
   far_target(c, in, &off, &sel);
+  if (c.real_mode()) {
+    load_real_mode_cs(c, sel);
+    c.rip() = in.osz == 4 ? uint32_t(off) : uint16_t(off);
+    c.end_block();
+    return;
+  }
   uint8_t d[8];
   check_code_target(c, sel, d, c.cpl);
   c.load_cs(sel, d, c.cpl);
@@ -199,7 +225,7 @@ void op_call_far(Cpu& c, const Insn& in) {
   uint16_t sel;
   far_target(c, in, &off, &sel);
   uint8_t d[8];
-  check_code_target(c, sel, d, c.cpl);
+  if (!c.real_mode()) check_code_target(c, sel, d, c.cpl);
   uint64_t old_sp = c.r[RSP];
   try {
     if (in.osz == 8) {
@@ -216,8 +242,13 @@ void op_call_far(Cpu& c, const Insn& in) {
     c.r[RSP] = old_sp;
     throw;
   }
-  c.load_cs(sel, d, c.cpl);
-  c.rip() = c.mode == 0 ? off : uint32_t(off);
+  if (c.real_mode()) {
+    load_real_mode_cs(c, sel);
+    c.rip() = in.osz == 4 ? uint32_t(off) : uint16_t(off);
+  } else {
+    c.load_cs(sel, d, c.cpl);
+    c.rip() = c.mode == 0 ? off : uint32_t(off);
+  }
   c.end_block();
 }
 
@@ -237,6 +268,13 @@ void op_ret_far(Cpu& c, const Insn& in) {
   uint64_t off = peek_sz(c, osz, 0);
   uint16_t sel = uint16_t(peek_sz(c, osz, osz));
   uint16_t imm = in.kind[0] == kOpImm ? uint16_t(in.imm) : 0;
+  if (c.real_mode()) {
+    c.r[RSP] = (c.r[RSP] & ~0xFFFFull) | uint16_t(c.r[RSP] + 2 * osz + imm);
+    load_real_mode_cs(c, sel);
+    c.rip() = osz == 4 ? uint32_t(off) : uint16_t(off);
+    c.end_block();
+    return;
+  }
   uint8_t rpl = sel & 3;
   if (rpl < c.cpl) raise_fault(kGP, sel & ~3u);
   uint8_t d[8];
@@ -316,6 +354,7 @@ void op_iret(Cpu& c, const Insn& in) {
   (void)old_cpl;
   c.set_flags(f);
   c.rip() = to_64 ? new_rip : uint32_t(new_rip);
+  c.nmi_done();
   c.end_block();
 }
 
@@ -896,7 +935,7 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
   };
   switch (leaf) {
     case 0:
-      o[0] = 0x16;
+      o[0] = 0x16;  // leaves 0xB (topology) and 0x15/0x16 (TSC) are below
       str("GenuineIntel", 1, 3, 2);
       return;
     case 1:
@@ -961,6 +1000,19 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
       }
       return;
     }
+    case 0xB:
+      // Extended topology: every vCPU is a package of its own (one core, one thread), as QEMU's
+      // default -smp; EDX is the x2APIC id (= the APIC id).
+      o[3] = apic_id_;
+      o[2] = sub & 0xFF;
+      if (sub == 0) {
+        o[1] = 1;
+        o[2] |= 1u << 8;  // SMT level
+      } else if (sub == 1) {
+        o[1] = 1;
+        o[2] |= 2u << 8;  // core level
+      }
+      return;
     case 0x16: {
       uint32_t mhz = uint32_t(clock_.tsc_hz() / 1'000'000);
       o[0] = mhz;

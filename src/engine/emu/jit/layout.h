@@ -58,7 +58,7 @@ inline constexpr int32_t kTlbXtag = int32_t(offsetof(TlbEntry, xtag));
 inline constexpr int32_t kTlbGpa = int32_t(offsetof(TlbEntry, gpa));
 
 static_assert(std::is_standard_layout_v<CpuHot>, "translated code addresses CpuHot by offset");
-static_assert(offsetof(CpuHot, pending_invalidation_) == offsetof(CpuHot, kicked_) + 1,
+static_assert(offsetof(CpuHot, service_requested_) == offsetof(CpuHot, kicked_) + 1,
               "block entries test both requests with one 16-bit compare");
 static_assert(sizeof(std::atomic<bool>) == 1 && sizeof(std::atomic<uint32_t>) == 4);
 static_assert(sizeof(TlbEntry) == 64 && kDtlbWays == 2,
