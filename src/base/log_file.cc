@@ -23,7 +23,7 @@ LogFile::LogFile(std::string path, uint64_t max_bytes, std::vector<int> fds)
 }
 
 void LogFile::redirect() {
-  UniqueFd file(::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
+  UniqueFd file(::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!file) throw_errno("open " + path_);
   for (int fd : fds_)
     if (::dup2(file.get(), fd) < 0) throw_errno("dup2 onto " + path_);

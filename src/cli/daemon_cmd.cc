@@ -19,6 +19,9 @@ void add_daemon_verb(CLI::App& app, Action& action) {
   cmd->add_option("--state-dir", options->state_dir, "Where the store, sockets and logs live")
       ->capture_default_str();
   cmd->add_option("--socket", options->socket_path, "The API's unix socket")->capture_default_str();
+  cmd->add_option("--group", options->group,
+                  "Members of this group may use the API (socket root:GROUP 0660); root always may")
+      ->capture_default_str();
   // Tests and benchmarks run the daemon with a stand-in VMM; hidden from --help.
   cmd->add_option("--vmm", options->vmm_binary, "The VMM executable (default: this keel)")
       ->group("");

@@ -64,12 +64,29 @@ HttpResponse start_exchange(int fd, Reader& reader, const std::string& method,
   }
   request += "\r\n";
   request.append(body);
-  control::write_all(fd, request);
+  // A daemon that refuses the request early (a body over its limit) answers and closes before
+  // the body is sent: the answer is still there to read after the write fails.
+  std::exception_ptr write_error;
+  try {
+    control::write_all(fd, request);
+  } catch (const Error&) {
+    write_error = std::current_exception();
+  }
 
   size_t end;
   while ((end = reader.buffer().find("\r\n\r\n")) == std::string::npos) {
     if (reader.buffer().size() > kMaxHeader) throw Error("the daemon sent an oversized header");
-    if (!reader.fill()) throw Error("the daemon closed the connection without an answer");
+    bool more = false;
+    try {
+      more = reader.fill();
+    } catch (const Error&) {
+      if (write_error) std::rethrow_exception(write_error);
+      throw;
+    }
+    if (!more) {
+      if (write_error) std::rethrow_exception(write_error);
+      throw Error("the daemon closed the connection without an answer");
+    }
   }
   std::string head = reader.buffer().substr(0, end);
   reader.buffer().erase(0, end + 4);

@@ -16,6 +16,8 @@ struct DaemonOptions {
   std::string state_dir = "/var/lib/keel";
   std::string socket_path = "/run/keel/keel.sock";
   std::string vmm_binary;  // empty: this executable (/proc/self/exe)
+  std::string group = "keel";  // members may use the API (the socket is root:GROUP 0660)
+  ApiOptions api;              // limits and deadlines (tests shorten them)
 };
 
 class Daemon {

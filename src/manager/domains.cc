@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -108,8 +109,11 @@ std::string describe_exit(int status) {
 
 Domains::Domains(Store& store, DomainsOptions options)
     : store_(store), options_(std::move(options)) {
-  std::filesystem::create_directories(options_.state_dir + "/run");
-  std::filesystem::create_directories(options_.state_dir + "/log");
+  for (const char* sub : {"/run", "/log"}) {
+    std::string dir = options_.state_dir + sub;
+    std::filesystem::create_directories(dir);
+    if (::chmod(dir.c_str(), 0700) != 0) throw_errno("chmod " + dir);
+  }
   worker_ = std::thread([this] {
     for (;;) {
       std::function<void()> job;
@@ -233,12 +237,13 @@ void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record) {
 
 // ---- definitions ------------------------------------------------------------------------------
 
-json Domains::define(const json& document) {
+json Domains::define(const json& document, const PeerCredentials& owner) {
   VmDefinition def = parse_definition(document);
+  open_definition_files(def, owner);  // refuses what the owner could not open
   std::shared_ptr<Domain> d;
   {
     std::lock_guard lock(table_mutex_);
-    store_.define(def.name, def.to_json());  // DuplicateError when the name is taken
+    store_.define(def.name, def.to_json(), owner);  // DuplicateError when the name is taken
     d = std::make_shared<Domain>(def.name);
     table_[def.name] = d;
   }

@@ -55,7 +55,8 @@ class Domains {
   // through their saved pid and control socket, or recorded as shut off (crashed).
   void recover();
 
-  nlohmann::json define(const nlohmann::json& definition);
+  // `owner` is who asks: every file the definition names must be one they could open.
+  nlohmann::json define(const nlohmann::json& definition, const PeerCredentials& owner = {});
   void undefine(const std::string& name);
   nlohmann::json start(const std::string& name, bool paused);
   void shutdown(const std::string& name);  // ACPI power button; returns at once

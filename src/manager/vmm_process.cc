@@ -30,7 +30,7 @@ SpawnedProcess spawn_process(const std::string& binary, const std::vector<std::s
   argv.push_back(nullptr);
 
   rotate_log_file(log_path);  // the previous run's log becomes LOG.1
-  UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
+  UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!log) throw_errno("open " + log_path);
   UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!null) throw_errno("open /dev/null");
