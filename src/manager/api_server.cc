@@ -18,13 +18,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
-void reply(HttpResponse& res, int status, const json& body) {
+void reply(HttpReply& res, int status, const json& body) {
   res.status = status;
   res.content_type = "application/json";
   res.body = body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-void reply_error(HttpResponse& res, int status, const std::string& code,
+void reply_error(HttpReply& res, int status, const std::string& code,
                  const std::string& message) {
   res.status = status;
   res.content_type = "application/json";
@@ -33,7 +33,7 @@ void reply_error(HttpResponse& res, int status, const std::string& code,
 
 // Runs `fn`, mapping keel's exceptions to HTTP statuses.
 template <typename Fn>
-void guarded(HttpResponse& res, Fn&& fn) {
+void guarded(HttpReply& res, Fn&& fn) {
   try {
     fn();
   } catch (const DefinitionError& e) {
@@ -179,7 +179,7 @@ void ApiServer::stop() {
 void ApiServer::routes() {
   HttpServer& s = *server_;
   using Req = const HttpRequest&;
-  using Res = HttpResponse&;
+  using Res = HttpReply&;
 
   s.route("GET", "/v1/version", [](Req, Res res) {
     reply(res, 200, json{{"name", "keel"}, {"version", "0.1"}, {"api", 1}});

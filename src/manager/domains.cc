@@ -297,8 +297,10 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   };
 
   VmDefinition def;
+  DefinitionFiles files;
   try {
     def = parse_definition(record->definition);  // the files may have gone since `define`
+    files = open_definition_files(def, record->owner);  // or the owner may have lost them
   } catch (const DefinitionError& e) {
     fail(e.what());
   }

@@ -558,7 +558,7 @@ bool HttpServer::send_all(Connection& conn, std::string_view bytes) {
 
 void HttpServer::handle(ConnPtr conn) {
   HttpRequest& req = conn->request;
-  HttpResponse res;
+  HttpReply res;
   if (!conn->authorized) {
     res.status = 403;
     res.body = error_body("forbidden", "uid " + std::to_string(conn->peer.uid) +
@@ -588,7 +588,7 @@ void HttpServer::handle(ConnPtr conn) {
       try {
         found->handler(req, res);
       } catch (const std::exception& e) {
-        res = HttpResponse{};
+        res = HttpReply{};
         res.status = 500;
         res.body = error_body("failed", e.what());
       }
@@ -617,7 +617,7 @@ void HttpServer::handle(ConnPtr conn) {
       if (refusal && mine == 0) streams_per_uid_.erase(conn->peer.uid);
     }
     if (refusal) {
-      res = HttpResponse{};
+      res = HttpReply{};
       res.status = refusal->status;
       res.body = error_body(refusal->code, refusal->message);
       conn->keep_alive = false;

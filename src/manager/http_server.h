@@ -56,7 +56,7 @@ class ResponseStream {
   virtual std::optional<std::string> next() = 0;
 };
 
-struct HttpResponse {
+struct HttpReply {
   int status = 200;
   std::string content_type = "application/json";
   std::string body;
@@ -71,8 +71,8 @@ struct HttpServerOptions {
   std::chrono::milliseconds idle_timeout{60000};
   std::chrono::milliseconds write_timeout{10000};  // a client that does not read is dropped
   size_t workers = 8;
-  size_t max_connections = 512;
-  size_t max_connections_per_peer = 128;
+  size_t max_connections = 1024;
+  size_t max_connections_per_peer = 256;
   size_t max_streams = 256;
   size_t max_streams_per_peer = 32;
   // Who may talk to the server at all; the others get 403 (after their request head is read).
@@ -81,7 +81,7 @@ struct HttpServerOptions {
 
 class HttpServer {
  public:
-  using Handler = std::function<void(const HttpRequest&, HttpResponse&)>;
+  using Handler = std::function<void(const HttpRequest&, HttpReply&)>;
 
   // Takes a listening stream socket. Routes are added before serve().
   HttpServer(UniqueFd listening, HttpServerOptions options);
