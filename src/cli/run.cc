@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -124,6 +125,17 @@ void signal_ready(int fd) {
   ::close(fd);
 }
 
+// The daemon hands its VMMs a token (KEEL_CONTROL_TOKEN) with which its own control connections
+// always find a slot; it is taken out of the environment at once.
+control::ControlServerOptions control_options() {
+  control::ControlServerOptions options;
+  if (const char* token = std::getenv("KEEL_CONTROL_TOKEN")) {
+    options.daemon_token = token;
+    ::unsetenv("KEEL_CONTROL_TOKEN");
+  }
+  return options;
+}
+
 // The one line keel prints when the VM ends, and the exit status.
 int report(const ShutdownInfo& info) {
   switch (info.reason) {
@@ -182,7 +194,8 @@ int run(const RunOptions& options) {
   std::unique_ptr<control::MachineControl> control;
   if (!config.control_socket.empty()) {
     machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
-    control = std::make_unique<control::MachineControl>(machine, config.control_socket.string());
+    control = std::make_unique<control::MachineControl>(machine, config.control_socket.string(),
+                                                        control_options());
     signal_ready(options.ready_fd);
     ShutdownInfo info = machine.run();
     control.reset();  // SHUTDOWN reaches the clients before keel exits

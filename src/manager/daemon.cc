@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "sandbox/cgroup.h"
 
 namespace keel::manager {
 
@@ -20,6 +21,19 @@ std::string self_executable() {
   auto path = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) throw Error("cannot find the keel executable: " + ec.message());
   return path.string();
+}
+
+// One cgroup directory per state directory (several daemons may run, the tests' among them):
+// CGROUP2/keel/<FNV-1a of the state directory>. Empty without cgroup v2.
+std::string cgroup_parent(const std::string& state_dir) {
+  auto mount = sandbox::cgroup2_mount();
+  if (!mount) return {};
+  std::string absolute = std::filesystem::absolute(state_dir).lexically_normal().string();
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : absolute) h = (h ^ c) * 1099511628211ull;
+  char name[32];
+  std::snprintf(name, sizeof name, "%016llx", static_cast<unsigned long long>(h));
+  return *mount + "/keel/" + name;
 }
 
 }  // namespace
@@ -44,8 +58,15 @@ Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {
     throw Error("another keel daemon uses the state directory " + options_.state_dir);
   }
   store_ = std::make_unique<Store>(options_.state_dir + "/keel.db");
-  domains_ = std::make_unique<Domains>(
-      *store_, DomainsOptions{options_.state_dir, options_.vmm_binary});
+  DomainsOptions domains = options_.domains;
+  domains.state_dir = options_.state_dir;
+  domains.vmm_binary = options_.vmm_binary;
+  if (options_.cgroups) {
+    domains.cgroup_parent = cgroup_parent(options_.state_dir);
+    if (domains.cgroup_parent.empty())
+      log::info("keel daemon: no cgroup v2 on this host: VMMs run without a cgroup of their own");
+  }
+  domains_ = std::make_unique<Domains>(*store_, domains);
   domains_->recover();
   options_.api.group = options_.group;
   api_ = std::make_unique<ApiServer>(*domains_, options_.socket_path, options_.api);
@@ -56,6 +77,11 @@ Daemon::~Daemon() {
   api_.reset();
   domains_.reset();
   store_.reset();
+  // VMMs that go on running keep their cgroups (and so this one); otherwise nothing is left.
+  if (options_.cgroups) {
+    std::string parent = cgroup_parent(options_.state_dir);
+    if (!parent.empty()) ::rmdir(parent.c_str());
+  }
 }
 
 void Daemon::serve() { api_->serve(); }

@@ -17,7 +17,9 @@ struct DaemonOptions {
   std::string socket_path = "/run/keel/keel.sock";
   std::string vmm_binary;  // empty: this executable (/proc/self/exe)
   std::string group = "keel";  // members may use the API (the socket is root:GROUP 0660)
+  bool cgroups = true;         // one cgroup v2 per VM where the host has cgroup v2
   ApiOptions api;              // limits and deadlines (tests shorten them)
+  DomainsOptions domains;      // state_dir, vmm_binary and cgroup_parent are filled in
 };
 
 class Daemon {

@@ -98,6 +98,7 @@ TEST(LogFile, SpawnProcessMovesThePreviousRunsLogAside) {
   for (const char* run : {"first", "second", "third"}) {
     manager::SpawnedProcess p =
         manager::spawn_process("/bin/sh", {"-c", std::string("echo ") + run}, path);
+    p.go();
     int status = 0;
     ASSERT_EQ(::waitpid(p.pid, &status, 0), p.pid);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -105,6 +106,19 @@ TEST(LogFile, SpawnProcessMovesThePreviousRunsLogAside) {
   EXPECT_EQ(slurp(path), "third\n");
   EXPECT_EQ(slurp(path + ".1"), "second\n");
   EXPECT_FALSE(fs::exists(path + ".2"));
+}
+
+TEST(LogFile, ASpawnedProcessThatIsNeverLetGoExitsWithoutRunning) {
+  TempDir dir;
+  std::string path = (dir.path / "vm.log").string();
+  std::string marker = (dir.path / "ran").string();
+  manager::SpawnedProcess p =
+      manager::spawn_process("/bin/sh", {"-c", "touch " + marker}, path);
+  p.go_pipe.reset();  // the daemon died (or gave up) before it recorded the child
+  int status = 0;
+  ASSERT_EQ(::waitpid(p.pid, &status, 0), p.pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_FALSE(fs::exists(marker));
 }
 
 }  // namespace
