@@ -43,13 +43,16 @@ NetConfig parse_net_option(const std::string& text) {
     std::string part = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     if (first && (part == "user" || part.empty())) {
       // the type
+    } else if (part == "host-loopback=on" || part == "host-loopback=off") {
+      net.host_loopback = part == "host-loopback=on";
     } else if (part.rfind("hostfwd=", 0) == 0) {
       std::string spec = part.substr(8);
       parse_host_forward(spec);  // validates now, so a typo is a usage error
       net.hostfwd.push_back(spec);
     } else {
       throw UsageError("--net " + text + ": unknown part '" + part +
-                       "' (expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT] or tap:IFNAME)");
+                       "' (expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT][,host-loopback=on] or "
+                       "tap:IFNAME)");
     }
     first = false;
     if (comma == std::string::npos) break;
@@ -75,7 +78,7 @@ PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus&
     } else {
       std::vector<HostForward> fwd;
       for (const auto& spec : n.hostfwd) fwd.push_back(parse_host_forward(spec));
-      backend = std::make_unique<SlirpBackend>(fwd);
+      backend = std::make_unique<SlirpBackend>(fwd, n.host_loopback);
     }
     devs.push_back(std::make_unique<VirtioNet>(std::move(backend), default_mac(i)));
   }

@@ -29,6 +29,7 @@ struct NetConfig {
   enum class Kind { kUser, kTap } kind = Kind::kUser;
   std::vector<std::string> hostfwd;  // user: "tcp:HOSTPORT-:GUESTPORT", ...
   std::string tap;                   // tap: interface name
+  bool host_loopback = false;        // user: may the guest reach the host's 127.0.0.1?
 };
 
 struct VirtioConfig {
