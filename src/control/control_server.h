@@ -30,6 +30,7 @@
 
 #include "base/fd.h"
 #include "control/control_target.h"
+#include "sandbox/syscalls.h"
 
 namespace keel::control {
 
@@ -43,7 +44,7 @@ struct ControlServerOptions {
   // The daemon's clients say this token in qmp_capabilities ({"keel-token": ...}); they always
   // get in: `reserved_slots` connections beyond max_clients are kept for them, and when every
   // slot is taken, the oldest client that has not negotiated yet makes room. Empty: no token.
-  std::string daemon_token;
+  std::string daemon_token = "";
   size_t reserved_slots = 4;
 };
 
@@ -51,6 +52,8 @@ class ControlServer {
  public:
   ControlServer(const std::string& path, ControlTarget& target, ControlServerOptions options = {});
   ~ControlServer();
+  // Its system calls on the thread that dispatches it (seccomp, the "control" thread kind).
+  static sandbox::AllowList syscalls();
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
 

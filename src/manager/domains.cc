@@ -14,6 +14,7 @@
 #include "control/unix_socket.h"
 #include "manager/vm_definition.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/confinement.h"
 
 namespace keel::manager {
 
@@ -177,6 +178,14 @@ std::string Domains::path_of(const std::string& name, const char* what) const {
 }
 
 // For the crash-safety tests: the daemon dies here, as a power cut or an OOM kill would kill it.
+// Each VM's VMM confines itself to a uid of its own (keel run --sandbox-uid): a block above the
+// one `keel run` uses alone, indexed by a hash of the state directory and the VM's name.
+uid_t Domains::vmm_uid(const std::string& name) const {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : options_.state_dir + "/" + name) h = (h ^ c) * 16777619u;
+  return sandbox::kVmmIdBase + 0x10000 + (h & 0xFFFF);
+}
+
 void Domains::kill_point(int point) const {
   if (options_.test_kill_point == point) ::kill(::getpid(), SIGKILL);
 }
@@ -445,7 +454,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     for (const auto& note : notes) log::info("daemon: VM {}: {}", d->name, note);
   }
   std::vector<std::string> args = vmm_arguments(passed, control_path, log_path);
-  args.insert(args.end(), {"--ready-fd", "3"});
+  args.insert(args.end(), {"--ready-fd", "3", "--sandbox-uid", std::to_string(vmm_uid(d->name))});
   args.insert(args.end(), options_.vmm_extra_args.begin(), options_.vmm_extra_args.end());
   SpawnedProcess vmm = spawn_process(options_.vmm_binary, args, log_path, spawn,
                                      first_failure_log ? path_of(d->name, "first-failure") : "");
@@ -627,6 +636,7 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
     if (d->generation != generation) return;
     d->link.reset();
     std::filesystem::remove(path_of(d->name, "pidfile"));
+    std::filesystem::remove(path_of(d->name, "control"));  // a confined VMM cannot
     if (std::string cgroup = path_of(d->name, "cgroup"); !cgroup.empty()) {
       sandbox::Cgroup(cgroup).kill();  // nothing of this VMM outlives it
       sandbox::Cgroup(cgroup).remove();

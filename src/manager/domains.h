@@ -95,6 +95,7 @@ class Domains {
   void recover_one(const std::shared_ptr<Domain>& d, const VmRecord& record);
   bool cancel_restart(Domain& d, const std::string& reason);
   void kill_point(int point) const;
+  uid_t vmm_uid(const std::string& name) const;
   std::string path_of(const std::string& name, const char* what) const;
   void watch(const std::shared_ptr<Domain>& d, std::shared_ptr<VmmLink> link, uint64_t generation);
   void on_event(const std::shared_ptr<Domain>& d, uint64_t generation, const nlohmann::json& event);

@@ -1,6 +1,8 @@
 #include "backends/net/slirp_backend.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <slirp/libslirp.h>
 
 #include <algorithm>
@@ -225,6 +227,22 @@ void SlirpBackend::dispatch(const std::vector<pollfd>& fds, size_t) {
   slirp_pollfds_poll(slirp_, 0, get_revents_cb, this);
   poll_fds_ = nullptr;
   run_timers();
+}
+
+sandbox::AllowList SlirpBackend::syscalls() {
+  const uint64_t all = ~0ull;
+  return {
+      {"socket", {{0, all, AF_INET}}},
+      {"socket", {{0, all, AF_INET6}}},
+      {"connect"}, {"bind"}, {"listen"}, {"accept"}, {"accept4"},
+      {"sendto"}, {"recvfrom"}, {"sendmsg"}, {"recvmsg"},
+      {"setsockopt"}, {"getsockopt"}, {"getsockname"}, {"getpeername"}, {"shutdown"},
+      {"fcntl"},
+      {"ioctl", {{1, all, FIONREAD}}},
+      {"ioctl", {{1, all, FIONBIO}}},
+      {"read"}, {"write"},
+      // and /etc/resolv.conf (read-only opens are the C library's: sandbox/seccomp.cc).
+  };
 }
 
 }  // namespace keel

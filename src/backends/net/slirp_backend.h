@@ -45,6 +45,9 @@ class SlirpBackend : public NetBackend {
   SlirpBackend& operator=(const SlirpBackend&) = delete;
 
   std::string name() const override { return "user"; }
+  // What libslirp does on the network thread (seccomp): host sockets for the guest's
+  // connections, IPv4 and IPv6 only, and reading the host's resolver list for DNS.
+  static sandbox::AllowList syscalls();
   void send(std::span<const uint8_t> frame) override;
   // Frames to the host's loopback dropped so far (host_loopback off).
   uint64_t loopback_dropped() const { return loopback_dropped_; }

@@ -64,6 +64,7 @@ NetConfig parse_net_option(const std::string& text) {
 PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus& pio, IoBus& mmio,
                          InterruptController& interrupts, ConsoleOutput console_output)
     : pio_(pio), bus_(mmio) {
+  config_ = config;
   std::vector<std::unique_ptr<VirtioDevice>> devs;
   for (size_t i = 0; i < config.disks.size(); ++i) {
     const DiskConfig& d = config.disks[i];
@@ -129,6 +130,26 @@ void PciPlatform::update_notifications(uint8_t slot) {
       routed_[i].emplace_back(gpa, fd);
     }
   }
+}
+
+void PciPlatform::set_thread_launcher(sandbox::ThreadLauncher* launcher) {
+  for (auto& d : devices_) d->set_thread_launcher(launcher);
+}
+
+sandbox::AllowList PciPlatform::vcpu_syscalls() {
+  // Register writes on the vCPU thread: activation makes kick and stop eventfds and starts the
+  // workers; kicks and completions signal eventfds; reset waits for the workers.
+  return {{"eventfd2"}, {"read"}, {"write"}};
+}
+
+sandbox::AllowList PciPlatform::worker_syscalls() const {
+  sandbox::AllowList list;
+  if (!config_.disks.empty()) sandbox::append(list, VirtioBlk::worker_syscalls());
+  if (!config_.nets.empty()) sandbox::append(list, VirtioNet::worker_syscalls());
+  for (const auto& net : config_.nets)
+    sandbox::append(list, net.kind == NetConfig::Kind::kTap ? TapBackend::syscalls()
+                                                          : SlirpBackend::syscalls());
+  return list;
 }
 
 }  // namespace keel
