@@ -22,6 +22,10 @@ void add_daemon_verb(CLI::App& app, Action& action) {
   cmd->add_option("--group", options->group,
                   "Members of this group may use the API (socket root:GROUP 0660); root always may")
       ->capture_default_str();
+  cmd->add_option("--sandbox", options->sandbox,
+                  "Whether VMMs confine themselves (keel run --sandbox): uid, namespaces, seccomp")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
   cmd->add_flag("--cgroups,!--no-cgroups", options->cgroups,
                 "One cgroup v2 per VM (found and killed by the next daemon if this one dies)");
   // Tests and benchmarks run the daemon with a stand-in VMM; hidden from --help.

@@ -61,6 +61,7 @@ Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {
   DomainsOptions domains = options_.domains;
   domains.state_dir = options_.state_dir;
   domains.vmm_binary = options_.vmm_binary;
+  domains.vmm_extra_args.insert(domains.vmm_extra_args.end(), {"--sandbox", options_.sandbox});
   if (options_.cgroups) {
     domains.cgroup_parent = cgroup_parent(options_.state_dir);
     if (domains.cgroup_parent.empty())
