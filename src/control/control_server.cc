@@ -364,7 +364,7 @@ void ControlServer::handle_line(uint64_t id, std::string_view line) {
     json message;
     try {
       message = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
       throw CommandError{"GenericError", std::string("malformed JSON: ") + e.what()};
     }
     if (!message.is_object()) throw CommandError{"GenericError", "QMP input must be a JSON object"};

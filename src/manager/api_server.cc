@@ -57,7 +57,7 @@ json body_object(const HttpRequest& req, bool empty_ok) {
   json body;
   try {
     body = json::parse(req.body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
     throw UsageError(std::string("request body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) throw UsageError("request body must be a JSON object");
@@ -193,7 +193,7 @@ void ApiServer::routes() {
       json body;
       try {
         body = json::parse(req.body);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
         throw DefinitionError(std::string("malformed JSON: ") + e.what());
       }
       reply(res, 201, domains_.define(body, req.peer));
@@ -226,8 +226,9 @@ void ApiServer::routes() {
       {"shutdown", &Domains::shutdown}, {"reboot", &Domains::reboot},
       {"destroy", &Domains::destroy},   {"suspend", &Domains::suspend},
       {"resume", &Domains::resume}};
-  for (auto [path, verb] : verbs) {
-    s.route("POST", std::string(R"(/v1/vms/([^/]+)/)") + path, [this, verb](Req req, Res res) {
+  for (const auto& entry : verbs) {
+    Verb verb = entry.second;  // clang 14 cannot capture a structured binding
+    s.route("POST", std::string(R"(/v1/vms/([^/]+)/)") + entry.first, [this, verb](Req req, Res res) {
       guarded(res, [&] {
         body_object(req, true);
         std::string name = vm_name(req);

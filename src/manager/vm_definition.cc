@@ -216,7 +216,7 @@ VmDefinition parse_definition_text(const std::string& text) {
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
     throw DefinitionError(std::string("malformed JSON: ") + e.what());
   }
   return parse_definition(doc);
