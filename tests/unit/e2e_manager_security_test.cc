@@ -11,43 +11,18 @@
 
 #include "control/unix_socket.h"
 #include "e2e_manager_helpers.h"
+#include "keel_process.h"
 
 namespace keel::e2e {
 namespace {
+
+using testing::as_user;
 
 constexpr uid_t kNobody = 65534;
 constexpr gid_t kNogroup = 65534;
 constexpr gid_t kOtherGroup = 54321;  // no group of the daemon's
 
 std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
-
-// Runs `fn` in a child process as uid `uid`, gid `gid` (no supplementary groups) and returns what
-// it returned; "child failed" if it could not.
-std::string as_user(uid_t uid, gid_t gid, const std::function<std::string()>& fn) {
-  int fds[2];
-  if (::pipe(fds) != 0) return "pipe failed";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    std::string out = "child failed";
-    if (::setgroups(0, nullptr) == 0 && ::setgid(gid) == 0 && ::setuid(uid) == 0) {
-      try {
-        out = fn();
-      } catch (const std::exception& e) {
-        out = std::string("exception: ") + e.what();
-      }
-    }
-    [[maybe_unused]] ssize_t n = ::write(fds[1], out.data(), out.size());
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
-  ::close(fds[0]);
-  ::waitpid(pid, nullptr, 0);
-  return out;
-}
 
 // connect(2) to a unix socket: "ok" or the errno's name.
 std::string try_connect(const std::string& path) {
@@ -199,14 +174,7 @@ TEST_F(ManagerSecurityTest, TwoHundredAbandonedEventStreamsThenListAnswersWithin
   // streams per user at a time, so every one must have been released for the next to open.
   for (int i = 0; i < 200; ++i) {
     UniqueFd fd = control::connect_unix(socket, 2000ms);
-    control::write_all(fd.get(), "GET /v1/events HTTP/1.1\r\nHost: keel\r\n\r\n");
-    std::string head;
-    char buf[512];
-    while (head.find("\r\n\r\n") == std::string::npos && control::wait_readable(fd.get(), 5s)) {
-      ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-      if (n <= 0) break;
-      head.append(buf, static_cast<size_t>(n));
-    }
+    std::string head = testing::http_head(fd.get(), "GET /v1/events HTTP/1.1\r\nHost: keel\r\n\r\n");
     ASSERT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << "stream " << i << ": " << head;
   }
   auto before = Clock::now();

@@ -15,6 +15,7 @@
 
 #include "base/eventfd.h"
 #include "control/unix_socket.h"
+#include "keel_process.h"
 #include "manager/api_client.h"
 
 namespace keel::manager {
@@ -225,14 +226,7 @@ TEST_F(HttpServerTest, AStreamWhoseClientHangsUpIsReleasedAtOnce) {
   // each must be released before the next can open.
   for (int i = 0; i < 200; ++i) {
     UniqueFd fd = connect();
-    control::write_all(fd.get(), "GET /stream HTTP/1.1\r\n\r\n");
-    std::string head;
-    char buf[512];
-    while (head.find("\r\n\r\n") == std::string::npos && control::wait_readable(fd.get(), 5s)) {
-      ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-      if (n <= 0) break;
-      head.append(buf, static_cast<size_t>(n));
-    }
+    std::string head = testing::http_head(fd.get(), "GET /stream HTTP/1.1\r\n\r\n");
     ASSERT_EQ(status_of(head), 200) << "stream " << i << ": " << head;
     fd.reset();  // hang up
     ASSERT_TRUE(eventually([&] { return server_->stream_count() < 4; })) << "stream " << i;

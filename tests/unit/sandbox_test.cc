@@ -3,7 +3,6 @@
 // its own, a mount namespace whose root holds nothing; a forbidden system call ends the VMM with a
 // line naming the thread and the call; `--sandbox off` and a non-root `keel run` say what they do.
 #include <dirent.h>
-#include <grp.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -183,26 +182,13 @@ TEST(Sandbox, WithoutRootKeelRunSaysWhatItCouldNotDoAndStillFilters) {
   std::filesystem::copy_file(testing::test_guest("serial_hello"), guest,
                              std::filesystem::copy_options::overwrite_existing);
   ::chmod(guest.c_str(), 0644);
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(fds[1], 2);
-    ::dup2(fds[1], 1);
-    if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(99);
-    ::execl(KEEL_BINARY, KEEL_BINARY, "run", "--accel", "emu", "--sandbox", "on", "--test-guest",
-            guest.c_str(), static_cast<char*>(nullptr));
-    ::_exit(98);
-  }
-  ::close(fds[1]);
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
+  std::string out = testing::as_user(65534, 65534, [&] {
+    ProcessResult r = testing::run_keel({"run", "--accel", "emu", "--sandbox", "on", "--test-guest",
+                                         guest}, "", 30s);
+    return "status " + std::to_string(r.exited ? r.status : -1) + "\n" + r.out + r.err;
+  });
   std::filesystem::remove(guest);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << ": " << out;
+  EXPECT_EQ(out.rfind("status 0\n", 0), 0u) << out;
   EXPECT_TRUE(contains(out, "keel: sandbox: could not: not root: no mount namespace, no uid of its "
                             "own, capabilities unchanged"))
       << out;
