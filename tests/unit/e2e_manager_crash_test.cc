@@ -179,11 +179,18 @@ TEST_F(ManagerCrashTest, AGuestThatResetsAtOnceIsRestartedWithBackoffAndItsFirst
     return std::chrono::microseconds(e["timestamp"]["seconds"].get<int64_t>() * 1000000 +
                                      e["timestamp"]["microseconds"].get<int64_t>());
   };
-  for (size_t i = 1; i < 4; ++i) {
-    auto gap = std::chrono::duration_cast<std::chrono::milliseconds>(at(starts[i]) - at(starts[i - 1]));
-    auto expected = std::chrono::milliseconds(1000 << (i - 1));
-    EXPECT_GE(gap, expected) << "restart " << i;
-    EXPECT_LT(gap, expected * 2) << "restart " << i;  // not the next step of the doubling
+  // Each reset announces its delay, doubling from 1 s; the next start comes no earlier. (How much
+  // later depends on how fast the stand-in VMM starts on a loaded host: not measured.)
+  std::vector<json> reboots = events.all("r", "rebooting");
+  ASSERT_GE(reboots.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    SCOPED_TRACE("restart " + std::to_string(i + 1));
+    int64_t delay = 1000 << i;
+    EXPECT_NE(reboots[i]["detail"].get<std::string>().find("restarting in " + std::to_string(delay) +
+                                                           " ms"),
+              std::string::npos)
+        << reboots[i].dump();
+    EXPECT_GE(at(starts[i + 1]) - at(reboots[i]), std::chrono::milliseconds(delay));
   }
   // The log of the loop's first failure is kept aside; later runs rotate as usual.
   json vm = info("r");
