@@ -8,6 +8,8 @@
 // seccomp) the same worker does the I/O synchronously.
 #pragma once
 
+#include "sandbox/syscalls.h"
+
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -65,6 +67,9 @@ class VirtioBlk : public VirtioDevice {
   // worker (tests cover both paths).
   VirtioBlk(std::unique_ptr<RawImage> image, std::string serial, bool use_io_uring = true);
   ~VirtioBlk() override;
+
+  // The worker thread's system calls (seccomp, sandbox/): io_uring or the synchronous fallback.
+  static sandbox::AllowList worker_syscalls();
 
   std::string name() const override { return "virtio-blk " + image_->path(); }
   uint16_t device_id() const override;
