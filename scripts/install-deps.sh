@@ -8,6 +8,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libzydis-dev libxbyak-dev libslirp-dev libglib2.0-dev liburing-dev nlohmann-json3-dev libcli11-dev
   libfmt-dev libspdlog-dev libsqlite3-dev libseccomp-dev
+  libboost1.81-dev
   zlib1g-dev liblzma-dev liblz4-dev libzstd-dev
   ccache busybox-static cpio e2fsprogs acpica-tools fio qemu-system-x86 iproute2 python3 curl
   clang libclang-rt-14-dev
