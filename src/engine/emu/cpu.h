@@ -494,6 +494,7 @@ class Cpu : public CpuHot {
   // straddles two pages).
   void run_exclusive(const std::function<void()>& fn) { group_.run_exclusive(*this, fn); }
   bool real_mode() const { return !(cr0 & 1); }
+  bool smp() const { return smp_; }
   IoBus& pio() { return pio_; }
   uint32_t apic_id() const { return apic_id_; }
   bool tsc_deadline_supported() const { return tsc_deadline_; }
