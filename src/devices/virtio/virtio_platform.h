@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/block/block_backend.h"
 #include "backends/console/console_port.h"
 #include "bus/io_bus.h"
 #include "devices/pci/pci_bus.h"
@@ -19,9 +20,11 @@ namespace keel {
 
 class VirtioPciDevice;
 class VirtioConsole;
+class VirtioBlk;
 
 struct DiskConfig {
   std::filesystem::path path;
+  ImageFormat format = ImageFormat::kAuto;  // kAuto: detected from the image's header
   bool readonly = false;
 };
 
@@ -38,7 +41,7 @@ struct VirtioConfig {
   bool rng = true;       // virtio-rng
 };
 
-// Command-line forms (keel run): "PATH[,readonly]"; "user[,hostfwd=SPEC]...", "" (= user) and
+// Command-line forms (keel run): "PATH[,format=raw|qcow2][,readonly]"; "user[,hostfwd=SPEC]...", "" (= user) and
 // "tap:IFNAME". Throw UsageError naming the bad part.
 DiskConfig parse_disk_option(const std::string& text);
 NetConfig parse_net_option(const std::string& text);
@@ -54,6 +57,8 @@ class PciPlatform {
   PciPlatform& operator=(const PciPlatform&) = delete;
 
   PciBus& bus() { return bus_; }
+  // Disk i's backend (vda = 0), for reading it before the guest runs (booting from it).
+  BlockBackend& disk(size_t i);
   // The virtio-console device, or nullptr when none was asked for.
   VirtioConsole* console() const { return console_; }
   const std::vector<std::shared_ptr<VirtioPciDevice>>& devices() const { return devices_; }
@@ -71,6 +76,7 @@ class PciPlatform {
   PciBus bus_;
   std::vector<std::shared_ptr<VirtioPciDevice>> devices_;
   std::vector<uint8_t> slots_;
+  std::vector<VirtioBlk*> disks_;
   VirtioConsole* console_ = nullptr;
   NotifyHook add_notify_, remove_notify_;
   std::vector<std::vector<std::pair<uint64_t, int>>> routed_;  // per device: (gpa, fd)
