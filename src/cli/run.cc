@@ -42,6 +42,7 @@ struct RunOptions {
   bool paused = false;
   bool trace_boot = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
+  std::string boot = "kernel", boot_entry;  // --boot disk: the first disk's own menu (issue 14)
   std::string console = "serial";
   bool rng = true;
 };
@@ -67,6 +68,10 @@ VmConfig make_config(const RunOptions& o) {
   for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
   for (const auto& n : o.nets) c.virtio.nets.push_back(parse_net_option(n));
   c.virtio.console = o.console == "virtio";
+  c.boot = o.boot == "disk" ? VmConfig::Boot::kDisk : VmConfig::Boot::kKernel;
+  c.boot_entry = o.boot_entry;
+  if (c.boot == VmConfig::Boot::kDisk) c.validate();  // --boot disk with --kernel etc.
+  else if (!c.boot_entry.empty()) throw UsageError("--boot-entry needs --boot disk");
   c.virtio.rng = o.rng;
   if (!c.kernel.empty() && !c.test_guest.empty())
     throw UsageError("--kernel and --test-guest are mutually exclusive");
@@ -231,7 +236,16 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_flag("--trace-boot", o->trace_boot,
                 "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "
                 "stderr");
-  sub->add_option("--disk", o->disks, "Raw disk image PATH[,readonly] (repeatable: vda, vdb, ...)");
+  sub->add_option("--disk", o->disks,
+                  "Disk image PATH[,format=raw|qcow2][,readonly] (format detected when not given; "
+                  "repeatable: vda, vdb, ...)");
+  sub->add_option("--boot", o->boot,
+                  "What to boot: kernel (--kernel, or the default guest) or disk (the first --disk's "
+                  "own BLS entries or grub.cfg default entry, read from its ext4 /boot)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"kernel", "disk"}));
+  sub->add_option("--boot-entry", o->boot_entry,
+                  "With --boot disk: the menu entry to boot, by number or title (default: the menu's)");
   sub->add_option("--net", o->nets,
                   "Network: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (the default) or tap:IFNAME "
                   "(repeatable)")

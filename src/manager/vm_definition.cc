@@ -127,13 +127,18 @@ VmDefinition parse_definition(const json& doc) {
     for (size_t i = 0; i < v->size(); ++i) {
       std::string field = "disks[" + std::to_string(i) + "]";
       const json& disk = (*v)[i];
-      check_object(disk, field, {"path", "readonly"});
+      check_object(disk, field, {"path", "format", "readonly"});
       DiskDefinition dd;
       const json* path = member(disk, "path");
       if (!path) refuse(field + ".path", "missing");
       dd.path = get_file(*path, field + ".path");
       if (dd.path.find(',') != std::string::npos) refuse(field + ".path", "contains a comma");
       if (const json* ro = member(disk, "readonly")) dd.readonly = get_bool(*ro, field + ".readonly");
+      if (const json* f = member(disk, "format")) {
+        dd.format = get_string(*f, field + ".format");
+        if (dd.format != "raw" && dd.format != "qcow2")
+          refuse(field + ".format", "'" + dd.format + "' is not one of raw, qcow2");
+      }
       d.disks.push_back(std::move(dd));
     }
   }
@@ -198,7 +203,11 @@ json VmDefinition::to_json() const {
   if (!cmdline.empty()) j["cmdline"] = cmdline;
   if (!test_guest.empty()) j["test_guest"] = test_guest;
   json disk_list = json::array();
-  for (const auto& disk : disks) disk_list.push_back({{"path", disk.path}, {"readonly", disk.readonly}});
+  for (const auto& disk : disks) {
+    json dj{{"path", disk.path}, {"readonly", disk.readonly}};
+    if (!disk.format.empty()) dj["format"] = disk.format;
+    disk_list.push_back(dj);
+  }
   j["disks"] = disk_list;
   json net_list = json::array();
   for (const auto& net : nets) {
@@ -228,7 +237,8 @@ std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string&
     if (!d.cmdline.empty()) args.insert(args.end(), {"--cmdline", d.cmdline});
   }
   for (const auto& disk : d.disks) {
-    args.insert(args.end(), {"--disk", disk.path + (disk.readonly ? ",readonly" : "")});
+    args.insert(args.end(), {"--disk", disk.path + (disk.format.empty() ? "" : ",format=" + disk.format) +
+                                           (disk.readonly ? ",readonly" : "")});
   }
   for (const auto& net : d.nets) {
     std::string spec = net.type == "tap" ? "tap:" + net.ifname : "user";

@@ -21,6 +21,7 @@ class DefinitionError : public Error {
 
 struct DiskDefinition {
   std::string path;
+  std::string format;  // "raw", "qcow2"; empty: detected from the image
   bool readonly = false;
 };
 

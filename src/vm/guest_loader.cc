@@ -7,6 +7,7 @@
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
 #include "base/log.h"
+#include "boot/disk_boot.h"
 #include "boot/linux_loader.h"
 
 namespace keel {
@@ -61,7 +62,18 @@ std::vector<x86::CpuState> load_linux_guest(GuestImage& image) {
   acpi.sb_devices = image.acpi_devices;
   spec.acpi_rsdp_addr = x86::acpi::write_acpi_tables(image.memory, acpi).rsdp;
   spec.decompress_on_host = image.decompress_on_host;
-  boot::LinuxBoot boot = boot::load_linux(image.memory, spec);
+  boot::LinuxBoot boot;
+  if (image.config.boot == VmConfig::Boot::kDisk) {
+    boot::DiskBootEntry entry = boot::find_disk_boot(*image.boot_disk, image.config.boot_entry);
+    std::string cmdline = image.config.cmdline.empty() ? entry.cmdline : image.config.cmdline;
+    log::info("boot disk: {} menu:\n{}booting entry {} '{}': kernel {}, initrd {} bytes, command line '{}'",
+              entry.where, boot::describe_entries(entry.menu), entry.index, entry.title,
+              entry.kernel_path, entry.initrd.size(), cmdline);
+    boot = boot::load_linux_image(image.memory, entry.kernel, entry.initrd, cmdline, spec.acpi_rsdp_addr,
+                                  spec.decompress_on_host);
+  } else {
+    boot = boot::load_linux(image.memory, spec);
+  }
   if (!boot.host_decompressed.empty())
     log::info("kernel: {} payload decompressed on the host, booting its vmlinux at {:#x} (no KASLR)",
               boot.host_decompressed, boot.kernel_addr);

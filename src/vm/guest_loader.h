@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "arch/x86/cpu_state.h"
+#include "backends/block/block_backend.h"
 #include "memory/guest_memory.h"
 #include "vm/vm_config.h"
 
@@ -19,6 +20,8 @@ struct GuestImage {
   // Linux only: decompress a bzImage's kernel on the host (boot/kernel_payload.h). The emu engine
   // wants it: its interpreter would spend seconds in the in-guest decompressor.
   bool decompress_on_host = false;
+  // VmConfig::Boot::kDisk: the disk to read /boot from (vda).
+  BlockBackend* boot_disk = nullptr;
 };
 
 // A purpose-built test guest (tests/guests/README.md): the flat binary at kTestGuestLoadAddr,

@@ -166,6 +166,7 @@ void Machine::build_devices() {
 void Machine::load_guest() {
   GuestImage image{*memory_, config_, vcpu_count(), acpi_devices_};
   image.decompress_on_host = engine_->name() == "emu";
+  if (config_.boot == VmConfig::Boot::kDisk) image.boot_disk = &pci_->disk(0);
   std::vector<x86::CpuState> states =
       config_.test_guest.empty() ? load_linux_guest(image) : load_test_guest(image);
   for (size_t i = 0; i < vcpus_.size() && i < states.size(); ++i) {

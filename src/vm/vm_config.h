@@ -20,6 +20,11 @@ struct VmConfig {
   std::filesystem::path initrd;
   std::string cmdline;
   std::filesystem::path test_guest;
+  // Or boot the first disk as its own bootloader would (boot/disk_boot.h): the default entry of
+  // its BLS entries or grub.cfg, or `boot_entry` (an index or a title). `cmdline`, when set,
+  // replaces the entry's command line.
+  enum class Boot { kKernel, kDisk } boot = Boot::kKernel;
+  std::string boot_entry;
 
   uint64_t memory_bytes = 512ull << 20;
   uint32_t cpus = 1;
