@@ -42,7 +42,8 @@ struct RunOptions {
   bool paused = false;
   bool trace_boot = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
-  std::string boot = "kernel", boot_entry;  // --boot disk: the first disk's own menu (issue 14)
+  std::string boot = "kernel", boot_entry;
+  std::string cloud_init, name = "keel";  // --boot disk: the first disk's own menu (issue 14)
   std::string console = "serial";
   bool rng = true;
 };
@@ -68,6 +69,8 @@ VmConfig make_config(const RunOptions& o) {
   for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
   for (const auto& n : o.nets) c.virtio.nets.push_back(parse_net_option(n));
   c.virtio.console = o.console == "virtio";
+  if (!o.cloud_init.empty()) c.virtio.cloud_init = parse_cloud_init_option(o.cloud_init);
+  c.virtio.vm_name = o.name;
   c.boot = o.boot == "disk" ? VmConfig::Boot::kDisk : VmConfig::Boot::kKernel;
   c.boot_entry = o.boot_entry;
   if (c.boot == VmConfig::Boot::kDisk) c.validate();  // --boot disk with --kernel etc.
@@ -246,6 +249,11 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"kernel", "disk"}));
   sub->add_option("--boot-entry", o->boot_entry,
                   "With --boot disk: the menu entry to boot, by number or title (default: the menu's)");
+  sub->add_option("--cloud-init", o->cloud_init,
+                  "Attach a cloud-init NoCloud seed (a read-only 'cidata' disk after the --disks): "
+                  "user-data=FILE[,meta-data=FILE][,network-config=FILE]");
+  sub->add_option("--name", o->name, "The VM's name (the cloud-init seed's default hostname)")
+      ->capture_default_str();
   sub->add_option("--net", o->nets,
                   "Network: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (the default) or tap:IFNAME "
                   "(repeatable)")

@@ -40,6 +40,12 @@ struct VmDefinition {
   std::string initrd;
   std::string cmdline;
   std::string test_guest;  // ... or a purpose-built test guest (tests/guests/README.md)
+  std::string boot = "kernel";  // or "disk": the first disk's own boot menu
+  std::string boot_entry;       // with boot "disk": an entry number or title
+  struct CloudInit {
+    std::string user_data, meta_data, network_config;  // files; user_data required
+  };
+  std::optional<CloudInit> cloud_init;
   std::vector<DiskDefinition> disks;
   std::vector<NetDefinition> nets;
 

@@ -2,7 +2,6 @@
 // themselves (sfdisk on a file, mke2fs -d at an offset; no root, no loop devices) with the default
 // guest's kernel and initramfs inside, read from raw and qcow2 and booted on emu.
 #include <gtest/gtest.h>
-#include <signal.h>
 
 #include <filesystem>
 #include <fstream>
@@ -13,6 +12,7 @@
 #include "boot/disk_boot.h"
 #include "boot/partition_table.h"
 #include "default_guest.h"
+#include "guest_shell.h"
 #include "keel_process.h"
 #include "qemu_img.h"
 
@@ -294,20 +294,9 @@ using namespace std::chrono_literals;
 
 keel::testing::ProcessResult boot_disk(const std::vector<std::string>& extra, const std::string& command,
                                        std::chrono::milliseconds budget) {
-  keel::testing::Budget b(budget);
   std::vector<std::string> args{"run", "--accel", "emu", "--boot", "disk"};
   args.insert(args.end(), extra.begin(), extra.end());
-  keel::testing::KeelProcess p(args);
-  if (!p.wait_for_stdout("KEEL-GUEST-READY", b.left())) {
-    p.send_signal(SIGTERM);
-    auto r = p.wait(15s);
-    ADD_FAILURE() << "the guest never became ready: " << r.describe();
-    return r;
-  }
-  p.write_stdin(command + "\nexit\n");
-  auto r = p.wait(b.left());
-  if (r.timed_out) ADD_FAILURE() << "the guest did not power off: " << r.describe();
-  return r;
+  return keel::testing::type_at_guest_shell(args, command, budget);
 }
 
 TEST(DiskBootLinux, BootsGrubAndBlsImagesOnEmu) {

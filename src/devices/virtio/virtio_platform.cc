@@ -78,6 +78,10 @@ PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus&
     disks_.push_back(blk.get());
     devs.push_back(std::move(blk));
   }
+  if (config.cloud_init) {
+    std::string serial = "keel-cidata";
+    devs.push_back(std::make_unique<VirtioBlk>(make_cloud_init_seed(*config.cloud_init, config.vm_name), serial));
+  }
   for (size_t i = 0; i < config.nets.size(); ++i) {
     const NetConfig& n = config.nets[i];
     std::unique_ptr<NetBackend> backend;

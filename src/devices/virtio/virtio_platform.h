@@ -6,10 +6,12 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "backends/block/block_backend.h"
+#include "backends/block/cloud_init_seed.h"
 #include "backends/console/console_port.h"
 #include "bus/io_bus.h"
 #include "devices/pci/pci_bus.h"
@@ -36,6 +38,9 @@ struct NetConfig {
 
 struct VirtioConfig {
   std::vector<DiskConfig> disks;
+  // A NoCloud seed attached read-only after the disks; its default meta-data names `vm_name`.
+  std::optional<CloudInitConfig> cloud_init;
+  std::string vm_name = "keel";
   std::vector<NetConfig> nets;
   bool console = false;  // virtio-console (hvc0)
   bool rng = true;       // virtio-rng
