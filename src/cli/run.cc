@@ -41,6 +41,7 @@ struct RunOptions {
   std::string accel = "auto";
   bool paused = false;
   bool trace_boot = false;
+  bool isa_debug_exit = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
   std::string boot = "kernel", boot_entry;
   std::string cloud_init, name = "keel";  // --boot disk: the first disk's own menu (issue 14)
@@ -66,6 +67,7 @@ VmConfig make_config(const RunOptions& o) {
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
+  c.isa_debug_exit = o.isa_debug_exit;
   for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
   for (const auto& n : o.nets) c.virtio.nets.push_back(parse_net_option(n));
   c.virtio.console = o.console == "virtio";
@@ -134,6 +136,10 @@ void signal_ready(int fd) {
 
 // The one line keel prints when the VM ends, and the exit status.
 int report(const ShutdownInfo& info) {
+  if (info.exit_status >= 0) {
+    std::fprintf(stderr, "keel: %s\n", info.detail.c_str());
+    return info.exit_status;
+  }
   switch (info.reason) {
     case ShutdownReason::kPowerOff:
       return 0;
@@ -237,8 +243,11 @@ void add_run_verb(CLI::App& app, Action& action) {
                   "Append stdout and stderr to this file; past 1 MiB it moves to FILE.1 and a new "
                   "one starts");
   sub->add_flag("--trace-boot", o->trace_boot,
-                "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "
+                "Print each boot-progress code (port 0x520) with its CLOCK_MONOTONIC time on "
                 "stderr");
+  sub->add_flag("--isa-debug-exit", o->isa_debug_exit,
+                "QEMU's isa-debug-exit device at port 0xF4: a guest write of V exits keel with status "
+                "(V << 1) | 1, as test kernels such as kvm-unit-tests expect");
   sub->add_option("--disk", o->disks,
                   "Disk image PATH[,format=raw|qcow2][,readonly] (format detected when not given; "
                   "repeatable: vda, vdb, ...)");

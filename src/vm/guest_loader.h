@@ -11,6 +11,8 @@
 
 namespace keel {
 
+class FwCfg;
+
 struct GuestImage {
   GuestMemory& memory;
   const VmConfig& config;
@@ -22,6 +24,8 @@ struct GuestImage {
   bool decompress_on_host = false;
   // VmConfig::Boot::kDisk: the disk to read /boot from (vda).
   BlockBackend* boot_disk = nullptr;
+  // Filled with the Linux kernel, initrd and command line when set.
+  FwCfg* fw_cfg = nullptr;
 };
 
 // A purpose-built test guest (tests/guests/README.md): the flat binary at kTestGuestLoadAddr,

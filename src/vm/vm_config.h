@@ -33,6 +33,7 @@ struct VmConfig {
   std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction
   bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
+  bool isa_debug_exit = false;           // QEMU's isa-debug-exit at port 0xF4 (test kernels)
 
   // PCI virtio devices: disks (vda, vdb, ...), networks, hvc0, entropy (issue 4).
   VirtioConfig virtio;
