@@ -49,6 +49,8 @@ TEST(DebianImage, BootsToMultiUserLogsInAndPowersOff) {
   p.write_stdin("root\n");
   if (!p.wait_for_stdout("Password:", budget.at_most(60s))) return fail("no password prompt");
   p.write_stdin("keel\n");
+  // login flushes what was typed ahead: wait for the shell's prompt.
+  if (!p.wait_for_stdout("root@keel-debian:", budget.at_most(120s))) return fail("no shell prompt");
   // $((1+1)) keeps the markers out of the echoed command line.
   p.write_stdin("echo STATE-$((1+1))=$(systemctl is-system-running --wait); "
                 "systemctl --failed --no-legend --plain | sed 's/^/FAILED-UNIT /'; echo CHECKED-$((1+1))\n");

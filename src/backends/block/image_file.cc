@@ -73,16 +73,21 @@ void pwrite_all(int fd, const void* data, uint64_t length, uint64_t offset, cons
   pwritev_all(fd, {&v, 1}, offset, what);
 }
 
-void preadv_all(int fd, std::span<const iovec> iov, uint64_t offset, const std::string& what) {
+namespace {
+
+// Loops over short transfers; a read that reaches the end of the file fills the rest with zeros.
+void transfer_all(int fd, std::span<const iovec> iov, uint64_t offset, const std::string& what, bool write) {
   std::vector<iovec> left(iov.begin(), iov.end());
   size_t first = 0;
   uint64_t remaining = total(iov);
   while (remaining) {
     int count = static_cast<int>(std::min<size_t>(left.size() - first, IOV_MAX));
-    ssize_t n = ::preadv(fd, left.data() + first, count, static_cast<off_t>(offset));
+    ssize_t n = write ? ::pwritev(fd, left.data() + first, count, static_cast<off_t>(offset))
+                      : ::preadv(fd, left.data() + first, count, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw_errno(what + ": read at offset " + std::to_string(offset));
-    if (n == 0) {  // end of file: the rest reads as zeros
+    if (n < 0) throw_errno(what + (write ? ": write" : ": read") + " at offset " + std::to_string(offset));
+    if (n == 0 && write) throw_errno(what + ": write at offset " + std::to_string(offset), EIO);
+    if (n == 0) {
       for (size_t i = first; i < left.size(); ++i) std::memset(left[i].iov_base, 0, left[i].iov_len);
       return;
     }
@@ -92,19 +97,14 @@ void preadv_all(int fd, std::span<const iovec> iov, uint64_t offset, const std::
   }
 }
 
+}  // namespace
+
+void preadv_all(int fd, std::span<const iovec> iov, uint64_t offset, const std::string& what) {
+  transfer_all(fd, iov, offset, what, false);
+}
+
 void pwritev_all(int fd, std::span<const iovec> iov, uint64_t offset, const std::string& what) {
-  std::vector<iovec> left(iov.begin(), iov.end());
-  size_t first = 0;
-  uint64_t remaining = total(iov);
-  while (remaining) {
-    int count = static_cast<int>(std::min<size_t>(left.size() - first, IOV_MAX));
-    ssize_t n = ::pwritev(fd, left.data() + first, count, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw_errno(what + ": write at offset " + std::to_string(offset), n < 0 ? errno : EIO);
-    advance(left, first, static_cast<uint64_t>(n));
-    offset += static_cast<uint64_t>(n);
-    remaining -= static_cast<uint64_t>(n);
-  }
+  transfer_all(fd, iov, offset, what, true);
 }
 
 }  // namespace keel

@@ -329,30 +329,39 @@ void Qcow2Image::read_cluster(uint64_t gc, uint64_t within, std::span<const iove
   if (have < n) zero_iov(slice(iov, have, n - have));
 }
 
+void Qcow2Image::check_range(const char* op, uint64_t offset, uint64_t len) const {
+  if (offset > size() || len > size() - offset)
+    throw Error(where() + ": " + op + " of " + std::to_string(len) + " bytes at " + std::to_string(offset) +
+                " beyond the disk's " + std::to_string(size()) + " bytes");
+}
+
+uint64_t Qcow2Image::host_run(uint64_t gc, uint64_t first, uint64_t host, uint64_t limit, bool writable) {
+  uint64_t run = first;
+  for (uint64_t k = 1; run < limit; ++k) {
+    uint64_t e = l2_entry(gc + k);
+    Mapping m = classify(e, gc + k);
+    if (m.kind != Mapping::kNormal || (writable && !(e & kCopied)) || m.host != host + k * cs_) break;
+    if (writable) check_data_cluster(m.host, gc + k);
+    run += std::min(cs_, limit - run);
+  }
+  return run;
+}
+
 void Qcow2Image::read(uint64_t offset, std::span<const iovec> iov) {
   uint64_t len = iov_total(iov);
-  if (offset > size() || len > size() - offset)
-    throw Error(where() + ": read of " + std::to_string(len) + " bytes at " + std::to_string(offset) +
-                " beyond the disk's " + std::to_string(size()) + " bytes");
+  check_range("read", offset, len);
   uint64_t pos = 0;
   while (pos < len) {
     uint64_t off = offset + pos, gc = off >> cluster_bits_, within = off & (cs_ - 1);
     uint64_t n = std::min(cs_ - within, len - pos);
-    uint64_t e = l2_entry(gc);
-    Mapping m = classify(e, gc);
+    Mapping m = classify(l2_entry(gc), gc);
     if (m.kind != Mapping::kNormal) {
       read_cluster(gc, within, slice(iov, pos, n));
       pos += n;
       continue;
     }
-    // Extend over the following clusters while they continue the same host run.
-    uint64_t run = n;
-    for (uint64_t k = 1; pos + run < len; ++k) {
-      uint64_t e2 = l2_entry(gc + k);
-      Mapping m2 = classify(e2, gc + k);
-      if (m2.kind != Mapping::kNormal || m2.host != m.host + k * cs_) break;
-      run += std::min(cs_, len - pos - run);
-    }
+    // One preadv over the following clusters while they continue the same host run.
+    uint64_t run = host_run(gc, n, m.host, len - pos, false);
     preadv_all(fd_, slice(iov, pos, run), m.host + within, where());
     pos += run;
   }
@@ -437,9 +446,7 @@ void Qcow2Image::write_cluster(uint64_t gc, uint64_t within, std::span<const iov
 void Qcow2Image::write(uint64_t offset, std::span<const iovec> iov) {
   if (readonly_) throw Error(where() + ": read-only");
   uint64_t len = iov_total(iov);
-  if (offset > size() || len > size() - offset)
-    throw Error(where() + ": write of " + std::to_string(len) + " bytes at " + std::to_string(offset) +
-                " beyond the disk's " + std::to_string(size()) + " bytes");
+  check_range("write", offset, len);
   uint64_t pos = 0;
   while (pos < len) {
     uint64_t off = offset + pos, gc = off >> cluster_bits_, within = off & (cs_ - 1);
@@ -452,14 +459,7 @@ void Qcow2Image::write(uint64_t offset, std::span<const iovec> iov) {
       continue;
     }
     check_data_cluster(m.host, gc);
-    uint64_t run = n;
-    for (uint64_t k = 1; pos + run < len; ++k) {
-      uint64_t e2 = l2_entry(gc + k);
-      Mapping m2 = classify(e2, gc + k);
-      if (m2.kind != Mapping::kNormal || !(e2 & kCopied) || m2.host != m.host + k * cs_) break;
-      check_data_cluster(m2.host, gc + k);
-      run += std::min(cs_, len - pos - run);
-    }
+    uint64_t run = host_run(gc, n, m.host, len - pos, true);
     pwritev_all(fd_, slice(iov, pos, run), m.host + within, where());
     file_size_ = std::max(file_size_, m.host + within + run);
     pos += run;
@@ -482,8 +482,7 @@ void Qcow2Image::write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) 
 
 void Qcow2Image::write_zeroes_or_discard(uint64_t offset, uint64_t length, bool zeroes, bool may_unmap) {
   if (readonly_) throw Error(where() + ": read-only");
-  if (offset > size() || length > size() - offset)
-    throw Error(where() + ": " + (zeroes ? "write zeroes" : "discard") + " beyond the end of the disk");
+  check_range(zeroes ? "write zeroes" : "discard", offset, length);
   uint64_t end = offset + length;
   // Whole clusters only; the disk's last cluster counts as whole when the range reaches the end.
   uint64_t first = (offset + cs_ - 1) / cs_;

@@ -96,6 +96,10 @@ class Qcow2Image : public BlockBackend {
   uint64_t l2_entry(uint64_t guest_cluster);
   std::vector<uint64_t>& l2_table(uint64_t offset);
   void read_cluster(uint64_t guest_cluster, uint64_t within, std::span<const iovec> iov);
+  void check_range(const char* op, uint64_t offset, uint64_t length) const;
+  // How many bytes (up to `limit`, of which the first cluster gives `first`) continue host
+  // cluster `host` contiguously from guest cluster `gc` on; `writable`: COPIED, not metadata.
+  uint64_t host_run(uint64_t gc, uint64_t first, uint64_t host, uint64_t limit, bool writable);
   void read_compressed(uint64_t entry, uint8_t* out);
   void check_data_cluster(uint64_t host, uint64_t guest_cluster) const;
 
