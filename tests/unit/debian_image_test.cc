@@ -53,14 +53,14 @@ TEST(DebianImage, BootsToMultiUserLogsInAndPowersOff) {
   if (!p.wait_for_stdout("root@keel-debian:", budget.at_most(120s))) return fail("no shell prompt");
   // $((1+1)) keeps the markers out of the echoed command line.
   p.write_stdin("echo STATE-$((1+1))=$(systemctl is-system-running --wait); "
-                "systemctl --failed --no-legend --plain | sed 's/^/FAILED-UNIT /'; echo CHECKED-$((1+1))\n");
+                "systemctl --failed --no-legend --plain | sed \"s/^/FAILED-$((1+1))-UNIT /\"; echo CHECKED-$((1+1))\n");
   if (!p.wait_for_stdout("CHECKED-2", budget.at_most(240s))) return fail("the checks did not finish");
   p.write_stdin("poweroff\n");
   testing::ProcessResult r = p.wait(budget.left());
   EXPECT_EQ(r.status, 0) << r.describe();
   EXPECT_TRUE(testing::contains(r.out, "booting entry 0 'Debian GNU/Linux'")) << r.describe();
   EXPECT_TRUE(testing::contains(r.out, "STATE-2=running")) << r.describe();
-  EXPECT_FALSE(testing::contains(r.out, "FAILED-UNIT ")) << r.describe();
+  EXPECT_FALSE(testing::contains(r.out, "FAILED-2-UNIT ")) << r.describe();
 }
 
 }  // namespace
