@@ -12,7 +12,7 @@
 #include <string>
 
 #include "bench.h"
-#include "bench_vm.h"
+#include "guest_vm.h"
 
 namespace keel::bench {
 namespace {

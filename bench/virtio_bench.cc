@@ -30,71 +30,14 @@
 #include <nlohmann/json.hpp>
 
 #include "bench.h"
-#include "bench_vm.h"
-#include "engine/kvm/kvm_probe.h"
-#include "vm/default_guest.h"
+#include "guest_vm.h"
 
 namespace keel::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct GuestEngine {
-  Accel keel = Accel::kKvm;
-  std::string keel_name, qemu_name;
-  std::string why_not;
-};
-
-const GuestEngine& guest_engine() {
-  static const GuestEngine e = [] {
-    KvmProbeResult probe = probe_kvm();
-    if (probe.can_run_stock_kernel()) return GuestEngine{Accel::kKvm, "kvm", "kvm", ""};
-    return GuestEngine{Accel::kEmu, "emu", "tcg", ""};
-  }();
-  return e;
-}
-
-std::optional<std::string> unavailable() {
-  if (!guest_engine().why_not.empty()) return guest_engine().why_not;
-  auto dir = default_guest_dir();
-  if (!std::filesystem::exists(dir / "vmlinuz")) return "default guest not built in " + dir.string();
-  if (std::system("command -v qemu-system-x86_64 >/dev/null 2>&1") != 0)
-    return "qemu-system-x86_64 is not installed";
-  return std::nullopt;
-}
-
-// keel or QEMU booting the default guest with `devices` (keel options or QEMU arguments).
-std::vector<std::string> command(bool qemu, const std::vector<std::string>& devices) {
-  const GuestEngine& e = guest_engine();
-  auto dir = default_guest_dir();
-  std::vector<std::string> argv;
-  if (qemu)
-    argv = {"qemu-system-x86_64", "-accel", e.qemu_name, "-m", "512", "-nographic", "-no-reboot",
-            "-kernel", (dir / "vmlinuz").string(), "-initrd", (dir / "initramfs.cpio.gz").string(),
-            "-append", default_cmdline(e.keel)};
-  else
-    argv = {KEEL_BINARY, "run", "--accel", e.keel_name, "--memory", "512M"};
-  argv.insert(argv.end(), devices.begin(), devices.end());
-  return argv;
-}
-
-constexpr auto kBoot = std::chrono::seconds(900);
-
-// A file under the temp directory, removed on destruction.
-class TempFile {
- public:
-  explicit TempFile(const std::string& what) {
-    path_ = std::filesystem::temp_directory_path() /
-            ("keel-bench-" + std::to_string(getpid()) + "-" + what);
-  }
-  ~TempFile() { std::filesystem::remove(path_); }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
+std::optional<std::string> unavailable() { return guest_unavailable(); }
 
 // The disk fio runs against: 300 MiB, every block written once (a hole reads as zeros without
 // touching the host's page cache, which would flatter whichever side reads more holes).
@@ -175,7 +118,7 @@ FioFigures fio_in_vm(bool qemu, const std::string& disk = "", const std::string&
       qemu ? std::vector<std::string>{"-drive", "file=" + scratch + ",if=virtio,format=" + format,
                                       "-drive", "file=" + tools + ",if=virtio,format=raw,readonly=on"}
            : std::vector<std::string>{"--disk", scratch + ",format=" + format, "--disk", tools + ",readonly"};
-  Vm vm(command(qemu, dev));
+  Vm vm(vm_command(qemu, dev));
   vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
   // dmesg -n 1: no kernel messages in the middle of the JSON. $((1+1)) keeps the markers out of
   // the echoed command line.
@@ -238,9 +181,10 @@ double tcp_sample(bool qemu) {
   });
   std::vector<std::string> dev =
       qemu ? std::vector<std::string>{"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"}
-           : std::vector<std::string>{"--net", "user"};
+           // The host end listens on 127.0.0.1, which keel's guests reach only when told.
+           : std::vector<std::string>{"--net", "user,host-loopback=on"};
   {
-    Vm vm(command(qemu, dev));
+    Vm vm(vm_command(qemu, dev));
     vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
     vm.type("ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; dd if=/dev/zero bs=65536 "
             "count=512 2>/dev/null | nc 10.0.2.2 " + std::to_string(ntohs(sa.sin_port)) +
@@ -303,6 +247,7 @@ QCOW2_ROW(5, "qcow2 overlay 4K randread (fio)", "IOPS", "keel, raw disk (its bac
 QCOW2_ROW(6, "qcow2 seq read vs QEMU (fio)", "MB/s", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, seq_read_mbs);
 QCOW2_ROW(7, "qcow2 seq write vs QEMU (fio)", "MB/s", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, seq_write_mbs);
 QCOW2_ROW(8, "qcow2 4K randread vs QEMU (fio)", "IOPS", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, rand_read_iops);
+
 
 KEEL_BENCH_ROW(Row{
     .name = "virtio-blk seq read (fio)",

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -26,6 +27,7 @@
 #include "devices/virtio/virtio_platform.h"
 #include "engine/engine_factory.h"
 #include "engine/kvm/kvm_probe.h"
+#include "sandbox/confinement.h"
 #include "vm/default_guest.h"
 #include "vm/machine.h"
 
@@ -39,6 +41,8 @@ struct RunOptions {
   std::string memory = "512M";
   uint32_t cpus = 1;
   std::string accel = "auto";
+  std::string emu_tier = "jit";
+  uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
   bool paused = false;
   bool trace_boot = false;
   bool isa_debug_exit = false;
@@ -47,6 +51,9 @@ struct RunOptions {
   std::string cloud_init, name = "keel";  // --boot disk: the first disk's own menu (issue 14)
   std::string console = "serial";
   bool rng = true;
+  std::string sandbox;       // "on" | "off"; empty: on when run as root
+  uint32_t sandbox_uid = 0;  // 0: sandbox::default_vmm_id()
+  std::string test_seccomp_violation;  // hidden: "vcpu", "device" or "main"
 };
 
 VmConfig make_config(const RunOptions& o) {
@@ -64,6 +71,8 @@ VmConfig make_config(const RunOptions& o) {
   }
   c.cpus = o.cpus;
   c.accel = parse_accel(o.accel);
+  c.emu_tier = o.emu_tier == "interp" ? EmuTier::kInterp : EmuTier::kJit;
+  c.emu_hot_threshold = o.emu_hot_threshold;
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
@@ -134,6 +143,17 @@ void signal_ready(int fd) {
   ::close(fd);
 }
 
+// The daemon hands its VMMs a token (KEEL_CONTROL_TOKEN) with which its own control connections
+// always find a slot; it is taken out of the environment at once.
+control::ControlServerOptions control_options() {
+  control::ControlServerOptions options;
+  if (const char* token = std::getenv("KEEL_CONTROL_TOKEN")) {
+    options.daemon_token = token;
+    ::unsetenv("KEEL_CONTROL_TOKEN");
+  }
+  return options;
+}
+
 // The one line keel prints when the VM ends, and the exit status.
 int report(const ShutdownInfo& info) {
   if (info.exit_status >= 0) {
@@ -160,7 +180,39 @@ int report(const ShutdownInfo& info) {
   return 1;
 }
 
+// --sandbox: on by default as root. begin() needs a single thread: it runs first.
+std::optional<sandbox::Confinement> begin_sandbox(const RunOptions& options) {
+  bool on = options.sandbox.empty() ? ::geteuid() == 0 : options.sandbox == "on";
+  if (!on) return std::nullopt;
+  return sandbox::Confinement::begin();
+}
+
+// After set-up, before the guest runs: the new root, the VMM's own uid, seccomp per thread kind.
+void lock_down(sandbox::Confinement& confinement, Machine& machine, const RunOptions& options) {
+  using sandbox::ThreadKind;
+  confinement.lock_down({.uid = options.sandbox_uid,
+                         .gid = 0,
+                         .max_tasks = 64 + 4 * machine.vcpu_count()});
+  sandbox::SyscallPolicy policy = machine.syscall_policy();
+  policy.allow(ThreadKind::kControl, control::ControlServer::syscalls());
+  policy.allow(ThreadKind::kMainLoop, TerminalConsole::syscalls());
+  const std::string& v = options.test_seccomp_violation;
+  if (!v.empty())
+    machine.thread_launcher().test_violation_in(v == "vcpu"     ? ThreadKind::kVcpu
+                                                : v == "device" ? ThreadKind::kDeviceWorker
+                                                                : ThreadKind::kMainLoop);
+  try {
+    machine.thread_launcher().confine(policy, {ThreadKind::kMainLoop, ThreadKind::kControl});
+  } catch (const Error& e) {
+    // A kernel without seccomp: said, not fatal, as the rest of the sandbox.
+    std::fprintf(stderr, "keel: sandbox: could not install seccomp filters: %s\n", e.what());
+  }
+  for (const auto& note : confinement.notes())
+    std::fprintf(stderr, "keel: sandbox: could not: %s\n", note.c_str());
+}
+
 int run(const RunOptions& options) {
+  std::optional<sandbox::Confinement> confinement = begin_sandbox(options);
   // --log-file (the daemon's per-VM log): stdout and stderr go there, kept under 1 MiB.
   std::optional<LogFile> log;
   if (!options.log_file.empty()) log.emplace(options.log_file);
@@ -196,7 +248,9 @@ int run(const RunOptions& options) {
   std::unique_ptr<control::MachineControl> control;
   if (!config.control_socket.empty()) {
     machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
-    control = std::make_unique<control::MachineControl>(machine, config.control_socket.string());
+    control = std::make_unique<control::MachineControl>(machine, config.control_socket.string(),
+                                                        control_options());
+    if (confinement) lock_down(*confinement, machine, options);
     signal_ready(options.ready_fd);
     ShutdownInfo info = machine.run();
     control.reset();  // SHUTDOWN reaches the clients before keel exits
@@ -204,6 +258,7 @@ int run(const RunOptions& options) {
   }
 
   machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
+  if (confinement) lock_down(*confinement, machine, options);
   RawTerminal raw(STDIN_FILENO);
   ConsoleInput& console_device = config.virtio.console
                                      ? static_cast<ConsoleInput&>(*machine.pci().console())
@@ -233,6 +288,17 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_option("--accel", o->accel, "Engine: auto (probe KVM, else emu), kvm or emu")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "kvm", "emu"}));
+  sub->add_option("--emu-tier", o->emu_tier,
+                  "emu: jit (interpret, then translate hot blocks to host code) or interp (the "
+                  "interpreter alone, for debugging)")
+      ->capture_default_str()
+      ->envname("KEEL_EMU_TIER")
+      ->check(CLI::IsMember({"jit", "interp"}));
+  sub->add_option("--emu-hot-threshold", o->emu_hot_threshold,
+                  "emu: interpreted runs of a block before it is translated (tuning)")
+      ->envname("KEEL_EMU_HOT_THRESHOLD")
+      ->check(CLI::Range(0u, 1u << 20))
+      ->group("");
   sub->add_option("--control", o->control, "Serve the VM's control socket at this path");
   sub->add_option("--ready-fd", o->ready_fd,
                   "Write one byte to this inherited fd once the control socket listens")
@@ -274,6 +340,16 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->capture_default_str()
       ->check(CLI::IsMember({"serial", "virtio"}));
   sub->add_flag("--rng,!--no-rng", o->rng, "virtio-rng entropy device (on by default)");
+  sub->add_option("--sandbox", o->sandbox,
+                  "Confine the VMM once it is set up: its own uid, no capabilities, an empty "
+                  "root, seccomp per thread (on by default as root; says what it could not do)")
+      ->check(CLI::IsMember({"on", "off"}));
+  sub->add_option("--sandbox-uid", o->sandbox_uid, "The uid (and gid) the confined VMM runs as")
+      ->check(CLI::Range(1u, 0xFFFFFFFEu));
+  // For the sandbox tests: a thread of this kind makes a forbidden system call.
+  sub->add_option("--test-seccomp-violation", o->test_seccomp_violation)
+      ->check(CLI::IsMember({"vcpu", "device", "main"}))
+      ->group("");
   // For the project's tests: a purpose-built guest (tests/guests/README.md), status port 0x504.
   sub->add_option("--test-guest", o->test_guest, "Flat 64-bit test guest binary")->group("");
   sub->callback([o, &action] { action = [o] { return run(*o); }; });

@@ -12,10 +12,7 @@ std::filesystem::path default_guest_dir() {
 }
 
 std::string default_cmdline(Accel accel) {
-  std::string cmdline =
-      "console=ttyS0 reboot=k i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
-  if (accel == Accel::kEmu) cmdline += " mitigations=off";
-  return cmdline;
+  return "console=ttyS0 reboot=k i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 }
 
 void apply_guest_defaults(VmConfig& config) {

@@ -21,6 +21,7 @@
 #include "devices/legacy/serial16550.h"
 #include "devices/pci/pci_acpi.h"
 #include "devices/virtio/virtio_platform.h"
+#include "engine/engine_factory.h"
 #include "engine/kvm/kvm_engine.h"
 #include "vm/engine_selection.h"
 #include "vm/guest_loader.h"
@@ -92,7 +93,9 @@ Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::m
   memory_ = std::make_unique<GuestMemory>(config_.memory_bytes);
   if (!engine_factory) engine_factory = default_engine_factory();
   engine_ = engine_factory(config_.accel, EngineContext{*memory_, pio_, mmio_},
-                           EngineConfig{config_.cpus});
+                           EngineConfig{.vcpus = config_.cpus,
+                                        .emu_tier = config_.emu_tier,
+                                        .emu_hot_threshold = config_.emu_hot_threshold});
   if (config_.cpus > engine_->max_vcpus())
     throw Error("the " + engine_->name() + " engine runs at most " +
                 std::to_string(engine_->max_vcpus()) + " vCPUs, " + std::to_string(config_.cpus) +
@@ -165,6 +168,7 @@ void Machine::build_devices() {
         [kvm](uint64_t gpa, int fd) {
           kvm->remove_ioeventfd(IoSpace::kMmio, gpa, 2, std::nullopt, fd);
         });
+  pci_->set_thread_launcher(&launcher_);
   acpi_devices_.push_back(pci_root_bridge_aml());  // \_SB.PCI0: Linux scans PCI through it
 
   if (!config_.test_guest.empty())
@@ -219,7 +223,10 @@ void Machine::start() {
     if (state_ != MachineState::kCreated) return;  // shut down before it started, or twice
     state_ = start_paused_ ? MachineState::kPaused : MachineState::kRunning;
     event.state = state_;
-    for (auto& vcpu : vcpus_) threads_.emplace_back([this, v = vcpu.get()] { vcpu_thread(*v); });
+    for (auto& vcpu : vcpus_)
+      threads_.push_back(launcher_.start(sandbox::ThreadKind::kVcpu,
+                                         "keel-vcpu" + std::to_string(vcpu->index()),
+                                         [this, v = vcpu.get()] { vcpu_thread(*v); }));
   }
   changed_.notify_all();
   for (auto& l : listeners_) l(event);
@@ -356,6 +363,23 @@ void Machine::vcpu_thread(Vcpu& vcpu) {
   thread_ids_[vcpu.index()] = 0;
   ++exited_;
   changed_.notify_all();
+}
+
+sandbox::SyscallPolicy Machine::syscall_policy() const {
+  using sandbox::ThreadKind;
+  sandbox::SyscallPolicy policy;
+  policy.allow(ThreadKind::kVcpu, vcpu_syscalls(engine_->name()));
+  policy.allow(ThreadKind::kVcpu, PciPlatform::vcpu_syscalls());
+  policy.allow(ThreadKind::kDeviceWorker, pci_->worker_syscalls());
+  policy.allow(ThreadKind::kMainLoop, main_thread_syscalls(engine_->name()));
+  // The main loop: epoll, its eventfd, timers and signalfd; the log's rotation (LogFile); at the
+  // end, joining the other threads and tearing the machine down.
+  policy.allow(ThreadKind::kMainLoop, {
+      {"epoll_wait"}, {"epoll_pwait"}, {"epoll_ctl"}, {"read"}, {"poll"}, {"ppoll"},
+      {"timerfd_settime"}, {"timerfd_gettime"},
+      {"ftruncate"}, {"copy_file_range"},
+  });
+  return policy;
 }
 
 }  // namespace keel

@@ -29,6 +29,8 @@
 #include "devices/power.h"
 #include "engine/engine.h"
 #include "memory/guest_memory.h"
+#include "sandbox/seccomp.h"
+#include "sandbox/thread_launcher.h"
 #include "vm/vm_config.h"
 
 namespace keel {
@@ -97,6 +99,11 @@ class Machine final : public PowerControl {
   // PCI bus 0 and the virtio devices (hvc0 is pci().console() when config.virtio.console).
   PciPlatform& pci() { return *pci_; }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
+  // Where the machine's threads (vCPUs, device workers) come from; confine() it before start().
+  sandbox::ThreadLauncher& thread_launcher() { return launcher_; }
+  // The allow-lists of this machine's thread kinds (its engine's vCPU loop, its devices, its main
+  // loop); a VMM adds what it serves on the loop (control socket, terminal) and confines.
+  sandbox::SyscallPolicy syscall_policy() const;
 
   // Where the guest's serial output goes (a vCPU thread calls it). Set before start(); the
   // default writes to stdout. set_ replaces every sink, add_ adds one (the control socket's
@@ -140,6 +147,7 @@ class Machine final : public PowerControl {
   void join_vcpus();
 
   const VmConfig config_;
+  sandbox::ThreadLauncher launcher_;  // before everything whose threads it starts
   std::unique_ptr<GuestMemory> memory_;
   IoBus pio_{"pio"};
   IoBus mmio_{"mmio"};

@@ -29,6 +29,8 @@ struct VmConfig {
   uint64_t memory_bytes = 512ull << 20;
   uint32_t cpus = 1;
   Accel accel = Accel::kAuto;
+  EmuTier emu_tier = EmuTier::kJit;  // emu only: the interpreter alone, or with translation
+  uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
 
   std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction

@@ -204,8 +204,9 @@ GuestResult GuestHarness::run() {
       } catch (const std::exception& e) {
         error = e.what();
       }
-      // A vCPU that stops by itself (error, shutdown, reset) ends the run for all.
-      if (!exit || *exit != VcpuExit::kStopped) stop_all();
+      // A vCPU that stops by itself (error, shutdown, reset) ends the run for all; one halted
+      // for good (HLT with interrupts off: emu's HANG) is done, as the Machine counts it.
+      if (!exit || (*exit != VcpuExit::kStopped && *exit != VcpuExit::kHalted)) stop_all();
       std::lock_guard lock(done_mutex);
       result.exits[i] = exit;
       result.errors[i] = error;

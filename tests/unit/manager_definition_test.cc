@@ -1,6 +1,7 @@
 // Strict validation of VM definitions: every refusal names the field.
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -196,6 +197,49 @@ TEST_F(DefinitionTest, DiskBootFormatsAndCloudInit) {
   EXPECT_EQ(refusal(doc), "field 'cloud_init.user_data': missing");
   doc["cloud_init"] = {{"user_data", dir + "/nope"}};
   EXPECT_EQ(refusal(doc), "field 'cloud_init.user_data': file '" + dir + "/nope' does not exist");
+}
+
+}  // namespace
+}  // namespace keel::manager
+
+namespace keel::manager {
+namespace {
+
+TEST_F(DefinitionTest, HostLoopbackAndDiskTypesRoundTripAndReachTheVmm) {
+  json doc = valid();
+  doc["nets"][0]["host_loopback"] = true;
+  VmDefinition d = parse_definition(doc);
+  EXPECT_TRUE(d.nets[0].host_loopback);
+  EXPECT_EQ(d.disks[0].type, "file");
+  EXPECT_EQ(parse_definition(d.to_json()).to_json(), d.to_json());
+  std::vector<std::string> args = vmm_arguments(d, "/run/x.sock");
+  EXPECT_NE(std::find(args.begin(), args.end(), "user,hostfwd=tcp:2222-:22,host-loopback=on"),
+            args.end());
+  // Refused where it means nothing, and block devices only with their type.
+  doc = valid();
+  doc["nets"] = json::array({json{{"type", "tap"}, {"ifname", "tap0"}, {"host_loopback", true}}});
+  EXPECT_EQ(refusal(doc), "field 'nets[0].host_loopback': only for type user");
+  doc = valid();
+  doc["disks"][0]["type"] = "block";
+  EXPECT_EQ(refusal(doc), "field 'disks[0].path': '" + disk + "' is not a block device");
+  doc["disks"][0]["type"] = "pipe";
+  EXPECT_EQ(refusal(doc), "field 'disks[0].type': 'pipe' is not one of file, block");
+}
+
+}  // namespace
+}  // namespace keel::manager
+
+namespace keel::manager {
+namespace {
+
+TEST(DefinitionText, ANumberTooLargeForAnyTypeIsMalformedJson) {
+  // Found by fuzz_definition: json::parse throws out_of_range, not parse_error, for these.
+  try {
+    parse_definition_text("9E4747");
+    ADD_FAILURE() << "accepted";
+  } catch (const DefinitionError& e) {
+    EXPECT_NE(std::string(e.what()).find("malformed JSON"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -77,6 +77,15 @@ std::vector<uint8_t> to_be(const std::vector<uint64_t>& table) {
 
 }  // namespace
 
+// Where a relative backing file name is looked up: the image's directory, also when the daemon
+// handed the image over as /proc/self/fd/N.
+std::filesystem::path image_directory(const std::string& path) {
+  std::error_code ec;
+  if (path.rfind("/proc/self/fd/", 0) == 0)
+    if (auto target = std::filesystem::read_symlink(path, ec); !ec) return target.parent_path();
+  return std::filesystem::path(path).parent_path();
+}
+
 struct Qcow2Image::Chain {
   std::set<std::pair<uint64_t, uint64_t>> seen;  // (device, inode) of every image in the chain
   uint32_t depth = 0;
@@ -136,7 +145,7 @@ std::unique_ptr<Qcow2Image> Qcow2Image::open_in_chain(const std::string& path, I
     if (++chain.depth >= options.max_chain)
       throw Error(what + ": backing chain deeper than " + std::to_string(options.max_chain) + " images");
     std::filesystem::path b = h.backing_file;
-    if (b.is_relative()) b = std::filesystem::path(path).parent_path() / b;
+    if (b.is_relative()) b = image_directory(path) / b;
     ImageFile bf;
     try {
       bf = open_image_file(b.string(), true);

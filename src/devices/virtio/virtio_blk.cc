@@ -181,7 +181,7 @@ class VirtioBlk::Worker {
  public:
   Worker(VirtioBlk& blk, const VirtioContext& ctx)
       : blk_(blk), ctx_(ctx), queue_(*ctx.queues[0]), memory_(ctx.memory) {
-    thread_ = std::thread([this] { run(); });
+    thread_ = start_device_thread(ctx, "keel-blk", [this] { run(); });
   }
   ~Worker() {
     stop_.signal();
@@ -482,5 +482,16 @@ void VirtioBlk::notify(uint16_t queue) {
 }
 
 void VirtioBlk::reset() { worker_.reset(); }
+
+sandbox::AllowList VirtioBlk::worker_syscalls() {
+  return {
+      {"io_uring_setup"}, {"io_uring_enter"}, {"io_uring_register"},  // the ring (mmap'd)
+      {"preadv"},         {"pwritev"},        {"preadv2"},           {"pwritev2"},
+      {"pread64"},        {"pwrite64"},       {"fdatasync"},         {"fsync"},
+      {"read"},           {"poll"},           {"ppoll"},  // kick and stop eventfds
+      {"fallocate"},  // raw discard / write-zeroes
+      {"write"},      // a backend's warning on stderr
+  };
+}
 
 }  // namespace keel

@@ -9,6 +9,8 @@
 // same worker calls the backend synchronously.
 #pragma once
 
+#include "sandbox/syscalls.h"
+
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -78,6 +80,9 @@ class VirtioBlk : public VirtioDevice {
   // worker (tests cover both paths).
   VirtioBlk(std::unique_ptr<BlockBackend> image, std::string serial, bool use_io_uring = true);
   ~VirtioBlk() override;
+
+  // The worker thread's system calls (seccomp, sandbox/): io_uring or the synchronous fallback.
+  static sandbox::AllowList worker_syscalls();
 
   std::string name() const override { return "virtio-blk " + image_->path(); }
   uint16_t device_id() const override;

@@ -50,6 +50,8 @@ class VirtioPciDevice : public PciDevice, public VirtioInterrupt {
 
   // Stops the device's work (VM shutdown): same as a driver reset.
   void shutdown();
+  // Where device worker threads come from (the machine's launcher); set before the guest runs.
+  void set_thread_launcher(sandbox::ThreadLauncher* launcher) { launcher_ = launcher; }
 
  protected:
   void bar_read(int bar, uint64_t offset, std::span<uint8_t> data) override;
@@ -85,6 +87,7 @@ class VirtioPciDevice : public PciDevice, public VirtioInterrupt {
   std::atomic<uint8_t> config_generation_{0};
   std::atomic<uint16_t> config_vector_{virtio::kNoVector};
   std::unique_ptr<std::atomic<uint16_t>[]> queue_vectors_;
+  sandbox::ThreadLauncher* launcher_ = nullptr;
 };
 
 }  // namespace keel

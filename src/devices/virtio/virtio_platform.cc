@@ -52,13 +52,16 @@ NetConfig parse_net_option(const std::string& text) {
     std::string part = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     if (first && (part == "user" || part.empty())) {
       // the type
+    } else if (part == "host-loopback=on" || part == "host-loopback=off") {
+      net.host_loopback = part == "host-loopback=on";
     } else if (part.rfind("hostfwd=", 0) == 0) {
       std::string spec = part.substr(8);
       parse_host_forward(spec);  // validates now, so a typo is a usage error
       net.hostfwd.push_back(spec);
     } else {
       throw UsageError("--net " + text + ": unknown part '" + part +
-                       "' (expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT] or tap:IFNAME)");
+                       "' (expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT][,host-loopback=on] or "
+                       "tap:IFNAME)");
     }
     first = false;
     if (comma == std::string::npos) break;
@@ -70,6 +73,7 @@ NetConfig parse_net_option(const std::string& text) {
 PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus& pio, IoBus& mmio,
                          InterruptController& interrupts, ConsoleOutput console_output)
     : pio_(pio), bus_(mmio) {
+  config_ = config;
   std::vector<std::unique_ptr<VirtioDevice>> devs;
   for (size_t i = 0; i < config.disks.size(); ++i) {
     const DiskConfig& d = config.disks[i];
@@ -90,7 +94,7 @@ PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus&
     } else {
       std::vector<HostForward> fwd;
       for (const auto& spec : n.hostfwd) fwd.push_back(parse_host_forward(spec));
-      backend = std::make_unique<SlirpBackend>(fwd);
+      backend = std::make_unique<SlirpBackend>(fwd, n.host_loopback);
     }
     devs.push_back(std::make_unique<VirtioNet>(std::move(backend), default_mac(i)));
   }
@@ -146,6 +150,26 @@ void PciPlatform::update_notifications(uint8_t slot) {
       routed_[i].emplace_back(gpa, fd);
     }
   }
+}
+
+void PciPlatform::set_thread_launcher(sandbox::ThreadLauncher* launcher) {
+  for (auto& d : devices_) d->set_thread_launcher(launcher);
+}
+
+sandbox::AllowList PciPlatform::vcpu_syscalls() {
+  // Register writes on the vCPU thread: activation makes kick and stop eventfds and starts the
+  // workers; kicks and completions signal eventfds; reset waits for the workers.
+  return {{"eventfd2"}, {"read"}, {"write"}};
+}
+
+sandbox::AllowList PciPlatform::worker_syscalls() const {
+  sandbox::AllowList list;
+  if (!config_.disks.empty()) sandbox::append(list, VirtioBlk::worker_syscalls());
+  if (!config_.nets.empty()) sandbox::append(list, VirtioNet::worker_syscalls());
+  for (const auto& net : config_.nets)
+    sandbox::append(list, net.kind == NetConfig::Kind::kTap ? TapBackend::syscalls()
+                                                          : SlirpBackend::syscalls());
+  return list;
 }
 
 }  // namespace keel

@@ -17,8 +17,13 @@
 #include "devices/pci/pci_bus.h"
 #include "irq/interrupts.h"
 #include "memory/guest_memory.h"
+#include "sandbox/syscalls.h"
 
 namespace keel {
+
+namespace sandbox {
+class ThreadLauncher;
+}
 
 class VirtioPciDevice;
 class VirtioConsole;
@@ -34,6 +39,7 @@ struct NetConfig {
   enum class Kind { kUser, kTap } kind = Kind::kUser;
   std::vector<std::string> hostfwd;  // user: "tcp:HOSTPORT-:GUESTPORT", ...
   std::string tap;                   // tap: interface name
+  bool host_loopback = false;        // user: may the guest reach the host's 127.0.0.1?
 };
 
 struct VirtioConfig {
@@ -74,6 +80,13 @@ class PciPlatform {
   using NotifyHook = std::function<void(uint64_t gpa, int fd)>;
   void route_notifications(NotifyHook add, NotifyHook remove);
 
+  // Device worker threads start through `launcher` (the machine's).
+  void set_thread_launcher(sandbox::ThreadLauncher* launcher);
+  // The system calls of the device code that runs on vCPU threads (register writes, kicks,
+  // activation) and of the device worker threads, for the machine's seccomp policy.
+  static sandbox::AllowList vcpu_syscalls();
+  sandbox::AllowList worker_syscalls() const;
+
  private:
   void update_notifications(uint8_t slot);
 
@@ -85,6 +98,7 @@ class PciPlatform {
   VirtioConsole* console_ = nullptr;
   NotifyHook add_notify_, remove_notify_;
   std::vector<std::vector<std::pair<uint64_t, int>>> routed_;  // per device: (gpa, fd)
+  VirtioConfig config_;  // what was built (the seccomp lists follow it)
 };
 
 }  // namespace keel
