@@ -79,7 +79,7 @@ std::vector<uint8_t> to_be(const std::vector<uint64_t>& table) {
 
 // Where a relative backing file name is looked up: the image's directory, also when the daemon
 // handed the image over as /proc/self/fd/N.
-std::filesystem::path image_directory(const std::string& path) {
+static std::filesystem::path image_directory(const std::string& path) {
   std::error_code ec;
   if (path.rfind("/proc/self/fd/", 0) == 0)
     if (auto target = std::filesystem::read_symlink(path, ec); !ec) return target.parent_path();
