@@ -54,7 +54,7 @@ void expect_no_arguments(const std::string& command, const json& args) {
 const char* const kCommands[] = {"qmp_capabilities", "query-status",     "query-cpus",
                                  "query-commands",   "stop",             "cont",
                                  "system_powerdown", "system_reset",     "quit",
-                                 "console-attach"};
+                                 "console-attach",   "query-stats"};
 
 }  // namespace
 
@@ -456,6 +456,10 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
                           {"halted", cpu.halted}});
     }
     return list;
+  }
+  if (name == "query-stats") {  // control/query_stats.cc
+    expect_no_arguments(name, args);
+    return target_.query_stats();
   }
   if (name == "stop") {
     expect_no_arguments(name, args);

@@ -54,6 +54,10 @@ class ControlTarget {
   virtual void reset() = 0;      // system reset; emits RESET
   virtual void quit() = 0;       // the VMM ends (after the reply has been sent)
   virtual std::vector<CpuInfo> query_cpus() = 0;
+  // What the VM has counted (query-stats, control/query_stats.cc): engine, uptime, per vCPU CPU
+  // time and exits or instructions, per disk and network device bytes and requests. The default
+  // refuses (a target without counters).
+  virtual nlohmann::json query_stats();
 
   // The control server installs its callbacks once, before it serves clients. The target keeps
   // them until it is destroyed and calls them for every lifecycle event and console output.
