@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <span>
 #include <vector>
 
 #include "base/log.h"
@@ -74,6 +75,33 @@ class Exposition {
   std::vector<std::string> order_;
   std::map<std::string, Family> families_;
 };
+
+// A device's counters: the Prometheus family, its member in query-stats, its help.
+struct DeviceCounter {
+  const char* family;
+  const char* key;
+  const char* help;
+};
+constexpr DeviceCounter kDiskCounters[] = {
+    {"keel_vm_disk_read_bytes_total", "read_bytes", "Bytes the guest read from the disk."},
+    {"keel_vm_disk_write_bytes_total", "write_bytes", "Bytes the guest wrote to the disk."},
+    {"keel_vm_disk_read_requests_total", "read_requests", "Read requests completed."},
+    {"keel_vm_disk_write_requests_total", "write_requests", "Write requests completed."},
+    {"keel_vm_disk_flush_requests_total", "flush_requests", "Flush requests completed."},
+    {"keel_vm_disk_errors_total", "errors", "Requests that failed with an I/O error."},
+};
+constexpr DeviceCounter kNetCounters[] = {
+    {"keel_vm_network_receive_bytes_total", "rx_bytes", "Bytes delivered to the guest."},
+    {"keel_vm_network_receive_packets_total", "rx_packets", "Frames delivered to the guest."},
+    {"keel_vm_network_transmit_bytes_total", "tx_bytes", "Bytes the guest sent."},
+    {"keel_vm_network_transmit_packets_total", "tx_packets", "Frames the guest sent."},
+};
+
+void add_counters(Exposition& e, const Exposition::Labels& labels, const json& device,
+                  std::span<const DeviceCounter> counters) {
+  for (const DeviceCounter& c : counters)
+    e.add(c.family, "counter", c.help, c.family, labels, device.value(c.key, 0.0));
+}
 
 double unix_now() {
   timespec ts{};
@@ -171,32 +199,10 @@ std::string Metrics::prometheus(Domains& domains) const {
               "keel_vm_instructions_total", {{"vm", name}, {"vcpu", vcpu}},
               cpu["instructions"].get<double>());
     }
-    for (const json& disk : s.value("disks", json::array())) {
-      Exposition::Labels l{{"vm", name}, {"disk", disk.value("name", "")}};
-      e.add("keel_vm_disk_read_bytes_total", "counter", "Bytes the guest read from the disk.",
-            "keel_vm_disk_read_bytes_total", l, disk.value("read_bytes", 0.0));
-      e.add("keel_vm_disk_write_bytes_total", "counter", "Bytes the guest wrote to the disk.",
-            "keel_vm_disk_write_bytes_total", l, disk.value("write_bytes", 0.0));
-      e.add("keel_vm_disk_read_requests_total", "counter", "Read requests completed.",
-            "keel_vm_disk_read_requests_total", l, disk.value("read_requests", 0.0));
-      e.add("keel_vm_disk_write_requests_total", "counter", "Write requests completed.",
-            "keel_vm_disk_write_requests_total", l, disk.value("write_requests", 0.0));
-      e.add("keel_vm_disk_flush_requests_total", "counter", "Flush requests completed.",
-            "keel_vm_disk_flush_requests_total", l, disk.value("flush_requests", 0.0));
-      e.add("keel_vm_disk_errors_total", "counter", "Requests that failed with an I/O error.",
-            "keel_vm_disk_errors_total", l, disk.value("errors", 0.0));
-    }
-    for (const json& net : s.value("nets", json::array())) {
-      Exposition::Labels l{{"vm", name}, {"interface", net.value("name", "")}};
-      e.add("keel_vm_network_receive_bytes_total", "counter", "Bytes delivered to the guest.",
-            "keel_vm_network_receive_bytes_total", l, net.value("rx_bytes", 0.0));
-      e.add("keel_vm_network_receive_packets_total", "counter", "Frames delivered to the guest.",
-            "keel_vm_network_receive_packets_total", l, net.value("rx_packets", 0.0));
-      e.add("keel_vm_network_transmit_bytes_total", "counter", "Bytes the guest sent.",
-            "keel_vm_network_transmit_bytes_total", l, net.value("tx_bytes", 0.0));
-      e.add("keel_vm_network_transmit_packets_total", "counter", "Frames the guest sent.",
-            "keel_vm_network_transmit_packets_total", l, net.value("tx_packets", 0.0));
-    }
+    for (const json& disk : s.value("disks", json::array()))
+      add_counters(e, {{"vm", name}, {"disk", disk.value("name", "")}}, disk, kDiskCounters);
+    for (const json& net : s.value("nets", json::array()))
+      add_counters(e, {{"vm", name}, {"interface", net.value("name", "")}}, net, kNetCounters);
     const json& console = s["console"];
     e.add("keel_vm_console_output_bytes_total", "counter",
           "Bytes the guest wrote to its serial console.", "keel_vm_console_output_bytes_total",

@@ -51,7 +51,7 @@ TEST_F(ManagerMetricsTest, MetricsParseAsPrometheusTextAndCountTheConsole) {
   api().call("POST", "/v1/vms", json{{"name", "echo"}, {"vcpus", 1}, {"memory_mib", 16},
                                      {"accel", "emu"},
                                      {"test_guest", KEEL_TEST_GUEST_DIR "/serial_irq_echo.bin"}});
-  api().call("POST", "/v1/vms", json{{"name", "idle \"quoted\""}, {"memory_mib", 16},
+  api().call("POST", "/v1/vms", json{{"name", "idle.2"}, {"memory_mib", 16},
                                      {"test_guest", KEEL_TEST_GUEST_DIR "/serial_irq_echo.bin"}});
   // Shut off: state and definition only.
   std::string text = metrics();
@@ -59,7 +59,7 @@ TEST_F(ManagerMetricsTest, MetricsParseAsPrometheusTextAndCountTheConsole) {
   EXPECT_EQ(sample(text, R"(keel_vm_state{vm="echo",state="shut off"})"), 1) << text;
   EXPECT_EQ(sample(text, R"(keel_vm_state{vm="echo",state="running"})"), 0) << text;
   EXPECT_EQ(sample(text, R"(keel_vm_memory_bytes{vm="echo"})"), 16 << 20) << text;
-  EXPECT_EQ(sample(text, R"(keel_vm_vcpus{vm="idle \"quoted\""})"), 1) << text;
+  EXPECT_EQ(sample(text, R"(keel_vm_vcpus{vm="idle.2"})"), 1) << text;
   EXPECT_FALSE(sample(text, R"(keel_vm_vcpu_seconds_total{vm="echo",vcpu="0"})")) << text;
 
   ASSERT_EQ(keel({"start", "echo"}).exit_code, 0);

@@ -66,6 +66,15 @@ class WebAccessTest : public ::testing::Test {
   std::string cookies(const std::string& csrf = "c5rf") const {
     return "keel_token=" + access_->token() + "; keel_csrf=" + csrf;
   }
+  // `req` with `name: value` is refused with `status` and an answer that contains `says`.
+  void expect_refused(HttpRequest req, const std::string& name, const std::string& value,
+                      int status, const std::string& says) {
+    req.headers[name] = value;
+    HttpReply res;
+    EXPECT_FALSE(access_->gate(req, res)) << name << ": " << value;
+    EXPECT_EQ(res.status, status) << name << ": " << value;
+    EXPECT_NE(res.body.find(says), std::string::npos) << name << ": " << value << "\n" << res.body;
+  }
   static std::string header(const HttpReply& res, const std::string& name) {
     for (const auto& [key, value] : res.headers)
       if (key == name) return value;
@@ -154,16 +163,12 @@ TEST_F(WebAccessTest, BearerTokenLetsAScriptIn) {
 }
 
 TEST_F(WebAccessTest, MalformedOrWrongAuthorizationIsRefused) {
-  for (std::string value : {"Bearer", "Bearer ", "Basic " + access_->token(),
-                            "bearer " + access_->token(), "Bearer " + access_->token() + " ",
-                            "Bearer wrong", std::string("Bearer ") + std::string(4096, 'a')}) {
-    HttpRequest req = tcp("GET", "/metrics");
-    req.headers["authorization"] = value;
-    HttpReply res;
-    EXPECT_FALSE(access_->gate(req, res)) << value;
-    EXPECT_EQ(res.status, 401) << value;
-    EXPECT_NE(res.body.find("Authorization header"), std::string::npos) << value;
-  }
+  const std::string& token = access_->token();
+  std::vector<std::string> values{"Bearer",           "Bearer ",      "Basic " + token,
+                                  "bearer " + token,  "Bearer " + token + " ", "Bearer wrong",
+                                  "Bearer " + std::string(4096, 'a')};
+  for (const std::string& value : values)
+    expect_refused(tcp("GET", "/metrics"), "authorization", value, 401, "Authorization header");
   // A wrong header is not rescued by a right cookie.
   HttpRequest req = tcp("GET", "/v1/vms");
   req.headers["authorization"] = "Bearer wrong";
@@ -180,14 +185,11 @@ TEST_F(WebAccessTest, CookieGetFromThePageIsLetIn) {
 }
 
 TEST_F(WebAccessTest, WrongOrMalformedCookieIsRefused) {
-  for (std::string value : {"keel_token=", "keel_token=wrong", "keel_token", "keel_tokenx=" +
-                            access_->token(), "keel_token=" + access_->token() + "0", ";;;="}) {
-    HttpRequest req = tcp("GET", "/v1/vms");
-    req.headers["cookie"] = value;
-    HttpReply res;
-    EXPECT_FALSE(access_->gate(req, res)) << value;
-    EXPECT_EQ(res.status, 401) << value;
-  }
+  const std::string& token = access_->token();
+  std::vector<std::string> values{"keel_token=",          "keel_token=wrong", "keel_token",
+                                  "keel_tokenx=" + token, "keel_token=" + token + "0", ";;;="};
+  for (const std::string& value : values)
+    expect_refused(tcp("GET", "/v1/vms"), "cookie", value, 401, "unauthorized");
 }
 
 TEST_F(WebAccessTest, CookieRequestsFromAnotherOriginAreRefused) {
@@ -195,11 +197,7 @@ TEST_F(WebAccessTest, CookieRequestsFromAnotherOriginAreRefused) {
                              "https://127.0.0.1:8006"}) {
     HttpRequest req = tcp("GET", "/v1/vms");
     req.headers["cookie"] = cookies();
-    req.headers["origin"] = origin;
-    HttpReply res;
-    EXPECT_FALSE(access_->gate(req, res)) << origin;
-    EXPECT_EQ(res.status, 403) << origin;
-    EXPECT_NE(res.body.find("cross_origin"), std::string::npos) << origin;
+    expect_refused(req, "origin", origin, 403, "cross_origin");
   }
 }
 
