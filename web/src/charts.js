@@ -18,7 +18,10 @@ function chart(element, labels, yFormat, { yMax, yMin = 1 } = {}) {
       x: { time: true, range: (u, min, max) => [max - kWindowSeconds, max] },
       y: { range: (u, min, max) => [0, yMax ?? Math.max(max ?? 0, yMin)] },
     },
-    axes: [{}, { size: 70, values: (u, ticks) => ticks.map(yFormat) }],
+    axes: [
+      { values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })) },
+      { size: 70, values: (u, ticks) => ticks.map(yFormat) },
+    ],
     series: [{}, ...labels.map((label, i) => ({ label, stroke: kColors[i % kColors.length], width: 1.5 }))],
   }, [[], ...labels.map(() => [])], element);
 }

@@ -1,7 +1,7 @@
 // The web console in a real browser (Debian's chromium, headless, over the DevTools protocol with
 // puppeteer-core), against a real daemon and VMM: login with and without the token, the VM list,
 // start by a click, the serial console over its WebSocket (the guest's output, typed input
-// echoed by tests/guests/serial_irq_echo.asm on emu, two viewers at once), suspend and resume,
+// echoed by tests/guests/serial_irq_echo.asm on emu, colours, two viewers at once), suspend and resume,
 // live load and graphs, a bad definition's field error, destroy behind its confirmation.
 // Screenshots of the main views go to $KEEL_WEB_ARTIFACTS. Run by CTest (web_console_browser).
 import { test, before, after } from 'node:test';
@@ -93,6 +93,15 @@ test('the page drives VMs: list, start, console, suspend, resume, load, destroy'
   await page.keyboard.type('typed in chromium');
   await until('the guest to echo the typed text',
               async () => (await terminalText(page)).includes('typed in chromium'));
+
+  // Colours: an escape sequence typed in comes back from the guest and is drawn, not shown.
+  await page.keyboard.press('Escape');
+  await page.keyboard.type('[31mred');
+  await page.keyboard.press('Escape');
+  await page.keyboard.type('[0m');
+  await until('red text in the terminal', () => page.$$eval('#terminal .xterm-rows span',
+    (spans) => spans.some((s) => s.textContent === 'red' && s.classList.contains('xterm-fg-1'))));
+  assert.ok(!(await terminalText(page)).includes('[31m'), 'the escape sequence was drawn as text');
 
   // A second viewer sees the same console, and what it types reaches the guest too.
   const second = await loggedIn();
