@@ -147,7 +147,7 @@ test('the page drives VMs: list, start, console, suspend, resume, load, destroy'
   await page.close();
 });
 
-test('a bad definition shows the API\'s field error beside the field', async () => {
+test('a bad definition shows the API\'s field error beside the field; undefine', async () => {
   const page = await loggedIn();
   await page.click('#show-define');
   await page.waitForSelector('#define-form', { visible: true });
@@ -169,6 +169,14 @@ test('a bad definition shows the API\'s field error beside the field', async () 
   await page.click('#define-submit');
   await page.waitForSelector('#list-view', { visible: true });
   await waitState(page, 'good', 'shut off');
+
+  // Undefine, behind its confirmation: the row goes, and so does the definition.
+  await page.click('button[data-vm="good"][data-action="undefine"]');
+  await page.waitForSelector('#confirm[open]');
+  await screenshot(page, 'confirm');
+  await page.click('#confirm-ok');
+  await until('the row to go', async () => (await page.$('tr[data-vm="good"]')) === null);
+  assert.ok(!(await daemon.api('GET', '/v1/vms')).some((vm) => vm.name === 'good'));
   await page.close();
 });
 
@@ -181,7 +189,7 @@ test('cookie requests without the CSRF header or from another origin are refused
   assert.ok(csrf, 'the login set keel_csrf');
   await page.close();
 
-  const post = (headers) => fetch(`${daemon.origin}/v1/vms/good/start`, {
+  const post = (headers) => fetch(`${daemon.origin}/v1/vms/echo/start`, {
     method: 'POST', body: '{}', headers: { Cookie: cookie, 'Content-Type': 'application/json', ...headers },
   });
   let r = await post({});
@@ -198,7 +206,7 @@ test('cookie requests without the CSRF header or from another origin are refused
     const headers = { Cookie: cookie, Connection: 'Upgrade', Upgrade: 'websocket',
                       'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==' };
     if (origin) headers.Origin = origin;
-    const req = request(`${daemon.origin}/v1/vms/good/console/ws`, { headers });
+    const req = request(`${daemon.origin}/v1/vms/echo/console/ws`, { headers });
     req.on('response', (res) => { res.resume(); resolve(res.statusCode); });
     req.on('upgrade', (res, socket) => { socket.destroy(); resolve(101); });
     req.on('error', reject);
