@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "base/log.h"
@@ -111,8 +112,16 @@ double unix_now() {
 
 }  // namespace
 
-void Metrics::observe_request(const std::string& method, const std::string& route, int status,
-                              double seconds) {
+void Metrics::observe_request(const std::string& raw_method, const std::string& route,
+                              int status, double seconds) {
+  // The method is the client's word (refused requests are counted too): a label only for the
+  // methods HTTP defines, so nobody can grow the series without bound.
+  static constexpr std::string_view kMethods[] = {"GET",     "HEAD",    "POST",  "PUT",
+                                                  "DELETE",  "CONNECT", "OPTIONS", "TRACE",
+                                                  "PATCH"};
+  std::string method = "other";
+  for (std::string_view m : kMethods)
+    if (raw_method == m) method = m;
   std::lock_guard lock(mutex_);
   ++requests_[{method, route, status}];
   Latency& l = latency_[{method, route}];

@@ -19,7 +19,8 @@ class Domains;
 
 class Metrics {
  public:
-  // Thread-safe: one API request answered.
+  // Thread-safe: one API request answered (`route` is its pattern, or "(none)"; a method HTTP
+  // does not define counts as "other").
   void observe_request(const std::string& method, const std::string& route, int status,
                        double seconds);
   // Thread-safe: bytes typed into a VM's console through the API.

@@ -84,6 +84,15 @@ TEST_F(ManagerMetricsTest, MetricsParseAsPrometheusTextAndCountTheConsole) {
   EXPECT_EQ(sample(text, R"(keel_api_request_duration_seconds_count{method="POST",route="/v1/vms/{}/console"})"),
             1) << text;
   EXPECT_NE(text.find("# TYPE keel_api_request_duration_seconds histogram"), std::string::npos);
+  // Methods are the client's words: those HTTP does not define are one label, not one each.
+  for (const char* method : {"BREW", "FOO1", "FOO2"}) api().request(method, "/v1/vms/nosuch");
+  text = metrics();
+  double other = 0;
+  std::regex other_line(R"x(keel_api_requests_total\{method="other",[^}]*\} ([0-9]+))x");
+  for (std::sregex_iterator it(text.begin(), text.end(), other_line), end; it != end; ++it)
+    other += std::stod((*it)[1]);
+  EXPECT_EQ(other, 3) << text;
+  EXPECT_EQ(text.find("FOO1"), std::string::npos) << text;
 
   // keel stats: the same figures for one VM.
   json s = stats("echo");
