@@ -141,7 +141,8 @@ bool WebAccess::gate(HttpRequest& req, HttpReply& res) const {
       login_page(res, "That token is not the daemon's.");
       return false;
     }
-    std::string location = req.path;
+    // Back to the same page, never elsewhere: "//host/..." would be another site.
+    std::string location = req.path.rfind("//", 0) == 0 ? "/" : req.path;
     char sep = '?';
     for (const auto& [key, value] : req.query) {
       if (key == "token") continue;

@@ -142,6 +142,15 @@ TEST_F(WebAccessTest, LoginSetsTheCookiesAndDropsTheTokenFromTheAddress) {
   EXPECT_EQ(set[1].rfind("keel_csrf=", 0), 0u) << set[1];
 }
 
+TEST_F(WebAccessTest, LoginRedirectsOnlyToThisSite) {
+  HttpRequest req = tcp("GET", "//evil.example/x");
+  req.query["token"] = access_->token();
+  HttpReply res;
+  EXPECT_FALSE(access_->gate(req, res));
+  EXPECT_EQ(res.status, 303);
+  EXPECT_EQ(header(res, "Location"), "/");
+}
+
 TEST_F(WebAccessTest, AWrongLoginTokenGetsTheLoginPageWithItsError) {
   for (std::string token : {std::string("nope"), std::string(""), access_->token() + "x",
                             access_->token().substr(1) + "0"}) {
