@@ -4,6 +4,8 @@
 import { Terminal } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
 
+const kPieceChars = 8192;  // UTF-8: at most 32 KiB a message
+
 export class ConsoleView {
   constructor(element, statusElement, reconnectButton) {
     this.status = statusElement;
@@ -19,8 +21,10 @@ export class ConsoleView {
     this.fit = new FitAddon();
     this.term.loadAddon(this.fit);
     this.term.open(element);
+    // Typed keys and pastes; a long paste goes in pieces below the daemon's 64 KiB message limit.
     this.term.onData((data) => {
-      if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(data);
+      if (this.socket?.readyState !== WebSocket.OPEN) return;
+      for (let at = 0; at < data.length; at += kPieceChars) this.socket.send(data.slice(at, at + kPieceChars));
     });
     window.addEventListener('resize', () => this.fit.fit());
     this.reconnect.addEventListener('click', () => this.open(this.name));
