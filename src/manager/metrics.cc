@@ -2,8 +2,8 @@
 
 #include <time.h>
 
+#include <charconv>
 #include <cmath>
-#include <cstdio>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -33,8 +33,8 @@ std::string escape(const std::string& value) {
 std::string number(double v) {
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);  // shortest that reads back the same
+  return std::string(buf, ec == std::errc() ? end : buf);
 }
 
 // Metric families in exposition order, each with its samples together (as the format asks).
