@@ -62,6 +62,7 @@ export class VmCharts {
 
   reset() {
     this.points = [];
+    for (const el of Object.values(this.elements)) delete el.dataset.peak;
     for (const c of [this.cpu, this.disk, this.net]) c?.destroy();
     this.cpu = this.disk = this.net = null;
   }
@@ -81,5 +82,10 @@ export class VmCharts {
     this.cpu.setData([t, ...point.cpu.map((_, i) => this.points.map((p) => p.cpu[i] ?? null))]);
     this.disk.setData([t, this.points.map((p) => p.diskRead), this.points.map((p) => p.diskWrite)]);
     this.net.setData([t, this.points.map((p) => p.netRx), this.points.map((p) => p.netTx)]);
+    // The highest rate each graph shows (data-peak), for tests.
+    const peak = (...keys) => Math.max(0, ...this.points.flatMap((p) => keys.map((k) => p[k])));
+    this.elements.disk.dataset.peak = peak('diskRead', 'diskWrite');
+    this.elements.net.dataset.peak = peak('netRx', 'netTx');
+    this.elements.cpu.dataset.peak = Math.max(0, ...this.points.flatMap((p) => p.cpu));
   }
 }
