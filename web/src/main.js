@@ -82,6 +82,18 @@ function actionButtons(vm) {
   return span;
 }
 
+// The buttons of a VM, kept while its state stays the same: the list is redrawn every 2 s, and a
+// click must not land on a button that is being replaced.
+const listActions = new Map();  // name -> { state, span }
+const vmActions = new Map();
+function stableActions(cache, vm) {
+  const cached = cache.get(vm.name);
+  if (cached?.state === vm.state) return cached.span;
+  const span = actionButtons(vm);
+  cache.set(vm.name, { state: vm.state, span });
+  return span;
+}
+
 function stateBadge(vm) {
   const s = document.createElement('span');
   s.className = `state ${vm.state.replace(' ', '-')}`;
@@ -146,7 +158,7 @@ function renderList() {
     cell(s.memory_mib ? bytes(s.memory_mib * 1048576) : '-', 'num');
     cell(vm.state === 'shut off' ? '-' : uptime(s.uptime_seconds), 'num');
     cell(vm.state === 'shut off' ? '-' : loadCell(vm.name, s.vcpus), 'num');
-    cell(actionButtons(vm));
+    cell(stableActions(listActions, vm));
     body.append(row);
   }
   $('#empty').hidden = state.vms.length > 0;
@@ -161,7 +173,8 @@ function renderVm() {
   const vm = state.vms.find((v) => v.name === state.vm);
   if (!vm) return;
   $('#vm-state').replaceChildren(stateBadge(vm));
-  $('#vm-actions').replaceChildren(actionButtons(vm));
+  const actions = stableActions(vmActions, vm);
+  if ($('#vm-actions').firstChild !== actions) $('#vm-actions').replaceChildren(actions);
 }
 
 function openVm(name) {
@@ -180,6 +193,8 @@ async function refresh() {
   refreshing ??= (async () => {
     try {
       state.vms = await api('GET', '/v1/vms');
+      for (const cache of [listActions, vmActions, state.stats, state.load])
+        for (const name of cache.keys()) if (!state.vms.some((vm) => vm.name === name)) cache.delete(name);
       const all = await Promise.all(state.vms.map((vm) =>
         api('GET', `/v1/vms/${encodeURIComponent(vm.name)}/stats`).catch(() => null)));
       state.vms.forEach((vm, i) => {

@@ -1,7 +1,8 @@
 // The default Linux guest (Debian's kernel, busybox initramfs, an ext4 data disk, user networking)
 // driven from the web console in headless chromium on emu: a click starts it, the console shows
 // it booting, a command typed into the terminal runs in the guest's shell (it reads its disk past
-// the page cache and pings the gateway), and the VM's disk and network graphs move. Skips, with
+// the page cache and pings the gateway), the VM's disk and network graphs move, and the shutdown
+// button powers it off through the guest's acpid. Skips, with
 // the reason, when the default guest is not built (KEEL_DEFAULT_GUEST_DIR) or KEEL_LINUX_TESTS=off.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -64,5 +65,11 @@ test('the Linux guest from the browser: boot, a command in its shell, disk and n
   await screenshot(page, 'linux');
   const stats = await daemon.api('GET', '/v1/vms/lin/stats');
   assert.ok(stats.disks[0].read_bytes >= 16 << 20, JSON.stringify(stats.disks));
+
+  // Shutdown presses the ACPI power button: the guest powers itself off.
+  await page.click('#vm-actions button[data-action="shutdown"]');
+  await until('the guest to power off', async () =>
+    (await page.$eval('#vm-state .state', (el) => el.textContent).catch(() => '')) === 'shut off(shutdown)',
+    120000);
   await page.close();
 });
