@@ -1,7 +1,8 @@
 // Metrics end to end (manager/metrics.h, control/query_stats.cc): GET /metrics on the unix socket
 // parses as Prometheus text (promtool check metrics, from Debian's prometheus package) and names
 // its series by Prometheus conventions; `keel stats` shows one VM; the counters move when the
-// guest works: console bytes with tests/guests/serial_irq_echo.asm, disk and network with the
+// guest works: console bytes and (kvm) exits by reason with tests/guests/serial_irq_echo.asm,
+// disk and network with the
 // default Linux guest on emu (it mounts its data disk and asks for a DHCP lease as it boots, then
 // reads the disk again and pings the gateway when told to).
 #include <cstdio>
@@ -11,6 +12,7 @@
 
 #include "default_guest.h"
 #include "e2e_manager_helpers.h"
+#include "guest_harness.h"
 
 namespace keel::e2e {
 namespace {
@@ -112,6 +114,29 @@ TEST_F(ManagerMetricsTest, MetricsParseAsPrometheusTextAndCountTheConsole) {
   r = keel({"stats", "nosuch"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
+}
+
+// On kvm the vCPU counts its exits by reason: the echo guest's port I/O (each byte it prints is
+// an OUT to the UART) shows as `io` exits, and they grow with what it echoes.
+TEST_F(ManagerMetricsTest, KvmExitsAreCountedByReason) {
+  if (auto why = guest_test::engine_unavailable(Accel::kKvm)) GTEST_SKIP() << *why;
+  start_daemon();
+  api().call("POST", "/v1/vms", json{{"name", "echo"}, {"memory_mib", 16}, {"accel", "kvm"},
+                                     {"test_guest", KEEL_TEST_GUEST_DIR "/serial_irq_echo.bin"}});
+  ASSERT_EQ(keel({"start", "echo"}).exit_code, 0);
+  read_console_until("echo", [](const std::string& s) { return s.find("READY") != s.npos; });
+  json before = stats("echo");
+  EXPECT_EQ(before["engine"], "kvm") << before.dump();
+  double io = before["cpu"][0]["exits"].value("io", 0.0);
+  EXPECT_GE(io, 5) << before.dump();  // "READY\r\n" at least, and the UART's setup
+  EXPECT_EQ(api().request("POST", "/v1/vms/echo/console", "0123456789", "text/plain").status, 200);
+  read_console_until("echo", [](const std::string& s) { return s.find("0123456789") != s.npos; });
+  json after = stats("echo");
+  EXPECT_GE(after["cpu"][0]["exits"].value("io", 0.0), io + 10) << after.dump();
+  std::string text = metrics();
+  EXPECT_EQ(promtool_problems(text, dir), "") << text;
+  EXPECT_GE(sample(text, R"(keel_vm_exits_total{vm="echo",vcpu="0",reason="io"})").value_or(0),
+            io + 10) << text;
 }
 
 std::optional<std::string> linux_unavailable() {
