@@ -17,6 +17,7 @@
 #include "backends/console/raw_terminal.h"
 #include "backends/console/terminal_console.h"
 #include "base/error.h"
+#include "boot/multiboot.h"
 #include "control/machine_target.h"
 #include "base/fd.h"
 #include "base/log_file.h"
@@ -220,7 +221,9 @@ int run(const RunOptions& options) {
   if (options.ready_fd >= 0 && config.control_socket.empty())
     throw UsageError("--ready-fd needs --control");
   if (!config.kernel.empty()) require_file(config.kernel, "kernel");
-  if (!config.initrd.empty()) require_file(config.initrd, "initrd");
+  // A multiboot kernel's modules may be QEMU's list, "file args,file args".
+  if (!config.initrd.empty() && !std::filesystem::exists(config.initrd))
+    for (const auto& module : boot::parse_module_list(config.initrd.string())) require_file(module.path, "initrd");
   if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
 
   if (config.accel == Accel::kAuto) {
