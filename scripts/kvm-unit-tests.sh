@@ -10,6 +10,8 @@
 #   keel run --accel emu|kvm --kernel x86/NAME.flat --cmdline "TEST_ARGS" --cpus SMP
 #            --memory $MEMORY --isa-debug-exit
 # and reports through isa-debug-exit: status 1 = PASS, (77 << 1) | 1 = SKIP, other odd = FAIL.
+# TIMEOUT: no status within the time limit; ERROR(n): the VMM exited with an even status n
+# without the test reporting (QEMU's 0 under --no-reboot is a guest reset, e.g. a triple fault).
 # Tests come from x86/unittests.cfg (the [sections]; arch = i386 ones are left out). QEMU-only
 # options in a test's qemu_params (-cpu flags, extra devices) are not translated for keel: such
 # rows are marked '*'. A test limited to one accelerator (accel = kvm|tcg) is 'n/a' elsewhere.
