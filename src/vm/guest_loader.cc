@@ -1,5 +1,7 @@
 #include "vm/guest_loader.h"
 
+#include <fmt/format.h>
+
 #include <fstream>
 #include <iterator>
 
@@ -8,6 +10,7 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "boot/disk_boot.h"
+#include "boot/kernel_payload.h"
 #include "boot/linux_loader.h"
 #include "boot/memory_map.h"
 #include "boot/multiboot.h"
@@ -48,11 +51,30 @@ std::vector<boot::BootModule> read_modules(const std::filesystem::path& initrd) 
   return modules;
 }
 
+// --pvh: the ELF vmlinux to boot, from a vmlinux or a bzImage's compressed payload.
+std::vector<uint8_t> linux_vmlinux(GuestImage& image, std::vector<uint8_t> kernel) {
+  if (boot::detect_kernel_format(kernel) == boot::KernelFormat::kElf) return kernel;
+  const std::string name = "kernel " + image.config.kernel.string();
+  try {
+    const boot::BzImage bz = boot::parse_bzimage(kernel);
+    const auto payload = boot::bzimage_payload(bz, kernel);
+    if (payload.empty()) throw Error("--pvh: the bzImage has no payload (boot protocol 2.08+)");
+    auto vmlinux = boot::decompress_payload(payload, boot::payload_output_limit(bz, image.memory.ram_size()));
+    if (!vmlinux) throw Error(fmt::format("--pvh: keel cannot decompress its {} payload",
+                                          boot::compression_name(boot::detect_compression(payload))));
+    return std::move(*vmlinux);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", name, e.what()));
+  }
+}
+
 // A multiboot or PVH kernel: 32-bit protected-mode entry with its information structure.
 std::vector<x86::CpuState> load_protected_mode_guest(GuestImage& image, std::span<const uint8_t> kernel,
                                                      boot::BootProtocol protocol) {
   const auto& config = image.config;
-  const uint64_t rsdp = x86::acpi::write_acpi_tables(image.memory, {.vcpus = image.vcpus, .sb_devices = {}}).rsdp;
+  // With the \_SB devices (the PCI root bridge): a Linux kernel booted through PVH finds PCI there.
+  const uint64_t rsdp =
+      x86::acpi::write_acpi_tables(image.memory, {.vcpus = image.vcpus, .sb_devices = image.acpi_devices}).rsdp;
   publish_rsdp(image, rsdp);
   const std::string name = "kernel " + config.kernel.string();
   const auto modules = read_modules(config.initrd);
@@ -102,6 +124,8 @@ std::vector<x86::CpuState> load_test_guest(GuestImage& image) {
 std::vector<x86::CpuState> load_linux_guest(GuestImage& image) {
   if (image.config.boot == VmConfig::Boot::kKernel) {
     std::vector<uint8_t> kernel = read_file(image.config.kernel, "kernel");
+    if (image.config.pvh) return load_protected_mode_guest(image, linux_vmlinux(image, std::move(kernel)),
+                                                           boot::BootProtocol::kPvh);
     const boot::BootProtocol protocol = boot::detect_boot_protocol(kernel);
     if (protocol != boot::BootProtocol::kLinux) return load_protected_mode_guest(image, kernel, protocol);
   }

@@ -20,7 +20,9 @@
 #include "boot/multiboot.h"
 #include "boot/protected_mode_boot.h"
 #include "engine/engine_factory.h"
+#include "default_guest.h"
 #include "guest_harness.h"
+#include "guest_shell.h"
 #include "keel_process.h"
 
 namespace keel::boot {
@@ -374,6 +376,35 @@ TEST_P(ProtectedModeGuest, MalformedKernelIsRefusedWithItsCause) {
                               path.string(), "--isa-debug-exit"});
   EXPECT_NE(r.status, 0) << r.describe();
   EXPECT_THAT(r.err, HasSubstr("before the file")) << r.describe();
+}
+
+// A real kernel through PVH: the default guest's bzImage, its payload decompressed on the host
+// (Debian's kernel has the PHYS32_ENTRY note), with the initramfs as module 0, the command line
+// from hvm_start_info and the ACPI tables (PCI found through the DSDT's root bridge).
+TEST(PvhLinux, DefaultGuestBootsThroughItsPvhEntryOnEmu) {
+  using namespace std::chrono_literals;
+  if (testing::linux_tests_off()) GTEST_SKIP() << "KEEL_LINUX_TESTS=off";
+  const auto& dg = testing::default_guest();
+  if (!dg) GTEST_SKIP() << dg.why_missing;
+  const std::string cmdline = "console=ttyS0 reboot=k i8042.noaux i8042.nomux i8042.nopnp keel.pvh=1";
+  auto r = testing::type_at_guest_shell(
+      {"run", "--accel", "emu", "--pvh", "--kernel", (dg.dir / "vmlinuz").string(), "--initrd",
+       (dg.dir / "initramfs.cpio.gz").string(), "--cmdline", cmdline},
+      "echo CMD=$(cat /proc/cmdline) PCI=$(ls /sys/bus/pci/devices | wc -l)", 250s);
+  EXPECT_EQ(r.status, 0) << r.describe();
+  EXPECT_THAT(r.out + r.err, HasSubstr("kernel: PVH entry at ")) << r.describe();
+  EXPECT_THAT(r.out, HasSubstr("CMD=" + cmdline + " PCI=")) << r.describe();
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("PCI=0"))) << r.describe();
+}
+
+TEST(PvhLinux, RefusedForTestGuestsAndKernelsWithoutTheNote) {
+  auto r = testing::run_keel({"run", "--accel", "emu", "--pvh", "--test-guest", testing::test_guest("spin")});
+  EXPECT_EQ(r.status, 2) << r.describe();
+  EXPECT_THAT(r.err, HasSubstr("--pvh applies to a Linux kernel"));
+  // multiboot_aout.bin is no ELF and no bzImage.
+  r = testing::run_keel({"run", "--accel", "emu", "--pvh", "--kernel", testing::test_guest("multiboot_aout")});
+  EXPECT_NE(r.status, 0) << r.describe();
+  EXPECT_THAT(r.err, HasSubstr("not a bzImage")) << r.describe();
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, ProtectedModeGuest, ::testing::Values(Accel::kEmu, Accel::kKvm),
