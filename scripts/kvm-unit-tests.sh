@@ -9,7 +9,9 @@
 # The tests are multiboot kernels (x86/NAME.flat, ELF32); each runs as QEMU runs it:
 #   keel run --accel emu|kvm --kernel x86/NAME.flat --cmdline "TEST_ARGS" --cpus SMP
 #            --memory $MEMORY --isa-debug-exit
-# and reports through isa-debug-exit: status 1 = PASS, (77 << 1) | 1 = SKIP, other odd = FAIL.
+# and reports through isa-debug-exit, whose status is (code << 1) | 1: 1 = PASS, 77 = SKIP (the
+# suite writes 77 >> 1 when every check was skipped, as QEMU's runner reads it), 127 = ABORT
+# (abort(), an assertion or an unexpected exception), other odd = FAIL(code).
 # TIMEOUT: no status within the time limit; ERROR(n): the VMM exited with an even status n
 # without the test reporting (QEMU's 0 under --no-reboot is a guest reset, e.g. a triple fault).
 # Tests come from x86/unittests.cfg (the [sections]; arch = i386 ones are left out). QEMU-only
@@ -74,13 +76,14 @@ while IFS= read -r line || [[ -n "$line" ]]; do
 done < "$kut/x86/unittests.cfg"
 flush
 
-# Status of one run -> a word: PASS, SKIP, FAIL(code), TIMEOUT, ERROR(exit status).
+# Status of one run -> a word: PASS, SKIP, ABORT, FAIL(code), TIMEOUT, ERROR(exit status).
 verdict() {
   local rc=$1
   if (( rc == 124 || rc == 137 )); then echo TIMEOUT
   elif (( rc % 2 == 1 )); then
     local code=$(( rc >> 1 ))
-    if (( code == 0 )); then echo PASS; elif (( code == 77 )); then echo SKIP; else echo "FAIL($code)"; fi
+    if (( rc == 1 )); then echo PASS; elif (( rc == 77 )); then echo SKIP
+    elif (( rc == 127 )); then echo ABORT; else echo "FAIL($code)"; fi
   else echo "ERROR($rc)"
   fi
 }
@@ -134,7 +137,7 @@ done
 printf '\n%-28s' totals
 for e in $ENGINES; do
   s=""
-  for k in PASS SKIP FAIL TIMEOUT ERROR n/a; do
+  for k in PASS SKIP FAIL ABORT TIMEOUT ERROR n/a; do
     [[ -n "${totals[$e,$k]:-}" ]] && s+="${k,,}=${totals[$e,$k]} "
   done
   printf ' %s: %s' "$e" "$s"
