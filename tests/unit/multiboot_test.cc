@@ -21,6 +21,7 @@
 #include "boot/protected_mode_boot.h"
 #include "engine/engine_factory.h"
 #include "default_guest.h"
+#include "image_bytes.h"
 #include "guest_harness.h"
 #include "guest_shell.h"
 #include "keel_process.h"
@@ -32,20 +33,13 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kMiB = 1 << 20;
 
-std::vector<uint8_t> read_file(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
+using testing::put;
+std::vector<uint8_t> read_file(const std::filesystem::path& path) { return testing::read_file_bytes(path); }
 
 std::vector<uint8_t> guest(const std::string& name) {
   auto bytes = read_file(testing::test_guest(name));
   EXPECT_FALSE(bytes.empty()) << name;
   return bytes;
-}
-
-template <typename T>
-void put(std::vector<uint8_t>& v, uint64_t offset, T value) {
-  std::memcpy(v.data() + offset, &value, sizeof value);
 }
 
 std::string read_cstring(const GuestMemory& mem, uint64_t gpa) {
