@@ -347,6 +347,32 @@ TEST_P(EmuCpu, ArchCapabilitiesSayNotAffected) {
   EXPECT_EQ(m.reg(R10), 0x401u);
 }
 
+// CPUID.1:EDX.APIC follows IA32_APIC_BASE's enable bit (kvm-unit-tests' xapic checks it), and the
+// machine-check MSRs read as "no banks" (its msr test reads them without looking at CPUID).
+TEST_P(EmuCpu, CpuidApicBitFollowsApicBaseAndMachineCheckMsrsRead) {
+  EmuMachine m(GetParam());
+  ASSERT_EQ(m.run(R"(
+    mov eax, 1
+    cpuid
+    mov r8d, edx
+    mov ecx, 0x1b
+    rdmsr
+    and eax, ~0x800
+    wrmsr
+    mov eax, 1
+    cpuid
+    mov r9d, edx
+    mov ecx, 0x179
+    rdmsr
+    mov r10d, eax
+    mov r11d, edx
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.reg(R8) & (1u << 9), 1u << 9);
+  EXPECT_EQ(m.reg(R9) & (1u << 9), 0u);
+  EXPECT_EQ(m.reg(R10), 0u);
+  EXPECT_EQ(m.reg(R11), 0u);
+}
+
 TEST_P(EmuCpu, StringInstructions) {
   EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
