@@ -616,6 +616,57 @@ TEST_P(EmuCpu, ExternalInterruptAfterStiHlt) {
   ASSERT_EQ(m.apic().accepted.size(), 1u);
 }
 
+// Points IDT vector `v` at `target` (an interrupt gate in the kernel code segment).
+void set_gate(EmuMachine& m, unsigned v, uint64_t target) {
+  uint64_t g = (target & 0xFFFF) | (uint64_t(kKernelCs) << 16) | (0xEull << 40) | (1ull << 47) |
+               ((target & 0xFFFF0000ull) << 32);
+  m.mem.write_obj<uint64_t>(kIdt + v * 16, g);
+  m.mem.write_obj<uint64_t>(kIdt + v * 16 + 8, target >> 32);
+}
+
+// Three NMIs raised before the vCPU looks: one is delivered, one is held while its handler runs
+// and delivered after its IRET, the third merges into the held one (kvm-unit-tests' multiple and
+// pending NMI tests).
+TEST_P(EmuCpu, NmiArrivingDuringTheHandlerIsHeldUntilIret) {
+  EmuMachine m(GetParam());
+  auto handler = assemble("inc r14\niretq");
+  m.mem.write(kCode + 0x800, handler.data(), handler.size());
+  set_gate(m, 2, kCode + 0x800);
+  m.apic().raise_nmi();
+  m.apic().raise_nmi();
+  m.apic().raise_nmi();
+  m.cpu().request_service();
+  ASSERT_EQ(m.run("xor r13, r13\nnop\nnop\nhlt"), VcpuExit::kHalted);
+  EXPECT_EQ(m.reg(R14), 2u);
+}
+
+// An NMI that arrives just before STI waits for the instruction after STI (kvm-unit-tests'
+// nmi-after-sti): the handler never sees the interrupt shadow's instruction not yet run.
+TEST_P(EmuCpu, NmiWaitsForTheInstructionAfterSti) {
+  EmuMachine m(GetParam());
+  struct Raise : BusDevice {
+    EmuMachine* m;
+    void read(uint64_t, std::span<uint8_t>) override {}
+    void write(uint64_t, std::span<const uint8_t>) override { m->apic().raise_nmi(); }
+  };
+  auto dev = std::make_shared<Raise>();
+  dev->m = &m;
+  m.pio.add(0x80, 1, dev);
+  auto handler = assemble("mov r13, rbx\niretq");
+  m.mem.write(kCode + 0x800, handler.data(), handler.size());
+  set_gate(m, 2, kCode + 0x800);
+  ASSERT_EQ(m.run(R"(
+    xor rbx, rbx
+    mov r13, -1
+    out 0x80, al
+    sti
+    mov rbx, 1
+    cli
+    hlt
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.reg(R13), 1u);  // 0 if the NMI came between STI and the MOV
+}
+
 TEST_P(EmuCpu, ApicPageGoesToLocalApic) {
   EmuMachine m(GetParam());
   // Map 0xFEE00000 through PD entry of the fourth GiB.

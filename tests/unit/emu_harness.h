@@ -71,12 +71,30 @@ class StubApic : public LocalApic {
     cv_.notify_all();
   }
 
+  bool take_nmi() override {
+    std::lock_guard l(m_);
+    if (!nmis) return false;
+    --nmis;
+    return true;
+  }
+  void set_event_listener(std::function<void()> f) override { listener_ = std::move(f); }
+  // An NMI IPI, as LocalApicModel records it: counted, and the vCPU told to look.
+  void raise_nmi() {
+    {
+      std::lock_guard l(m_);
+      ++nmis;
+    }
+    if (listener_) listener_();
+  }
+
+  int nmis = 0;  // NMIs not yet taken (guarded by m_)
   std::vector<uint32_t> reads;
   std::vector<std::pair<uint32_t, uint32_t>> writes;
   std::vector<int> accepted;
 
  private:
   uint64_t base_ = kApicDefaultBase | (1u << 11) | (1u << 8);
+  std::function<void()> listener_;
   uint8_t cr8_ = 0;
   uint64_t deadline_ = 0;
   mutable std::mutex m_;

@@ -205,7 +205,10 @@ class Cpu : public CpuHot {
   // The architectural state after INIT, then a SIPI with `vector`: real mode at vector << 12.
   void start_at_sipi(uint8_t vector);
   // IRET ends NMI blocking.
-  void nmi_done() { nmi_blocked_ = false; }
+  void nmi_done() {
+    nmi_blocked_ = false;
+    if (nmi_latched_) request_service();  // the held NMI goes first at the next boundary
+  }
   // Instructions retired (translated code's only when Deps::count_instructions).
   uint64_t instructions() const { return icount_; }
   uint64_t interpreted_instructions() const { return interpreted_; }
@@ -618,6 +621,7 @@ class Cpu : public CpuHot {
 
   bool halted_ = false;
   bool nmi_blocked_ = false;  // an NMI handler runs (until IRET)
+  bool nmi_latched_ = false;  // an NMI arrived while blocked: delivered after the IRET
   bool init_pending_ = false;
   bool shadow_ = false;
   bool shutdown_ = false;

@@ -338,7 +338,9 @@ void LocalApicModel::receive(const ApicMessage& msg) {
   if (msg.mode == DeliveryMode::kInit && msg.level_triggered && !msg.assert) return;
   {
     std::lock_guard lock(mutex_);
-    if (msg.mode == DeliveryMode::kNmi) nmi_pending_ = true;
+    // Two NMIs that arrive before the vCPU looks are two (as KVM counts them): one is delivered
+    // and one held while its handler runs (Cpu::service).
+    if (msg.mode == DeliveryMode::kNmi) nmi_pending_ = uint8_t(std::min(nmi_pending_ + 1, 2));
     if (msg.mode == DeliveryMode::kInit) init_pending_ = true;
     if (msg.mode == DeliveryMode::kStartup) sipi_vector_ = msg.vector;
     update_attention_locked();
@@ -359,9 +361,10 @@ bool LocalApicModel::matches(uint8_t destination, bool logical) const {
 
 bool LocalApicModel::take_nmi() {
   std::lock_guard lock(mutex_);
-  bool v = std::exchange(nmi_pending_, false);
+  if (!nmi_pending_) return false;
+  --nmi_pending_;
   update_attention_locked();
-  return v;
+  return true;
 }
 
 bool LocalApicModel::take_init() {

@@ -193,7 +193,8 @@ class LocalApicModel final : public LocalApic, public DeadlineClient {
   uint64_t count_start_ns_ = 0;
   uint32_t count_start_value_ = 0;
   uint64_t tsc_deadline_ = 0;
-  bool nmi_pending_ = false, init_pending_ = false;
+  uint8_t nmi_pending_ = 0;  // NMIs not yet taken, at most 2
+  bool init_pending_ = false;
   std::optional<uint8_t> sipi_vector_;
 
   // Read without the lock (ApicBus routing, the watcher, the CPU's block-boundary check).
