@@ -61,11 +61,13 @@ int wait_exit(pid_t pid) {
 // A daemon in a temporary state directory for the whole benchmark run.
 class Daemon {
  public:
-  Daemon() {
+  explicit Daemon(const std::string& sandbox = "on") {
     char tmpl[] = "/tmp/keel-bench-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     socket_ = dir_ + "/api.sock";
-    pid_ = spawn({KEEL_BINARY, "daemon", "--state-dir", dir_ + "/state", "--socket", socket_}, -1);
+    pid_ = spawn({KEEL_BINARY, "daemon", "--state-dir", dir_ + "/state", "--socket", socket_,
+                  "--sandbox", sandbox},
+                 -1);
     auto deadline = Clock::now() + 20s;
     for (;;) {
       try {
@@ -125,6 +127,12 @@ Daemon& daemon() {
   return d;
 }
 
+// The same daemon whose VMMs do not confine themselves (the sandbox's cost on start).
+Daemon& unconfined_daemon() {
+  static Daemon d("off");
+  return d;
+}
+
 // `keel run` of the guest: ms from spawn to the first line on its stdout.
 double run_to_first_line() {
   int fds[2];
@@ -164,6 +172,26 @@ KEEL_BENCH_ROW(Row{
           std::string name = "lat" + std::to_string(serial++);
           s.keel = daemon().start_to_first_line(name);
           daemon().remove(name);
+          return s;
+        },
+    .unavailable = kvm_unavailable,
+});
+
+KEEL_BENCH_ROW(Row{
+    .name = "daemon start to first line, sandbox on",
+    .unit = "ms",
+    .baseline = "the same with --sandbox off",
+    .sample =
+        [] {
+          Sample s;
+          std::string name = "sbx" + std::to_string(serial++);
+          static bool confined_first = true;
+          confined_first = !confined_first;
+          if (confined_first) s.keel = daemon().start_to_first_line(name);
+          s.baseline = unconfined_daemon().start_to_first_line(name);
+          if (!confined_first) s.keel = daemon().start_to_first_line(name);
+          daemon().remove(name);
+          unconfined_daemon().remove(name);
           return s;
         },
     .unavailable = kvm_unavailable,

@@ -4,6 +4,8 @@
 //     IOPS (queue depth 32), by fio with O_DIRECT and libaio against /dev/vda. fio is the host's
 //     (Debian's package) on a second, read-only disk built by scripts/build-fio-disk.sh; one boot
 //     runs all three jobs and the three rows share it.
+//   - qcow2 against raw inside the same keel guest (the same fio jobs on a qcow2 copy of the
+//     scratch disk, and on an empty qcow2 overlay over it), and keel against QEMU on that qcow2.
 //   - TCP guest -> host through user networking (busybox nc into a host socket, 32 MiB: at
 //     ~1 MB/s on emu that is half a minute).
 // The guest runs on kvm where the probe says a stock kernel runs, else on emu (QEMU: tcg).
@@ -28,132 +30,14 @@
 #include <nlohmann/json.hpp>
 
 #include "bench.h"
-#include "engine/kvm/kvm_probe.h"
-#include "vm/default_guest.h"
+#include "guest_vm.h"
 
 namespace keel::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct GuestEngine {
-  Accel keel = Accel::kKvm;
-  std::string keel_name, qemu_name;
-  std::string why_not;
-};
-
-const GuestEngine& guest_engine() {
-  static const GuestEngine e = [] {
-    KvmProbeResult probe = probe_kvm();
-    if (probe.can_run_stock_kernel()) return GuestEngine{Accel::kKvm, "kvm", "kvm", ""};
-    return GuestEngine{Accel::kEmu, "emu", "tcg", ""};
-  }();
-  return e;
-}
-
-std::optional<std::string> unavailable() {
-  if (!guest_engine().why_not.empty()) return guest_engine().why_not;
-  auto dir = default_guest_dir();
-  if (!std::filesystem::exists(dir / "vmlinuz")) return "default guest not built in " + dir.string();
-  if (std::system("command -v qemu-system-x86_64 >/dev/null 2>&1") != 0)
-    return "qemu-system-x86_64 is not installed";
-  return std::nullopt;
-}
-
-// A VM process with its console on pipes: type commands, read until a pattern appears.
-class Vm {
- public:
-  explicit Vm(const std::vector<std::string>& argv) {
-    int in[2], out[2];
-    if (pipe(in) || pipe(out)) throw std::runtime_error("pipe failed");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(in[0], 0);
-      dup2(out[1], 1);
-      dup2(out[1], 2);
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      execvp(args[0], args.data());
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    in_ = in[1];
-    out_ = out[0];
-  }
-  ~Vm() {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    close(in_);
-    close(out_);
-  }
-  void type(const std::string& s) { (void)!write(in_, s.data(), s.size()); }
-  // What wait_for() saw: the output before the match, and the match's groups (0 = all of it).
-  struct Match {
-    std::string prefix;
-    std::vector<std::string> groups;
-  };
-  // Reads until `re` matches the output; throws at the deadline. Output after the match stays
-  // for the next wait_for().
-  Match wait_for(const std::regex& re, std::chrono::seconds deadline) {
-    auto end = Clock::now() + deadline;
-    std::smatch m;
-    while (!std::regex_search(text_, m, re)) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
-      if (left <= 0) throw std::runtime_error("guest output never matched; last: " + tail());
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char buf[4096];
-      ssize_t n = read(out_, buf, sizeof buf);
-      if (n <= 0) throw std::runtime_error("VM exited; last output: " + tail());
-      text_.append(buf, n);
-    }
-    Match result{m.prefix().str(), {}};
-    for (const auto& group : m) result.groups.push_back(group.str());
-    text_ = m.suffix().str();
-    return result;
-  }
-
- private:
-  std::string tail() const { return text_.size() > 400 ? text_.substr(text_.size() - 400) : text_; }
-  pid_t pid_ = -1;
-  int in_ = -1, out_ = -1;
-  std::string text_;
-};
-
-// keel or QEMU booting the default guest with `devices` (keel options or QEMU arguments).
-std::vector<std::string> command(bool qemu, const std::vector<std::string>& devices) {
-  const GuestEngine& e = guest_engine();
-  auto dir = default_guest_dir();
-  std::vector<std::string> argv;
-  if (qemu)
-    argv = {"qemu-system-x86_64", "-accel", e.qemu_name, "-m", "512", "-nographic", "-no-reboot",
-            "-kernel", (dir / "vmlinuz").string(), "-initrd", (dir / "initramfs.cpio.gz").string(),
-            "-append", default_cmdline(e.keel)};
-  else
-    argv = {KEEL_BINARY, "run", "--accel", e.keel_name, "--memory", "512M"};
-  argv.insert(argv.end(), devices.begin(), devices.end());
-  return argv;
-}
-
-constexpr auto kBoot = std::chrono::seconds(900);
-
-// A file under the temp directory, removed on destruction.
-class TempFile {
- public:
-  explicit TempFile(const std::string& what) {
-    path_ = std::filesystem::temp_directory_path() /
-            ("keel-bench-" + std::to_string(getpid()) + "-" + what);
-  }
-  ~TempFile() { std::filesystem::remove(path_); }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
+std::optional<std::string> unavailable() { return guest_unavailable(); }
 
 // The disk fio runs against: 300 MiB, every block written once (a hole reads as zeros without
 // touching the host's page cache, which would flatter whichever side reads more holes).
@@ -228,13 +112,13 @@ FioFigures parse_fio_json(const std::string& text) {
   return f;
 }
 
-FioFigures fio_in_vm(bool qemu) {
-  const std::string scratch = scratch_disk().path(), tools = fio_disk().path();
+FioFigures fio_in_vm(bool qemu, const std::string& disk = "", const std::string& format = "raw") {
+  const std::string scratch = disk.empty() ? scratch_disk().path() : disk, tools = fio_disk().path();
   std::vector<std::string> dev =
-      qemu ? std::vector<std::string>{"-drive", "file=" + scratch + ",if=virtio,format=raw",
+      qemu ? std::vector<std::string>{"-drive", "file=" + scratch + ",if=virtio,format=" + format,
                                       "-drive", "file=" + tools + ",if=virtio,format=raw,readonly=on"}
-           : std::vector<std::string>{"--disk", scratch, "--disk", tools + ",readonly"};
-  Vm vm(command(qemu, dev));
+           : std::vector<std::string>{"--disk", scratch + ",format=" + format, "--disk", tools + ",readonly"};
+  Vm vm(vm_command(qemu, dev));
   vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
   // dmesg -n 1: no kernel messages in the middle of the JSON. $((1+1)) keeps the markers out of
   // the echoed command line.
@@ -297,9 +181,10 @@ double tcp_sample(bool qemu) {
   });
   std::vector<std::string> dev =
       qemu ? std::vector<std::string>{"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"}
-           : std::vector<std::string>{"--net", "user"};
+           // The host end listens on 127.0.0.1, which keel's guests reach only when told.
+           : std::vector<std::string>{"--net", "user,host-loopback=on"};
   {
-    Vm vm(command(qemu, dev));
+    Vm vm(vm_command(qemu, dev));
     vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
     vm.type("ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; dd if=/dev/zero bs=65536 "
             "count=512 2>/dev/null | nc 10.0.2.2 " + std::to_string(ntohs(sa.sin_port)) +
@@ -314,6 +199,55 @@ double tcp_sample(bool qemu) {
 }
 
 const char* kQemuBaseline = "QEMU, same guest, engine and disk";
+
+// qcow2: each sample makes fresh images from the raw scratch disk (a full copy, and an empty
+// overlay whose reads fall through to the raw base) and runs the fio jobs on keel's raw disk, on
+// both qcow2 images, and on QEMU with the full copy.
+struct Qcow2Figures {
+  FioFigures raw, qcow2, overlay, qemu_qcow2;
+};
+FioFigures qcow2_run(bool qemu, bool overlay) {
+  TempFile img(overlay ? "overlay.qcow2" : "copy.qcow2");
+  std::string cmd = overlay ? "qemu-img create -q -f qcow2 -F raw -b '" + scratch_disk().path() + "' '" + img.path() + "'"
+                            : "qemu-img convert -O qcow2 '" + scratch_disk().path() + "' '" + img.path() + "'";
+  if (std::system(cmd.c_str()) != 0) throw std::runtime_error(cmd + " failed");
+  return fio_in_vm(qemu, img.path(), "qcow2");
+}
+const Qcow2Figures& qcow2_sample(size_t row) {
+  static std::vector<Qcow2Figures> measured;
+  static size_t taken[9] = {};
+  size_t i = taken[row]++;
+  while (measured.size() <= i)
+    measured.push_back({fio_in_vm(false), qcow2_run(false, false), qcow2_run(false, true), qcow2_run(true, false)});
+  return measured[i];
+}
+std::optional<std::string> qcow2_unavailable() {
+  if (auto why = fio_unavailable()) return why;
+  if (std::system("command -v qemu-img >/dev/null 2>&1") != 0) return "qemu-img is not installed (qemu-utils)";
+  return std::nullopt;
+}
+
+#define QCOW2_ROW(index, row_name, unit_name, baseline_name, side, base, field) \
+  KEEL_BENCH_ROW(Row{.name = row_name,                                         \
+                     .unit = unit_name,                                         \
+                     .baseline = baseline_name,                                 \
+                     .sample = [] {                                             \
+                       const Qcow2Figures& q = qcow2_sample(index);             \
+                       return Sample{q.side.field, q.base.field};              \
+                     },                                                         \
+                     .unavailable = qcow2_unavailable,                          \
+                     .higher_is_better = true})
+
+QCOW2_ROW(0, "qcow2 seq read (fio)", "MB/s", "keel, raw disk, same guest", qcow2, raw, seq_read_mbs);
+QCOW2_ROW(1, "qcow2 seq write (fio)", "MB/s", "keel, raw disk, same guest", qcow2, raw, seq_write_mbs);
+QCOW2_ROW(2, "qcow2 4K randread (fio)", "IOPS", "keel, raw disk, same guest", qcow2, raw, rand_read_iops);
+QCOW2_ROW(3, "qcow2 overlay seq read (fio)", "MB/s", "keel, raw disk (its backing file)", overlay, raw, seq_read_mbs);
+QCOW2_ROW(4, "qcow2 overlay seq write (fio)", "MB/s", "keel, raw disk (its backing file)", overlay, raw, seq_write_mbs);
+QCOW2_ROW(5, "qcow2 overlay 4K randread (fio)", "IOPS", "keel, raw disk (its backing file)", overlay, raw, rand_read_iops);
+QCOW2_ROW(6, "qcow2 seq read vs QEMU (fio)", "MB/s", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, seq_read_mbs);
+QCOW2_ROW(7, "qcow2 seq write vs QEMU (fio)", "MB/s", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, seq_write_mbs);
+QCOW2_ROW(8, "qcow2 4K randread vs QEMU (fio)", "IOPS", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, rand_read_iops);
+
 
 KEEL_BENCH_ROW(Row{
     .name = "virtio-blk seq read (fio)",

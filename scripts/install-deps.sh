@@ -6,11 +6,12 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config nasm
   libgtest-dev libgmock-dev libbenchmark-dev
-  libzydis-dev libslirp-dev libglib2.0-dev liburing-dev nlohmann-json3-dev libcli11-dev
-  libfmt-dev libspdlog-dev libsqlite3-dev libcpp-httplib-dev libseccomp-dev
+  libzydis-dev libxbyak-dev libslirp-dev libglib2.0-dev liburing-dev nlohmann-json3-dev libcli11-dev
+  libfmt-dev libspdlog-dev libsqlite3-dev libseccomp-dev
   zlib1g-dev liblzma-dev liblz4-dev libzstd-dev
   ccache busybox-static cpio e2fsprogs acpica-tools fio qemu-system-x86 iproute2 python3 curl
   clang libclang-rt-14-dev
+  qemu-utils libext2fs-dev libisofs-dev fdisk gdisk mtools dosfstools xorriso mmdebstrap
 )
 
 missing=()

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "base/fd.h"
+
 namespace keel {
 
 // Moves `path` to `path.1`, replacing it; nothing if `path` does not exist. Throws Error otherwise.
@@ -17,27 +19,30 @@ class LogFile {
  public:
   static constexpr uint64_t kDefaultMaxBytes = 1 << 20;
 
-  // Opens `path` for appending (created 0640) and makes each of `fds` (stdout and stderr by
-  // default) write to it. Throws Error naming the path.
+  // Opens `path` for appending (created 0600, no symbolic links followed) and makes each of `fds`
+  // (stdout and stderr by default) write to it; opens `path`.1 too, so that rotating needs no
+  // access to the directory later (a confined VMM has none). Throws Error naming the path.
   explicit LogFile(std::string path, uint64_t max_bytes = kDefaultMaxBytes,
                    std::vector<int> fds = {1, 2});
 
-  // If the file has reached max_bytes: rotate_log_file(), open a new one (starting with a line that
-  // says where the earlier part went) and move `fds` to it. Returns whether it rotated. If that
-  // fails (the directory is gone, ...) it says so once on `fds` and never rotates again. Writers
-  // on other threads need no lock: dup2 swaps the file under them atomically. Call it regularly
-  // (`keel run --log-file` does every second on the main loop), so the file overshoots the limit by
-  // at most what is written between two calls.
+  // If the file has reached max_bytes: its content is copied over `path`.1 and it is truncated
+  // (writers append, so they go on at its start), then a line says where the earlier part went.
+  // Returns whether it rotated. If that fails it says so once on `fds` and never rotates again.
+  // Writers on other threads need no lock. Bytes written between the copy and the truncation are
+  // lost (the copy catches up until the file stops growing, so that is a short window). Call it
+  // regularly (`keel run --log-file` does every second on the main loop), so the file overshoots
+  // the limit by at most what is written between two calls.
   bool check();
 
   const std::string& path() const { return path_; }
 
  private:
-  void redirect();
-
   std::string path_;
   uint64_t max_bytes_;
   std::vector<int> fds_;
+  UniqueFd read_;    // `path`, for copying out
+  UniqueFd backup_;  // `path`.1
+  std::string backup_error_;  // why `path`.1 could not be opened
   bool failed_ = false;
 };
 

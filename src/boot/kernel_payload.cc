@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "base/error.h"
@@ -47,11 +48,52 @@ void inflate_gzip(std::span<const uint8_t> in, std::span<uint8_t> out) {
   corrupt(PayloadCompression::kGzip, msg ? msg : fmt::format("zlib error {}", rc));
 }
 
+// What liblzma may allocate for a stream that decodes to `out` bytes: the dictionary never needs
+// to exceed the output (clamped for .lzma, below), plus the decoder's own state. xz streams name
+// their dictionary in CRC-protected block headers, so they get the kernel build's largest
+// dictionary (64 MiB) as a floor instead.
+constexpr uint64_t kLzmaStateBytes = 4 << 20;
+constexpr uint64_t kXzDictionaryFloor = 64 << 20;
+
 void decode_lzma(PayloadCompression c, std::span<const uint8_t> in, std::span<uint8_t> out) {
+  const uint64_t size = out.size();
+  std::vector<uint8_t> header;  // .lzma: a copy of the 13-byte header, dictionary clamped
+  uint64_t memlimit;
+  if (c == PayloadCompression::kLzma) {
+    if (in.size() < 13) corrupt(c, "truncated header");
+    if (in[0] >= 9 * 5 * 5) corrupt(c, fmt::format("bad properties byte {:#x}", in[0]));
+    uint64_t declared;
+    std::memcpy(&declared, in.data() + 5, sizeof declared);
+    if (declared != UINT64_MAX && declared != size)
+      corrupt(c, fmt::format("its header says {} bytes, its trailer {}", declared, size));
+    // Any dictionary at least as large as the whole output decodes the same: a 4 GiB one in a
+    // 53-byte header costs no more than the output.
+    const uint32_t dict = le32(in.data() + 1);
+    const uint32_t clamped = static_cast<uint32_t>(
+        std::min<uint64_t>(dict, std::max<uint64_t>(size, LZMA_DICT_SIZE_MIN)));
+    header.assign(in.begin(), in.begin() + 13);
+    std::memcpy(header.data() + 1, &clamped, sizeof clamped);
+    memlimit = uint64_t{clamped} + kLzmaStateBytes;
+  } else {
+    memlimit = std::max(size, kXzDictionaryFloor) + kLzmaStateBytes;
+  }
   lzma_stream s = LZMA_STREAM_INIT;
-  lzma_ret rc = c == PayloadCompression::kXz ? lzma_stream_decoder(&s, UINT64_MAX, 0)
-                                             : lzma_alone_decoder(&s, UINT64_MAX);
+  lzma_ret rc = c == PayloadCompression::kXz ? lzma_stream_decoder(&s, memlimit, 0)
+                                             : lzma_alone_decoder(&s, memlimit);
   if (rc != LZMA_OK) throw Error(fmt::format("liblzma: decoder init failed ({})", int(rc)));
+  s.next_out = out.data();
+  s.avail_out = out.size();
+  if (!header.empty()) {
+    s.next_in = header.data();
+    s.avail_in = header.size();
+    rc = lzma_code(&s, LZMA_RUN);
+    if (rc != LZMA_OK) {
+      lzma_end(&s);
+      if (rc == LZMA_MEMLIMIT_ERROR) corrupt(c, "its header asks for more memory than allowed");
+      corrupt(c, fmt::format("liblzma error {} in the header", int(rc)));
+    }
+    in = in.subspan(13);
+  }
   s.next_in = in.data();
   s.avail_in = in.size();
   s.next_out = out.data();
@@ -60,6 +102,9 @@ void decode_lzma(PayloadCompression c, std::span<const uint8_t> in, std::span<ui
   const uint64_t produced = s.total_out;
   const size_t room = s.avail_out;
   lzma_end(&s);
+  if (rc == LZMA_MEMLIMIT_ERROR)
+    corrupt(c, fmt::format("it needs more than the {} bytes of decoder memory its {} bytes of "
+                           "output allow", memlimit, out.size()));
   if (rc == LZMA_STREAM_END && produced == out.size()) return;
   if (rc == LZMA_STREAM_END || (rc == LZMA_BUF_ERROR && room == 0) || rc == LZMA_OK)
     corrupt(c, fmt::format("it does not decompress to the {} bytes its trailer says", out.size()));
@@ -70,6 +115,18 @@ void decode_zstd(std::span<const uint8_t> in, std::span<uint8_t> out) {
   ZSTD_DCtx* d = ZSTD_createDCtx();
   if (!d) throw Error("zstd: cannot create a decompression context");
   ZSTD_DCtx_setParameter(d, ZSTD_d_windowLogMax, 31);  // the kernel builds with --ultra -22
+  // Decoded in one go into the output: no window is allocated. A frame that says its size must
+  // say the trailer's.
+  unsigned long long declared = ZSTD_getFrameContentSize(in.data(), in.size());
+  if (declared == ZSTD_CONTENTSIZE_ERROR) {
+    ZSTD_freeDCtx(d);
+    corrupt(PayloadCompression::kZstd, "not a zstd frame");
+  }
+  if (declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != out.size()) {
+    ZSTD_freeDCtx(d);
+    corrupt(PayloadCompression::kZstd,
+            fmt::format("its frame says {} bytes, its trailer {}", declared, out.size()));
+  }
   size_t n = ZSTD_decompressDCtx(d, out.data(), out.size(), in.data(), in.size());
   ZSTD_freeDCtx(d);
   if (ZSTD_isError(n)) corrupt(PayloadCompression::kZstd, ZSTD_getErrorName(n));
@@ -136,6 +193,13 @@ std::span<const uint8_t> bzimage_payload(const BzImage& bz, std::span<const uint
   const uint64_t off = bz.header.payload_offset, len = bz.header.payload_length;
   if (len == 0 || off > bz.kernel_size || len > bz.kernel_size - off) return {};
   return image.subspan(bz.kernel_offset + off, len);
+}
+
+uint64_t payload_output_limit(const BzImage& bz, uint64_t ram) {
+  uint64_t limit = ram;
+  if (bz.protocol() >= 0x020A && bz.header.init_size != 0)
+    limit = std::min<uint64_t>(limit, bz.header.init_size);
+  return limit;
 }
 
 std::optional<std::vector<uint8_t>> decompress_payload(std::span<const uint8_t> payload,

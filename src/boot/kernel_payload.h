@@ -33,10 +33,17 @@ PayloadCompression detect_compression(std::span<const uint8_t> payload);
 // header's payload range does not lie inside the protected-mode code.
 std::span<const uint8_t> bzimage_payload(const BzImage& bz, std::span<const uint8_t> image);
 
+// The most a bzImage's payload may decompress to in a guest with `ram` bytes: the kernel's own
+// decompressor works inside init_size (boot protocol 2.10+), and nothing larger than RAM boots.
+uint64_t payload_output_limit(const BzImage& bz, uint64_t ram);
+
 // Decompresses a payload. Returns nullopt when keel has no decompressor for its format (bzip2,
 // lzo, unknown): the caller then boots the bzImage as it is. Throws Error when the stream is
 // corrupt or truncated, or when it would decompress to more than `limit` bytes or to a size other
-// than its trailer says.
+// than its trailer says. Memory is bounded before anything is allocated: the output by the
+// trailer (checked against `limit`), the decoders' own state by what that output can need (an
+// LZMA dictionary larger than the output is clamped to it; xz gets a memory limit; a zstd frame's
+// content size must match the trailer).
 std::optional<std::vector<uint8_t>> decompress_payload(std::span<const uint8_t> payload,
                                                        uint64_t limit);
 

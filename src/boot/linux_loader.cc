@@ -186,7 +186,7 @@ class Loader {
   bool load_payload(const BzImage& bz, std::span<const uint8_t> image) {
     const auto payload = bzimage_payload(bz, image);
     if (payload.empty()) return false;
-    auto vmlinux = decompress_payload(payload, memory_.ram_size());
+    auto vmlinux = decompress_payload(payload, payload_output_limit(bz, memory_.ram_size()));
     if (!vmlinux) return false;
     try {
       load_elf(parse_elf_kernel(*vmlinux), *vmlinux);

@@ -36,12 +36,22 @@ std::string default_socket() {
 struct ClientOptions {
   std::string socket = default_socket();
   std::string name;
+  double timeout = 60;  // seconds for each request (a stream: until it opens)
+
+  manager::ApiClient api() const {
+    return manager::ApiClient(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
+  }
 };
 
 CLI::App* client_verb(CLI::App& app, const char* verb, const char* help, ClientOptions& options,
                       bool takes_name = true) {
   CLI::App* cmd = app.add_subcommand(verb, help);
   cmd->add_option("--socket", options.socket, "The daemon's API socket")->capture_default_str();
+  cmd->add_option("--timeout", options.timeout,
+                  "Seconds to wait for the daemon's answer (a console or event stream: until it "
+                  "opens)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 86400.0));
   if (takes_name) cmd->add_option("name", options.name, "The VM")->required();
   return cmd;
 }
@@ -191,7 +201,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
     CLI::App* cmd = client_verb(app, "define", "Define a VM from a JSON file", *o, false);
     cmd->add_option("file", *file, "The definition (JSON)")->required();
     cmd->callback(defer([o, file] {
-      manager::ApiClient api(o->socket);
+      manager::ApiClient api = o->api();
       std::string text = read_file(*file);
       manager::HttpResponse r = api.request("POST", "/v1/vms", text);
       json body = json::parse(r.body, nullptr, false);
@@ -208,7 +218,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
   {
     auto o = std::make_shared<ClientOptions>();
     client_verb(app, "undefine", "Remove a VM's definition", *o)->callback(defer([o] {
-      manager::ApiClient(o->socket).call("DELETE", "/v1/vms/" + o->name);
+      o->api().call("DELETE", "/v1/vms/" + o->name);
       std::printf("Domain '%s' has been undefined\n", o->name.c_str());
     }));
   }
@@ -221,7 +231,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
     cmd->add_flag("--paused", *paused, "Leave its vCPUs stopped");
     cmd->add_flag("--console", *console, "Attach to its console from the first byte");
     cmd->callback(defer([o, paused, console] {
-      manager::ApiClient api(o->socket);
+      manager::ApiClient api = o->api();
       // With --console, start paused and attach before the first instruction, so nothing is lost.
       api.call("POST", "/v1/vms/" + o->name + "/start", json{{"paused", *paused || *console}});
       std::printf("Domain '%s' started%s\n", o->name.c_str(), *paused ? " (paused)" : "");
@@ -258,7 +268,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
                    Simple{"resume", "Let a paused VM run again", "resumed"}}) {
     auto o = std::make_shared<ClientOptions>();
     client_verb(app, s.verb, s.help, *o)->callback(defer([o, s] {
-      manager::ApiClient(o->socket).call("POST", "/v1/vms/" + o->name + "/" + s.verb);
+      o->api().call("POST", "/v1/vms/" + o->name + "/" + s.verb);
       std::printf("Domain '%s' %s\n", o->name.c_str(), s.done);
     }));
   }
@@ -272,7 +282,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
     cmd->add_flag("--all", *all, "Include shut off VMs");
     cmd->add_flag("--json", *as_json, "Print JSON");
     cmd->callback(defer([o, all, as_json] {
-      json vms = manager::ApiClient(o->socket).call("GET", "/v1/vms");
+      json vms = o->api().call("GET", "/v1/vms");
       if (*as_json) {
         json out = json::array();
         for (const json& vm : vms) {
@@ -291,7 +301,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
     CLI::App* cmd = client_verb(app, "info", "Show a VM's state and definition", *o);
     cmd->add_flag("--json", *as_json, "Print JSON");
     cmd->callback(defer([o, as_json] {
-      json vm = manager::ApiClient(o->socket).call("GET", "/v1/vms/" + o->name);
+      json vm = o->api().call("GET", "/v1/vms/" + o->name);
       if (*as_json) {
         std::printf("%s\n", vm.dump(2).c_str());
       } else {
@@ -304,7 +314,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
     auto o = std::make_shared<ClientOptions>();
     client_verb(app, "console", "Attach to a VM's serial console (Ctrl-] detaches)", *o)
         ->callback(defer([o] {
-          manager::ApiClient api(o->socket);
+          manager::ApiClient api = o->api();
           attach_console(api, o->name);
         }));
   }
@@ -315,7 +325,7 @@ void add_client_verbs(CLI::App& app, Action& action) {
     CLI::App* cmd = client_verb(app, "events", "Print lifecycle events until interrupted", *o, false);
     cmd->add_flag("--json", *as_json, "Print one JSON object per line");
     cmd->callback(defer([o, as_json] {
-      manager::ApiClient api(o->socket);
+      manager::ApiClient api = o->api();
       std::string pending;
       api.stream("/v1/events", [&](std::string_view bytes) {
         pending.append(bytes);

@@ -19,9 +19,21 @@ void add_daemon_verb(CLI::App& app, Action& action) {
   cmd->add_option("--state-dir", options->state_dir, "Where the store, sockets and logs live")
       ->capture_default_str();
   cmd->add_option("--socket", options->socket_path, "The API's unix socket")->capture_default_str();
+  cmd->add_option("--group", options->group,
+                  "Members of this group may use the API (socket root:GROUP 0660); root always may")
+      ->capture_default_str();
+  cmd->add_option("--sandbox", options->sandbox,
+                  "Whether VMMs confine themselves (keel run --sandbox): uid, namespaces, seccomp")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_flag("--cgroups,!--no-cgroups", options->cgroups,
+                "One cgroup v2 per VM (found and killed by the next daemon if this one dies)");
   // Tests and benchmarks run the daemon with a stand-in VMM; hidden from --help.
   cmd->add_option("--vmm", options->vmm_binary, "The VMM executable (default: this keel)")
       ->group("");
+  // Fault injection and shorter timings for the crash-safety tests; hidden from --help.
+  cmd->add_option("--test-kill-point", options->domains.test_kill_point)->group("");
+  cmd->add_flag("--test-fail-start-record", options->domains.test_fail_start_record)->group("");
   cmd->callback([&action, options] { action = [options] {
     // SIGINT/SIGTERM end the daemon (the VMs keep running); a dedicated thread waits for them so
     // that no signal handler runs inside the daemon's threads.

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -26,6 +27,7 @@
 #include "devices/virtio/virtio_platform.h"
 #include "engine/engine_factory.h"
 #include "engine/kvm/kvm_probe.h"
+#include "sandbox/confinement.h"
 #include "vm/default_guest.h"
 #include "vm/machine.h"
 
@@ -39,11 +41,19 @@ struct RunOptions {
   std::string memory = "512M";
   uint32_t cpus = 1;
   std::string accel = "auto";
+  std::string emu_tier = "jit";
+  uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
   bool paused = false;
   bool trace_boot = false;
+  bool isa_debug_exit = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
+  std::string boot = "kernel", boot_entry;
+  std::string cloud_init, name = "keel";  // --boot disk: the first disk's own menu (issue 14)
   std::string console = "serial";
   bool rng = true;
+  std::string sandbox;       // "on" | "off"; empty: on when run as root
+  uint32_t sandbox_uid = 0;  // 0: sandbox::default_vmm_id()
+  std::string test_seccomp_violation;  // hidden: "vcpu", "device" or "main"
 };
 
 VmConfig make_config(const RunOptions& o) {
@@ -61,12 +71,21 @@ VmConfig make_config(const RunOptions& o) {
   }
   c.cpus = o.cpus;
   c.accel = parse_accel(o.accel);
+  c.emu_tier = o.emu_tier == "interp" ? EmuTier::kInterp : EmuTier::kJit;
+  c.emu_hot_threshold = o.emu_hot_threshold;
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
+  c.isa_debug_exit = o.isa_debug_exit;
   for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
   for (const auto& n : o.nets) c.virtio.nets.push_back(parse_net_option(n));
   c.virtio.console = o.console == "virtio";
+  if (!o.cloud_init.empty()) c.virtio.cloud_init = parse_cloud_init_option(o.cloud_init);
+  c.virtio.vm_name = o.name;
+  c.boot = o.boot == "disk" ? VmConfig::Boot::kDisk : VmConfig::Boot::kKernel;
+  c.boot_entry = o.boot_entry;
+  if (c.boot == VmConfig::Boot::kDisk) c.validate();  // --boot disk with --kernel etc.
+  else if (!c.boot_entry.empty()) throw UsageError("--boot-entry needs --boot disk");
   c.virtio.rng = o.rng;
   if (!c.kernel.empty() && !c.test_guest.empty())
     throw UsageError("--kernel and --test-guest are mutually exclusive");
@@ -124,8 +143,23 @@ void signal_ready(int fd) {
   ::close(fd);
 }
 
+// The daemon hands its VMMs a token (KEEL_CONTROL_TOKEN) with which its own control connections
+// always find a slot; it is taken out of the environment at once.
+control::ControlServerOptions control_options() {
+  control::ControlServerOptions options;
+  if (const char* token = std::getenv("KEEL_CONTROL_TOKEN")) {
+    options.daemon_token = token;
+    ::unsetenv("KEEL_CONTROL_TOKEN");
+  }
+  return options;
+}
+
 // The one line keel prints when the VM ends, and the exit status.
 int report(const ShutdownInfo& info) {
+  if (info.exit_status >= 0) {
+    std::fprintf(stderr, "keel: %s\n", info.detail.c_str());
+    return info.exit_status;
+  }
   switch (info.reason) {
     case ShutdownReason::kPowerOff:
       return 0;
@@ -146,7 +180,39 @@ int report(const ShutdownInfo& info) {
   return 1;
 }
 
+// --sandbox: on by default as root. begin() needs a single thread: it runs first.
+std::optional<sandbox::Confinement> begin_sandbox(const RunOptions& options) {
+  bool on = options.sandbox.empty() ? ::geteuid() == 0 : options.sandbox == "on";
+  if (!on) return std::nullopt;
+  return sandbox::Confinement::begin();
+}
+
+// After set-up, before the guest runs: the new root, the VMM's own uid, seccomp per thread kind.
+void lock_down(sandbox::Confinement& confinement, Machine& machine, const RunOptions& options) {
+  using sandbox::ThreadKind;
+  confinement.lock_down({.uid = options.sandbox_uid,
+                         .gid = 0,
+                         .max_tasks = 64 + 4 * machine.vcpu_count()});
+  sandbox::SyscallPolicy policy = machine.syscall_policy();
+  policy.allow(ThreadKind::kControl, control::ControlServer::syscalls());
+  policy.allow(ThreadKind::kMainLoop, TerminalConsole::syscalls());
+  const std::string& v = options.test_seccomp_violation;
+  if (!v.empty())
+    machine.thread_launcher().test_violation_in(v == "vcpu"     ? ThreadKind::kVcpu
+                                                : v == "device" ? ThreadKind::kDeviceWorker
+                                                                : ThreadKind::kMainLoop);
+  try {
+    machine.thread_launcher().confine(policy, {ThreadKind::kMainLoop, ThreadKind::kControl});
+  } catch (const Error& e) {
+    // A kernel without seccomp: said, not fatal, as the rest of the sandbox.
+    std::fprintf(stderr, "keel: sandbox: could not install seccomp filters: %s\n", e.what());
+  }
+  for (const auto& note : confinement.notes())
+    std::fprintf(stderr, "keel: sandbox: could not: %s\n", note.c_str());
+}
+
 int run(const RunOptions& options) {
+  std::optional<sandbox::Confinement> confinement = begin_sandbox(options);
   // --log-file (the daemon's per-VM log): stdout and stderr go there, kept under 1 MiB.
   std::optional<LogFile> log;
   if (!options.log_file.empty()) log.emplace(options.log_file);
@@ -182,7 +248,9 @@ int run(const RunOptions& options) {
   std::unique_ptr<control::MachineControl> control;
   if (!config.control_socket.empty()) {
     machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
-    control = std::make_unique<control::MachineControl>(machine, config.control_socket.string());
+    control = std::make_unique<control::MachineControl>(machine, config.control_socket.string(),
+                                                        control_options());
+    if (confinement) lock_down(*confinement, machine, options);
     signal_ready(options.ready_fd);
     ShutdownInfo info = machine.run();
     control.reset();  // SHUTDOWN reaches the clients before keel exits
@@ -190,6 +258,7 @@ int run(const RunOptions& options) {
   }
 
   machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
+  if (confinement) lock_down(*confinement, machine, options);
   RawTerminal raw(STDIN_FILENO);
   ConsoleInput& console_device = config.virtio.console
                                      ? static_cast<ConsoleInput&>(*machine.pci().console())
@@ -219,6 +288,17 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_option("--accel", o->accel, "Engine: auto (probe KVM, else emu), kvm or emu")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "kvm", "emu"}));
+  sub->add_option("--emu-tier", o->emu_tier,
+                  "emu: jit (interpret, then translate hot blocks to host code) or interp (the "
+                  "interpreter alone, for debugging)")
+      ->capture_default_str()
+      ->envname("KEEL_EMU_TIER")
+      ->check(CLI::IsMember({"jit", "interp"}));
+  sub->add_option("--emu-hot-threshold", o->emu_hot_threshold,
+                  "emu: interpreted runs of a block before it is translated (tuning)")
+      ->envname("KEEL_EMU_HOT_THRESHOLD")
+      ->check(CLI::Range(0u, 1u << 20))
+      ->group("");
   sub->add_option("--control", o->control, "Serve the VM's control socket at this path");
   sub->add_option("--ready-fd", o->ready_fd,
                   "Write one byte to this inherited fd once the control socket listens")
@@ -229,9 +309,26 @@ void add_run_verb(CLI::App& app, Action& action) {
                   "Append stdout and stderr to this file; past 1 MiB it moves to FILE.1 and a new "
                   "one starts");
   sub->add_flag("--trace-boot", o->trace_boot,
-                "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "
+                "Print each boot-progress code (port 0x520) with its CLOCK_MONOTONIC time on "
                 "stderr");
-  sub->add_option("--disk", o->disks, "Raw disk image PATH[,readonly] (repeatable: vda, vdb, ...)");
+  sub->add_flag("--isa-debug-exit", o->isa_debug_exit,
+                "QEMU's isa-debug-exit device at port 0xF4: a guest write of V exits keel with status "
+                "(V << 1) | 1, as test kernels such as kvm-unit-tests expect");
+  sub->add_option("--disk", o->disks,
+                  "Disk image PATH[,format=raw|qcow2][,readonly] (format detected when not given; "
+                  "repeatable: vda, vdb, ...)");
+  sub->add_option("--boot", o->boot,
+                  "What to boot: kernel (--kernel, or the default guest) or disk (the first --disk's "
+                  "own BLS entries or grub.cfg default entry, read from its ext4 /boot)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"kernel", "disk"}));
+  sub->add_option("--boot-entry", o->boot_entry,
+                  "With --boot disk: the menu entry to boot, by number or title (default: the menu's)");
+  sub->add_option("--cloud-init", o->cloud_init,
+                  "Attach a cloud-init NoCloud seed (a read-only 'cidata' disk after the --disks): "
+                  "user-data=FILE[,meta-data=FILE][,network-config=FILE]");
+  sub->add_option("--name", o->name, "The VM's name (the cloud-init seed's default hostname)")
+      ->capture_default_str();
   sub->add_option("--net", o->nets,
                   "Network: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (the default) or tap:IFNAME "
                   "(repeatable)")
@@ -243,6 +340,16 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->capture_default_str()
       ->check(CLI::IsMember({"serial", "virtio"}));
   sub->add_flag("--rng,!--no-rng", o->rng, "virtio-rng entropy device (on by default)");
+  sub->add_option("--sandbox", o->sandbox,
+                  "Confine the VMM once it is set up: its own uid, no capabilities, an empty "
+                  "root, seccomp per thread (on by default as root; says what it could not do)")
+      ->check(CLI::IsMember({"on", "off"}));
+  sub->add_option("--sandbox-uid", o->sandbox_uid, "The uid (and gid) the confined VMM runs as")
+      ->check(CLI::Range(1u, 0xFFFFFFFEu));
+  // For the sandbox tests: a thread of this kind makes a forbidden system call.
+  sub->add_option("--test-seccomp-violation", o->test_seccomp_violation)
+      ->check(CLI::IsMember({"vcpu", "device", "main"}))
+      ->group("");
   // For the project's tests: a purpose-built guest (tests/guests/README.md), status port 0x504.
   sub->add_option("--test-guest", o->test_guest, "Flat 64-bit test guest binary")->group("");
   sub->callback([o, &action] { action = [o] { return run(*o); }; });

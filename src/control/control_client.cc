@@ -55,24 +55,34 @@ void check_reply(const json& reply) {
 
 }  // namespace
 
-ControlClient ControlClient::connect(const std::string& path, std::chrono::milliseconds timeout) {
+namespace {
+json capabilities_arguments(const std::string& token) {
+  return token.empty() ? json::object() : json{{"keel-token", token}};
+}
+}  // namespace
+
+ControlClient ControlClient::connect(const std::string& path, std::chrono::milliseconds timeout,
+                                     const std::string& token) {
   auto deadline = Clock::now() + timeout;
   ControlClient client(connect_unix(path, timeout));
   client.greeting_ = client.read_one(deadline);
   if (!client.greeting_.contains("QMP")) {
     throw Error("control socket " + path + ": unexpected greeting " + client.greeting_.dump());
   }
-  client.execute("qmp_capabilities", json::object(), left_until(deadline));
+  client.execute("qmp_capabilities", capabilities_arguments(token), left_until(deadline));
   return client;
 }
 
-UniqueFd ControlClient::attach_console(const std::string& path, std::chrono::milliseconds timeout) {
+UniqueFd ControlClient::attach_console(const std::string& path, std::chrono::milliseconds timeout,
+                                       const std::string& token) {
   auto deadline = Clock::now() + timeout;
   UniqueFd fd = connect_unix(path, timeout);
   // Both commands at once, without waiting for the greeting: the server greets on accept and runs
   // what it reads in order; nothing follows them on this connection.
-  write_all(fd.get(), json{{"execute", "qmp_capabilities"}}.dump() + "\n" +
-                          json{{"execute", "console-attach"}}.dump() + "\n");
+  json negotiate{{"execute", "qmp_capabilities"}};
+  if (!token.empty()) negotiate["arguments"] = capabilities_arguments(token);
+  write_all(fd.get(), negotiate.dump() + "\n" + json{{"execute", "console-attach"}}.dump() + "\n",
+            left_until(deadline));
   json greeting = json::parse(read_line_exact(fd.get(), deadline), nullptr, false);
   if (!greeting.is_object() || !greeting.contains("QMP")) {
     throw Error("control socket " + path + ": unexpected greeting");

@@ -31,13 +31,15 @@ class ControlClient {
   static constexpr std::chrono::milliseconds kDefaultTimeout{10000};
 
   // Connects (retrying until `timeout` while the socket is not there yet), reads the greeting and
-  // negotiates capabilities.
+  // negotiates capabilities. `token`: the daemon's, which a VMM keeps slots for.
   static ControlClient connect(const std::string& path,
-                               std::chrono::milliseconds timeout = kDefaultTimeout);
+                               std::chrono::milliseconds timeout = kDefaultTimeout,
+                               const std::string& token = {});
   // Connects, negotiates and switches the connection to the raw console stream; the returned fd
   // carries the guest's serial output (read) and input (write).
   static UniqueFd attach_console(const std::string& path,
-                                 std::chrono::milliseconds timeout = kDefaultTimeout);
+                                 std::chrono::milliseconds timeout = kDefaultTimeout,
+                                 const std::string& token = {});
 
   explicit ControlClient(UniqueFd fd) : fd_(std::move(fd)) {}
 

@@ -4,10 +4,13 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 
 #include "base/error.h"
 #include "base/log.h"
@@ -21,6 +24,15 @@ namespace {
 
 constexpr uint64_t kListenId = 0;
 constexpr uint64_t kWakeId = 1;
+constexpr uint64_t kTimerId = 2;
+
+// Compares without stopping at the first difference (the token guards the daemon's slots).
+bool same_token(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
 
 // An error reply as QMP shapes it; thrown inside command handling.
 struct CommandError {
@@ -113,6 +125,10 @@ ControlServer::ControlServer(const std::string& path, ControlTarget& target,
   if (!mailbox_->wake) throw_errno("eventfd");
   mailbox_->console_limit = options_.max_console_pending;
   listen_ = listen_unix(path);
+  // Only the VMM's own user (root, when the daemon spawned it) may connect, whatever the umask.
+  if (::chmod(path.c_str(), 0600) != 0) throw_errno("chmod " + path);
+  timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  if (!timer_) throw_errno("timerfd_create");
 
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -122,6 +138,8 @@ ControlServer::ControlServer(const std::string& path, ControlTarget& target,
   if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, mailbox_->wake.get(), &ev) != 0) {
     throw_errno("epoll_ctl");
   }
+  ev.data.u64 = kTimerId;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, timer_.get(), &ev) != 0) throw_errno("epoll_ctl");
 
   std::weak_ptr<Mailbox> weak = mailbox_;
   target_.set_event_callback([weak](const std::string& name, json data) {
@@ -156,6 +174,10 @@ void ControlServer::dispatch() {
     uint64_t id = events[i].data.u64;
     if (id == kListenId) {
       accept_clients();
+    } else if (id == kTimerId) {
+      uint64_t count;
+      [[maybe_unused]] ssize_t r = ::read(timer_.get(), &count, sizeof(count));
+      expire_unnegotiated();
     } else if (id == kWakeId) {
       uint64_t count;
       [[maybe_unused]] ssize_t r = ::read(mailbox_->wake.get(), &count, sizeof(count));
@@ -200,10 +222,18 @@ void ControlServer::accept_clients() {
       log::warn("control socket {}: accept: {}", path_, std::strerror(errno));
       return;
     }
-    if (clients_.size() >= options_.max_clients) {
-      std::string refusal = error_body("GenericError", "too many control clients").dump() + "\n";
-      [[maybe_unused]] ssize_t n = ::send(fd.get(), refusal.data(), refusal.size(), MSG_NOSIGNAL);
-      continue;
+    if (clients_.size() >= options_.max_clients + options_.reserved_slots) {
+      // Full: the oldest client that has not negotiated has had its chance and makes room, so
+      // that idle connections cannot lock the daemon out.
+      uint64_t oldest = 0;
+      for (auto& [cid, c] : clients_)
+        if (!c.negotiated && (oldest == 0 || c.accepted < clients_.at(oldest).accepted)) oldest = cid;
+      if (oldest == 0) {
+        std::string refusal = error_body("GenericError", "too many control clients").dump() + "\n";
+        [[maybe_unused]] ssize_t n = ::send(fd.get(), refusal.data(), refusal.size(), MSG_NOSIGNAL);
+        continue;
+      }
+      close_client(oldest);
     }
     uint64_t id = next_id_++;
     epoll_event ev{};
@@ -212,6 +242,7 @@ void ControlServer::accept_clients() {
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) throw_errno("epoll_ctl");
     Client& client = clients_[id];
     client.fd = std::move(fd);
+    client.accepted = std::chrono::steady_clock::now();
     json greeting{{"QMP",
                    {{"version", {{"qemu", {{"major", 0}, {"minor", 1}, {"micro", 0}}},
                                  {"package", "keel"}}},
@@ -219,6 +250,31 @@ void ControlServer::accept_clients() {
     send_line(client, greeting);
     try_write(id, client);
   }
+  arm_timer();
+}
+
+void ControlServer::arm_timer() {
+  std::optional<std::chrono::steady_clock::time_point> first;
+  for (auto& [id, c] : clients_)
+    if (!c.negotiated && (!first || c.accepted < *first)) first = c.accepted;
+  itimerspec spec{};
+  if (first) {
+    auto left = *first + options_.negotiate_timeout - std::chrono::steady_clock::now();
+    auto ns = std::max<int64_t>(
+        1, std::chrono::duration_cast<std::chrono::nanoseconds>(left).count());
+    spec.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  }
+  ::timerfd_settime(timer_.get(), 0, &spec, nullptr);
+}
+
+void ControlServer::expire_unnegotiated() {
+  auto now = std::chrono::steady_clock::now();
+  std::vector<uint64_t> expired;
+  for (auto& [id, c] : clients_)
+    if (!c.negotiated && now >= c.accepted + options_.negotiate_timeout) expired.push_back(id);
+  for (uint64_t id : expired) close_client(id);
+  arm_timer();
 }
 
 void ControlServer::handle_readable(uint64_t id) {
@@ -308,7 +364,7 @@ void ControlServer::handle_line(uint64_t id, std::string_view line) {
     json message;
     try {
       message = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
       throw CommandError{"GenericError", std::string("malformed JSON: ") + e.what()};
     }
     if (!message.is_object()) throw CommandError{"GenericError", "QMP input must be a JSON object"};
@@ -353,14 +409,29 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
     if (client.negotiated) {
       throw CommandError{"CommandNotFound", "Capabilities negotiation is already complete"};
     }
-    if (args.contains("enable")) {
-      if (!args["enable"].is_array() || !args["enable"].empty()) {
-        throw CommandError{"GenericError", "no capabilities to enable"};
+    for (auto& [key, value] : args.items()) {
+      if (key == "enable") {
+        if (!value.is_array() || !value.empty())
+          throw CommandError{"GenericError", "no capabilities to enable"};
+      } else if (key == "keel-token") {
+        if (!value.is_string()) throw CommandError{"GenericError", "'keel-token' must be a string"};
+        client.daemon = !options_.daemon_token.empty() &&
+                        same_token(value.get<std::string>(), options_.daemon_token);
+      } else {
+        throw CommandError{"GenericError",
+                           "Parameter '" + key + "' is unexpected for 'qmp_capabilities'"};
       }
-    } else {
-      expect_no_arguments(name, args);
+    }
+    if (!client.daemon) {
+      size_t others = 0;
+      for (auto& [id, c] : clients_) others += c.negotiated && !c.daemon;
+      if (others >= options_.max_clients) {
+        client.closing = true;
+        throw CommandError{"GenericError", "too many control clients"};
+      }
     }
     client.negotiated = true;
+    arm_timer();
     return json::object();
   }
   if (name == "query-commands") {
@@ -497,6 +568,16 @@ void ControlServer::drain_pending() {
       }
     }
   }
+}
+
+sandbox::AllowList ControlServer::syscalls() {
+  return {
+      {"accept4"}, {"recvfrom"}, {"sendto"}, {"shutdown"},
+      {"epoll_wait"}, {"epoll_ctl"}, {"read"}, {"poll"}, {"timerfd_settime"},
+      // Removing the socket file when it closes: a confined VMM's root does not hold it (the
+      // daemon removes it), so the call fails harmlessly.
+      {"unlink", {}, ENOENT},
+  };
 }
 
 }  // namespace keel::control

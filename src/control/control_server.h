@@ -30,20 +30,30 @@
 
 #include "base/fd.h"
 #include "control/control_target.h"
+#include "sandbox/syscalls.h"
 
 namespace keel::control {
 
 struct ControlServerOptions {
   size_t max_message = 64 * 1024;       // a longer line gets an error reply and is discarded
   size_t max_client_backlog = 1 << 20;  // unsent bytes per client before it is cut off
-  size_t max_clients = 64;
+  size_t max_clients = 64;               // negotiated clients other than the daemon's
   size_t max_console_pending = 1 << 20;  // console bytes queued between two dispatches
+  // A client that has not negotiated (qmp_capabilities) by then is closed.
+  std::chrono::milliseconds negotiate_timeout{5000};
+  // The daemon's clients say this token in qmp_capabilities ({"keel-token": ...}); they always
+  // get in: `reserved_slots` connections beyond max_clients are kept for them, and when every
+  // slot is taken, the oldest client that has not negotiated yet makes room. Empty: no token.
+  std::string daemon_token = "";
+  size_t reserved_slots = 4;
 };
 
 class ControlServer {
  public:
   ControlServer(const std::string& path, ControlTarget& target, ControlServerOptions options = {});
   ~ControlServer();
+  // Its system calls on the thread that dispatches it (seccomp, the "control" thread kind).
+  static sandbox::AllowList syscalls();
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
 
@@ -71,6 +81,8 @@ class ControlServer {
     bool discarding = false;  // skipping the rest of an oversized line
     bool closing = false;     // close once `out` is sent
     bool want_out = false;    // EPOLLOUT registered
+    bool daemon = false;      // negotiated with the daemon's token
+    std::chrono::steady_clock::time_point accepted;
   };
 
   void accept_clients();
@@ -85,13 +97,16 @@ class ControlServer {
   void update_interest(uint64_t id, Client& client);
   void close_client(uint64_t id);
   void drain_pending();
+  void expire_unnegotiated();
+  void arm_timer();
 
   std::string path_;
   ControlTarget& target_;
   ControlServerOptions options_;
   UniqueFd epoll_;
   UniqueFd listen_;
-  uint64_t next_id_ = 2;  // 0 = listening socket, 1 = wake eventfd
+  UniqueFd timer_;        // timerfd: the next negotiation deadline
+  uint64_t next_id_ = 3;  // 0 = listening socket, 1 = wake eventfd, 2 = timer
   std::map<uint64_t, Client> clients_;
 
   // Handed over from other threads (target callbacks), drained on the server's thread. Shared

@@ -145,9 +145,10 @@ void MachineTarget::console_input(std::string_view bytes) {
   input_overflow_ = dropped > 0;  // one warning per run of calls that drop
 }
 
-MachineControl::MachineControl(Machine& machine, const std::string& path)
+MachineControl::MachineControl(Machine& machine, const std::string& path,
+                               ControlServerOptions options)
     : machine_(machine), target_(machine) {
-  server_ = std::make_unique<ControlServer>(path, target_);
+  server_ = std::make_unique<ControlServer>(path, target_, std::move(options));
   ControlServer* server = server_.get();
   machine_.loop().add_fd(server->fd(), EPOLLIN, [server](uint32_t) { server->dispatch(); });
 }

@@ -55,7 +55,7 @@ class MachineTarget : public ControlTarget {
 // Serves `path` for `machine` on its main loop for as long as it lives (create before run()).
 class MachineControl {
  public:
-  MachineControl(Machine& machine, const std::string& path);
+  MachineControl(Machine& machine, const std::string& path, ControlServerOptions options = {});
   ~MachineControl();
 
  private:

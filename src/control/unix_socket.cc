@@ -41,16 +41,24 @@ UniqueFd listen_unix(const std::string& path, int backlog) {
   return fd;
 }
 
-UniqueFd connect_unix(const std::string& path, std::chrono::milliseconds timeout) {
+UniqueFd connect_unix(const std::string& path, std::chrono::milliseconds timeout,
+                      bool wait_for_listener) {
   sockaddr_un addr = make_address(path);
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    // Non-blocking: a unix connect() to a listener whose backlog is full would otherwise block
+    // for as long as the listener does not accept.
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!fd) throw_errno("socket(AF_UNIX)");
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      set_nonblocking(fd.get(), false);
+      return fd;
+    }
     int err = errno;
-    bool retry = err == ENOENT || err == ECONNREFUSED || err == EAGAIN || err == EINTR;
+    bool retry = err == EAGAIN || err == EINTR ||
+                 (wait_for_listener && (err == ENOENT || err == ECONNREFUSED));
     if (!retry || std::chrono::steady_clock::now() >= deadline) {
+      if (err == EAGAIN) throw Error("connect " + path + ": the listener is not accepting (busy)");
       throw_errno("connect " + path, err);
     }
     // The socket appears when the other process reaches its listen(); poll for it briefly.
@@ -65,15 +73,21 @@ void set_nonblocking(int fd, bool on) {
   if (::fcntl(fd, F_SETFL, flags) < 0) throw_errno("fcntl(F_SETFL)");
 }
 
-void write_all(int fd, std::string_view data) {
+void write_all(int fd, std::string_view data, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0 && errno == ENOTSOCK) n = ::write(fd, data.data(), data.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) throw Error("write: the other side does not read (timed out)");
         pollfd p{fd, POLLOUT, 0};
-        if (::poll(&p, 1, 1000) < 0 && errno != EINTR) throw_errno("poll");
+        if (::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30))) < 0 &&
+            errno != EINTR)
+          throw_errno("poll");
         continue;
       }
       throw_errno("write");

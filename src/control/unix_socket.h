@@ -14,15 +14,19 @@ namespace keel::control {
 // Throws Error naming the path when the path is too long or bind/listen fails.
 UniqueFd listen_unix(const std::string& path, int backlog = 64);
 
-// Connects to `path`, retrying while the socket does not exist yet or refuses, until `timeout`.
-// The returned fd is blocking and cloexec. Throws Error naming the path on failure.
+// Connects to `path` until `timeout`, retrying while the listener's backlog is full and, when
+// `wait_for_listener`, while the socket does not exist yet or refuses. Never blocks past the
+// timeout. The returned fd is blocking and cloexec. Throws Error naming the path on failure.
 UniqueFd connect_unix(const std::string& path,
-                      std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+                      std::chrono::milliseconds timeout = std::chrono::milliseconds(0),
+                      bool wait_for_listener = true);
 
 void set_nonblocking(int fd, bool on);
 
-// Writes all of `data` to a blocking fd (retrying on EINTR); throws Error on failure.
-void write_all(int fd, std::string_view data);
+// Writes all of `data` to a socket or pipe (blocking or not), waiting at most `timeout` for
+// room; throws Error on failure or timeout.
+void write_all(int fd, std::string_view data,
+               std::chrono::milliseconds timeout = std::chrono::hours(24));
 
 // Waits until `fd` is readable or `timeout` passes; true if readable (or hung up).
 bool wait_readable(int fd, std::chrono::milliseconds timeout);

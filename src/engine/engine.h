@@ -4,6 +4,7 @@
 // InterruptController.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -56,8 +57,17 @@ struct EngineContext {
   IoBus& mmio;
 };
 
+// Which tiers of the emu engine run guest code (the kvm engine ignores it): its interpreter
+// alone, or the interpreter until a block is hot and then the block's translation to host code.
+enum class EmuTier : uint8_t { kInterp, kJit };
+
 struct EngineConfig {
   uint32_t vcpus = 1;
+  EmuTier emu_tier = EmuTier::kJit;
+  // emu: executions of a block by the interpreter before it is translated (0: at once).
+  uint32_t emu_hot_threshold = 16;
+  // emu: bytes of translated code per vCPU before the cache is emptied (0: the default, 64 MiB).
+  size_t emu_code_cache_bytes = 0;
 };
 
 class Engine {

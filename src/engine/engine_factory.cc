@@ -44,7 +44,9 @@ std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, Engine
       return std::make_unique<KvmEngine>(context, config);
     case Accel::kEmu: {
       // Refuse extra vCPUs before the platform claims bus ranges and starts its watcher.
-      if (config.vcpus > 1) throw UsageError("the emu engine runs one vCPU for now");
+      if (config.vcpus > emu::EmuEngine::kMaxVcpus)
+        throw UsageError("the emu engine runs at most " +
+                         std::to_string(emu::EmuEngine::kMaxVcpus) + " vCPUs");
       auto platform = emu::create_emu_platform(context, config.vcpus);
       return std::make_unique<emu::EmuEngine>(context, config, std::move(platform));
     }
@@ -52,6 +54,30 @@ std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, Engine
       break;
   }
   throw Error("no engine for accelerator " + std::string(to_string(accel)));
+}
+
+}  // namespace keel
+
+namespace keel {
+
+sandbox::AllowList main_thread_syscalls(std::string_view engine_name) {
+  if (engine_name == "kvm") return {{"ioctl", {{1, 0xFF00, 0xAE00}}}};
+  return {};
+}
+
+sandbox::AllowList vcpu_syscalls(std::string_view engine_name) {
+  if (engine_name == "kvm") {
+    return {
+        // KVM_RUN and the register, routing and irqfd ioctls of the vCPU and VM fds: every KVM
+        // ioctl has type 0xAE; nothing else may be ioctl'ed.
+        {"ioctl", {{1, 0xFF00, 0xAE00}}},
+        // The kick: SIGUSR1 to a thread of this process (tgkill is in every list, to this pid).
+    };
+  }
+  // emu: no system calls of its own beyond every thread's (HLT and exclusive runs sleep on
+  // condition variables, PAUSE yields): the translator's code cache is mapped executable when
+  // the vCPU is created, before confinement, so its threads keep the PROT_EXEC ban too.
+  return {};
 }
 
 }  // namespace keel

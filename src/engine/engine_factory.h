@@ -7,6 +7,7 @@
 
 #include "engine/engine.h"
 #include "engine/kvm/kvm_probe.h"
+#include "sandbox/syscalls.h"
 
 namespace keel {
 
@@ -22,6 +23,13 @@ struct EngineChoice {
 // `auto` picks kvm when the probe says KVM can run a stock kernel, else emu. An explicit choice
 // is kept (the reason then says what the probe thinks of it).
 EngineChoice choose_engine(Accel requested, const KvmProbeResult& probe);
+
+// The system calls an engine's vCPU threads make in their run loop (seccomp, sandbox/). `name` is
+// Engine::name(): "kvm" or "emu".
+sandbox::AllowList vcpu_syscalls(std::string_view engine_name);
+// What the machine's main thread does with the engine while the guest runs and when it tears the
+// machine down (routes, irqfds and ioeventfds of devices going away).
+sandbox::AllowList main_thread_syscalls(std::string_view engine_name);
 
 // Creates the engine. `auto` runs probe_kvm() and choose_engine() first.
 std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, EngineConfig config);

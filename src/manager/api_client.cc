@@ -15,10 +15,12 @@ namespace {
 
 constexpr size_t kMaxHeader = 64 * 1024;
 
-// Reads from a connected socket with a per-read timeout.
+// Reads from a connected socket until a deadline (none once it is lifted for a stream's body).
 class Reader {
  public:
-  Reader(int fd, std::chrono::milliseconds timeout) : fd_(fd), timeout_(timeout) {}
+  Reader(int fd, std::chrono::milliseconds timeout)
+      : fd_(fd), deadline_(std::chrono::steady_clock::now() + timeout) {}
+  void lift_deadline() { deadline_ = std::chrono::steady_clock::time_point::max(); }
 
   // Appends what arrives to buffer_; false at end of stream.
   bool fill(const std::function<bool()>& stop = nullptr) {
@@ -29,7 +31,7 @@ class Reader {
         while (!control::wait_readable(fd_, std::chrono::milliseconds(200))) {
           if (stop()) return false;
         }
-      } else if (!control::wait_readable(fd_, timeout_)) {
+      } else if (!control::wait_readable(fd_, left())) {
         throw Error("the daemon did not answer in time");
       }
       ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
@@ -43,8 +45,15 @@ class Reader {
   std::string& buffer() { return buffer_; }
 
  private:
+  std::chrono::milliseconds left() const {
+    if (deadline_ == std::chrono::steady_clock::time_point::max()) return std::chrono::hours(24);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline_ - std::chrono::steady_clock::now());
+    return std::max(ms, std::chrono::milliseconds(0));
+  }
+
   int fd_;
-  std::chrono::milliseconds timeout_;
+  std::chrono::steady_clock::time_point deadline_;
   std::string buffer_;
 };
 
@@ -56,7 +65,7 @@ std::string lower(std::string s) {
 // Sends the request and parses the status line and headers; the body is left in the reader.
 HttpResponse start_exchange(int fd, Reader& reader, const std::string& method,
                             const std::string& path, std::string_view body,
-                            const std::string& content_type) {
+                            const std::string& content_type, std::chrono::milliseconds timeout) {
   std::string request = method + " " + path + " HTTP/1.1\r\nHost: keel\r\nConnection: close\r\n";
   if (!body.empty() || method == "POST" || method == "PUT") {
     request += "Content-Type: " + content_type + "\r\n";
@@ -64,12 +73,29 @@ HttpResponse start_exchange(int fd, Reader& reader, const std::string& method,
   }
   request += "\r\n";
   request.append(body);
-  control::write_all(fd, request);
+  // A daemon that refuses the request early (a body over its limit) answers and closes before
+  // the body is sent: the answer is still there to read after the write fails.
+  std::exception_ptr write_error;
+  try {
+    control::write_all(fd, request, timeout);
+  } catch (const Error&) {
+    write_error = std::current_exception();
+  }
 
   size_t end;
   while ((end = reader.buffer().find("\r\n\r\n")) == std::string::npos) {
     if (reader.buffer().size() > kMaxHeader) throw Error("the daemon sent an oversized header");
-    if (!reader.fill()) throw Error("the daemon closed the connection without an answer");
+    bool more = false;
+    try {
+      more = reader.fill();
+    } catch (const Error&) {
+      if (write_error) std::rethrow_exception(write_error);
+      throw;
+    }
+    if (!more) {
+      if (write_error) std::rethrow_exception(write_error);
+      throw Error("the daemon closed the connection without an answer");
+    }
   }
   std::string head = reader.buffer().substr(0, end);
   reader.buffer().erase(0, end + 4);
@@ -152,12 +178,12 @@ HttpResponse ApiClient::request(const std::string& method, const std::string& pa
                                 std::string_view body, const std::string& content_type) {
   UniqueFd fd;
   try {
-    fd = control::connect_unix(socket_path_);
+    fd = control::connect_unix(socket_path_, timeout_, false);
   } catch (const Error& e) {
     throw Error(std::string("cannot reach the keel daemon: ") + e.what());
   }
   Reader reader(fd.get(), timeout_);
-  HttpResponse response = start_exchange(fd.get(), reader, method, path, body, content_type);
+  HttpResponse response = start_exchange(fd.get(), reader, method, path, body, content_type, timeout_);
   read_body(reader, response, [&](std::string_view piece) {
     response.body.append(piece);
     return true;
@@ -179,12 +205,12 @@ void ApiClient::stream(const std::string& path,
                        const std::function<bool()>& stop, const std::function<void()>& on_open) {
   UniqueFd fd;
   try {
-    fd = control::connect_unix(socket_path_);
+    fd = control::connect_unix(socket_path_, timeout_, false);
   } catch (const Error& e) {
     throw Error(std::string("cannot reach the keel daemon: ") + e.what());
   }
   Reader reader(fd.get(), timeout_);
-  HttpResponse response = start_exchange(fd.get(), reader, "GET", path, {}, {});
+  HttpResponse response = start_exchange(fd.get(), reader, "GET", path, {}, {}, timeout_);
   if (response.status < 200 || response.status >= 300) {
     read_body(reader, response, [&](std::string_view piece) {
       response.body.append(piece);
@@ -193,6 +219,7 @@ void ApiClient::stream(const std::string& path,
     throw_api_error(response);
   }
   if (on_open) on_open();
+  reader.lift_deadline();  // a stream lasts as long as its reader wants
   read_body(reader, response, on_data, stop ? stop : [] { return false; });
 }
 

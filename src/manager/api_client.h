@@ -36,11 +36,15 @@ struct HttpResponse {
 
 class ApiClient {
  public:
+  // `timeout` bounds each request as a whole (connect, send, the whole answer) and the opening
+  // of a stream (until its headers came); a daemon that is busy, stuck or gone cannot hang a
+  // client longer.
   explicit ApiClient(std::string socket_path,
                      std::chrono::milliseconds timeout = std::chrono::seconds(60))
       : socket_path_(std::move(socket_path)), timeout_(timeout) {}
 
-  // One request; the whole response. Throws Error if the daemon cannot be reached.
+  // One request; the whole response. Throws Error if the daemon cannot be reached or does not
+  // answer within the timeout.
   HttpResponse request(const std::string& method, const std::string& path,
                        std::string_view body = {},
                        const std::string& content_type = "application/json");

@@ -1,10 +1,10 @@
 #include "manager/api_server.h"
 
-#include <sys/socket.h>
+#include <grp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <httplib.h>
-
+#include <algorithm>
 #include <filesystem>
 
 #include "base/log.h"
@@ -18,31 +18,22 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr const char* kJson = "application/json";
-
-// httplib::Server bound to an AF_UNIX socket: cpp-httplib 0.11 (Debian 12) only binds TCP, but
-// its accept loop works on any listening stream socket it is given in svr_sock_.
-class UnixHttpServer : public httplib::Server {
- public:
-  void adopt_listening_socket(UniqueFd fd) {
-    control::set_nonblocking(fd.get(), false);
-    svr_sock_ = fd.release();
-  }
-};
-
-void reply(httplib::Response& res, int status, const json& body) {
+void reply(HttpReply& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n", kJson);
+  res.content_type = "application/json";
+  res.body = body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-void reply_error(httplib::Response& res, int status, const std::string& code,
+void reply_error(HttpReply& res, int status, const std::string& code,
                  const std::string& message) {
-  reply(res, status, json{{"error", {{"code", code}, {"message", message}}}});
+  res.status = status;
+  res.content_type = "application/json";
+  res.body = HttpServer::error_body(code, message);
 }
 
 // Runs `fn`, mapping keel's exceptions to HTTP statuses.
 template <typename Fn>
-void guarded(httplib::Response& res, Fn&& fn) {
+void guarded(HttpReply& res, Fn&& fn) {
   try {
     fn();
   } catch (const DefinitionError& e) {
@@ -61,27 +52,93 @@ void guarded(httplib::Response& res, Fn&& fn) {
 }
 
 // The JSON object in a request body ({} when the body is empty); UsageError otherwise.
-json body_object(const httplib::Request& req, bool empty_ok) {
+json body_object(const HttpRequest& req, bool empty_ok) {
   if (req.body.empty() && empty_ok) return json::object();
   json body;
   try {
     body = json::parse(req.body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
     throw UsageError(std::string("request body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) throw UsageError("request body must be a JSON object");
   return body;
 }
 
-std::string vm_name(const httplib::Request& req) {
-  std::string name = req.matches[1];
+std::string vm_name(const HttpRequest& req) {
+  std::string name = req.matches.at(0);
   if (!valid_vm_name(name)) throw NotFoundError("no VM named '" + name + "'");
   return name;
 }
 
+// A VM's console output from `position` on, until the console's history is closed.
+class ConsoleStream : public ResponseStream {
+ public:
+  ConsoleStream(std::shared_ptr<ByteHistory> history, uint64_t position)
+      : history_(std::move(history)), subscription_(*history_), position_(position) {}
+  int wait_fd() const override { return subscription_.fd(); }
+  std::optional<std::string> next() override {
+    subscription_.consume();  // before reading, so an append after the read wakes us again
+    std::string bytes = history_->read(position_, 0ms);
+    if (bytes.empty() && history_->closed()) return std::nullopt;
+    return bytes;
+  }
+
+ private:
+  std::shared_ptr<ByteHistory> history_;
+  ByteHistory::Subscription subscription_;
+  uint64_t position_;
+};
+
+// Lifecycle events (one JSON object per line) from now on.
+class EventStream : public ResponseStream {
+ public:
+  explicit EventStream(MessageHistory& history)
+      : history_(history), subscription_(history), position_(history.end()) {}
+  int wait_fd() const override { return subscription_.fd(); }
+  std::optional<std::string> next() override {
+    subscription_.consume();
+    std::vector<std::string> lines = history_.read(position_, 0ms);
+    if (lines.empty() && history_.closed()) return std::nullopt;
+    std::string out;
+    for (const auto& line : lines) out += line + "\n";
+    return out;
+  }
+
+ private:
+  MessageHistory& history_;
+  MessageHistory::Subscription subscription_;
+  uint64_t position_;
+};
+
+// The socket's directory: created 0755 if missing (the socket's own mode guards it), never
+// loosened if it exists.
+void make_socket_directory(const std::filesystem::path& dir) {
+  if (dir.empty() || std::filesystem::exists(dir)) return;
+  make_socket_directory(dir.parent_path());
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) throw_errno("mkdir " + dir.string());
+  ::chmod(dir.c_str(), 0755);  // whatever the umask
+}
+
 }  // namespace
 
-ApiServer::ApiServer(Domains& domains, const std::string& socket_path)
+std::optional<gid_t> group_id(const std::string& name) {
+  if (name.empty()) return std::nullopt;
+  std::vector<char> buf(16384);
+  group g{};
+  group* found = nullptr;
+  if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) != 0 || !found)
+    return std::nullopt;
+  return found->gr_gid;
+}
+
+bool ApiServer::authorized(const PeerCredentials& peer, std::optional<gid_t> group) {
+  if (peer.uid == 0 || peer.uid == ::geteuid()) return true;
+  if (!group) return false;
+  return peer.gid == *group ||
+         std::find(peer.groups.begin(), peer.groups.end(), *group) != peer.groups.end();
+}
+
+ApiServer::ApiServer(Domains& domains, const std::string& socket_path, ApiOptions options)
     : domains_(domains), socket_path_(socket_path) {
   // Two daemons on one socket would steal each other's clients.
   try {
@@ -90,84 +147,69 @@ ApiServer::ApiServer(Domains& domains, const std::string& socket_path)
   } catch (const Error& e) {
     if (std::string(e.what()).rfind("another daemon", 0) == 0) throw;
   }
-  auto parent = std::filesystem::path(socket_path_).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
-  auto server = std::make_unique<UnixHttpServer>();
-  server->adopt_listening_socket(control::listen_unix(socket_path_, 128));
-  // Streaming responses (console, events) hold a thread each for as long as they last.
-  server->new_task_queue = [] { return new httplib::ThreadPool(128); };
-  server->set_payload_max_length(kMaxBody);
-  server->set_read_timeout(30, 0);
-  server->set_keep_alive_max_count(100);
-  server_ = std::move(server);
+  make_socket_directory(std::filesystem::path(socket_path_).parent_path());
+  UniqueFd listening = control::listen_unix(socket_path_, 128);
+  // The daemon runs with umask 077, so the socket is born 0600 and only ever widened to 0660.
+  std::optional<gid_t> group = group_id(options.group);
+  if (group && ::chown(socket_path_.c_str(), ::geteuid(), *group) != 0)
+    throw_errno("chown " + socket_path_);
+  if (::chmod(socket_path_.c_str(), 0660) != 0) throw_errno("chmod " + socket_path_);
+  if (!group && !options.group.empty())
+    log::info("keel daemon: no group '{}': only root may use {}", options.group, socket_path_);
+
+  options.http.max_body_bytes = kMaxBody;
+  options.http.authorize = [group](const PeerCredentials& peer) { return authorized(peer, group); };
+  server_ = std::make_unique<HttpServer>(std::move(listening), options.http);
   routes();
 }
 
 ApiServer::~ApiServer() {
   stop();
+  server_.reset();
   ::unlink(socket_path_.c_str());
 }
 
-void ApiServer::serve() { server_->listen_after_bind(); }
+void ApiServer::serve() { server_->serve(); }
 
 void ApiServer::stop() {
-  stopping_ = true;
   domains_.close_streams();
   server_->stop();
 }
 
 void ApiServer::routes() {
-  httplib::Server& s = *server_;
+  HttpServer& s = *server_;
+  using Req = const HttpRequest&;
+  using Res = HttpReply&;
 
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      reply_error(res, 500, "failed", e.what());
-    } catch (...) {
-      reply_error(res, 500, "failed", "unknown error");
-    }
-  });
-  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;  // a handler already said why
-    if (res.status == 404) {
-      reply_error(res, 404, "no_route", "no such API path: " + req.method + " " + req.path);
-    } else if (res.status == 413) {
-      reply_error(res, 413, "too_large", "request body larger than " + std::to_string(kMaxBody));
-    } else {
-      reply_error(res, res.status, "bad_request", "the request was refused");
-    }
-  });
-
-  s.Get("/v1/version", [](const httplib::Request&, httplib::Response& res) {
+  s.route("GET", "/v1/version", [](Req, Res res) {
     reply(res, 200, json{{"name", "keel"}, {"version", "0.1"}, {"api", 1}});
   });
 
-  s.Get("/v1/vms", [this](const httplib::Request&, httplib::Response& res) {
+  s.route("GET", "/v1/vms", [this](Req, Res res) {
     guarded(res, [&] { reply(res, 200, domains_.list()); });
   });
-  s.Post("/v1/vms", [this](const httplib::Request& req, httplib::Response& res) {
+  s.route("POST", "/v1/vms", [this](Req req, Res res) {
     guarded(res, [&] {
       json body;
       try {
         body = json::parse(req.body);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
         throw DefinitionError(std::string("malformed JSON: ") + e.what());
       }
-      reply(res, 201, domains_.define(body));
+      reply(res, 201, domains_.define(body, req.peer));
     });
   });
-  s.Get(R"(/v1/vms/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+  s.route("GET", R"(/v1/vms/([^/]+))", [this](Req req, Res res) {
     guarded(res, [&] { reply(res, 200, domains_.info(vm_name(req))); });
   });
-  s.Delete(R"(/v1/vms/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+  s.route("DELETE", R"(/v1/vms/([^/]+))", [this](Req req, Res res) {
     guarded(res, [&] {
       domains_.undefine(vm_name(req));
       reply(res, 200, json::object());
     });
   });
 
-  s.Post(R"(/v1/vms/([^/]+)/start)", [this](const httplib::Request& req, httplib::Response& res) {
+  s.route("POST", R"(/v1/vms/([^/]+)/start)", [this](Req req, Res res) {
     guarded(res, [&] {
       json body = body_object(req, true);
       bool paused = false;
@@ -184,59 +226,38 @@ void ApiServer::routes() {
       {"shutdown", &Domains::shutdown}, {"reboot", &Domains::reboot},
       {"destroy", &Domains::destroy},   {"suspend", &Domains::suspend},
       {"resume", &Domains::resume}};
-  for (auto [path, verb] : verbs) {
-    s.Post(std::string(R"(/v1/vms/([^/]+)/)") + path,
-           [this, verb](const httplib::Request& req, httplib::Response& res) {
-             guarded(res, [&] {
-               body_object(req, true);
-               std::string name = vm_name(req);
-               (domains_.*verb)(name);
-               reply(res, 200, domains_.info(name));
-             });
-           });
+  for (const auto& entry : verbs) {
+    Verb verb = entry.second;  // clang 14 cannot capture a structured binding
+    s.route("POST", std::string(R"(/v1/vms/([^/]+)/)") + entry.first, [this, verb](Req req, Res res) {
+      guarded(res, [&] {
+        body_object(req, true);
+        std::string name = vm_name(req);
+        (domains_.*verb)(name);
+        reply(res, 200, domains_.info(name));
+      });
+    });
   }
 
   // The console: GET streams the guest's output (chunked), POST sends the body as input.
-  s.Get(R"(/v1/vms/([^/]+)/console)", [this](const httplib::Request& req, httplib::Response& res) {
+  s.route("GET", R"(/v1/vms/([^/]+)/console)", [this](Req req, Res res) {
     guarded(res, [&] {
       auto console = domains_.console(vm_name(req));
-      uint64_t position = req.has_param("history") && req.get_param_value("history") == "1"
-                              ? 0
-                              : console->end();
-      res.set_chunked_content_provider(
-          "application/octet-stream",
-          [this, console, position](size_t, httplib::DataSink& sink) mutable {
-            std::string bytes = console->read(position, 200ms);
-            if (!bytes.empty() && !sink.write(bytes.data(), bytes.size())) return false;
-            if (console->closed() || stopping_) {
-              sink.done();
-              return true;
-            }
-            return true;
-          });
+      auto history = req.query.find("history");
+      uint64_t position = history != req.query.end() && history->second == "1" ? 0 : console->end();
+      res.content_type = "application/octet-stream";
+      res.stream = std::make_unique<ConsoleStream>(console, position);
     });
   });
-  s.Post(R"(/v1/vms/([^/]+)/console)", [this](const httplib::Request& req, httplib::Response& res) {
+  s.route("POST", R"(/v1/vms/([^/]+)/console)", [this](Req req, Res res) {
     guarded(res, [&] {
       domains_.console_write(vm_name(req), req.body);
       reply(res, 200, json::object());
     });
   });
 
-  s.Get("/v1/events", [this](const httplib::Request&, httplib::Response& res) {
-    uint64_t position = domains_.events().end();
-    res.set_chunked_content_provider(
-        "application/x-ndjson", [this, position](size_t, httplib::DataSink& sink) mutable {
-          for (const std::string& line : domains_.events().read(position, 200ms)) {
-            std::string out = line + "\n";
-            if (!sink.write(out.data(), out.size())) return false;
-          }
-          if (domains_.events().closed() || stopping_) {
-            sink.done();
-            return true;
-          }
-          return true;
-        });
+  s.route("GET", "/v1/events", [this](Req, Res res) {
+    res.content_type = "application/x-ndjson";
+    res.stream = std::make_unique<EventStream>(domains_.events());
   });
 }
 

@@ -1,7 +1,12 @@
 // Recent output kept for readers that come and go: the console of one VM (bytes) and the daemon's
-// event stream (JSON lines). Writers append from the supervisor thread; each reader (an HTTP
-// streaming handler on its own thread) keeps its own position and waits on a condition variable.
+// event stream (JSON lines). Writers append from the supervisor thread; each reader keeps its own
+// position and either waits on a condition variable (read() with a timeout) or holds a
+// Subscription, an eventfd the history signals on every append and on close(), so that an HTTP
+// stream can poll it together with its client's socket and notice a hang-up at once.
 #pragma once
+
+#include <algorithm>
+#include <memory>
 
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +18,8 @@
 #include <string_view>
 #include <vector>
 
+#include "base/eventfd.h"
+
 namespace keel::manager {
 
 // The last `capacity` elements of a stream held in `Buffer` (a string of bytes, a deque of
@@ -21,6 +28,29 @@ template <typename Buffer, typename Out = Buffer>
 class History {
  public:
   explicit History(size_t capacity) : capacity_(capacity) {}
+
+  // An eventfd signalled on every append and on close() for as long as this lives.
+  class Subscription {
+   public:
+    explicit Subscription(History& history) : history_(history) {
+      std::lock_guard lock(history_.mutex_);
+      history_.subscribers_.push_back(&wake_);
+      if (history_.closed_) wake_.signal();
+    }
+    ~Subscription() {
+      std::lock_guard lock(history_.mutex_);
+      auto& s = history_.subscribers_;
+      s.erase(std::remove(s.begin(), s.end(), &wake_), s.end());
+    }
+    Subscription(const Subscription&) = delete;
+    Subscription& operator=(const Subscription&) = delete;
+    int fd() const { return wake_.fd(); }
+    void consume() const { wake_.consume(); }
+
+   private:
+    History& history_;
+    EventFd wake_;
+  };
 
   uint64_t end() const {
     std::lock_guard lock(mutex_);
@@ -42,6 +72,7 @@ class History {
     {
       std::lock_guard lock(mutex_);
       closed_ = true;
+      for (const EventFd* s : subscribers_) s->signal();
     }
     cv_.notify_all();
   }
@@ -62,6 +93,7 @@ class History {
       if (buffer_.size() > capacity_)
         buffer_.erase(buffer_.begin(),
                       buffer_.begin() + static_cast<ptrdiff_t>(buffer_.size() - capacity_));
+      for (const EventFd* s : subscribers_) s->signal();
     }
     cv_.notify_all();
   }
@@ -73,6 +105,7 @@ class History {
   Buffer buffer_;
   uint64_t end_ = 0;
   bool closed_ = false;
+  std::vector<const EventFd*> subscribers_;
 };
 
 // The last `capacity` bytes of a byte stream (a VM's console).

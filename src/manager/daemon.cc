@@ -2,12 +2,15 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 
 #include "base/error.h"
 #include "base/log.h"
+#include "sandbox/cgroup.h"
 
 namespace keel::manager {
 
@@ -20,22 +23,54 @@ std::string self_executable() {
   return path.string();
 }
 
+// One cgroup directory per state directory (several daemons may run, the tests' among them):
+// CGROUP2/keel/<FNV-1a of the state directory>. Empty without cgroup v2.
+std::string cgroup_parent(const std::string& state_dir) {
+  auto mount = sandbox::cgroup2_mount();
+  if (!mount) return {};
+  std::string absolute = std::filesystem::absolute(state_dir).lexically_normal().string();
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : absolute) h = (h ^ c) * 1099511628211ull;
+  char name[32];
+  std::snprintf(name, sizeof name, "%016llx", static_cast<unsigned long long>(h));
+  return *mount + "/keel/" + name;
+}
+
 }  // namespace
 
 Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {
   if (options_.vmm_binary.empty()) options_.vmm_binary = self_executable();
+  // Everything the daemon creates is private unless it says otherwise (the socket is widened to
+  // 0660 on purpose); the state directory holds definitions, logs and control sockets.
+  ::umask(077);
   std::filesystem::create_directories(options_.state_dir);
+  if (::chmod(options_.state_dir.c_str(), 0700) != 0) throw_errno("chmod " + options_.state_dir);
+  // One fd per API connection and per stream: take the hard limit.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
   std::string lock_path = options_.state_dir + "/keel.lock";
-  lock_.reset(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  lock_.reset(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!lock_) throw_errno("open " + lock_path);
   if (::flock(lock_.get(), LOCK_EX | LOCK_NB) != 0) {
     throw Error("another keel daemon uses the state directory " + options_.state_dir);
   }
   store_ = std::make_unique<Store>(options_.state_dir + "/keel.db");
-  domains_ = std::make_unique<Domains>(
-      *store_, DomainsOptions{options_.state_dir, options_.vmm_binary});
+  DomainsOptions domains = options_.domains;
+  domains.state_dir = options_.state_dir;
+  domains.vmm_binary = options_.vmm_binary;
+  domains.vmm_extra_args.insert(domains.vmm_extra_args.end(), {"--sandbox", options_.sandbox});
+  if (options_.cgroups) {
+    domains.cgroup_parent = cgroup_parent(options_.state_dir);
+    if (domains.cgroup_parent.empty())
+      log::info("keel daemon: no cgroup v2 on this host: VMMs run without a cgroup of their own");
+  }
+  domains_ = std::make_unique<Domains>(*store_, domains);
   domains_->recover();
-  api_ = std::make_unique<ApiServer>(*domains_, options_.socket_path);
+  options_.api.group = options_.group;
+  api_ = std::make_unique<ApiServer>(*domains_, options_.socket_path, options_.api);
   log::info("keel daemon: serving {} (state in {})", options_.socket_path, options_.state_dir);
 }
 
@@ -43,6 +78,11 @@ Daemon::~Daemon() {
   api_.reset();
   domains_.reset();
   store_.reset();
+  // VMMs that go on running keep their cgroups (and so this one); otherwise nothing is left.
+  if (options_.cgroups) {
+    std::string parent = cgroup_parent(options_.state_dir);
+    if (!parent.empty()) ::rmdir(parent.c_str());
+  }
 }
 
 void Daemon::serve() { api_->serve(); }

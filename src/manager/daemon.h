@@ -16,6 +16,11 @@ struct DaemonOptions {
   std::string state_dir = "/var/lib/keel";
   std::string socket_path = "/run/keel/keel.sock";
   std::string vmm_binary;  // empty: this executable (/proc/self/exe)
+  std::string group = "keel";  // members may use the API (the socket is root:GROUP 0660)
+  bool cgroups = true;         // one cgroup v2 per VM where the host has cgroup v2
+  std::string sandbox = "on";  // "off": VMMs run with `keel run --sandbox off`
+  ApiOptions api;              // limits and deadlines (tests shorten them)
+  DomainsOptions domains;      // state_dir, vmm_binary and cgroup_parent are filled in
 };
 
 class Daemon {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -12,6 +13,8 @@
 #include "control/control_client.h"
 #include "control/unix_socket.h"
 #include "manager/vm_definition.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/confinement.h"
 
 namespace keel::manager {
 
@@ -33,8 +36,16 @@ struct Domains::Domain {
   uint64_t generation = 0;  // one per VMM process, so a late exit of an old one is ignored
   bool destroy_requested = false;
   bool reset_seen = false;     // RESET, or SHUTDOWN for a reset: restart after the exit
+  bool guest_reset = false;    // ... and the guest asked for it (crash-loop backoff applies)
   bool shutdown_seen = false;  // SHUTDOWN: the exit is a clean shutdown
   bool start_failed = false;
+  Clock::time_point started_at;  // when the current VMM was let run
+  // Crash-loop backoff: the delay of the next quick restart (0: not in a loop); a restart
+  // waiting in the job queue is the one whose ticket matches while restart_pending.
+  std::chrono::milliseconds backoff{0};
+  bool keep_first_failure_log = false;
+  bool restart_pending = false;
+  uint64_t restart_ticket = 0;
   std::shared_ptr<ByteHistory> console = std::make_shared<ByteHistory>();
 };
 
@@ -108,17 +119,26 @@ std::string describe_exit(int status) {
 
 Domains::Domains(Store& store, DomainsOptions options)
     : store_(store), options_(std::move(options)) {
-  std::filesystem::create_directories(options_.state_dir + "/run");
-  std::filesystem::create_directories(options_.state_dir + "/log");
+  for (const char* sub : {"/run", "/log"}) {
+    std::string dir = options_.state_dir + sub;
+    std::filesystem::create_directories(dir);
+    if (::chmod(dir.c_str(), 0700) != 0) throw_errno("chmod " + dir);
+  }
   worker_ = std::thread([this] {
     for (;;) {
       std::function<void()> job;
       {
         std::unique_lock lock(jobs_mutex_);
-        jobs_cv_.wait(lock, [&] { return jobs_stop_ || !jobs_.empty(); });
-        if (jobs_stop_) return;
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
+        for (;;) {
+          if (jobs_stop_) return;
+          if (!jobs_.empty() && jobs_.begin()->first <= Clock::now()) break;
+          if (jobs_.empty())
+            jobs_cv_.wait(lock);
+          else
+            jobs_cv_.wait_until(lock, jobs_.begin()->first);
+        }
+        job = std::move(jobs_.begin()->second);
+        jobs_.erase(jobs_.begin());
       }
       try {
         job();
@@ -139,12 +159,35 @@ Domains::~Domains() {
   close_streams();
 }
 
-void Domains::post_job(std::function<void()> job) {
+void Domains::post_job(std::function<void()> job, std::chrono::milliseconds delay) {
   {
     std::lock_guard lock(jobs_mutex_);
-    jobs_.push_back(std::move(job));
+    jobs_.emplace(Clock::now() + delay, std::move(job));
   }
   jobs_cv_.notify_one();
+}
+
+std::string Domains::path_of(const std::string& name, const char* what) const {
+  std::string w = what;
+  if (w == "control") return options_.state_dir + "/run/" + name + ".sock";
+  if (w == "pidfile") return options_.state_dir + "/run/" + name + ".pid";
+  if (w == "log") return options_.state_dir + "/log/" + name + ".log";
+  if (w == "first-failure") return options_.state_dir + "/log/" + name + ".log.first-failure";
+  if (w == "cgroup") return options_.cgroup_parent.empty() ? "" : options_.cgroup_parent + "/" + name;
+  throw Error("unknown path kind " + w);
+}
+
+// For the crash-safety tests: the daemon dies here, as a power cut or an OOM kill would kill it.
+// Each VM's VMM confines itself to a uid of its own (keel run --sandbox-uid): a block above the
+// one `keel run` uses alone, indexed by a hash of the state directory and the VM's name.
+uid_t Domains::vmm_uid(const std::string& name) const {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : options_.state_dir + "/" + name) h = (h ^ c) * 16777619u;
+  return sandbox::kVmmIdBase + 0x10000 + (h & 0xFFFF);
+}
+
+void Domains::kill_point(int point) const {
+  if (options_.test_kill_point == point) ::kill(::getpid(), SIGKILL);
 }
 
 void Domains::close_streams() {
@@ -185,10 +228,37 @@ void Domains::recover() {
       std::lock_guard lock(table_mutex_);
       table_[record.name] = d;
     }
-    if (record.state == kStateShutOff) continue;
     std::lock_guard op(d->op);
+    recover_one(d, record);
+  }
+  // Cgroups of VMs that are no longer defined: nothing there may run.
+  if (!options_.cgroup_parent.empty()) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(options_.cgroup_parent, ec)) {
+      if (!entry.is_directory()) continue;
+      std::string name = entry.path().filename().string();
+      std::lock_guard lock(table_mutex_);
+      if (table_.count(name)) continue;
+      sandbox::Cgroup stray(entry.path().string());
+      if (!stray.pids().empty()) {
+        log::warn("daemon: killing the processes of {} (no such VM)", stray.path());
+        stray.kill();
+      }
+    }
+  }
+}
+
+// One VM at daemon start. Its VMM is found through the store (a start that was recorded), the
+// pidfile (a VMM spawned but perhaps never recorded) and its cgroup (anything else a start
+// left); the recorded one is adopted if it still answers, everything else is killed.
+void Domains::recover_one(const std::shared_ptr<Domain>& d, const VmRecord& record) {
+  std::string pidfile = path_of(record.name, "pidfile");
+  std::optional<VmmPidfile> spawned = read_pidfile(pidfile);
+  pid_t adopted = 0;
+  if (record.state != kStateShutOff) {
     try {
-      adopt(d, record);
+      adopt(d, record, spawned && spawned->pid == record.pid ? spawned->token : std::string());
+      adopted = static_cast<pid_t>(record.pid);
       log::info("daemon: adopted VM {} (VMM pid {})", record.name, record.pid);
     } catch (const std::exception& e) {
       log::warn("daemon: VM {} was {} but its VMM is gone: {}", record.name, record.state, e.what());
@@ -197,9 +267,32 @@ void Domains::recover() {
       publish("stopped", *d, "the VMM died while the daemon was down");
     }
   }
+  // A VMM spawned by a start the daemon did not live to record: nobody asked for it to run on.
+  if (spawned && spawned->pid != adopted && spawned->start_time != 0 &&
+      process_start_time(spawned->pid) == spawned->start_time) {
+    if (UniqueFd pidfd = open_pidfd(spawned->pid)) {
+      log::warn("daemon: VM {}: killing VMM pid {} of a start that was never recorded",
+                record.name, spawned->pid);
+      pidfd_signal(pidfd.get(), SIGKILL);
+      pollfd p{pidfd.get(), POLLIN, 0};
+      ::poll(&p, 1, static_cast<int>(options_.stop_timeout.count()));
+    }
+  }
+  if (!adopted) std::filesystem::remove(pidfile);
+  std::string cgroup_path = path_of(record.name, "cgroup");
+  if (!cgroup_path.empty()) {
+    sandbox::Cgroup cgroup(cgroup_path);
+    for (pid_t pid : cgroup.pids()) {
+      if (pid == adopted) continue;
+      log::warn("daemon: VM {}: killing pid {} left in its cgroup", record.name, pid);
+      ::kill(pid, SIGKILL);
+    }
+    if (!adopted) cgroup.remove();
+  }
 }
 
-void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record) {
+void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record,
+                    const std::string& token) {
   pid_t pid = static_cast<pid_t>(record.pid);
   if (pid <= 0 || record.control_path.empty()) throw Error("no VMM process recorded");
   // Same pid and same start time: the same process (pids are reused).
@@ -209,13 +302,14 @@ void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record) {
   UniqueFd pidfd = open_pidfd(pid);
   if (!pidfd) throw Error("process " + std::to_string(pid) + " is gone");
   try {
-    auto control = control::ControlClient::connect(record.control_path, 3000ms);
-    UniqueFd console = control::ControlClient::attach_console(record.control_path, 3000ms);
+    auto control = control::ControlClient::connect(record.control_path, 3000ms, token);
+    UniqueFd console = control::ControlClient::attach_console(record.control_path, 3000ms, token);
     json status = control.execute("query-status", json::object(), 3000ms);
     auto link = std::make_shared<VmmLink>(pid, std::move(pidfd), false, record.control_path,
                                           std::move(control), std::move(console));
     std::lock_guard lock(d->mutex);
     d->link = link;
+    d->started_at = Clock::now();
     uint64_t generation = ++d->generation;
     std::string state = status.value("status", "") == "paused" ? kStatePaused : kStateRunning;
     std::string reason = state == record.state ? record.reason
@@ -233,12 +327,13 @@ void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record) {
 
 // ---- definitions ------------------------------------------------------------------------------
 
-json Domains::define(const json& document) {
+json Domains::define(const json& document, const PeerCredentials& owner) {
   VmDefinition def = parse_definition(document);
+  open_definition_files(def, owner);  // refuses what the owner could not open
   std::shared_ptr<Domain> d;
   {
     std::lock_guard lock(table_mutex_);
-    store_.define(def.name, def.to_json());  // DuplicateError when the name is taken
+    store_.define(def.name, def.to_json(), owner);  // DuplicateError when the name is taken
     d = std::make_shared<Domain>(def.name);
     table_[def.name] = d;
   }
@@ -270,61 +365,136 @@ void Domains::undefine(const std::string& name) {
 json Domains::start(const std::string& name, bool paused) {
   auto d = find(name);
   std::lock_guard op(d->op);
+  {
+    std::lock_guard lock(d->mutex);
+    d->restart_pending = false;  // a start by hand replaces a pending crash-loop restart
+  }
   start_locked(d, paused);
   std::lock_guard lock(d->mutex);
   return info_of(*d);
 }
 
+// A start, crash-safe: the VMM is recorded (pidfile) before it can run, and recorded in the store
+// before it is let run the guest; every failure on the way kills it. The numbered kill points are
+// where the tests SIGKILL the daemon (DomainsOptions::test_kill_point).
 void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
+  bool first_failure_log = false;
   {
     std::lock_guard lock(d->mutex);
     if (d->removed) throw NotFoundError("no VM named '" + d->name + "'");
     if (d->link) throw ConflictError("VM '" + d->name + "' is already " + d->state);
+    first_failure_log = std::exchange(d->keep_first_failure_log, false);
   }
   auto record = store_.get(d->name);
   if (!record) throw NotFoundError("no VM named '" + d->name + "'");
 
+  const std::string control_path = path_of(d->name, "control");
+  const std::string log_path = path_of(d->name, "log");
+  const std::string pidfile = path_of(d->name, "pidfile");
+  const std::string cgroup_path = path_of(d->name, "cgroup");
+
   auto fail = [&](const std::string& why) {
+    std::filesystem::remove(pidfile);
+    if (!cgroup_path.empty()) sandbox::Cgroup(cgroup_path).remove();
     std::lock_guard lock(d->mutex);
-    set_state(*d, kStateShutOff, "failed to start");
+    try {
+      set_state(*d, kStateShutOff, "failed to start");
+    } catch (const std::exception& e) {
+      // The store may be what failed: memory says what happened, the store catches up later.
+      log::error("daemon: VM {}: {}", d->name, e.what());
+      d->state = kStateShutOff;
+      d->reason = "failed to start";
+    }
     publish("stopped", *d, why);
     throw Error("VM '" + d->name + "' failed to start: " + why);
   };
 
   VmDefinition def;
+  DefinitionFiles files;
   try {
     def = parse_definition(record->definition);  // the files may have gone since `define`
+    files = open_definition_files(def, record->owner);  // or the owner may have lost them
   } catch (const DefinitionError& e) {
     fail(e.what());
   }
 
-  std::string control_path = options_.state_dir + "/run/" + d->name + ".sock";
-  std::string log_path = options_.state_dir + "/log/" + d->name + ".log";
+  // The VMM gets the files the daemon opened as the definition's owner (fds 4 up), never the
+  // paths: what it opens is what was checked.
+  SpawnOptions spawn;
+  VmDefinition passed = def;
+  int next_fd = 4;
+  auto pass = [&](UniqueFd& fd, std::string& path) {
+    if (!fd) return;
+    spawn.fds.emplace_back(fd.get(), next_fd);
+    path = "/proc/self/fd/" + std::to_string(next_fd++);
+  };
+  pass(files.kernel, passed.kernel);
+  pass(files.initrd, passed.initrd);
+  pass(files.test_guest, passed.test_guest);
+  for (size_t i = 0; i < files.disks.size(); ++i) pass(files.disks[i], passed.disks[i].path);
+
   std::filesystem::remove(control_path);
   // The VMM writes a byte to this pipe once its control socket listens (`keel run --ready-fd`).
   ReadinessPipe ready;
-  std::vector<std::string> args = vmm_arguments(def, control_path, log_path);
-  args.insert(args.end(), {"--ready-fd", "3"});
-  SpawnedProcess vmm = spawn_process(options_.vmm_binary, args, log_path, ready.write_end());
+  spawn.fds.emplace_back(ready.write_end(), 3);
+  std::string token = random_token();
+  spawn.env.push_back("KEEL_CONTROL_TOKEN=" + token);
+  if (!cgroup_path.empty()) {
+    std::vector<std::string> notes;
+    sandbox::CgroupLimits limits;
+    // Guest RAM plus what the VMM itself needs (emu's code caches, device buffers, libraries).
+    limits.memory_max = (def.memory_mib << 20) + std::max<uint64_t>(256ull << 20, (def.memory_mib << 20) / 4);
+    limits.pids_max = 64 + def.vcpus;
+    try {
+      sandbox::Cgroup::create(options_.cgroup_parent, d->name, limits, notes);
+      spawn.cgroup = cgroup_path;
+    } catch (const std::exception& e) {
+      notes.push_back(e.what());
+    }
+    for (const auto& note : notes) log::info("daemon: VM {}: {}", d->name, note);
+  }
+  std::vector<std::string> args = vmm_arguments(passed, control_path, log_path);
+  args.insert(args.end(), {"--ready-fd", "3", "--sandbox-uid", std::to_string(vmm_uid(d->name))});
+  args.insert(args.end(), options_.vmm_extra_args.begin(), options_.vmm_extra_args.end());
+  SpawnedProcess vmm = spawn_process(options_.vmm_binary, args, log_path, spawn,
+                                     first_failure_log ? path_of(d->name, "first-failure") : "");
   ready.close_write_end();  // so a VMM that exits early shows as end of file too
-  int64_t start_time = process_start_time(vmm.pid);
+  files = DefinitionFiles{};
+  kill_point(1);
 
   // Until the supervisor watches it, the child is ours to kill and reap on failure.
-  auto abandon = [&](const std::string& why) {
-    pidfd_signal(vmm.pidfd.get(), SIGKILL);
+  auto reap = [&] {
     int status = 0;
     while (::waitpid(vmm.pid, &status, 0) < 0 && errno == EINTR) {
     }
+    return status;
+  };
+  auto abandon = [&](const std::string& why) {
+    pidfd_signal(vmm.pidfd.get(), SIGKILL);
+    reap();
     std::string log_tail = file_tail(log_path, 1024);
     fail(why + (log_tail.empty() ? "" : "; VMM log: " + log_tail));
   };
   auto exited = [&] {
-    int status = 0;
-    while (::waitpid(vmm.pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    int status = reap();
     std::string log_tail = file_tail(log_path, 1024);
     fail("the VMM " + describe_exit(status) + (log_tail.empty() ? "" : ": " + log_tail));
   };
+
+  // Recorded before it can run: a daemon that dies from here on finds it through the pidfile.
+  int64_t start_time = process_start_time(vmm.pid);
+  try {
+    write_pidfile(pidfile, VmmPidfile{vmm.pid, start_time, token});
+  } catch (const std::exception& e) {
+    abandon(std::string("cannot record the VMM: ") + e.what());
+  }
+  kill_point(2);
+  try {
+    vmm.go();
+  } catch (const std::exception& e) {
+    exited();
+  }
+  kill_point(3);
 
   // Wait for the readiness byte, watching the pidfd: a VMM that fails early (a bad kernel, no
   // /dev/kvm) exits instead of listening.
@@ -334,16 +504,18 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     case ReadinessPipe::kExited: exited(); break;
     case ReadinessPipe::kTimeout: abandon("its control socket did not come up in time"); break;
   }
+  kill_point(4);
   std::optional<control::ControlClient> control;
   try {
-    control = control::ControlClient::connect(control_path, left_until(deadline));
+    control = control::ControlClient::connect(control_path, left_until(deadline), token);
   } catch (const std::exception& e) {
     abandon(std::string("control socket: ") + e.what());
   }
+  kill_point(5);
   UniqueFd console;
   json status;
   try {
-    console = control::ControlClient::attach_console(control_path, 5000ms);
+    console = control::ControlClient::attach_console(control_path, 5000ms, token);
     status = control->execute("query-status", json::object(), 5000ms);
   } catch (const std::exception& e) {
     abandon(std::string("control socket: ") + e.what());
@@ -351,25 +523,36 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   if (status.value("status", "") != "paused") {
     abandon("the VMM did not start paused (status " + status.dump() + ")");
   }
+  kill_point(6);
 
+  // One transaction per start: the process and the state it is about to be in, recorded before
+  // it runs, so a daemon that dies from here on adopts it (and asks it for its real state). A
+  // store that cannot record it (a full disk) ends the start: an unrecorded VMM must not run.
+  std::string state = paused ? kStatePaused : kStateRunning;
+  std::string reason = paused ? "user" : "booted";
+  try {
+    if (options_.test_fail_start_record) throw Error("store: database or disk is full (injected)");
+    store_.set_running(d->name, state, reason, vmm.pid, start_time, control_path);
+  } catch (const std::exception& e) {
+    abandon(std::string("cannot record the start: ") + e.what());
+  }
+  kill_point(7);
   auto link = std::make_shared<VmmLink>(vmm.pid, std::move(vmm.pidfd), true, control_path,
                                         std::move(*control), std::move(console));
   {
     std::lock_guard lock(d->mutex);
     d->link = link;
     uint64_t generation = ++d->generation;
-    d->destroy_requested = d->reset_seen = d->shutdown_seen = d->start_failed = false;
-    // One transaction per start: the process and the state it is about to be in, recorded before
-    // it runs, so a daemon that dies from here on adopts it (and asks it for its real state).
-    // If `cont` fails the VMM is killed and the exit records "failed to start".
-    std::string state = paused ? kStatePaused : kStateRunning;
-    std::string reason = paused ? "user" : "booted";
-    store_.set_running(d->name, state, reason, vmm.pid, start_time, control_path);
+    d->destroy_requested = d->reset_seen = d->guest_reset = d->shutdown_seen = d->start_failed =
+        false;
     d->state = state;
     d->reason = reason;
+    d->started_at = Clock::now();
     d->changed.notify_all();
     watch(d, link, generation);  // from here on the supervisor reaps it
   }
+  kill_point(8);
+  // If `cont` fails the VMM is killed and the exit records "failed to start".
   if (!paused) {
     try {
       link->execute("cont");
@@ -384,6 +567,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
       throw Error("VM '" + d->name + "' failed to start: " + e.what());
     }
   }
+  kill_point(9);
   std::lock_guard lock(d->mutex);
   if (d->link == link) publish("started", *d);
 }
@@ -427,12 +611,14 @@ void Domains::on_event(const std::shared_ptr<Domain>& d, uint64_t generation, co
       std::string why = data.is_object() ? data.value("reason", "") : "";
       if (why.find("reset") != std::string::npos) {
         d->reset_seen = true;
+        d->guest_reset = d->guest_reset || why == "guest-reset";
       } else {
         d->shutdown_seen = true;
       }
       publish("shutdown", *d, why);
     } else if (name == "RESET") {
       d->reset_seen = true;
+      d->guest_reset = d->guest_reset || (data.is_object() && data.value("guest", false));
       publish("reset", *d);
     } else if (name == "POWERDOWN") {
       publish("powerdown", *d);
@@ -443,18 +629,38 @@ void Domains::on_event(const std::shared_ptr<Domain>& d, uint64_t generation, co
 }
 
 void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int wait_status) {
-  bool restart = false;
+  std::chrono::milliseconds delay{-1};  // >= 0: restart after this long
+  uint64_t ticket = 0;
   {
     std::lock_guard lock(d->mutex);
     if (d->generation != generation) return;
     d->link.reset();
+    std::filesystem::remove(path_of(d->name, "pidfile"));
+    std::filesystem::remove(path_of(d->name, "control"));  // a confined VMM cannot
+    if (std::string cgroup = path_of(d->name, "cgroup"); !cgroup.empty()) {
+      sandbox::Cgroup(cgroup).kill();  // nothing of this VMM outlives it
+      sandbox::Cgroup(cgroup).remove();
+    }
     std::string reason;
     if (d->start_failed) {
       reason = "failed to start";
     } else if (d->destroy_requested) {
       reason = "destroyed";
     } else if (d->reset_seen) {
-      restart = true;
+      // A guest that resets soon after it started is in a crash loop: its restarts back off
+      // (1 s, doubling, at most 60 s) and the log of the loop's first failure is kept.
+      bool quick = d->guest_reset && Clock::now() - d->started_at < options_.stable_after;
+      if (!quick) {
+        d->backoff = std::chrono::milliseconds(0);
+        delay = std::chrono::milliseconds(0);
+      } else {
+        d->keep_first_failure_log = d->backoff.count() == 0;
+        d->backoff = d->backoff.count() == 0 ? options_.backoff_first
+                                             : std::min(d->backoff * 2, options_.backoff_max);
+        delay = d->backoff;
+      }
+      ticket = ++d->restart_ticket;
+      d->restart_pending = true;
     } else if (d->shutdown_seen) {
       reason = "shutdown";
     } else if (wait_status >= 0 && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0) {
@@ -463,7 +669,14 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
       reason = "crashed";
     }
     try {
-      if (restart) {
+      if (delay.count() > 0) {
+        set_state(*d, kStateShutOff, "restarting");
+        publish("rebooting", *d, "the guest reset " +
+                                     std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                        Clock::now() - d->started_at).count()) +
+                                     " ms after it started; restarting in " +
+                                     std::to_string(delay.count()) + " ms");
+      } else if (delay.count() == 0) {
         publish("rebooting", *d);
       } else {
         set_state(*d, kStateShutOff, reason);
@@ -474,20 +687,36 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
     }
     d->changed.notify_all();
   }
-  if (restart) {
+  if (delay.count() >= 0) {
     // keel does not reset in place: a reset ends the VMM and the daemon boots a fresh one.
     std::weak_ptr<Domain> weak = d;
-    post_job([this, weak] {
+    post_job([this, weak, ticket] {
       auto dd = weak.lock();
       if (!dd) return;
       std::lock_guard op(dd->op);
+      {
+        std::lock_guard lock(dd->mutex);
+        if (!dd->restart_pending || dd->restart_ticket != ticket || dd->removed) return;
+        dd->restart_pending = false;
+      }
       try {
         start_locked(dd, false);
       } catch (const ConflictError&) {
         // Someone started it meanwhile.
       }
-    });
+    }, delay);
   }
+}
+
+// A VM waiting for a crash-loop restart has no VMM: destroy or shutdown cancel the restart.
+bool Domains::cancel_restart(Domain& d, const std::string& reason) {
+  std::lock_guard lock(d.mutex);
+  if (d.link || !d.restart_pending) return false;
+  d.restart_pending = false;
+  d.backoff = std::chrono::milliseconds(0);
+  set_state(d, kStateShutOff, reason);
+  publish("stopped", d, "the pending restart was cancelled");
+  return true;
 }
 
 std::shared_ptr<VmmLink> Domains::live_link(Domain& d, const char* verb) {
@@ -499,6 +728,7 @@ std::shared_ptr<VmmLink> Domains::live_link(Domain& d, const char* verb) {
 void Domains::shutdown(const std::string& name) {
   auto d = find(name);
   std::lock_guard op(d->op);
+  if (cancel_restart(*d, "shutdown")) return;
   std::shared_ptr<VmmLink> link;
   {
     std::lock_guard lock(d->mutex);
@@ -525,6 +755,7 @@ void Domains::reboot(const std::string& name) {
 void Domains::destroy(const std::string& name) {
   auto d = find(name);
   std::lock_guard op(d->op);
+  if (cancel_restart(*d, "destroyed")) return;
   std::shared_ptr<VmmLink> link;
   {
     std::lock_guard lock(d->mutex);
@@ -587,7 +818,10 @@ json Domains::info_of(Domain& d) {
       j["control_socket"] = record->control_path;
     }
   }
-  j["log"] = options_.state_dir + "/log/" + d.name + ".log";
+  j["log"] = path_of(d.name, "log");
+  if (std::filesystem::exists(path_of(d.name, "first-failure")))
+    j["first_failure_log"] = path_of(d.name, "first-failure");
+  if (d.restart_pending) j["restart_pending"] = true;
   return j;
 }
 

@@ -14,13 +14,13 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -38,10 +38,22 @@ class ConflictError : public Error {
 };
 
 struct DomainsOptions {
-  std::string state_dir;   // holds run/ (control sockets) and log/ (VMM logs)
+  std::string state_dir;   // holds run/ (control sockets, pidfiles) and log/ (VMM logs)
   std::string vmm_binary;  // the keel binary that runs `keel run --control ...`
+  std::string cgroup_parent;  // cgroup v2 directory for one cgroup per VM ("" = none)
+  std::vector<std::string> vmm_extra_args;  // appended to every VMM's command line (sandbox)
   std::chrono::milliseconds start_timeout{15000};
   std::chrono::milliseconds stop_timeout{15000};
+  // Crash-loop backoff for guests that reset soon after they started: the first restart waits
+  // backoff_first, each next one twice as long up to backoff_max; a run that lasted stable_after
+  // ends the loop.
+  std::chrono::milliseconds backoff_first{1000};
+  std::chrono::milliseconds backoff_max{60000};
+  std::chrono::milliseconds stable_after{60000};
+  // Fault injection for the tests: SIGKILL the daemon at this point of every start (1-9, see
+  // start_locked), or fail the store write that records a start.
+  int test_kill_point = 0;
+  bool test_fail_start_record = false;
 };
 
 class Domains {
@@ -55,7 +67,8 @@ class Domains {
   // through their saved pid and control socket, or recorded as shut off (crashed).
   void recover();
 
-  nlohmann::json define(const nlohmann::json& definition);
+  // `owner` is who asks: every file the definition names must be one they could open.
+  nlohmann::json define(const nlohmann::json& definition, const PeerCredentials& owner = {});
   void undefine(const std::string& name);
   nlohmann::json start(const std::string& name, bool paused);
   void shutdown(const std::string& name);  // ACPI power button; returns at once
@@ -78,7 +91,12 @@ class Domains {
   struct Domain;
   std::shared_ptr<Domain> find(const std::string& name);
   void start_locked(const std::shared_ptr<Domain>& d, bool paused);
-  void adopt(const std::shared_ptr<Domain>& d, const VmRecord& record);
+  void adopt(const std::shared_ptr<Domain>& d, const VmRecord& record, const std::string& token);
+  void recover_one(const std::shared_ptr<Domain>& d, const VmRecord& record);
+  bool cancel_restart(Domain& d, const std::string& reason);
+  void kill_point(int point) const;
+  uid_t vmm_uid(const std::string& name) const;
+  std::string path_of(const std::string& name, const char* what) const;
   void watch(const std::shared_ptr<Domain>& d, std::shared_ptr<VmmLink> link, uint64_t generation);
   void on_event(const std::shared_ptr<Domain>& d, uint64_t generation, const nlohmann::json& event);
   void on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int wait_status);
@@ -86,7 +104,8 @@ class Domains {
   void publish(const std::string& event, const Domain& d, const std::string& detail = {});
   std::shared_ptr<VmmLink> live_link(Domain& d, const char* verb);
   nlohmann::json info_of(Domain& d);
-  void post_job(std::function<void()> job);
+  void post_job(std::function<void()> job,
+                std::chrono::milliseconds delay = std::chrono::milliseconds(0));
 
   Store& store_;
   DomainsOptions options_;
@@ -98,7 +117,7 @@ class Domains {
   // Work the supervisor thread must not do itself (restarting a VM after a reset takes `op`).
   std::mutex jobs_mutex_;
   std::condition_variable jobs_cv_;
-  std::deque<std::function<void()>> jobs_;
+  std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> jobs_;
   bool jobs_stop_ = false;
   std::thread worker_;
 

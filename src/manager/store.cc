@@ -58,7 +58,7 @@ int64_t now_seconds() { return static_cast<int64_t>(std::time(nullptr)); }
 
 constexpr const char* kSelect =
     "SELECT name, definition, state, reason, pid, pid_start_time, control_path, defined_at, "
-    "state_changed_at FROM vms";
+    "state_changed_at, owner FROM vms";
 
 VmRecord read_record(Statement& s) {
   VmRecord r;
@@ -71,6 +71,7 @@ VmRecord read_record(Statement& s) {
   r.control_path = s.text(6);
   r.defined_at = s.integer(7);
   r.state_changed_at = s.integer(8);
+  r.owner = PeerCredentials::from_json(json::parse(s.text(9), nullptr, false));
   return r;
 }
 
@@ -141,7 +142,12 @@ void Store::migrate() {
                 state_changed_at INTEGER NOT NULL,
                 CHECK (state IN ('running', 'paused', 'shut off'))))");
     }
-    exec("PRAGMA user_version = 1");
+    if (version < 2) {
+      // Who defined each VM ({"uid", "gid", "groups"}): the files it names are opened with these
+      // credentials at every start. Definitions from version 1 had no owner: root's.
+      exec("ALTER TABLE vms ADD COLUMN owner TEXT NOT NULL DEFAULT ''");
+    }
+    exec("PRAGMA user_version = 2");
     exec("COMMIT");
   } catch (...) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -149,12 +155,12 @@ void Store::migrate() {
   }
 }
 
-void Store::define(const std::string& name, const json& definition) {
+void Store::define(const std::string& name, const json& definition, const PeerCredentials& owner) {
   std::lock_guard lock(mutex_);
   Statement s(db_,
-              "INSERT INTO vms (name, definition, state, reason, defined_at, state_changed_at) "
-              "VALUES (?1, ?2, 'shut off', 'unknown', ?3, ?3) ON CONFLICT(name) DO NOTHING");
-  s.bind(1, name).bind(2, definition.dump()).bind(3, now_seconds());
+              "INSERT INTO vms (name, definition, state, reason, defined_at, state_changed_at, "
+              "owner) VALUES (?1, ?2, 'shut off', 'unknown', ?3, ?3, ?4) ON CONFLICT(name) DO NOTHING");
+  s.bind(1, name).bind(2, definition.dump()).bind(3, now_seconds()).bind(4, owner.to_json().dump());
   s.step();
   if (sqlite3_changes(db_) == 0) throw DuplicateError("a VM named '" + name + "' is already defined");
 }

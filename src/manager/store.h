@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "manager/peer.h"
 
 struct sqlite3;
 
@@ -34,6 +35,7 @@ struct VmRecord {
   std::string control_path;    // its control socket
   int64_t defined_at = 0;      // unix seconds
   int64_t state_changed_at = 0;
+  PeerCredentials owner;       // who defined it (root for definitions older than schema 2)
 };
 
 // A definition with that name exists already.
@@ -49,7 +51,7 @@ class NotFoundError : public Error {
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens (creating if needed) `path`; migrates an older schema; refuses a newer one.
   explicit Store(const std::string& path);
@@ -57,7 +59,8 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  void define(const std::string& name, const nlohmann::json& definition);  // DuplicateError
+  void define(const std::string& name, const nlohmann::json& definition,
+              const PeerCredentials& owner = {});  // DuplicateError
   void undefine(const std::string& name);                                  // NotFoundError
   std::optional<VmRecord> get(const std::string& name);
   std::vector<VmRecord> list();

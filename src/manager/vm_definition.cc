@@ -1,7 +1,9 @@
 #include "manager/vm_definition.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
+#include <cstring>
 #include <regex>
 
 namespace keel::manager {
@@ -47,17 +49,42 @@ bool get_bool(const json& value, const std::string& field) {
   return value.get<bool>();
 }
 
-// A path that must name an existing regular file.
-std::string get_file(const json& value, const std::string& field) {
+// A path that must name an existing regular file, or a block device when `block`.
+std::string get_file(const json& value, const std::string& field, bool block = false) {
   std::string path = get_string(value, field);
   if (path.empty()) refuse(field, "empty path");
   if (path[0] != '/') refuse(field, "'" + path + "' is not an absolute path");
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) refuse(field, "file '" + path + "' does not exist");
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-    refuse(field, "'" + path + "' is not a regular file");
+  if (block && !S_ISBLK(st.st_mode)) refuse(field, "'" + path + "' is not a block device");
+  if (!block && !S_ISREG(st.st_mode)) {
+    refuse(field, "'" + path + "' is not a regular file" +
+                      (S_ISBLK(st.st_mode) ? " (a block device needs \"type\": \"block\")" : ""));
   }
   return path;
+}
+
+// Opens `path` as `owner`, refusing anything but what the field may name.
+UniqueFd open_field(const PeerCredentials& owner, const std::string& field,
+                    const std::string& path, bool writable, bool block) {
+  // stat first, as the owner: no open(2) of a FIFO or character device, which can have effects.
+  struct stat st {};
+  if (!stat_as(owner, path, st))
+    refuse(field, "uid " + std::to_string(owner.uid) + " cannot reach '" + path + "': " +
+                      std::strerror(errno));
+  if (block ? !S_ISBLK(st.st_mode) : !S_ISREG(st.st_mode))
+    refuse(field, "'" + path + "' is not " + (block ? "a block device" : "a regular file"));
+  UniqueFd fd = open_as(owner, path, (writable ? O_RDWR : O_RDONLY) | O_NONBLOCK);
+  if (!fd)
+    refuse(field, "uid " + std::to_string(owner.uid) + " cannot open '" + path + "' for " +
+                      (writable ? "reading and writing" : "reading") + ": " + std::strerror(errno));
+  struct stat opened {};
+  if (::fstat(fd.get(), &opened) != 0 || opened.st_ino != st.st_ino || opened.st_dev != st.st_dev ||
+      (block ? !S_ISBLK(opened.st_mode) : !S_ISREG(opened.st_mode)))
+    refuse(field, "'" + path + "' changed while it was being opened");
+  int flags = ::fcntl(fd.get(), F_GETFL);
+  ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
+  return fd;
 }
 
 void check_object(const json& value, const std::string& field,
@@ -91,7 +118,7 @@ bool valid_vm_name(const std::string& name) {
 
 VmDefinition parse_definition(const json& doc) {
   check_object(doc, "", {"name", "vcpus", "memory_mib", "accel", "kernel", "initrd", "cmdline",
-                         "test_guest", "disks", "nets"});
+                         "test_guest", "disks", "nets", "boot", "boot_entry", "cloud_init"});
   VmDefinition d;
   const json* name = member(doc, "name");
   if (!name) refuse("name", "missing");
@@ -114,7 +141,33 @@ VmDefinition parse_definition(const json& doc) {
   if (const json* v = member(doc, "initrd")) d.initrd = get_file(*v, "initrd");
   if (const json* v = member(doc, "cmdline")) d.cmdline = get_string(*v, "cmdline", 2048);
   if (const json* v = member(doc, "test_guest")) d.test_guest = get_file(*v, "test_guest");
-  if (d.kernel.empty() && d.test_guest.empty()) refuse("kernel", "missing (or give test_guest)");
+  if (const json* v = member(doc, "boot")) {
+    d.boot = get_string(*v, "boot");
+    if (d.boot != "kernel" && d.boot != "disk") refuse("boot", "'" + d.boot + "' is not one of kernel, disk");
+  }
+  if (const json* v = member(doc, "boot_entry")) {
+    if (v->is_number_integer()) d.boot_entry = std::to_string(get_integer(*v, "boot_entry", 0, 511));
+    else d.boot_entry = get_string(*v, "boot_entry", 256);
+    if (d.boot != "disk") refuse("boot_entry", "needs \"boot\": \"disk\"");
+  }
+  if (const json* v = member(doc, "cloud_init")) {
+    check_object(*v, "cloud_init", {"user_data", "meta_data", "network_config"});
+    VmDefinition::CloudInit ci;
+    const json* ud = member(*v, "user_data");
+    if (!ud) refuse("cloud_init.user_data", "missing");
+    ci.user_data = get_file(*ud, "cloud_init.user_data");
+    if (const json* m = member(*v, "meta_data")) ci.meta_data = get_file(*m, "cloud_init.meta_data");
+    if (const json* n = member(*v, "network_config")) ci.network_config = get_file(*n, "cloud_init.network_config");
+    for (const std::string* f : {&ci.user_data, &ci.meta_data, &ci.network_config})
+      if (f->find(',') != std::string::npos) refuse("cloud_init", "'" + *f + "' contains a comma");
+    d.cloud_init = ci;
+  }
+  if (d.boot == "disk") {
+    if (!d.kernel.empty() || !d.test_guest.empty() || !d.initrd.empty())
+      refuse("boot", "\"disk\" takes the kernel from the disk: no kernel, initrd or test_guest");
+  } else if (d.kernel.empty() && d.test_guest.empty()) {
+    refuse("kernel", "missing (or give test_guest, or \"boot\": \"disk\")");
+  }
   if (!d.test_guest.empty()) {
     if (!d.kernel.empty()) refuse("test_guest", "cannot be combined with kernel");
     if (!d.initrd.empty()) refuse("initrd", "needs a kernel, not a test_guest");
@@ -127,23 +180,34 @@ VmDefinition parse_definition(const json& doc) {
     for (size_t i = 0; i < v->size(); ++i) {
       std::string field = "disks[" + std::to_string(i) + "]";
       const json& disk = (*v)[i];
-      check_object(disk, field, {"path", "readonly"});
+      check_object(disk, field, {"path", "format", "readonly", "type"});
       DiskDefinition dd;
+      if (const json* t = member(disk, "type")) {
+        dd.type = get_string(*t, field + ".type");
+        if (dd.type != "file" && dd.type != "block")
+          refuse(field + ".type", "'" + dd.type + "' is not one of file, block");
+      }
       const json* path = member(disk, "path");
       if (!path) refuse(field + ".path", "missing");
-      dd.path = get_file(*path, field + ".path");
+      dd.path = get_file(*path, field + ".path", dd.type == "block");
       if (dd.path.find(',') != std::string::npos) refuse(field + ".path", "contains a comma");
       if (const json* ro = member(disk, "readonly")) dd.readonly = get_bool(*ro, field + ".readonly");
+      if (const json* f = member(disk, "format")) {
+        dd.format = get_string(*f, field + ".format");
+        if (dd.format != "raw" && dd.format != "qcow2")
+          refuse(field + ".format", "'" + dd.format + "' is not one of raw, qcow2");
+      }
       d.disks.push_back(std::move(dd));
     }
   }
+  if (d.boot == "disk" && d.disks.empty()) refuse("disks", "\"boot\": \"disk\" needs a disk to boot from");
   if (const json* v = member(doc, "nets")) {
     if (!v->is_array()) refuse("nets", std::string("expected an array, got ") + type_name(*v));
     if (v->size() > 8) refuse("nets", "more than 8 networks");
     for (size_t i = 0; i < v->size(); ++i) {
       std::string field = "nets[" + std::to_string(i) + "]";
       const json& net = (*v)[i];
-      check_object(net, field, {"type", "hostfwd", "ifname"});
+      check_object(net, field, {"type", "hostfwd", "ifname", "host_loopback"});
       NetDefinition nd;
       if (const json* t = member(net, "type")) nd.type = get_string(*t, field + ".type");
       if (nd.type != "user" && nd.type != "tap") {
@@ -169,6 +233,10 @@ VmDefinition parse_definition(const json& doc) {
         static const std::regex ifname(R"(^[A-Za-z0-9_.-]{1,15}$)");
         if (!std::regex_match(nd.ifname, ifname)) refuse(field + ".ifname", "not an interface name");
       }
+      if (const json* l = member(net, "host_loopback")) {
+        if (nd.type != "user") refuse(field + ".host_loopback", "only for type user");
+        nd.host_loopback = get_bool(*l, field + ".host_loopback");
+      }
       if (nd.type == "tap" && nd.ifname.empty()) refuse(field + ".ifname", "missing");
       d.nets.push_back(std::move(nd));
     }
@@ -180,7 +248,7 @@ VmDefinition parse_definition_text(const std::string& text) {
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
     throw DefinitionError(std::string("malformed JSON: ") + e.what());
   }
   return parse_definition(doc);
@@ -191,19 +259,54 @@ void check_files(const VmDefinition& d) {
   parse_definition(d.to_json());
 }
 
+DefinitionFiles open_definition_files(const VmDefinition& d, const PeerCredentials& owner) {
+  DefinitionFiles files;
+  if (!d.kernel.empty()) files.kernel = open_field(owner, "kernel", d.kernel, false, false);
+  if (!d.initrd.empty()) files.initrd = open_field(owner, "initrd", d.initrd, false, false);
+  if (!d.test_guest.empty())
+    files.test_guest = open_field(owner, "test_guest", d.test_guest, false, false);
+  for (size_t i = 0; i < d.disks.size(); ++i) {
+    const DiskDefinition& disk = d.disks[i];
+    std::string field = "disks[" + std::to_string(i) + "]";
+    bool block = disk.type == "block";
+    if (block && !owner.is_root())
+      refuse(field + ".type", "only root may give a VM a block device (uid " +
+                                  std::to_string(owner.uid) + " asked for '" + disk.path + "')");
+    files.disks.push_back(open_field(owner, field + ".path", disk.path, !disk.readonly, block));
+  }
+  for (size_t i = 0; i < d.nets.size(); ++i)
+    if (d.nets[i].type == "tap" && !owner.is_root())
+      refuse("nets[" + std::to_string(i) + "].type",
+             "only root may attach a VM to a tap interface");
+  return files;
+}
+
 json VmDefinition::to_json() const {
   json j{{"name", name}, {"vcpus", vcpus}, {"memory_mib", memory_mib}, {"accel", accel}};
   if (!kernel.empty()) j["kernel"] = kernel;
   if (!initrd.empty()) j["initrd"] = initrd;
   if (!cmdline.empty()) j["cmdline"] = cmdline;
   if (!test_guest.empty()) j["test_guest"] = test_guest;
+  if (boot != "kernel") j["boot"] = boot;
+  if (!boot_entry.empty()) j["boot_entry"] = boot_entry;
+  if (cloud_init) {
+    json ci{{"user_data", cloud_init->user_data}};
+    if (!cloud_init->meta_data.empty()) ci["meta_data"] = cloud_init->meta_data;
+    if (!cloud_init->network_config.empty()) ci["network_config"] = cloud_init->network_config;
+    j["cloud_init"] = ci;
+  }
   json disk_list = json::array();
-  for (const auto& disk : disks) disk_list.push_back({{"path", disk.path}, {"readonly", disk.readonly}});
+  for (const auto& disk : disks) {
+    json dj{{"path", disk.path}, {"readonly", disk.readonly}, {"type", disk.type}};
+    if (!disk.format.empty()) dj["format"] = disk.format;
+    disk_list.push_back(dj);
+  }
   j["disks"] = disk_list;
   json net_list = json::array();
   for (const auto& net : nets) {
     json n{{"type", net.type}};
     if (net.type == "user") n["hostfwd"] = net.hostfwd;
+    if (net.type == "user" && net.host_loopback) n["host_loopback"] = true;
     if (net.type == "tap") n["ifname"] = net.ifname;
     net_list.push_back(n);
   }
@@ -220,7 +323,12 @@ std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string&
                                 "--memory", std::to_string(d.memory_mib) + "M",
                                 "--accel", d.accel};
   if (!log_path.empty()) args.insert(args.end(), {"--log-file", log_path});
-  if (!d.test_guest.empty()) {
+  args.insert(args.end(), {"--name", d.name});
+  if (d.boot == "disk") {
+    args.insert(args.end(), {"--boot", "disk"});
+    if (!d.boot_entry.empty()) args.insert(args.end(), {"--boot-entry", d.boot_entry});
+    if (!d.cmdline.empty()) args.insert(args.end(), {"--cmdline", d.cmdline});
+  } else if (!d.test_guest.empty()) {
     args.insert(args.end(), {"--test-guest", d.test_guest});
   } else {
     args.insert(args.end(), {"--kernel", d.kernel});
@@ -228,11 +336,19 @@ std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string&
     if (!d.cmdline.empty()) args.insert(args.end(), {"--cmdline", d.cmdline});
   }
   for (const auto& disk : d.disks) {
-    args.insert(args.end(), {"--disk", disk.path + (disk.readonly ? ",readonly" : "")});
+    args.insert(args.end(), {"--disk", disk.path + (disk.format.empty() ? "" : ",format=" + disk.format) +
+                                           (disk.readonly ? ",readonly" : "")});
+  }
+  if (d.cloud_init) {
+    std::string spec = "user-data=" + d.cloud_init->user_data;
+    if (!d.cloud_init->meta_data.empty()) spec += ",meta-data=" + d.cloud_init->meta_data;
+    if (!d.cloud_init->network_config.empty()) spec += ",network-config=" + d.cloud_init->network_config;
+    args.insert(args.end(), {"--cloud-init", spec});
   }
   for (const auto& net : d.nets) {
     std::string spec = net.type == "tap" ? "tap:" + net.ifname : "user";
     for (const auto& rule : net.hostfwd) spec += ",hostfwd=" + rule;
+    if (net.host_loopback) spec += ",host-loopback=on";
     args.insert(args.end(), {"--net", spec});
   }
   return args;

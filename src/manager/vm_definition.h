@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/fd.h"
+#include "manager/peer.h"
 
 namespace keel::manager {
 
@@ -21,13 +23,16 @@ class DefinitionError : public Error {
 
 struct DiskDefinition {
   std::string path;
+  std::string format;  // "raw", "qcow2"; empty: detected from the image
   bool readonly = false;
+  std::string type = "file";  // "file" (a regular file) or "block" (a block device; root only)
 };
 
 struct NetDefinition {
   std::string type = "user";          // "user" (libslirp) or "tap"
   std::vector<std::string> hostfwd;   // user: "tcp:HOSTPORT-:GUESTPORT"
-  std::string ifname;                 // tap: the interface
+  std::string ifname;                 // tap: the interface (root only)
+  bool host_loopback = false;         // user: may the guest reach the host's 127.0.0.1?
 };
 
 struct VmDefinition {
@@ -39,6 +44,12 @@ struct VmDefinition {
   std::string initrd;
   std::string cmdline;
   std::string test_guest;  // ... or a purpose-built test guest (tests/guests/README.md)
+  std::string boot = "kernel";  // or "disk": the first disk's own boot menu
+  std::string boot_entry;       // with boot "disk": an entry number or title
+  struct CloudInit {
+    std::string user_data, meta_data, network_config;  // files; user_data required
+  };
+  std::optional<CloudInit> cloud_init;
   std::vector<DiskDefinition> disks;
   std::vector<NetDefinition> nets;
 
@@ -53,6 +64,17 @@ VmDefinition parse_definition_text(const std::string& text);
 
 // Checks that the files the definition names still exist (they may vanish after `define`).
 void check_files(const VmDefinition& definition);
+
+// The files a definition names, opened as its owner would open them (kernel, initrd and test
+// guest read-only, disks read-write unless readonly). A file the owner cannot open, one of the
+// wrong type (only regular files; block devices only for a disk of type "block"), and device
+// nodes or tap interfaces for anyone but root are refused with a DefinitionError naming the field.
+struct DefinitionFiles {
+  UniqueFd kernel, initrd, test_guest;
+  std::vector<UniqueFd> disks;
+};
+DefinitionFiles open_definition_files(const VmDefinition& definition,
+                                      const PeerCredentials& owner);
 
 // The `keel run` arguments (after the program name) that run this VM under a control socket,
 // started paused, with its stdout/stderr log at `log_path` (kept under 1 MiB) unless empty.

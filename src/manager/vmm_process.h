@@ -10,6 +10,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,19 +21,49 @@
 
 namespace keel::manager {
 
-struct SpawnedProcess {
-  pid_t pid = 0;
-  UniqueFd pidfd;
+// What a spawned VMM gets besides its arguments.
+struct SpawnOptions {
+  std::vector<std::pair<int, int>> fds;  // (fd in the daemon, fd number in the child), from 3 up
+  std::vector<std::string> env;          // "NAME=value" added to the daemon's environment
+  std::string cgroup;                    // a cgroup directory to join before exec ("" = none)
 };
 
-// fork/exec of `binary args...` in a session of its own (so a signal to the daemon's process group
+// A child that waits for go() before it execs the VMM: the daemon records it first (its pid and
+// start time, in the VM's pidfile), so that no VMM it cannot find again ever runs. If go() never
+// comes (the daemon dies, or gives up and closes the pipe), the child exits without exec.
+class SpawnedProcess {
+ public:
+  pid_t pid = 0;
+  UniqueFd pidfd;
+
+  // Lets the child exec. Throws Error if it is already gone.
+  void go();
+  UniqueFd go_pipe;  // write end; closing it without a byte makes the child exit
+};
+
+// fork of `binary args...` in a session of its own (so a signal to the daemon's process group
 // or the daemon's death leaves it running), stdin from /dev/null, stdout and stderr appended to
-// `log_path` after the previous run's log there has moved to `log_path`.1, signal mask and SIGPIPE
-// reset. `pass_fd` (if >= 0) is inherited as fd 3; every other fd above 2 is closed. Throws Error
-// if the fork or pidfd fails; a failing exec shows as an exit status of 127 with the reason in
-// the log.
+// `log_path` (O_NOFOLLOW, 0600) after the previous run's log there has moved to `log_path`.1,
+// signal mask and SIGPIPE reset, in `options.cgroup`, with `options.fds` in place and every other
+// fd above 2 closed; it execs once go() is called. Throws Error if the fork or pidfd fails; a
+// failing exec shows as an exit status of 127 with the reason in the log. `rotate_to` names
+// where the previous log goes instead of `log_path`.1 ("" = the default).
 SpawnedProcess spawn_process(const std::string& binary, const std::vector<std::string>& args,
-                             const std::string& log_path, int pass_fd = -1);
+                             const std::string& log_path, const SpawnOptions& options = {},
+                             const std::string& rotate_to = {});
+
+// The VM's pidfile (DIR/run/NAME.pid, 0600): the VMM's pid, its start time and the token of the
+// daemon's control slots, written (durably) before the VMM execs and removed when it is gone.
+struct VmmPidfile {
+  pid_t pid = 0;
+  int64_t start_time = 0;
+  std::string token;
+};
+void write_pidfile(const std::string& path, const VmmPidfile& record);
+std::optional<VmmPidfile> read_pidfile(const std::string& path);
+
+// A random token for the daemon's control connections (hex).
+std::string random_token();
 
 // The start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), or 0 if there is
 // no such live process (gone or a zombie).

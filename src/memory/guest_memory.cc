@@ -114,12 +114,6 @@ uint64_t GuestMemory::end() const {
   return last.gpa + last.size;
 }
 
-uint8_t* GuestMemory::host_ptr(uint64_t gpa, uint64_t len) const {
-  for (const auto& r : regions_)
-    if (r.contains(gpa, len)) return r.host + (gpa - r.gpa);
-  return nullptr;
-}
-
 std::span<const uint8_t> GuestMemory::read_span(uint64_t gpa, uint64_t len) const {
   uint8_t* p = host_ptr(gpa, len);
   if (!p)

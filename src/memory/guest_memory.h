@@ -66,7 +66,11 @@ class GuestMemory {
   uint64_t gpa_of_offset(uint64_t offset) const;
 
   // Host pointer for [gpa, gpa+len) if it lies inside one RAM region, else nullptr.
-  uint8_t* host_ptr(uint64_t gpa, uint64_t len) const;
+  uint8_t* host_ptr(uint64_t gpa, uint64_t len) const {
+    for (const auto& r : regions_)
+      if (r.contains(gpa, len)) return r.host + (gpa - r.gpa);
+    return nullptr;
+  }
   bool contains(uint64_t gpa, uint64_t len) const { return host_ptr(gpa, len) != nullptr; }
 
   // Bounds-checked span over guest RAM; throws GuestMemoryError when out of range.

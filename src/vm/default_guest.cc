@@ -12,13 +12,11 @@ std::filesystem::path default_guest_dir() {
 }
 
 std::string default_cmdline(Accel accel) {
-  std::string cmdline =
-      "console=ttyS0 reboot=k i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
-  if (accel == Accel::kEmu) cmdline += " mitigations=off";
-  return cmdline;
+  return "console=ttyS0 reboot=k i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 }
 
 void apply_guest_defaults(VmConfig& config) {
+  if (config.boot == VmConfig::Boot::kDisk) return;  // the disk's own entry says what to boot
   if (config.kernel.empty() && config.test_guest.empty()) {
     std::filesystem::path dir = default_guest_dir();
     config.kernel = dir / "vmlinuz";

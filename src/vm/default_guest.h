@@ -14,9 +14,10 @@ namespace keel {
 std::filesystem::path default_guest_dir();
 
 // The kernel command line used when none is given: the serial console, resets through the
-// keyboard controller (keel ends on reset), no probing for PS/2 devices keel does not have, and
-// on emu no speculative-execution mitigations (they cost 15-30% under emulation and guard
-// against nothing an interpreter leaks).
+// keyboard controller (keel ends on reset), no probing for PS/2 devices keel does not have. No
+// mitigations=off on emu: its CPU model tells the kernel it has no speculation flaws
+// (IA32_ARCH_CAPABILITIES), so the kernel turns the costly mitigations off by itself, as it
+// would with a distribution's own command line.
 std::string default_cmdline(Accel accel);
 
 // Fills in what the user left out: with no kernel and no test guest, the default guest's kernel

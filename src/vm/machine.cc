@@ -15,10 +15,13 @@
 #include "devices/legacy/acpi_pm.h"
 #include "devices/legacy/boot_progress.h"
 #include "devices/legacy/cmos_rtc.h"
+#include "devices/legacy/fw_cfg.h"
+#include "devices/legacy/isa_debug_exit.h"
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/serial16550.h"
 #include "devices/pci/pci_acpi.h"
 #include "devices/virtio/virtio_platform.h"
+#include "engine/engine_factory.h"
 #include "engine/kvm/kvm_engine.h"
 #include "vm/engine_selection.h"
 #include "vm/guest_loader.h"
@@ -90,7 +93,9 @@ Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::m
   memory_ = std::make_unique<GuestMemory>(config_.memory_bytes);
   if (!engine_factory) engine_factory = default_engine_factory();
   engine_ = engine_factory(config_.accel, EngineContext{*memory_, pio_, mmio_},
-                           EngineConfig{config_.cpus});
+                           EngineConfig{.vcpus = config_.cpus,
+                                        .emu_tier = config_.emu_tier,
+                                        .emu_hot_threshold = config_.emu_hot_threshold});
   if (config_.cpus > engine_->max_vcpus())
     throw Error("the " + engine_->name() + " engine runs at most " +
                 std::to_string(engine_->max_vcpus()) + " vCPUs, " + std::to_string(config_.cpus) +
@@ -140,6 +145,16 @@ void Machine::build_devices() {
   boot_progress_ = std::make_shared<BootProgress>(std::move(trace));
   pio_.add(BootProgress::kPort, 1, boot_progress_);
 
+  // QEMU's fw_cfg (the guest loader adds the kernel, initrd and command line) and, when asked
+  // for, isa-debug-exit: what test kernels such as kvm-unit-tests talk to.
+  fw_cfg_ = std::make_shared<FwCfg>(*memory_, memory_->ram_size(), static_cast<uint16_t>(config_.cpus));
+  pio_.add(FwCfg::kBasePort, FwCfg::kPortCount, fw_cfg_);
+  if (config_.isa_debug_exit)
+    pio_.add(IsaDebugExit::kBasePort, IsaDebugExit::kPortCount, std::make_shared<IsaDebugExit>([this](int status) {
+               shutdown(ShutdownReason::kPowerOff, "isa-debug-exit: status " + std::to_string(status), false,
+                        status);
+             }));
+
   // PCI bus 0 and the virtio devices (devices/virtio/virtio_platform.h). hvc0 output goes to the
   // same sinks as the serial port. On KVM, queue notifications become ioeventfds: a kick signals
   // the device's eventfd inside KVM instead of exiting to the vCPU thread.
@@ -153,6 +168,7 @@ void Machine::build_devices() {
         [kvm](uint64_t gpa, int fd) {
           kvm->remove_ioeventfd(IoSpace::kMmio, gpa, 2, std::nullopt, fd);
         });
+  pci_->set_thread_launcher(&launcher_);
   acpi_devices_.push_back(pci_root_bridge_aml());  // \_SB.PCI0: Linux scans PCI through it
 
   if (!config_.test_guest.empty())
@@ -165,7 +181,9 @@ void Machine::build_devices() {
 
 void Machine::load_guest() {
   GuestImage image{*memory_, config_, vcpu_count(), acpi_devices_};
+  image.fw_cfg = fw_cfg_.get();
   image.decompress_on_host = engine_->name() == "emu";
+  if (config_.boot == VmConfig::Boot::kDisk) image.boot_disk = &pci_->disk(0);
   std::vector<x86::CpuState> states =
       config_.test_guest.empty() ? load_linux_guest(image) : load_test_guest(image);
   for (size_t i = 0; i < vcpus_.size() && i < states.size(); ++i) {
@@ -205,7 +223,10 @@ void Machine::start() {
     if (state_ != MachineState::kCreated) return;  // shut down before it started, or twice
     state_ = start_paused_ ? MachineState::kPaused : MachineState::kRunning;
     event.state = state_;
-    for (auto& vcpu : vcpus_) threads_.emplace_back([this, v = vcpu.get()] { vcpu_thread(*v); });
+    for (auto& vcpu : vcpus_)
+      threads_.push_back(launcher_.start(sandbox::ThreadKind::kVcpu,
+                                         "keel-vcpu" + std::to_string(vcpu->index()),
+                                         [this, v = vcpu.get()] { vcpu_thread(*v); }));
   }
   changed_.notify_all();
   for (auto& l : listeners_) l(event);
@@ -257,8 +278,8 @@ void Machine::resume() {
   for (auto& l : listeners_) l(event);
 }
 
-void Machine::shutdown(ShutdownReason reason, std::string detail, bool by_host) {
-  MachineEvent event{MachineState::kShutDown, {reason, std::move(detail), by_host}};
+void Machine::shutdown(ShutdownReason reason, std::string detail, bool by_host, int exit_status) {
+  MachineEvent event{MachineState::kShutDown, {reason, std::move(detail), by_host, exit_status}};
   {
     std::lock_guard lock(mutex_);
     if (state_ == MachineState::kShutDown) return;
@@ -342,6 +363,23 @@ void Machine::vcpu_thread(Vcpu& vcpu) {
   thread_ids_[vcpu.index()] = 0;
   ++exited_;
   changed_.notify_all();
+}
+
+sandbox::SyscallPolicy Machine::syscall_policy() const {
+  using sandbox::ThreadKind;
+  sandbox::SyscallPolicy policy;
+  policy.allow(ThreadKind::kVcpu, vcpu_syscalls(engine_->name()));
+  policy.allow(ThreadKind::kVcpu, PciPlatform::vcpu_syscalls());
+  policy.allow(ThreadKind::kDeviceWorker, pci_->worker_syscalls());
+  policy.allow(ThreadKind::kMainLoop, main_thread_syscalls(engine_->name()));
+  // The main loop: epoll, its eventfd, timers and signalfd; the log's rotation (LogFile); at the
+  // end, joining the other threads and tearing the machine down.
+  policy.allow(ThreadKind::kMainLoop, {
+      {"epoll_wait"}, {"epoll_pwait"}, {"epoll_ctl"}, {"read"}, {"poll"}, {"ppoll"},
+      {"timerfd_settime"}, {"timerfd_gettime"},
+      {"ftruncate"}, {"copy_file_range"},
+  });
+  return policy;
 }
 
 }  // namespace keel

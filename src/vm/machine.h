@@ -29,6 +29,8 @@
 #include "devices/power.h"
 #include "engine/engine.h"
 #include "memory/guest_memory.h"
+#include "sandbox/seccomp.h"
+#include "sandbox/thread_launcher.h"
 #include "vm/vm_config.h"
 
 namespace keel {
@@ -39,6 +41,7 @@ class CmosRtc;
 class BootProgress;
 class AcpiPm;
 class PciPlatform;
+class FwCfg;
 
 enum class MachineState { kCreated, kRunning, kPaused, kShutDown };
 
@@ -55,6 +58,7 @@ struct ShutdownInfo {
   ShutdownReason reason = ShutdownReason::kQuit;
   std::string detail;  // "i8042 reset", "vCPU 0: KVM_EXIT_INTERNAL_ERROR ...", "Ctrl-A x", ...
   bool by_host = false;  // asked from outside the guest (the control socket's system_reset, ...)
+  int exit_status = -1;  // >= 0: the guest chose keel's exit status (isa-debug-exit)
 };
 
 const char* to_string(MachineState state);
@@ -95,6 +99,11 @@ class Machine final : public PowerControl {
   // PCI bus 0 and the virtio devices (hvc0 is pci().console() when config.virtio.console).
   PciPlatform& pci() { return *pci_; }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
+  // Where the machine's threads (vCPUs, device workers) come from; confine() it before start().
+  sandbox::ThreadLauncher& thread_launcher() { return launcher_; }
+  // The allow-lists of this machine's thread kinds (its engine's vCPU loop, its devices, its main
+  // loop); a VMM adds what it serves on the loop (control socket, terminal) and confines.
+  sandbox::SyscallPolicy syscall_policy() const;
 
   // Where the guest's serial output goes (a vCPU thread calls it). Set before start(); the
   // default writes to stdout. set_ replaces every sink, add_ adds one (the control socket's
@@ -122,7 +131,7 @@ class Machine final : public PowerControl {
   void resume();
   // Ends the VM: the first call wins and its reason is the one reported. Never blocks. `by_host`
   // marks a reason the host chose for the guest (a host-requested reset); kQuit is always the host's.
-  void shutdown(ShutdownReason reason, std::string detail, bool by_host = false);
+  void shutdown(ShutdownReason reason, std::string detail, bool by_host = false, int exit_status = -1);
   // PowerControl, for devices: power off or reset ends the VM (keel does not reboot in place).
   void request_stop(StopReason reason, std::string detail) override;
 
@@ -138,6 +147,7 @@ class Machine final : public PowerControl {
   void join_vcpus();
 
   const VmConfig config_;
+  sandbox::ThreadLauncher launcher_;  // before everything whose threads it starts
   std::unique_ptr<GuestMemory> memory_;
   IoBus pio_{"pio"};
   IoBus mmio_{"mmio"};
@@ -148,6 +158,7 @@ class Machine final : public PowerControl {
   std::shared_ptr<Serial16550> serial_;
   std::shared_ptr<I8042> i8042_;
   std::shared_ptr<CmosRtc> rtc_;
+  std::shared_ptr<FwCfg> fw_cfg_;
   std::shared_ptr<BootProgress> boot_progress_;
   std::shared_ptr<AcpiPm> acpi_pm_;
   // AML for devices under \_SB of the DSDT (PCI0, ...): device families append while building.

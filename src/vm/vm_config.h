@@ -20,14 +20,22 @@ struct VmConfig {
   std::filesystem::path initrd;
   std::string cmdline;
   std::filesystem::path test_guest;
+  // Or boot the first disk as its own bootloader would (boot/disk_boot.h): the default entry of
+  // its BLS entries or grub.cfg, or `boot_entry` (an index or a title). `cmdline`, when set,
+  // replaces the entry's command line.
+  enum class Boot { kKernel, kDisk } boot = Boot::kKernel;
+  std::string boot_entry;
 
   uint64_t memory_bytes = 512ull << 20;
   uint32_t cpus = 1;
   Accel accel = Accel::kAuto;
+  EmuTier emu_tier = EmuTier::kJit;  // emu only: the interpreter alone, or with translation
+  uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
 
   std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction
   bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
+  bool isa_debug_exit = false;           // QEMU's isa-debug-exit at port 0xF4 (test kernels)
 
   // PCI virtio devices: disks (vda, vdb, ...), networks, hvc0, entropy (issue 4).
   VirtioConfig virtio;

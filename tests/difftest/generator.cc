@@ -111,12 +111,29 @@ class Generator {
 
   Program run() {
     init_state();
+    const bool loop = options_.loop_iterations > 0;
+    uint64_t loop_top = 0;
+    if (loop) {
+      must(ins(InsnClass::kSetup, 0, 0, ZYDIS_MNEMONIC_MOV,
+               {abs_mem(kScratch, 8), I(options_.loop_iterations)}));
+      loop_top = pc_;
+      set_gpr(kRsp, kInitialRsp);
+    }
+    size_t smc_at = options_.self_modifying ? rng_.below(options_.items) : ~size_t(0);
     size_t guard = 0;
     while (items_ < options_.items && guard++ < options_.items * 50) {
+      if (items_ == smc_at) {
+        self_modifying_item();
+        smc_at = ~size_t(0);
+      }
       InsnClass c = pick_class();
       size_t before = program_.instrs.size();
       bool ok = generate_item(c);
       if (ok && program_.instrs.size() > before) items_++;
+    }
+    if (loop) {
+      must(ins(InsnClass::kSetup, kArithFlags, 0, ZYDIS_MNEMONIC_SUB, {abs_mem(kScratch, 8), I(1)}));
+      must(ins(InsnClass::kSetup, 0, 0, ZYDIS_MNEMONIC_JNZ, {I(int64_t(loop_top))}));
     }
     if (enabled(InsnClass::kFault) && rng_.chance(options_.fault_percent)) {
       for (int tries = 0; tries < 20 && !fault_item(); tries++) {
@@ -252,6 +269,43 @@ class Generator {
   }
 
   // ---- setup --------------------------------------------------------------------------------
+
+  static ZydisEncoderOperand abs_mem(uint64_t addr, int size) {
+    ZydisEncoderOperand o;
+    std::memset(&o, 0, sizeof o);
+    o.type = ZYDIS_OPERAND_TYPE_MEMORY;
+    o.mem.size = static_cast<ZyanU16>(size);
+    o.mem.base = ZYDIS_REGISTER_NONE;
+    o.mem.index = ZYDIS_REGISTER_NONE;
+    o.mem.displacement = static_cast<ZyanI64>(addr);
+    return o;
+  }
+
+  // `add t32, imm32` preceded by an ADD that changes its immediate in memory: through the code
+  // page itself, or through the alias mapping followed by a jump (SDM 11.6: store, jump, execute).
+  void self_modifying_item() {
+    const bool alias = rng_.chance(50);
+    const int x = pick_gpr();
+    const int t = pick_gpr(bit(x));
+    const int64_t imm = int64_t(0x10000000u | (rng_.next() & 0x0fffffffu));
+    std::vector<uint8_t> target, load, write;
+    must(encode(ZYDIS_MNEMONIC_ADD, {R(gpr(32, t)), I(imm)}, 0, target));
+    must(encode(ZYDIS_MNEMONIC_MOV, {R(gpr(32, x)), I(0x7fffffff)}, 0, load));
+    ZydisEncoderOperand dst;
+    std::memset(&dst, 0, sizeof dst);
+    dst.type = ZYDIS_OPERAND_TYPE_MEMORY;
+    dst.mem.size = 4;
+    dst.mem.base = gpr(64, x);
+    dst.mem.index = ZYDIS_REGISTER_NONE;
+    must(encode(ZYDIS_MNEMONIC_ADD, {dst, I(0x01010101)}, 0, write));
+    const uint64_t target_at = pc_ + load.size() + write.size() + (alias ? 2 : 0);
+    const uint64_t imm_at = target_at + target.size() - 4;
+    set_gpr(x, alias ? imm_at - kCode + kCodeAlias : imm_at);
+    must(ins(InsnClass::kSetup, kArithFlags, 0, ZYDIS_MNEMONIC_ADD, {dst, I(0x01010101)}));
+    if (alias) emit({0xEB, 0x00}, InsnClass::kSetup, 0, 0);  // jmp to the next instruction
+    if (pc_ != target_at) throw std::logic_error("difftest generator: self-modifying layout");
+    emit(target, InsnClass::kAlu, kArithFlags, 0);
+  }
 
   void set_gpr(int index, uint64_t value) {
     if (value <= 0xffffffffull)

@@ -21,6 +21,13 @@ struct GenOptions {
   ClassSet classes = kAllClasses;   // kSetup is always enabled
   // Percent chance that the program ends with an instruction that raises an exception.
   int fault_percent = 12;
+  // Shapes for the translation tier (chained blocks, a block turning hot mid-run, invalidation):
+  // > 0: the random instructions run as a loop body this many times (RSP reset at the top, a
+  // SUB/JNZ on a counter in layout::kScratch at the bottom; the fault, if any, after the loop).
+  int loop_iterations = 0;
+  // One ADD r32, imm32 whose immediate the program rewrites just before it runs (every
+  // iteration): directly through the code page, or through layout::kCodeAlias then a jump.
+  bool self_modifying = false;
 };
 
 Program generate(uint64_t seed, const GenOptions& options = {});

@@ -20,13 +20,17 @@ inline constexpr uint64_t kPml4 = 0x1000, kPdpt = 0x2000, kPd = 0x3000, kPt = 0x
 inline constexpr uint64_t kGdt = 0x5000, kIdt = 0x6000, kTss = 0x7000;
 inline constexpr uint64_t kHandlers = 0x8000;           // one 16-byte CPL0 stub per vector
 inline constexpr uint64_t kKernelStackTop = 0xA000;     // TSS.RSP0 (page 0x9000)
-inline constexpr uint64_t kCode = 0x10000, kCodeSize = 0x4000;  // user, read-only, executable
+inline constexpr uint64_t kCode = 0x10000, kCodeSize = 0x4000;  // user, writable, executable
 inline constexpr uint64_t kData = 0x20000, kDataSize = 0x2000;  // user, writable, NX
 inline constexpr uint64_t kReadOnly = 0x22000;          // user, read-only, NX (write -> #PF)
 inline constexpr uint64_t kUnmapped = 0x23000;          // not present (any access -> #PF)
 inline constexpr uint64_t kStack = 0x30000, kStackSize = 0x1000;  // user, writable, NX
 inline constexpr uint64_t kInitialRsp = kStack + 0x800;
 inline constexpr uint64_t kFsBase = kData + 0x800, kGsBase = kData + 0x1400;
+// The translation-tier shapes (GenOptions::loop_iterations, self_modifying): a loop counter the
+// random instructions never touch, and a second, writable mapping of the code pages.
+inline constexpr uint64_t kScratch = 0x31000;    // user, writable, NX
+inline constexpr uint64_t kCodeAlias = 0x40000;  // user, writable, NX -> the code pages
 
 // Selectors (GDT index << 3 | RPL).
 inline constexpr uint16_t kKernelCs = 0x08, kKernelDs = 0x10, kUserCs = 0x1b, kUserDs = 0x23;

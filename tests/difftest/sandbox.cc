@@ -20,11 +20,19 @@ constexpr uint64_t kPresent = 1, kWritable = 2, kUser = 4, kNx = 1ull << 63;
 // Page-table entry flags for the 4 KiB page at `addr` (0: not present).
 uint64_t page_flags(uint64_t addr) {
   if (addr >= kPml4 && addr < kKernelStackTop) return kPresent | kWritable;  // supervisor
-  if (addr >= kCode && addr < kCode + kCodeSize) return kPresent | kUser;
+  if (addr >= kCode && addr < kCode + kCodeSize) return kPresent | kWritable | kUser;
   if (addr >= kData && addr < kData + kDataSize) return kPresent | kWritable | kUser | kNx;
   if (addr == kReadOnly) return kPresent | kUser | kNx;
   if (addr >= kStack && addr < kStack + kStackSize) return kPresent | kWritable | kUser | kNx;
+  if (addr == kScratch) return kPresent | kWritable | kUser | kNx;
+  if (addr >= kCodeAlias && addr < kCodeAlias + kCodeSize) return kPresent | kWritable | kUser | kNx;
   return 0;
+}
+
+// The guest-physical page behind the 4 KiB page at `addr` (identity, but for the code alias).
+uint64_t page_target(uint64_t addr) {
+  if (addr >= kCodeAlias && addr < kCodeAlias + kCodeSize) return addr - kCodeAlias + kCode;
+  return addr;
 }
 
 uint64_t code_segment(uint8_t dpl) {  // 64-bit code: P, S, type 0xb, L, G
@@ -73,7 +81,7 @@ void build_system_tables(GuestMemory& memory) {
   for (uint64_t i = 0; i < 512; i++) {
     uint64_t addr = i * kPageSize;
     uint64_t flags = page_flags(addr);
-    memory.write_obj<uint64_t>(kPt + 8 * i, flags ? addr | flags : 0);
+    memory.write_obj<uint64_t>(kPt + 8 * i, flags ? page_target(addr) | flags : 0);
   }
 
   // GDT: null, kernel code, kernel data, user code, user data, 64-bit TSS (two slots).

@@ -1,6 +1,7 @@
 // The per-VM control socket against a fake ControlTarget: protocol shape, negotiation, errors,
 // events, several clients, hostile input and the console stream.
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -411,6 +412,50 @@ TEST_F(ControlServerTest, RefusesClientsBeyondTheLimit) {
   ControlClient b = ControlClient::connect(path);
   EXPECT_THROW(ControlClient::connect(path, 2000ms), Error);
   EXPECT_EQ(a.execute("query-status")["status"], "running");
+}
+
+TEST_F(ControlServerTest, ClientsThatNeverNegotiateAreClosed) {
+  stop();
+  start(ControlServerOptions{.negotiate_timeout = 200ms});
+  RawClient idle(path);
+  idle.read();  // the greeting
+  ControlClient active = ControlClient::connect(path);
+  // The idle one is cut after its 200 ms; the negotiated one stays.
+  EXPECT_TRUE(wait_readable(idle.fd.get(), 5000ms));
+  char c;
+  EXPECT_EQ(::recv(idle.fd.get(), &c, 1, 0), 0);
+  EXPECT_EQ(active.execute("query-status")["status"], "running");
+}
+
+TEST_F(ControlServerTest, TheDaemonsTokenAlwaysFindsASlot) {
+  stop();
+  start(ControlServerOptions{.max_clients = 2, .daemon_token = "secret", .reserved_slots = 2});
+  ControlClient a = ControlClient::connect(path);
+  ControlClient b = ControlClient::connect(path);
+  // Other clients beyond the limit are refused when they negotiate, whatever token they try.
+  try {
+    ControlClient::connect(path, 2000ms, "guess");
+    ADD_FAILURE() << "a third client got in";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("too many control clients"), std::string::npos) << e.what();
+  }
+  // Every slot held by connections that never negotiate: the oldest make room for the daemon.
+  std::vector<RawClient> idle;
+  for (int i = 0; i < 10; ++i) idle.emplace_back(path);
+  ControlClient daemon = ControlClient::connect(path, 2000ms, "secret");
+  UniqueFd console = ControlClient::attach_console(path, 2000ms, "secret");
+  EXPECT_EQ(daemon.execute("query-status")["status"], "running");
+  EXPECT_EQ(a.execute("query-status")["status"], "running");
+}
+
+TEST_F(ControlServerTest, TheSocketIsForItsOwnerOnlyWhateverTheUmask) {
+  stop();
+  mode_t old = ::umask(0);
+  start(ControlServerOptions{});
+  ::umask(old);
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
 TEST_F(ControlServerTest, SocketFileIsRemovedWithTheServer) {

@@ -13,6 +13,8 @@
 #include "difftest/compare.h"
 #include "difftest/generator.h"
 #include "difftest/sandbox.h"
+#include "engine/emu/emu_engine.h"
+#include "engine/emu/jit/jit.h"
 #include "engine/engine_factory.h"
 
 namespace keel::difftest {
@@ -36,7 +38,34 @@ std::unique_ptr<Engine> kvm_engine(const EngineContext& ctx) {
   return create_engine(Accel::kKvm, ctx, EngineConfig{});
 }
 std::unique_ptr<Engine> emu_engine(const EngineContext& ctx) {
-  return create_engine(Accel::kEmu, ctx, EngineConfig{});
+  return create_engine(Accel::kEmu, ctx, EngineConfig{.emu_tier = EmuTier::kInterp});
+}
+// emu's translation tier, translating every block the first time it runs, or once it ran
+// `threshold` times (a loop then changes tiers in the middle of a program).
+std::unique_ptr<Engine> emu_jit_engine(const EngineContext& ctx, uint32_t threshold = 0,
+                                       size_t code_cache_bytes = 0) {
+  return create_engine(Accel::kEmu, ctx,
+                       EngineConfig{.emu_tier = EmuTier::kJit,
+                                    .emu_hot_threshold = threshold,
+                                    .emu_code_cache_bytes = code_cache_bytes});
+}
+
+// The translation tier's figures for a sandbox on emu's translation tier.
+const emu::jit::Stats& jit_stats(Sandbox& sb) {
+  auto& vcpu = dynamic_cast<emu::EmuVcpu&>(sb.vcpu());
+  const emu::jit::Stats* stats = vcpu.cpu().jit_stats();
+  if (!stats) throw Error("the sandbox's emu vCPU has no translation tier");
+  return *stats;
+}
+
+// Programs that loop 40 times over their random body (translator chaining, a block turning hot
+// in the middle of a run), optionally rewriting one of their own instructions on every iteration
+// (code invalidation while it runs).
+GenOptions looping(bool self_modifying) {
+  GenOptions o;
+  o.loop_iterations = 40;
+  o.self_modifying = self_modifying;
+  return o;
 }
 
 // A sandbox on `factory`, or nullptr with the reason when the engine cannot be created here.
@@ -199,6 +228,53 @@ TEST(DiffTest, EmuMatchesKvm) {
   SANDBOX_OR_SKIP(emu, emu_engine, "emu");
   // Every instruction class: emu has no known gaps against KVM.
   run_differential(*kvm, "kvm", *emu, "emu", seeds(0, 300), GenOptions{}, CompareOptions{});
+}
+
+// The same programs on the translation tier: every block runs as translated code.
+TEST(DiffTest, EmuTranslatedMatchesKvm) {
+  SANDBOX_OR_SKIP(kvm, kvm_engine, "kvm");
+  SANDBOX_OR_SKIP(emu, [](const EngineContext& c) { return emu_jit_engine(c); }, "emu");
+  run_differential(*kvm, "kvm", *emu, "emu jit", seeds(0, 300), GenOptions{}, CompareOptions{});
+  const auto& st = jit_stats(*emu);
+  EXPECT_GT(st.blocks, 300u);
+  // Random programs favour rare instructions (string, SSE, x87-free FP, DIV, RCL...); most are
+  // still translated to host code rather than handed to their handler.
+  EXPECT_GT(st.native_insns, st.helper_insns);
+}
+
+// Loops (blocks linked to each other and to themselves) and self-modifying code, on the
+// interpreter, on translated code, and across the change of tier when a block turns hot.
+TEST(DiffTest, EmuLoopsAndSelfModifyingCodeMatchKvm) {
+  SANDBOX_OR_SKIP(kvm, kvm_engine, "kvm");
+  SANDBOX_OR_SKIP(interp, emu_engine, "emu");
+  SANDBOX_OR_SKIP(jit, [](const EngineContext& c) { return emu_jit_engine(c); }, "emu");
+  SANDBOX_OR_SKIP(hot, [](const EngineContext& c) { return emu_jit_engine(c, 16); }, "emu");
+  const Seeds s = seeds(5000, 100);
+  for (bool smc : {false, true}) {
+    const GenOptions o = looping(smc);
+    const uint64_t blocks_before = jit_stats(*jit).blocks;
+    run_differential(*kvm, "kvm", *interp, "emu interpreter", s, o, CompareOptions{});
+    run_differential(*kvm, "kvm", *jit, "emu jit", s, o, CompareOptions{});
+    run_differential(*kvm, "kvm", *hot, "emu jit, hot after 16 runs", s, o, CompareOptions{});
+    // Rewriting code the previous iteration ran forces a new translation each time.
+    if (smc) {
+      EXPECT_GT(jit_stats(*jit).blocks - blocks_before, 10 * s.count);
+    }
+  }
+  EXPECT_GT(jit_stats(*jit).links, 0u) << "no branch was linked to its target";
+  EXPECT_GT(jit_stats(*hot).blocks, 0u) << "no loop body turned hot";
+}
+
+// A code cache a few blocks large: it fills and is emptied over and over, in the middle of
+// loops and of self-modifying programs, and long blocks (60 items) still fit.
+TEST(DiffTest, EmuTranslationCacheFlushesKeepProgramsRight) {
+  SANDBOX_OR_SKIP(kvm, kvm_engine, "kvm");
+  SANDBOX_OR_SKIP(jit, [](const EngineContext& c) { return emu_jit_engine(c, 0, 64 << 10); }, "emu");
+  GenOptions o = looping(true);
+  o.items = 60;
+  run_differential(*kvm, "kvm", *jit, "emu jit, 64 KiB code cache", seeds(7000, 100), o,
+                   CompareOptions{});
+  EXPECT_GT(jit_stats(*jit).flushes, 10u);
 }
 
 }  // namespace

@@ -21,7 +21,8 @@ namespace {
 
 class CounterVm : public control::ControlTarget {
  public:
-  explicit CounterVm(bool paused) : running_(!paused) {
+  // `resets`: the "guest" resets itself as soon as it runs (a crash loop).
+  CounterVm(bool paused, bool resets = false) : running_(!paused), resets_(resets) {
     counter_ = std::thread([this] { count(); });
   }
   ~CounterVm() override {
@@ -44,6 +45,11 @@ class CounterVm : public control::ControlTarget {
   void resume() override {
     set_running(true);
     emit(control::event::kResume, json::object());
+    if (resets_) {
+      emit(control::event::kReset, json{{"guest", true}, {"reason", "guest-reset"}});
+      emit(control::event::kShutdown, json{{"guest", true}, {"reason", "guest-reset"}});
+      finish(0);
+    }
   }
   void powerdown() override {
     emit(control::event::kPowerdown, json::object());
@@ -116,6 +122,7 @@ class CounterVm : public control::ControlTarget {
   std::mutex mutex_;
   std::condition_variable cv_;
   bool running_;
+  bool resets_;
   bool exiting_ = false;
   bool done_ = false;
   int exit_code_ = 0;
@@ -143,8 +150,11 @@ int fake_vmm_main(const std::vector<std::string>& args) {
     std::fprintf(stderr, "keel: cannot load %s: not a guest\n", guest.c_str());
     return 1;
   }
-  CounterVm vm(paused);
-  control::ControlServer server(control_path, vm);
+  CounterVm vm(paused, content.rfind("reset", 0) == 0);
+  control::ControlServerOptions options;
+  if (const char* token = std::getenv("KEEL_CONTROL_TOKEN")) options.daemon_token = token;
+  std::fprintf(stderr, "fake vmm pid %d: %s\n", ::getpid(), content.c_str());
+  control::ControlServer server(control_path, vm, options);
   if (ready_fd >= 0) {  // as `keel run --ready-fd`: listening now
     [[maybe_unused]] ssize_t n = ::write(ready_fd, "R", 1);
     ::close(ready_fd);

@@ -162,6 +162,15 @@ class EventWatcher {
                   << "; got: " << json(events_).dump() << " " << error_;
     return nullptr;
   }
+  // Every event `event` for `vm` seen so far, in order.
+  std::vector<json> all(const std::string& vm, const std::string& event) {
+    std::lock_guard lock(mutex_);
+    std::vector<json> out;
+    for (const json& e : events_)
+      if (e.is_object() && e.value("vm", "") == vm && e.value("event", "") == event)
+        out.push_back(e);
+    return out;
+  }
   // The names of the events seen so far for `vm`, in order.
   std::vector<std::string> names(const std::string& vm) {
     std::lock_guard lock(mutex_);

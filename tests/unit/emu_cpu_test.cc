@@ -11,23 +11,26 @@ namespace {
 
 using namespace x86;
 
-TEST(EmuCpu, HltWithInterruptsDisabledReturnsHalted) {
-  EmuMachine m;
+INSTANTIATE_TEST_SUITE_P(Tiers, EmuCpu, testing::Values(kInterpreterTier, kTranslatedTier),
+                         tier_name);
+
+TEST_P(EmuCpu, HltWithInterruptsDisabledReturnsHalted) {
+  EmuMachine m(GetParam());
   EXPECT_EQ(m.run("mov eax, 42\nhlt"), VcpuExit::kHalted);
   EXPECT_EQ(m.reg(RAX), 42u);
   EXPECT_EQ(m.rip(), kCode + 6);
   EXPECT_EQ(m.vector(), -1);
 }
 
-TEST(EmuCpu, KickBeforeRunIsSticky) {
-  EmuMachine m;
+TEST_P(EmuCpu, KickBeforeRunIsSticky) {
+  EmuMachine m(GetParam());
   m.vcpu->set_state(m.initial_state());
   m.vcpu->kick();
   EXPECT_EQ(m.vcpu->run(), VcpuExit::kStopped);
 }
 
-TEST(EmuCpu, KickFromAnotherThreadStopsALoop) {
-  EmuMachine m;
+TEST_P(EmuCpu, KickFromAnotherThreadStopsALoop) {
+  EmuMachine m(GetParam());
   auto bytes = assemble("l: inc rax\njmp l");
   m.mem.write(kCode, bytes.data(), bytes.size());
   m.vcpu->set_state(m.initial_state());
@@ -40,8 +43,8 @@ TEST(EmuCpu, KickFromAnotherThreadStopsALoop) {
   EXPECT_GT(m.reg(RAX), 1000u);
 }
 
-TEST(EmuCpu, AddSubFlags) {
-  EmuMachine m;
+TEST_P(EmuCpu, AddSubFlags) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov eax, 0xFFFFFFFF
     add eax, 1          ; CF ZF PF AF set
@@ -72,8 +75,8 @@ TEST(EmuCpu, AddSubFlags) {
   EXPECT_EQ(m.reg(R9), 6u);
 }
 
-TEST(EmuCpu, PartialRegistersAndExtension) {
-  EmuMachine m;
+TEST_P(EmuCpu, PartialRegistersAndExtension) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov rax, -1
     mov eax, 1          ; zero-extends
@@ -97,8 +100,8 @@ TEST(EmuCpu, PartialRegistersAndExtension) {
   EXPECT_EQ(m.reg(R8), 0xFFFFFFFFFFFFFF00ull);
 }
 
-TEST(EmuCpu, ShiftsAndRotates) {
-  EmuMachine m;
+TEST_P(EmuCpu, ShiftsAndRotates) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov eax, 0x80000001
     shl eax, 1          ; CF=1, eax=2
@@ -134,8 +137,8 @@ TEST(EmuCpu, ShiftsAndRotates) {
   EXPECT_EQ(m.reg(R12), 0xFF12u);
 }
 
-TEST(EmuCpu, MulDiv) {
-  EmuMachine m;
+TEST_P(EmuCpu, MulDiv) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov rax, 0x100000000
     mov rbx, 0x100000000
@@ -163,8 +166,8 @@ TEST(EmuCpu, MulDiv) {
   EXPECT_EQ(m.reg(RAX) & 0xFFFF, 100u);
 }
 
-TEST(EmuCpu, DivideErrorIsPreciseFault) {
-  EmuMachine m;
+TEST_P(EmuCpu, DivideErrorIsPreciseFault) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     xor ecx, ecx
     mov eax, 1
@@ -176,8 +179,8 @@ TEST(EmuCpu, DivideErrorIsPreciseFault) {
   EXPECT_EQ(m.frame(1), kKernelCs);
 }
 
-TEST(EmuCpu, IdivOverflowFaults) {
-  EmuMachine m;
+TEST_P(EmuCpu, IdivOverflowFaults) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov rax, 0x8000000000000000
     cqo
@@ -187,8 +190,8 @@ TEST(EmuCpu, IdivOverflowFaults) {
   EXPECT_EQ(m.vector(), 0);
 }
 
-TEST(EmuCpu, PageFaultErrorCodeAndCr2) {
-  EmuMachine m;
+TEST_P(EmuCpu, PageFaultErrorCodeAndCr2) {
+  EmuMachine m(GetParam());
   // Unmap one 4 KiB page and make another read-only.
   m.mem.write_obj<uint64_t>(kPt + 5 * 8, 0);
   m.mem.write_obj<uint64_t>(kPt + 6 * 8, (kSmallPages + 6 * 4096) | 5);
@@ -211,8 +214,8 @@ TEST(EmuCpu, PageFaultErrorCodeAndCr2) {
   EXPECT_EQ(m.vcpu->get_state().cr2, 0x1006000u);
 }
 
-TEST(EmuCpu, AccessedAndDirtyBits) {
-  EmuMachine m;
+TEST_P(EmuCpu, AccessedAndDirtyBits) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov rbx, 0x1003000
     mov rax, [rbx]
@@ -223,8 +226,8 @@ TEST(EmuCpu, AccessedAndDirtyBits) {
   EXPECT_EQ(m.mem.read_obj<uint64_t>(kPt + 4 * 8) & 0x60, 0x60u);  // accessed + dirty
 }
 
-TEST(EmuCpu, NxFaultsOnFetch) {
-  EmuMachine m;
+TEST_P(EmuCpu, NxFaultsOnFetch) {
+  EmuMachine m(GetParam());
   m.mem.write_obj<uint64_t>(kPt + 7 * 8, (kSmallPages + 7 * 4096) | 7 | (1ull << 63));
   m.mem.write_obj<uint8_t>(kSmallPages + 7 * 4096, 0xF4);
   ASSERT_EQ(m.run(R"(
@@ -236,8 +239,8 @@ TEST(EmuCpu, NxFaultsOnFetch) {
   EXPECT_EQ(m.frame(1), 0x1007000u);
 }
 
-TEST(EmuCpu, Int3AndUd2HavePreciseRip) {
-  EmuMachine m;
+TEST_P(EmuCpu, Int3AndUd2HavePreciseRip) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run("nop\nint3\nhlt"), VcpuExit::kHalted);
   EXPECT_EQ(m.vector(), 3);
   EXPECT_EQ(m.frame(0), kCode + 2);  // trap: after the INT3
@@ -246,16 +249,16 @@ TEST(EmuCpu, Int3AndUd2HavePreciseRip) {
   EXPECT_EQ(m.frame(0), kCode + 1);  // fault: at the UD2
 }
 
-TEST(EmuCpu, UnknownMsrRaisesGp) {
-  EmuMachine m;
+TEST_P(EmuCpu, UnknownMsrRaisesGp) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run("mov ecx, 0x12345\nrdmsr\nhlt"), VcpuExit::kHalted);
   EXPECT_EQ(m.vector(), 13);
   EXPECT_EQ(m.frame(0), 0u);
   EXPECT_EQ(m.frame(1), kCode + 5);
 }
 
-TEST(EmuCpu, MsrRoundTrip) {
-  EmuMachine m;
+TEST_P(EmuCpu, MsrRoundTrip) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov ecx, 0xC0000102   ; KERNEL_GS_BASE
     mov eax, 0x89abcdef
@@ -269,8 +272,8 @@ TEST(EmuCpu, MsrRoundTrip) {
   EXPECT_EQ(m.reg(RDX), 0x1234u);
 }
 
-TEST(EmuCpu, CpuidVendorAndCacheLeaves) {
-  EmuMachine m;
+TEST_P(EmuCpu, CpuidVendorAndCacheLeaves) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     xor eax, eax
     cpuid
@@ -292,8 +295,34 @@ TEST(EmuCpu, CpuidVendorAndCacheLeaves) {
   EXPECT_EQ(m.reg(R12), 0x4b4d564bu);  // "KVMK"
 }
 
-TEST(EmuCpu, StringInstructions) {
-  EmuMachine m;
+// What the kernel reads to decide on speculation mitigations: ARCH_CAPABILITIES advertised in
+// CPUID.7 and the MSR saying "not affected" (RDCL_NO, MDS_NO, BHI_NO, ...); SPEC_CTRL writable.
+TEST_P(EmuCpu, ArchCapabilitiesSayNotAffected) {
+  EmuMachine m(GetParam());
+  ASSERT_EQ(m.run(R"(
+    mov eax, 7
+    xor ecx, ecx
+    cpuid
+    mov r8d, edx
+    mov ecx, 0x10a
+    rdmsr
+    mov r9d, eax
+    mov ecx, 0x48
+    mov eax, 0x401        ; IBRS | BHI_DIS_S
+    xor edx, edx
+    wrmsr
+    rdmsr
+    mov r10d, eax
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.reg(R8) & (1u << 29), 1u << 29);  // ARCH_CAPABILITIES
+  EXPECT_EQ(m.reg(R8) & (1u << 26), 1u << 26);  // IBRS/IBPB
+  const uint32_t caps = uint32_t(m.reg(R9));
+  for (int bit : {0, 1, 4, 5, 6, 8, 20, 24, 26, 27}) EXPECT_TRUE(caps & (1u << bit)) << bit;
+  EXPECT_EQ(m.reg(R10), 0x401u);
+}
+
+TEST_P(EmuCpu, StringInstructions) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov rdi, 0x200000
     mov rcx, 100
@@ -327,8 +356,8 @@ TEST(EmuCpu, StringInstructions) {
   EXPECT_EQ(m.mem.read_obj<uint8_t>(0x202000), 0xABu);
 }
 
-TEST(EmuCpu, RepStosFaultIsRestartable) {
-  EmuMachine m;
+TEST_P(EmuCpu, RepStosFaultIsRestartable) {
+  EmuMachine m(GetParam());
   m.mem.write_obj<uint64_t>(kPt + 1 * 8, 0);  // 0x1001000 not present
   ASSERT_EQ(m.run(R"(
     mov rdi, 0x1000ff0
@@ -343,8 +372,8 @@ TEST(EmuCpu, RepStosFaultIsRestartable) {
   EXPECT_EQ(st.gpr[RDI], 0x1001000u);
 }
 
-TEST(EmuCpu, AtomicsAndBitOps) {
-  EmuMachine m;
+TEST_P(EmuCpu, AtomicsAndBitOps) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov qword [0x300000], 5
     mov rax, 5
@@ -388,8 +417,8 @@ TEST(EmuCpu, AtomicsAndBitOps) {
   EXPECT_EQ(m.reg(RSI), 4u);
 }
 
-TEST(EmuCpu, SelfModifyingCodeIsInvalidated) {
-  EmuMachine m;
+TEST_P(EmuCpu, SelfModifyingCodeIsInvalidated) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov ecx, 2
   again:
@@ -404,8 +433,8 @@ TEST(EmuCpu, SelfModifyingCodeIsInvalidated) {
   EXPECT_EQ(m.reg(RAX), 7u);
 }
 
-TEST(EmuCpu, WritesThroughGuestMemoryInvalidateCode) {
-  EmuMachine m;
+TEST_P(EmuCpu, WritesThroughGuestMemoryInvalidateCode) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run("mov eax, 1\nhlt"), VcpuExit::kHalted);
   EXPECT_EQ(m.reg(RAX), 1u);
   // The loader / a device rewrites the code (GuestMemory::write reports to the observer).
@@ -416,8 +445,8 @@ TEST(EmuCpu, WritesThroughGuestMemoryInvalidateCode) {
   EXPECT_EQ(m.reg(RAX), 2u);
 }
 
-TEST(EmuCpu, UserModeSyscallSysretAndIretq) {
-  EmuMachine m;
+TEST_P(EmuCpu, UserModeSyscallSysretAndIretq) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     ; STAR: kernel CS 0x10 (SS 0x18), user base 0x23 (64-bit CS 0x33, SS 0x2b)
     mov ecx, 0xC0000081
@@ -462,8 +491,8 @@ TEST(EmuCpu, UserModeSyscallSysretAndIretq) {
   EXPECT_EQ(st.gpr[RSP], kRsp0 - 40);
 }
 
-TEST(EmuCpu, UserAccessToSupervisorPageFaults) {
-  EmuMachine m;
+TEST_P(EmuCpu, UserAccessToSupervisorPageFaults) {
+  EmuMachine m(GetParam());
   m.mem.write_obj<uint64_t>(kPt + 9 * 8, (kSmallPages + 9 * 4096) | 3);  // supervisor-only
   ASSERT_EQ(m.run(R"(
     push 0x2b
@@ -479,8 +508,8 @@ TEST(EmuCpu, UserAccessToSupervisorPageFaults) {
   EXPECT_EQ(m.frame(0), 5u);  // present, read, user
 }
 
-TEST(EmuCpu, PrivilegedInstructionAtCpl3RaisesGp) {
-  EmuMachine m;
+TEST_P(EmuCpu, PrivilegedInstructionAtCpl3RaisesGp) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     push 0x2b
     push 0x70000
@@ -493,8 +522,8 @@ TEST(EmuCpu, PrivilegedInstructionAtCpl3RaisesGp) {
   EXPECT_EQ(m.vector(), 13);
 }
 
-TEST(EmuCpu, TripleFaultShutsDown) {
-  EmuMachine m;
+TEST_P(EmuCpu, TripleFaultShutsDown) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     push 0
     push 0
@@ -502,8 +531,8 @@ TEST(EmuCpu, TripleFaultShutsDown) {
     ud2)"), VcpuExit::kShutdown);
 }
 
-TEST(EmuCpu, DoubleFaultUsesIst) {
-  EmuMachine m;
+TEST_P(EmuCpu, DoubleFaultUsesIst) {
+  EmuMachine m(GetParam());
   // #PF handler's gate points at an unmapped page: #PF during #PF delivery -> #DF on IST1.
   ASSERT_EQ(m.run(R"(
     mov rsp, 0x1006000   ; stack in a page we unmap below
@@ -519,8 +548,8 @@ TEST(EmuCpu, DoubleFaultUsesIst) {
   EXPECT_EQ(m.reg(RSP), kIst1 - 48);
 }
 
-TEST(EmuCpu, ExternalInterruptAfterStiHlt) {
-  EmuMachine m;
+TEST_P(EmuCpu, ExternalInterruptAfterStiHlt) {
+  EmuMachine m(GetParam());
   auto bytes = assemble("sti\nhlt\nhlt");
   m.mem.write(kCode, bytes.data(), bytes.size());
   m.vcpu->set_state(m.initial_state());
@@ -535,8 +564,8 @@ TEST(EmuCpu, ExternalInterruptAfterStiHlt) {
   ASSERT_EQ(m.apic().accepted.size(), 1u);
 }
 
-TEST(EmuCpu, ApicPageGoesToLocalApic) {
-  EmuMachine m;
+TEST_P(EmuCpu, ApicPageGoesToLocalApic) {
+  EmuMachine m(GetParam());
   // Map 0xFEE00000 through PD entry of the fourth GiB.
   m.mem.write_obj<uint64_t>(kPdpt + 3 * 8, 0x8000 | 3);
   m.mem.write_obj<uint64_t>(0x8000 + 503 * 8, 0xFEE00000ull | 0x83);
@@ -551,8 +580,8 @@ TEST(EmuCpu, ApicPageGoesToLocalApic) {
   EXPECT_EQ(m.reg(RAX), 0x23222120u);
 }
 
-TEST(EmuCpu, PortIo) {
-  EmuMachine m;
+TEST_P(EmuCpu, PortIo) {
+  EmuMachine m(GetParam());
   struct Dev : BusDevice {
     uint64_t last = 0;
     void read(uint64_t off, std::span<uint8_t> d) override {
@@ -579,8 +608,8 @@ TEST(EmuCpu, PortIo) {
   EXPECT_EQ(m.reg(RAX) & 0xFFFF, 0x1211u);
 }
 
-TEST(EmuCpu, SseBasics) {
-  EmuMachine m;
+TEST_P(EmuCpu, SseBasics) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov rax, 0x0011223344556677
     movq xmm0, rax
@@ -608,8 +637,8 @@ TEST(EmuCpu, SseBasics) {
   EXPECT_EQ(m.reg(RDI), 0u);
 }
 
-TEST(EmuCpu, FxsaveFxrstorRoundTrip) {
-  EmuMachine m;
+TEST_P(EmuCpu, FxsaveFxrstorRoundTrip) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov rax, 0x1122334455667788
     movq xmm7, rax
@@ -625,19 +654,19 @@ TEST(EmuCpu, FxsaveFxrstorRoundTrip) {
   EXPECT_EQ(m.mem.read_obj<uint32_t>(0x300200 + 24), 0x1F80u);
 }
 
-TEST(EmuCpu, TwoVcpusAreRefused) {
+TEST_P(EmuCpu, MoreVcpusThanXapicIdsAreRefused) {
   GuestMemory mem(16 << 20);
   IoBus pio("pio"), mmio("mmio");
   try {
-    EmuEngine e(EngineContext{mem, pio, mmio}, EngineConfig{2}, std::make_unique<StubPlatform>());
+    EmuEngine e(EngineContext{mem, pio, mmio}, EngineConfig{255}, std::make_unique<StubPlatform>());
     FAIL() << "expected UsageError";
   } catch (const UsageError& e) {
-    EXPECT_STREQ(e.what(), "the emu engine runs one vCPU for now");
+    EXPECT_STREQ(e.what(), "the emu engine runs at most 254 vCPUs");
   }
 }
 
-TEST(EmuCpu, KvmClockIsWrittenOnEnable) {
-  EmuMachine m;
+TEST_P(EmuCpu, KvmClockIsWrittenOnEnable) {
+  EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
     mov ecx, 0x4b564d01
     mov eax, 0x300001

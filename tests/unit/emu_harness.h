@@ -18,6 +18,14 @@
 
 #include "engine/emu/emu_engine.h"
 
+namespace keel {
+// gtest prints a parameter with PrintTo: the tier, not the struct's bytes (padding included).
+inline void PrintTo(const EngineConfig& c, std::ostream* os) {
+  *os << (c.emu_tier == EmuTier::kInterp ? "interpreter" : "translation tier, threshold ")
+      << (c.emu_tier == EmuTier::kInterp ? "" : std::to_string(c.emu_hot_threshold));
+}
+}  // namespace keel
+
 namespace keel::emu::test {
 
 class StubApic : public LocalApic {
@@ -138,13 +146,23 @@ inline std::vector<uint8_t> assemble(const std::string& body, uint64_t org = kCo
   return bytes;
 }
 
+// The emu tiers a CPU test runs on: the interpreter alone, and translated code from the first
+// execution of every block.
+inline const EngineConfig kInterpreterTier{.emu_tier = EmuTier::kInterp};
+inline const EngineConfig kTranslatedTier{.emu_tier = EmuTier::kJit, .emu_hot_threshold = 0};
+inline std::string tier_name(const testing::TestParamInfo<EngineConfig>& info) {
+  return info.param.emu_tier == EmuTier::kInterp ? "interp" : "jit";
+}
+// CPU tests (emu_cpu_test.cc, emu_x87_test.cc) run once per tier: EmuCpu.Name/interp and /jit.
+class EmuCpu : public testing::TestWithParam<EngineConfig> {};
+
 class EmuMachine {
  public:
-  explicit EmuMachine(uint64_t ram = 64ull << 20)
+  explicit EmuMachine(EngineConfig config = EngineConfig{}, uint64_t ram = 64ull << 20)
       : mem(ram),
         pio("pio"),
         mmio("mmio"),
-        engine(EngineContext{mem, pio, mmio}, EngineConfig{1}, std::make_unique<StubPlatform>()) {
+        engine(EngineContext{mem, pio, mmio}, config, std::make_unique<StubPlatform>()) {
     platform = static_cast<StubPlatform*>(&engine.platform());
     build_tables();
     vcpu = engine.create_vcpu(0);

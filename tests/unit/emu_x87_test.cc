@@ -13,8 +13,8 @@ using namespace x86;
 
 // x87 arithmetic runs on the host's x87 unit (ops_x87.cc): loads, stores in every format,
 // arithmetic in both operand orders, FCOMI into RFLAGS, TOP/tags after pops.
-TEST(EmuCpu, X87ArithmeticAndStores) {
-  EmuMachine m;
+TEST_P(EmuCpu, X87ArithmeticAndStores) {
+  EmuMachine m(GetParam());
   m.mem.write_obj<double>(0x300000, 1.5);
   m.mem.write_obj<float>(0x300008, 4.0f);
   m.mem.write_obj<int32_t>(0x30000C, -3);
@@ -59,8 +59,8 @@ TEST(EmuCpu, X87ArithmeticAndStores) {
 
 // An unmasked x87 exception is reported as #MF at the next waiting x87 instruction, and the
 // store to a read-only/absent page faults precisely (nothing changes).
-TEST(EmuCpu, X87DeferredExceptionAndPreciseStoreFault) {
-  EmuMachine m;
+TEST_P(EmuCpu, X87DeferredExceptionAndPreciseStoreFault) {
+  EmuMachine m(GetParam());
   m.mem.write_obj<uint16_t>(0x300000, 0x37B);  // ZE unmasked
   ASSERT_EQ(m.run(R"(
     fninit

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -84,6 +85,15 @@ inline std::string test_guest(const std::string& name) {
 // A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
 // Throws std::runtime_error when no socket can be bound.
 uint16_t free_loopback_port();
+
+// Sends `request` on a connected socket and returns the response's head (status line and headers)
+// as it arrives, waiting at most `timeout` for each piece; what came if the peer closes first.
+std::string http_head(int fd, const std::string& request,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+// Runs `fn` in a child process as `uid`/`gid` (no supplementary groups) and returns what it
+// returned, or "child failed" if it could not take that identity.
+std::string as_user(uid_t uid, gid_t gid, const std::function<std::string()>& fn);
 
 // Runs keel to completion with `input` on stdin.
 ProcessResult run_keel(const std::vector<std::string>& args, const std::string& input = "",

@@ -113,19 +113,19 @@ TEST(EngineChoice, ParsesAcceleratorNames) {
   EXPECT_STREQ(to_string(Accel::kEmu), "emu");
 }
 
-TEST(EngineFactory, EmuRunsOneVcpu) {
+TEST(EngineFactory, EmuRunsUpTo254Vcpus) {
   GuestMemory memory(1 << 20);
   IoBus pio("pio"), mmio("mmio");
   {
-    auto engine = create_engine(Accel::kEmu, {memory, pio, mmio}, {});
+    auto engine = create_engine(Accel::kEmu, {memory, pio, mmio}, {.vcpus = 64});
     EXPECT_EQ(engine->name(), "emu");
-    EXPECT_EQ(engine->max_vcpus(), 1u);
+    EXPECT_EQ(engine->max_vcpus(), 254u);
   }
   try {
-    create_engine(Accel::kEmu, {memory, pio, mmio}, {.vcpus = 2});
+    create_engine(Accel::kEmu, {memory, pio, mmio}, {.vcpus = 255});
     FAIL() << "expected an error";
   } catch (const UsageError& e) {
-    EXPECT_STREQ(e.what(), "the emu engine runs one vCPU for now");
+    EXPECT_STREQ(e.what(), "the emu engine runs at most 254 vCPUs");
   }
 }
 

@@ -7,7 +7,11 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <functional>
 #include <fstream>
 #include <iterator>
 
@@ -657,6 +661,96 @@ TEST(BzImage, HostDecompressionRefusesACorruptPayloadOrOneThatIsNoElf) {
   payload[payload.size() / 2] ^= 0xFF;
   EXPECT_THAT(load_error_decompressing(mem, bzimage_with_payload(payload)),
               HasSubstr("kernel image: kernel payload (gzip) is corrupt"));
+}
+
+// The message of the Error `fn` throws ("" if none).
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+// How far `fn` raised the peak virtual size of a child process that runs it (VmPeak, in bytes):
+// what the decoders allocate, whether or not they touch it.
+uint64_t peak_growth(const std::function<void()>& fn) {
+  auto vm_peak = [] {
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("VmPeak:", 0) == 0) return std::stoull(line.substr(7)) * 1024;
+    return 0ull;
+  };
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    uint64_t before = vm_peak();
+    try {
+      fn();
+    } catch (const Error&) {
+    }
+    uint64_t growth = vm_peak() - before;
+    [[maybe_unused]] ssize_t n = ::write(fds[1], &growth, sizeof growth);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  uint64_t growth = ~0ull;
+  EXPECT_EQ(::read(fds[0], &growth, sizeof growth), static_cast<ssize_t>(sizeof growth));
+  ::close(fds[0]);
+  ::waitpid(pid, nullptr, 0);
+  return growth;
+}
+
+TEST(KernelPayloadBounds, AnLzmaHeaderAskingForAFourGiBDictionaryCostsNoMoreThanItsOutput) {
+  const auto data = sample_bytes(100000);
+  auto payload = kernel_compress(PayloadCompression::kLzma, data);
+  put<uint32_t>(payload, 1, 0xFFFF'FF00);  // the header's dictionary size: ~4 GiB
+  std::optional<std::vector<uint8_t>> out;
+  EXPECT_LT(peak_growth([&] {
+              auto decoded = decompress_payload(payload, 64 * kMiB);
+              if (!decoded || *decoded != data) ::_exit(1);
+            }),
+            32 * kMiB);
+  out = decompress_payload(payload, 64 * kMiB);  // and it still decodes
+  ASSERT_TRUE(out);
+  EXPECT_EQ(*out, data);
+
+  // The 53-byte version: that header, junk, and a trailer of 16 MiB.
+  std::vector<uint8_t> tiny(13, 0);
+  tiny[0] = 0x5D;
+  put<uint32_t>(tiny, 1, 0xFFFF'FF00);
+  put<uint64_t>(tiny, 5, ~0ull);
+  for (int i = 0; i < 36; ++i) tiny.push_back(static_cast<uint8_t>(i * 37));
+  put_le32(tiny, 16 << 20);
+  ASSERT_EQ(tiny.size(), 53u);
+  EXPECT_THROW(decompress_payload(tiny, 64 * kMiB), Error);
+  EXPECT_LT(peak_growth([&] { decompress_payload(tiny, 64 * kMiB); }), 32 * kMiB + 16 * kMiB);
+  // A header that disagrees with the trailer is refused before decoding.
+  auto lying = kernel_compress(PayloadCompression::kLzma, data);
+  put<uint64_t>(lying, 5, data.size() + 1);
+  EXPECT_THAT(error_of([&] { decompress_payload(lying, 64 * kMiB); }),
+              HasSubstr("its header says 100001 bytes, its trailer 100000"));
+}
+
+TEST(KernelPayloadBounds, AGzipTrailerClaimingGigabytesIsRefusedBeforeAllocating) {
+  // A 16 GiB guest: RAM alone would allow the claim; the kernel's init_size (8 MiB) does not.
+  GuestMemory mem(16ull << 30);
+  auto payload = kernel_compress(PayloadCompression::kGzip, sample_bytes(4096));
+  put<uint32_t>(payload, payload.size() - 4, 0xF000'0000);  // gzip's ISIZE: 3.75 GiB
+  const auto img = bzimage_with_payload(payload);
+  EXPECT_LT(peak_growth([&] { load_linux_image(mem, img, {}, "", 0xE0000, true); }), 64 * kMiB);
+  EXPECT_THAT(load_error_decompressing(mem, img),
+              HasSubstr("its trailer says 4026531840 bytes, more than the 8388608 allowed"));
+}
+
+TEST(KernelPayloadBounds, AZstdFrameThatDisagreesWithItsTrailerIsRefused) {
+  const auto data = sample_bytes(50000);
+  auto payload = kernel_compress(PayloadCompression::kZstd, data);
+  put<uint32_t>(payload, payload.size() - 4, 40000);
+  EXPECT_THAT(error_of([&] { decompress_payload(payload, 64 * kMiB); }),
+              HasSubstr("its frame says 50000 bytes, its trailer 40000"));
 }
 
 TEST_F(DebianKernel, PayloadDecompressesOnTheHostToAVmlinuxAtSixteenMiB) {

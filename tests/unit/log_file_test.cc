@@ -53,7 +53,7 @@ TEST(LogFile, FullLogMovesToDotOneAndWritersGoOnInANewFile) {
   write_fd(err.get(), "warning\n");
   EXPECT_FALSE(log.check());  // under the limit
   EXPECT_EQ(slurp(path), "boot\nwarning\n");
-  EXPECT_FALSE(fs::exists(path + ".1"));
+  EXPECT_EQ(slurp(path + ".1"), "");  // opened up front: rotating needs no directory access
 
   std::string chatty(120, 'x');
   write_fd(out.get(), chatty);
@@ -79,10 +79,10 @@ TEST(LogFile, RotationThatFailsIsReportedOnceAndLoggingGoesOn) {
   fs::create_directory(dir.path / "sub");
   std::string path = (dir.path / "sub" / "vm.log").string();
   UniqueFd out(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+  // vm.log.1 is a directory: there is nowhere to rotate to.
+  fs::create_directories(dir.path / "sub" / "vm.log.1" / "x");
   LogFile log(path, 10, {out.get()});
   write_fd(out.get(), "0123456789abc\n");
-  // vm.log.1 cannot replace a non-empty directory: rename fails.
-  fs::create_directories(dir.path / "sub" / "vm.log.1" / "x");
   EXPECT_FALSE(log.check());
   EXPECT_FALSE(log.check());
   std::string text = slurp(path);
@@ -98,6 +98,7 @@ TEST(LogFile, SpawnProcessMovesThePreviousRunsLogAside) {
   for (const char* run : {"first", "second", "third"}) {
     manager::SpawnedProcess p =
         manager::spawn_process("/bin/sh", {"-c", std::string("echo ") + run}, path);
+    p.go();
     int status = 0;
     ASSERT_EQ(::waitpid(p.pid, &status, 0), p.pid);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -105,6 +106,19 @@ TEST(LogFile, SpawnProcessMovesThePreviousRunsLogAside) {
   EXPECT_EQ(slurp(path), "third\n");
   EXPECT_EQ(slurp(path + ".1"), "second\n");
   EXPECT_FALSE(fs::exists(path + ".2"));
+}
+
+TEST(LogFile, ASpawnedProcessThatIsNeverLetGoExitsWithoutRunning) {
+  TempDir dir;
+  std::string path = (dir.path / "vm.log").string();
+  std::string marker = (dir.path / "ran").string();
+  manager::SpawnedProcess p =
+      manager::spawn_process("/bin/sh", {"-c", "touch " + marker}, path);
+  p.go_pipe.reset();  // the daemon died (or gave up) before it recorded the child
+  int status = 0;
+  ASSERT_EQ(::waitpid(p.pid, &status, 0), p.pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_FALSE(fs::exists(marker));
 }
 
 }  // namespace

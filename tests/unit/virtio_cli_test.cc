@@ -191,7 +191,8 @@ TEST(VirtioLinux, GuestFetchesFromAHostServerThroughUserNetworking) {
     close(c);
   });
   std::string url = "http://10.0.2.2:" + std::to_string(ntohs(sa.sin_port)) + "/";
-  ProcessResult r = boot_and_run(engine.accel, {"--net", "user"},
+  // The server listens on the host's loopback, which the guest reaches only when allowed.
+  ProcessResult r = boot_and_run(engine.accel, {"--net", "user,host-loopback=on"},
                                  std::string(kShowLease) + "wget -q -O - " + url + " | tr a-z A-Z");
   shutdown(server, SHUT_RDWR);
   close(server);

@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <poll.h>
 #include <sched.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -12,6 +13,7 @@
 #include "backends/net/tap_backend.h"
 #include "base/eventfd.h"
 #include "devices/virtio/virtio_net.h"
+#include "devices/virtio/virtio_platform.h"
 #include "keel_process.h"
 #include "virtio_harness.h"
 
@@ -262,11 +264,44 @@ std::vector<uint8_t> arp_request(const char* target, const char* sender = SlirpB
   return f;
 }
 
+uint16_t checksum(const uint8_t* p, size_t n, uint32_t sum = 0) {
+  for (size_t i = 0; i + 1 < n; i += 2) sum += (p[i] << 8) | p[i + 1];
+  if (n & 1) sum += p[n - 1] << 8;
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
+// Ethernet + IPv4 + TCP SYN from the guest (10.0.2.15:sport) to dst:dport, checksums right.
+std::vector<uint8_t> tcp_syn(const char* dst, uint16_t dport, uint16_t sport) {
+  std::vector<uint8_t> f(14 + 20 + 20, 0);
+  auto mac = default_mac(0);
+  const uint8_t gateway[6] = {0x52, 0x55, 0x0a, 0x00, 0x02, 0x02};
+  std::copy(gateway, gateway + 6, f.begin());
+  std::copy(mac.begin(), mac.end(), f.begin() + 6);
+  f[12] = 0x08, f[13] = 0x00;
+  uint8_t* ip = &f[14];
+  ip[0] = 0x45, ip[3] = 40, ip[6] = 0x40, ip[8] = 64, ip[9] = 6;
+  inet_pton(AF_INET, SlirpBackend::kGuestAddress, ip + 12);
+  inet_pton(AF_INET, dst, ip + 16);
+  uint16_t c = checksum(ip, 20);
+  ip[10] = c >> 8, ip[11] = c & 0xff;
+  uint8_t* tcp = &f[34];
+  tcp[0] = sport >> 8, tcp[1] = sport & 0xff, tcp[2] = dport >> 8, tcp[3] = dport & 0xff;
+  tcp[4] = 0x12, tcp[5] = 0x34, tcp[6] = 0x56, tcp[7] = 0x78;  // sequence number
+  tcp[12] = 5 << 4, tcp[13] = 0x02, tcp[14] = 0xff, tcp[15] = 0xff;  // SYN, window
+  std::vector<uint8_t> pseudo(ip + 12, ip + 20);
+  pseudo.insert(pseudo.end(), {0, 6, 0, 20});
+  pseudo.insert(pseudo.end(), tcp, tcp + 20);
+  c = checksum(pseudo.data(), pseudo.size());
+  tcp[16] = c >> 8, tcp[17] = c & 0xff;
+  return f;
+}
+
 class SlirpNetTest : public VirtioNetTest {
  protected:
-  void start_slirp(std::vector<HostForward> fwd = {}) {
-    h = std::make_unique<VirtioHarness>(
-        std::make_unique<VirtioNet>(std::make_unique<SlirpBackend>(fwd), default_mac(0)));
+  void start_slirp(std::vector<HostForward> fwd = {}, bool host_loopback = false) {
+    h = std::make_unique<VirtioHarness>(std::make_unique<VirtioNet>(
+        std::make_unique<SlirpBackend>(fwd, host_loopback), default_mac(0)));
     ASSERT_TRUE(h->init() & virtio::kStatusDriverOk);
   }
   // Transmits a raw frame (header added).
@@ -321,6 +356,73 @@ TEST_F(SlirpNetTest, HostForwardListensAndReachesTheGuest) {
   bool syn_to_guest = frame[12] == 0x08 && frame[13] == 0x00 && frame[23] == 6 &&
                       ((frame[36] << 8) | frame[37]) == 8080;
   EXPECT_TRUE(arp_for_guest || syn_to_guest);
+}
+
+// A host server that listens on 127.0.0.1 only, and the guest trying to reach it.
+class LoopbackServerTest : public SlirpNetTest {
+ protected:
+  void SetUp() override {
+    port = testing::free_loopback_port();
+    server.reset(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(server.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    ASSERT_EQ(::listen(server.get(), 8), 0);
+  }
+  // The guest introduces itself (ARP) and sends SYNs; returns the frames slirp answered with.
+  std::vector<std::vector<uint8_t>> knock(const std::vector<const char*>& targets) {
+    auto bufs = post_rx(16, 2048);
+    send_frame(arp_request("10.0.2.2"));
+    uint16_t n = 0;
+    receive(bufs, &n);  // the ARP reply
+    uint16_t sport = 40000;
+    for (const char* target : targets) send_frame(tcp_syn(target, port, sport++));
+    std::vector<std::vector<uint8_t>> answers;
+    if (auto more = h->next_used(0)) {
+      std::vector<uint8_t> bytes(more->len);
+      h->memory.read(bufs.at(more->id % bufs.size()), bytes.data(), more->len);
+      answers.emplace_back(bytes.begin() + kHeaderBytes, bytes.end());
+    }
+    return answers;
+  }
+  bool server_got_a_connection(int timeout_ms) {
+    pollfd p{server.get(), POLLIN, 0};
+    return ::poll(&p, 1, timeout_ms) == 1;
+  }
+
+  uint16_t port = 0;
+  UniqueFd server;
+};
+
+TEST_F(LoopbackServerTest, TheGuestCannotReachALoopbackOnlyHostServer) {
+  start_slirp();
+  // Through the gateway address (libslirp's host-loopback mapping) and addressed directly; the
+  // gateway's refusal comes back (an ICMP unreachable or a reset) after the direct SYN was
+  // handled, since frames are taken in order.
+  auto answers = knock({"127.0.0.1", "10.0.2.2"});
+  ASSERT_EQ(answers.size(), 1u);
+  const auto& f = answers[0];
+  ASSERT_GE(f.size(), 34u);
+  bool icmp_unreachable = f[23] == 1 && f[34] == 3;
+  bool reset = f[23] == 6 && f.size() >= 54 && (f[47] & 0x04);
+  EXPECT_TRUE(icmp_unreachable || reset);
+  EXPECT_FALSE(server_got_a_connection(0));
+}
+
+TEST_F(LoopbackServerTest, HostLoopbackOnLetsTheGuestReachIt) {
+  start_slirp({}, true);
+  knock({"10.0.2.2"});
+  EXPECT_TRUE(server_got_a_connection(5000));
+}
+
+TEST(HostForward, ListensOnLoopbackUnlessAnAddressIsGiven) {
+  EXPECT_EQ(parse_host_forward("tcp:8080-:80").host_addr.s_addr, htonl(INADDR_LOOPBACK));
+  EXPECT_EQ(parse_host_forward("tcp::8080-:80").host_addr.s_addr, htonl(INADDR_LOOPBACK));
+  EXPECT_EQ(parse_host_forward("tcp:0.0.0.0:8080-:80").host_addr.s_addr, htonl(INADDR_ANY));
+  EXPECT_TRUE(parse_net_option("user,host-loopback=on").host_loopback);
+  EXPECT_FALSE(parse_net_option("user,hostfwd=tcp:1-:2").host_loopback);
 }
 
 // A tap device in a network namespace the test creates: the host kernel answers the guest's ARP.

@@ -1,5 +1,8 @@
 #include "backends/console/terminal_console.h"
 
+#include <sys/ioctl.h>
+#include <termios.h>
+
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -106,6 +109,20 @@ void TerminalConsole::pump() {
     loop_.remove_fd(in_fd_);
     watching_ = false;
   }
+}
+
+sandbox::AllowList TerminalConsole::syscalls() {
+  const uint64_t all = ~0ull;
+  return {
+      {"read"}, {"poll"},
+      // RawTerminal: the terminal's modes, and re-raising a fatal signal after restoring them.
+      {"ioctl", {{1, all, TCGETS}}},
+      {"ioctl", {{1, all, TCSETS}}},
+      {"ioctl", {{1, all, TCSETSW}}},
+      {"ioctl", {{1, all, TCSETSF}}},
+      {"ioctl", {{1, all, TIOCGWINSZ}}},
+      {"rt_sigaction"},
+  };
 }
 
 }  // namespace keel

@@ -12,6 +12,8 @@
 // Raw mode is not this class's business: `keel run` holds a RawTerminal for as long as it runs.
 #pragma once
 
+#include "sandbox/syscalls.h"
+
 #include <functional>
 #include <string>
 
@@ -27,6 +29,8 @@ class TerminalConsole {
   TerminalConsole(EventLoop& loop, int in_fd, int out_fd, ConsoleInput& device,
                   std::function<void()> on_quit);
   ~TerminalConsole();
+  // Its system calls on the main loop, with the RawTerminal's (seccomp).
+  static sandbox::AllowList syscalls();
   TerminalConsole(const TerminalConsole&) = delete;
   TerminalConsole& operator=(const TerminalConsole&) = delete;
 

@@ -7,6 +7,8 @@
 // same thread (possibly from inside send(), as slirp answers ARP and DHCP at once).
 #pragma once
 
+#include "sandbox/syscalls.h"
+
 #include <poll.h>
 
 #include <cstdint>

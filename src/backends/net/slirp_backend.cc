@@ -1,6 +1,8 @@
 #include "backends/net/slirp_backend.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <slirp/libslirp.h>
 
 #include <algorithm>
@@ -113,7 +115,7 @@ HostForward parse_host_forward(const std::string& spec) {
     throw UsageError("hostfwd " + spec + ": protocol must be tcp or udp");
   std::string host = spec.substr(colon + 1, dash - colon - 1);  // [ADDR]:PORT or PORT
   std::string guest = spec.substr(dash + 1);                     // [ADDR]:PORT
-  fwd.host_addr.s_addr = htonl(INADDR_ANY);
+  fwd.host_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (auto c = host.rfind(':'); c != std::string::npos) {
     std::string a = host.substr(0, c);
     if (!a.empty() && ::inet_pton(AF_INET, a.c_str(), &fwd.host_addr) != 1)
@@ -130,10 +132,12 @@ HostForward parse_host_forward(const std::string& spec) {
   return fwd;
 }
 
-SlirpBackend::SlirpBackend(const std::vector<HostForward>& forwards) {
+SlirpBackend::SlirpBackend(const std::vector<HostForward>& forwards, bool host_loopback)
+    : host_loopback_(host_loopback) {
   SlirpConfig cfg{};
   cfg.version = 4;
   cfg.restricted = 0;
+  cfg.disable_host_loopback = !host_loopback;  // 10.0.2.2 is not the host's 127.0.0.1
   cfg.in_enabled = true;
   cfg.vnetwork = addr("10.0.2.0");
   cfg.vnetmask = addr("255.255.255.0");
@@ -163,6 +167,16 @@ SlirpBackend::~SlirpBackend() {
 }
 
 void SlirpBackend::send(std::span<const uint8_t> frame) {
+  // IPv4 to 127.0.0.0/8: libslirp would open a host socket to it as to any other address.
+  constexpr size_t kEth = 14;
+  if (!host_loopback_ && frame.size() >= kEth + 20 && frame[12] == 0x08 && frame[13] == 0x00 &&
+      frame[kEth + 16] == 127) {
+    if (loopback_dropped_++ == 0)
+      log::warn("user network: dropped the guest's packets to the host's loopback {}.{}.{}.{} "
+                "(host_loopback is off)",
+                frame[kEth + 16], frame[kEth + 17], frame[kEth + 18], frame[kEth + 19]);
+    return;
+  }
   slirp_input(slirp_, frame.data(), static_cast<int>(frame.size()));
 }
 
@@ -213,6 +227,22 @@ void SlirpBackend::dispatch(const std::vector<pollfd>& fds, size_t) {
   slirp_pollfds_poll(slirp_, 0, get_revents_cb, this);
   poll_fds_ = nullptr;
   run_timers();
+}
+
+sandbox::AllowList SlirpBackend::syscalls() {
+  const uint64_t all = ~0ull;
+  return {
+      {"socket", {{0, all, AF_INET}}},
+      {"socket", {{0, all, AF_INET6}}},
+      {"connect"}, {"bind"}, {"listen"}, {"accept"}, {"accept4"},
+      {"sendto"}, {"recvfrom"}, {"sendmsg"}, {"recvmsg"},
+      {"setsockopt"}, {"getsockopt"}, {"getsockname"}, {"getpeername"}, {"shutdown"},
+      {"fcntl"},
+      {"ioctl", {{1, all, FIONREAD}}},
+      {"ioctl", {{1, all, FIONBIO}}},
+      {"read"}, {"write"},
+      // and /etc/resolv.conf (read-only opens are the C library's: sandbox/seccomp.cc).
+  };
 }
 
 }  // namespace keel

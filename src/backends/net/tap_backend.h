@@ -2,6 +2,8 @@
 // it does not exist (root or CAP_NET_ADMIN); configuring it on the host is the user's business.
 #pragma once
 
+#include "sandbox/syscalls.h"
+
 #include <string>
 
 #include "backends/net/net_backend.h"
@@ -13,6 +15,8 @@ class TapBackend : public NetBackend {
  public:
   // Throws Error naming the interface when it cannot be opened.
   explicit TapBackend(const std::string& ifname);
+  // The system calls of the tap fd's use on the network thread (seccomp).
+  static sandbox::AllowList syscalls();
 
   std::string name() const override { return "tap:" + ifname_; }
   const std::string& ifname() const { return ifname_; }

@@ -11,15 +11,22 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "devices/virtio/split_queue.h"
 #include "memory/guest_memory.h"
+#include "sandbox/syscalls.h"
 #include "state/state_format.h"
 
 namespace keel {
+
+namespace sandbox {
+class ThreadLauncher;
+}
 
 class VirtioInterrupt {
  public:
@@ -37,7 +44,13 @@ struct VirtioContext {
   std::vector<SplitQueue*> queues;  // index = queue number; owned by the transport
   VirtioInterrupt& interrupt;
   uint64_t features;  // negotiated
+  sandbox::ThreadLauncher* launcher = nullptr;  // the machine's, if any
 };
+
+// Starts a device's worker thread: through the machine's launcher when there is one (a confined
+// VMM starts it under the device-worker seccomp filter), else as a plain thread.
+std::thread start_device_thread(const VirtioContext& ctx, const std::string& name,
+                                std::function<void()> fn);
 
 class VirtioDevice {
  public:

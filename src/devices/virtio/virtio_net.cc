@@ -26,7 +26,7 @@ class VirtioNet::Worker {
       : net_(net), ctx_(ctx), memory_(ctx.memory),
         mergeable_(ctx.features & virtio::bit(kFeatureMrgRxbuf)) {
     net_.backend_->set_receiver([this](std::span<const uint8_t> frame) { on_frame(frame); });
-    thread_ = std::thread([this] { run(); });
+    thread_ = start_device_thread(ctx, "keel-net", [this] { run(); });
   }
   ~Worker() {
     stop_.signal();
@@ -211,5 +211,9 @@ void VirtioNet::notify(uint16_t queue) {
 }
 
 void VirtioNet::reset() { worker_.reset(); }
+
+sandbox::AllowList VirtioNet::worker_syscalls() {
+  return {{"poll"}, {"ppoll"}, {"read"}};  // the backend's fds, kick and stop eventfds
+}
 
 }  // namespace keel

@@ -10,6 +10,8 @@
 // in a bounded queue (older ones are kept, newer dropped, as a full NIC ring would).
 #pragma once
 
+#include "sandbox/syscalls.h"
+
 #include <array>
 #include <deque>
 #include <memory>
@@ -37,6 +39,9 @@ class VirtioNet : public VirtioDevice {
  public:
   VirtioNet(std::unique_ptr<NetBackend> backend, std::array<uint8_t, 6> mac);
   ~VirtioNet() override;
+
+  // The network thread's own system calls (seccomp); its backend adds its own.
+  static sandbox::AllowList worker_syscalls();
 
   std::string name() const override { return "virtio-net " + backend_->name(); }
   uint16_t device_id() const override;

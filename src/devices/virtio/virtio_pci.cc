@@ -1,5 +1,7 @@
 #include "devices/virtio/virtio_pci.h"
 
+#include "sandbox/thread_launcher.h"
+
 #include <cstring>
 
 #include "base/log.h"
@@ -76,6 +78,12 @@ std::vector<uint8_t> virtio_cap(uint8_t type, uint8_t bar, uint32_t offset, uint
 }
 
 }  // namespace
+
+std::thread start_device_thread(const VirtioContext& ctx, const std::string& name,
+                                std::function<void()> fn) {
+  if (ctx.launcher) return ctx.launcher->start(sandbox::ThreadKind::kDeviceWorker, name, std::move(fn));
+  return std::thread(std::move(fn));
+}
 
 void read_config_image(std::span<const uint8_t> image, uint64_t offset, std::span<uint8_t> data) {
   for (size_t i = 0; i < data.size(); ++i)
@@ -330,7 +338,7 @@ void VirtioPciDevice::write_status(uint8_t value) {
 }
 
 void VirtioPciDevice::activate_locked() {
-  VirtioContext ctx{memory_, {}, *this, driver_features_};
+  VirtioContext ctx{memory_, {}, *this, driver_features_, launcher_};
   for (auto& q : queues_) ctx.queues.push_back(q.get());
   device_->activate(ctx);
 }

@@ -51,6 +51,8 @@ class VirtioPciDevice : public PciDevice, public VirtioInterrupt, public state::
 
   // Stops the device's work (VM shutdown): same as a driver reset.
   void shutdown();
+  // Where device worker threads come from (the machine's launcher); set before the guest runs.
+  void set_thread_launcher(sandbox::ThreadLauncher* launcher) { launcher_ = launcher; }
 
   // Snapshots. quiesce() stops a live device's work (worker threads joined, in-flight requests
   // completed and published) without the driver noticing; unquiesce() lets it go on, or, after
@@ -97,6 +99,7 @@ class VirtioPciDevice : public PciDevice, public VirtioInterrupt, public state::
   std::atomic<uint8_t> config_generation_{0};
   std::atomic<uint16_t> config_vector_{virtio::kNoVector};
   std::unique_ptr<std::atomic<uint16_t>[]> queue_vectors_;
+  sandbox::ThreadLauncher* launcher_ = nullptr;
 };
 
 }  // namespace keel

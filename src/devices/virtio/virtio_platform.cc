@@ -1,6 +1,6 @@
 #include "devices/virtio/virtio_platform.h"
 
-#include "backends/block/raw_image.h"
+#include "backends/block/block_backend.h"
 #include "backends/net/slirp_backend.h"
 #include "backends/net/tap_backend.h"
 #include "base/error.h"
@@ -14,16 +14,25 @@ namespace keel {
 
 DiskConfig parse_disk_option(const std::string& text) {
   DiskConfig disk;
-  std::string path = text;
-  if (auto comma = text.rfind(','); comma != std::string::npos) {
-    std::string flag = text.substr(comma + 1);
-    if (flag != "readonly" && flag != "ro")
-      throw UsageError("--disk " + text + ": unknown option '" + flag + "' (expected readonly)");
-    disk.readonly = true;
-    path = text.substr(0, comma);
+  size_t comma = text.find(',');
+  disk.path = text.substr(0, comma);
+  if (disk.path.empty()) throw UsageError("--disk needs a path");
+  while (comma != std::string::npos) {
+    size_t next = text.find(',', comma + 1);
+    std::string part = text.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+    if (part == "readonly" || part == "ro") {
+      disk.readonly = true;
+    } else if (part.rfind("format=", 0) == 0) {
+      std::string format = part.substr(7);
+      if (format != "raw" && format != "qcow2")
+        throw UsageError("--disk " + text + ": unknown format '" + format + "' (keel reads raw and qcow2)");
+      disk.format = parse_image_format(format);
+    } else {
+      throw UsageError("--disk " + text + ": unknown option '" + part +
+                       "' (expected format=raw|qcow2 or readonly)");
+    }
+    comma = next;
   }
-  if (path.empty()) throw UsageError("--disk needs a path");
-  disk.path = path;
   return disk;
 }
 
@@ -43,13 +52,16 @@ NetConfig parse_net_option(const std::string& text) {
     std::string part = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     if (first && (part == "user" || part.empty())) {
       // the type
+    } else if (part == "host-loopback=on" || part == "host-loopback=off") {
+      net.host_loopback = part == "host-loopback=on";
     } else if (part.rfind("hostfwd=", 0) == 0) {
       std::string spec = part.substr(8);
       parse_host_forward(spec);  // validates now, so a typo is a usage error
       net.hostfwd.push_back(spec);
     } else {
       throw UsageError("--net " + text + ": unknown part '" + part +
-                       "' (expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT] or tap:IFNAME)");
+                       "' (expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT][,host-loopback=on] or "
+                       "tap:IFNAME)");
     }
     first = false;
     if (comma == std::string::npos) break;
@@ -61,11 +73,18 @@ NetConfig parse_net_option(const std::string& text) {
 PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus& pio, IoBus& mmio,
                          InterruptController& interrupts, ConsoleOutput console_output)
     : pio_(pio), bus_(mmio) {
+  config_ = config;
   std::vector<std::unique_ptr<VirtioDevice>> devs;
   for (size_t i = 0; i < config.disks.size(); ++i) {
     const DiskConfig& d = config.disks[i];
     std::string serial = "keel-vd" + std::string(1, static_cast<char>('a' + i % 26));
-    devs.push_back(std::make_unique<VirtioBlk>(RawImage::open(d.path, d.readonly), serial));
+    auto blk = std::make_unique<VirtioBlk>(open_block_backend(d.path, d.format, d.readonly), serial);
+    disks_.push_back(blk.get());
+    devs.push_back(std::move(blk));
+  }
+  if (config.cloud_init) {
+    std::string serial = "keel-cidata";
+    devs.push_back(std::make_unique<VirtioBlk>(make_cloud_init_seed(*config.cloud_init, config.vm_name), serial));
   }
   for (size_t i = 0; i < config.nets.size(); ++i) {
     const NetConfig& n = config.nets[i];
@@ -75,7 +94,7 @@ PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus&
     } else {
       std::vector<HostForward> fwd;
       for (const auto& spec : n.hostfwd) fwd.push_back(parse_host_forward(spec));
-      backend = std::make_unique<SlirpBackend>(fwd);
+      backend = std::make_unique<SlirpBackend>(fwd, n.host_loopback);
     }
     devs.push_back(std::make_unique<VirtioNet>(std::move(backend), default_mac(i)));
   }
@@ -103,6 +122,11 @@ PciPlatform::~PciPlatform() {
       if (remove_notify_) remove_notify_(gpa, fd);
 }
 
+BlockBackend& PciPlatform::disk(size_t i) {
+  if (i >= disks_.size()) throw Error("no disk " + std::to_string(i));
+  return disks_[i]->backend();
+}
+
 void PciPlatform::route_notifications(NotifyHook add, NotifyHook remove) {
   add_notify_ = std::move(add);
   remove_notify_ = std::move(remove);
@@ -126,6 +150,26 @@ void PciPlatform::update_notifications(uint8_t slot) {
       routed_[i].emplace_back(gpa, fd);
     }
   }
+}
+
+void PciPlatform::set_thread_launcher(sandbox::ThreadLauncher* launcher) {
+  for (auto& d : devices_) d->set_thread_launcher(launcher);
+}
+
+sandbox::AllowList PciPlatform::vcpu_syscalls() {
+  // Register writes on the vCPU thread: activation makes kick and stop eventfds and starts the
+  // workers; kicks and completions signal eventfds; reset waits for the workers.
+  return {{"eventfd2"}, {"read"}, {"write"}};
+}
+
+sandbox::AllowList PciPlatform::worker_syscalls() const {
+  sandbox::AllowList list;
+  if (!config_.disks.empty()) sandbox::append(list, VirtioBlk::worker_syscalls());
+  if (!config_.nets.empty()) sandbox::append(list, VirtioNet::worker_syscalls());
+  for (const auto& net : config_.nets)
+    sandbox::append(list, net.kind == NetConfig::Kind::kTap ? TapBackend::syscalls()
+                                                          : SlirpBackend::syscalls());
+  return list;
 }
 
 }  // namespace keel

@@ -2,12 +2,15 @@
 // invalidation, and interrupt/exception delivery through the IDT (64-bit mode).
 #include "engine/emu/cpu.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 #include "base/error.h"
 #include "engine/emu/decode.h"
+#include "engine/emu/jit/jit.h"
 
 namespace keel::emu {
 
@@ -30,13 +33,26 @@ Cpu::Cpu(const Deps& d)
       apic_id_(d.apic_id),
       tsc_deadline_(d.tsc_deadline),
       kvm_clock_(d.kvm_clock),
-      kvmclock_(d.memory, d.clock) {
-  for (auto& t : tlbs_) t = std::make_unique<TlbEntry[]>(kTlbSize);
-  jump_cache_ = std::make_unique<JumpEntry[]>(kJumpCacheSize);
-  code_pages_.assign((mem_.end() + 4095) / 4096, 0);
+      kvmclock_(d.memory, d.clock),
+      group_(*d.group),
+      smp_(d.smp) {
+  apic_attention = apic_.attention_word();
+  if (!apic_attention) apic_attention = &always_attention;
+  if (d.tier == EmuTier::kJit) {
+    jit_ = std::make_unique<jit::Jit>(reinterpret_cast<const void*>(&Cpu::jit_call),
+                                      reinterpret_cast<const void*>(&Cpu::jit_pack_flags),
+                                      d.count_instructions,
+                                      d.code_cache_bytes ? d.code_cache_bytes
+                                                         : jit::Jit::kDefaultCacheBytes);
+    hot_threshold_ = d.hot_threshold;
+  }
   decoder_ = new Decoder();
   // Debugging aid: KEEL_EMU_TRACE_FAULTS=1 logs every exception the CPU raises.
   if (const char* t = std::getenv("KEEL_EMU_TRACE_FAULTS")) trace_faults_ = *t == '1';
+  if (const char* p = std::getenv("KEEL_EMU_PROFILE"); p && *p == '1') {
+    mnemonic_counts_ = std::make_unique<uint64_t[]>(ZYDIS_MNEMONIC_MAX_VALUE + 1);
+    helper_counts_ = std::make_unique<uint64_t[]>(ZYDIS_MNEMONIC_MAX_VALUE + 1);
+  }
   flush_tlb();
   // Power-on-like defaults for the segment caches; set_state() replaces them.
   for (int i = 0; i < 6; ++i) {
@@ -47,13 +63,44 @@ Cpu::Cpu(const Deps& d)
     sreg[i].type = i == kCS ? 0xB : 0x3;
   }
   update_mode();
+  // NMI, INIT and SIPI from other vCPUs' IPIs: the run loop looks at them (service()).
+  apic_.set_event_listener([this] { request_service(); });
+  group_.add(this);
 }
 
+namespace {
+void print_mnemonics(const char* title, const uint64_t* counts) {
+  std::vector<std::pair<uint64_t, int>> top;
+  uint64_t total = 0;
+  for (int m = 0; m <= ZYDIS_MNEMONIC_MAX_VALUE; ++m)
+    if (counts[m]) {
+      top.emplace_back(counts[m], m);
+      total += counts[m];
+    }
+  std::sort(top.rbegin(), top.rend());
+  std::fprintf(stderr, "emu profile: %s: %llu instructions\n", title,
+               static_cast<unsigned long long>(total));
+  for (size_t i = 0; i < top.size() && i < 60; ++i)
+    std::fprintf(stderr, "  %-12s %12llu %5.2f%%\n",
+                 ZydisMnemonicGetString(static_cast<ZydisMnemonic>(top[i].second)),
+                 static_cast<unsigned long long>(top[i].first),
+                 100.0 * double(top[i].first) / double(total));
+}
+}  // namespace
+
 Cpu::~Cpu() {
-  for (auto& [key, b] : blocks_) delete b;
+  group_.remove(this);
+  apic_.set_event_listener(nullptr);
+  if (mnemonic_counts_) {
+    print_mnemonics("interpreted", mnemonic_counts_.get());
+    if (jit_) print_mnemonics("handlers called from translated code", helper_counts_.get());
+  }
+  code_.for_each([](Block* b) { delete b; });
   for (Block* b : retired_) delete b;
   delete static_cast<Decoder*>(decoder_);
 }
+
+const jit::Stats* Cpu::jit_stats() const { return jit_ ? &jit_->stats() : nullptr; }
 
 // ---------------------------------------------------------------- lazy flags
 
@@ -67,6 +114,7 @@ bool Cpu::cf() const {
     case FlagOp::kLogic: return false;
     case FlagOp::kInc:
     case FlagOp::kDec: return lf_cin;
+    case FlagOp::kHost: return (lf_res >> 8) & 1;
   }
   return false;
 }
@@ -81,6 +129,7 @@ bool Cpu::of() const {
     case FlagOp::kSbb:
     case FlagOp::kDec: return sign_of((lf_dst ^ lf_src) & (lf_dst ^ lf_res), lf_bits);
     case FlagOp::kLogic: return false;
+    case FlagOp::kHost: return lf_res & 1;
   }
   return false;
 }
@@ -89,12 +138,15 @@ bool Cpu::af() const {
   switch (lf_op) {
     case FlagOp::kNone: return rflags_ & kFlagAF;
     case FlagOp::kLogic: return false;
+    case FlagOp::kHost: return (lf_res >> 12) & 1;
     default: return (lf_dst ^ lf_src ^ lf_res) & 0x10;
   }
 }
 
 uint64_t Cpu::flags() const {
   if (lf_op == FlagOp::kNone) return rflags_ | 0x2;
+  if (lf_op == FlagOp::kHost)
+    return (rflags_ & ~kArith) | 0x2 | ((lf_res >> 8) & 0xD5) | ((lf_res & 1) << 11);
   uint64_t f = (rflags_ & ~kArith) | 0x2;
   if (cf()) f |= kFlagCF;
   if (pf()) f |= kFlagPF;
@@ -114,10 +166,12 @@ void Cpu::update_mode() {
   cpl = uint8_t(cs.selector & 3);
   if (!(cr0 & 1)) cpl = 0;
   tlb_user_ = cpl == 3;
-  tlb_ = tlbs_[tlb_user_].get();
+  tlb_ = tlb_table[tlb_user_];
+  itlb_ = itlb_table[tlb_user_];
   ss_32_ = mode != 0;
   for (int i = 0; i < 6; ++i) seg_base[i] = sreg[i].base;
   seg_base[kSegFlat] = 0;
+  refresh_genkey();
 }
 
 void Cpu::set_sreg_raw(int idx, const Segment& s) {
@@ -227,46 +281,44 @@ std::string Cpu::describe_rip() {
 
 // ---------------------------------------------------------------- block cache
 
-void Cpu::flush_jump_cache() { ++code_gen_; }
+void Cpu::flush_jump_cache() {
+  ++code_gen_;
+  refresh_genkey();
+}
 
-void Cpu::mark_code_page(uint64_t page) {
-  if (page >= code_pages_.size()) return;
-  std::atomic_ref<uint8_t> bit(code_pages_[page]);
-  if (bit.load(std::memory_order_relaxed)) return;
-  bit.store(1, std::memory_order_relaxed);
-  // Stores to this page must now take the slow path (which invalidates its blocks).
-  uint64_t gpa = page << 12;
-  for (auto& t : tlbs_)
-    for (unsigned i = 0; i < kTlbSize; ++i)
-      if (t[i].gpa == gpa) t[i].wtag = kNoTag;
+void Cpu::mark_code_page(uint64_t page) { group_.mark_code(page, *this); }
+
+void Cpu::revoke_write(uint64_t page) {
+  const uint64_t gpa = page << 12;
+  std::lock_guard lock(tlb_mutex_);
+  for (auto& t : tlb_table)
+    for (TlbEntry& e : t)
+      if (e.gpa == gpa) __atomic_store_n(&e.wtag, kNoTag, __ATOMIC_RELAXED);
 }
 
 void Cpu::invalidate_page(uint64_t page) {
-  auto it = page_blocks_.find(page);
-  if (it != page_blocks_.end()) {
-    flush_jump_cache();
-    for (Block* b : it->second) {
-      blocks_.erase(b->key);
-      if (b == current_block_) end_block();
-      retired_.push_back(b);
-      leave_chain_ = true;
-    }
-    page_blocks_.erase(it);
+  std::vector<Block*> gone = code_.take_page(page);
+  if (gone.empty()) return;
+  ++pages_invalidated_;
+  flush_jump_cache();
+  for (Block* b : gone) {
+    if (b == current_block_) end_block();
+    retired_.push_back(b);
   }
-  if (page < code_pages_.size())
-    std::atomic_ref<uint8_t>(code_pages_[page]).store(0, std::memory_order_relaxed);
+  leave_chain_ = true;
 }
 
-void Cpu::invalidate_code(uint64_t gpa, uint64_t len) {
-  if (len == 0) return;
-  uint64_t first = gpa >> 12, last = (gpa + len - 1) >> 12;
-  std::lock_guard lock(pending_mutex_);
-  for (uint64_t p = first; p <= last && p < code_pages_.size(); ++p) {
-    if (std::atomic_ref<uint8_t>(code_pages_[p]).load(std::memory_order_relaxed)) {
-      pending_pages_.push_back(p);
-      pending_invalidation_.store(true, std::memory_order_release);
-    }
+void Cpu::code_page_written(uint64_t page) {
+  invalidate_page(page);
+  group_.code_written(page, this);
+}
+
+void Cpu::queue_invalidation(uint64_t page) {
+  {
+    std::lock_guard lock(pending_mutex_);
+    pending_pages_.push_back(page);
   }
+  request_service();
 }
 
 void Cpu::process_pending_invalidations() {
@@ -274,9 +326,25 @@ void Cpu::process_pending_invalidations() {
   {
     std::lock_guard lock(pending_mutex_);
     pages.swap(pending_pages_);
-    pending_invalidation_.store(false, std::memory_order_relaxed);
   }
   for (uint64_t p : pages) invalidate_page(p);
+}
+
+bool Cpu::service() {
+  if (!service_requested_.exchange(false, std::memory_order_acq_rel)) return true;
+  process_pending_invalidations();
+  (void)apic_.take_sipi();  // a SIPI reaches only a vCPU waiting for one (EmuVcpu)
+  if (apic_.take_init()) {
+    init_pending_ = true;
+    return false;
+  }
+  if (!nmi_blocked_ && apic_.take_nmi()) {
+    halted_ = false;
+    nmi_blocked_ = true;
+    deliver(kNMI, false, 0, false);
+  }
+  group_.park_if_requested(*this);
+  return true;
 }
 
 void Cpu::free_retired_blocks() {
@@ -286,9 +354,10 @@ void Cpu::free_retired_blocks() {
   retired_.clear();
 }
 
-Block* Cpu::build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cacheable) {
+Block* Cpu::build_block(uint64_t gpa, const uint8_t* host, unsigned avail, uint64_t gpa2) {
   Decoder& dec = decoder_of(decoder_);
   auto b = std::make_unique<Block>();
+  ++blocks_decoded_;
   b->start_gpa = gpa;
   b->page = gpa >> 12;
   b->key = (gpa << 3) | mode;
@@ -305,34 +374,55 @@ Block* Cpu::build_block(uint64_t gpa, uint8_t* host, unsigned avail, bool cachea
     if (ends || b->insns.size() >= kMaxBlockInsns) break;
   }
   b->bytes = off;
-  if (!cacheable) {
-    scratch_block_ = std::move(*b);
-    return &scratch_block_;
-  }
+  b->gpa2 = gpa2;
   Block* raw = b.release();
-  blocks_[raw->key] = raw;
-  page_blocks_[raw->page].push_back(raw);
+  code_.add(raw);
   mark_code_page(raw->page);
+  if (gpa2 != ~0ull) mark_code_page(gpa2 >> 12);
   return raw;
+}
+
+// The first instruction at `la` (guest-physical `gpa`, `avail` bytes left on its page) crosses
+// into the next page: decoded from both pages once, found again while the next page still maps
+// to the same guest-physical page.
+Block* Cpu::find_crossing_block(uint64_t la, uint64_t gpa, const uint8_t* host, unsigned avail) {
+  const uint64_t la2 = la + avail;
+  const TlbEntry& e2 = itlb_[(la2 >> 12) & kTlbMask];
+  uint64_t gpa2 = e2.xtag == la2 ? e2.gpa : translate(la2, Access::kExec, tlb_user_);
+  if (Block* known = code_.find(gpa, mode, true)) {
+    if (known->gpa2 == gpa2) return fill_jump_cache(la, known);
+    invalidate_page(gpa >> 12);  // the next page is mapped elsewhere now: decode again
+  }
+  uint8_t buf[16] = {};
+  std::memcpy(buf, host, avail);
+  unsigned more = 15 - avail;
+  if (const uint8_t* h2 = mem_.host_ptr(gpa2, more)) std::memcpy(buf + avail, h2, more);
+  Block* b = build_block(gpa, buf, 15, gpa2);
+  if (!b) raise_fault(kUD);
+  return fill_jump_cache(la, b);
+}
+
+Block* Cpu::fill_jump_cache(uint64_t la, Block* b) {
+  JumpEntry* set = &jump_cache[jump_cache_set(la) * kJumpCacheWays];
+  set[1] = set[0];
+  set[0] = JumpEntry{la, genkey, b->page << 12, b->jit_entry[tlb_user_], b};
+  return b;
 }
 
 Block* Cpu::find_block() {
   const uint64_t la = r[kRegRip] + seg_base[kCS];
-  const uint32_t key = mode | (uint32_t(tlb_user_) << 2);
-  JumpEntry& j = jump_cache_[(la ^ (la >> 12)) & (kJumpCacheSize - 1)];
-  if (j.rip == la && j.key == key && j.gen == code_gen_) [[likely]]
-    return j.block;
+  JumpEntry* set = &jump_cache[jump_cache_set(la) * kJumpCacheWays];
+  for (unsigned w = 0; w < kJumpCacheWays; ++w)
+    if (set[w].rip == la && set[w].genkey == genkey && block_mapped(la, set[w].block)) [[likely]]
+      return set[w].block;
 
-  const TlbEntry& e = tlb_[(la >> 12) & kTlbMask];
+  const TlbEntry& e = itlb_[(la >> 12) & kTlbMask];
   uint64_t gpa;
   if (e.xtag == (la & ~0xFFFull)) gpa = e.gpa | (la & 0xFFF);
   else gpa = translate(la, Access::kExec, tlb_user_);
 
-  Block* b;
-  auto it = blocks_.find((gpa << 3) | mode);
-  if (it != blocks_.end()) {
-    b = it->second;
-  } else {
+  Block* b = code_.find(gpa, mode, false);
+  if (!b) {
     uint8_t* host = mem_.host_ptr(gpa, 1);
     if (!host) throw Error("emu: execution outside RAM at guest-physical 0x" + [&] {
       char s[32];
@@ -340,30 +430,24 @@ Block* Cpu::find_block() {
       return std::string(s);
     }() + ", " + describe_rip());
     unsigned avail = 4096 - unsigned(gpa & 0xFFF);
-    b = build_block(gpa, host, avail, true);
-    if (!b) {
-      // The first instruction crosses into the next page: decode it from both pages, uncached.
-      uint8_t buf[16] = {};
-      std::memcpy(buf, host, avail);
-      uint64_t gpa2 = translate(la + avail, Access::kExec, tlb_user_);
-      unsigned more = std::min(15u - avail, 15u);
-      if (const uint8_t* h2 = mem_.host_ptr(gpa2, more)) std::memcpy(buf + avail, h2, more);
-      b = build_block(gpa, buf, 15, false);
-      if (!b) raise_fault(kUD);
-      return b;
-    }
+    if (avail >= 15 || !code_.find(gpa, mode, true))
+      b = build_block(gpa, host, avail);
+    else
+      b = nullptr;
+    if (!b) return find_crossing_block(la, gpa, host, avail);
   }
-  j = JumpEntry{la, code_gen_, key, b};
-  return b;
+  return fill_jump_cache(la, b);
 }
 
 Block* Cpu::next_block(Block* prev) {
   const uint64_t rip = r[kRegRip];
   const uint32_t key = mode | (uint32_t(tlb_user_) << 2);
   for (Block::Link& l : prev->links)
-    if (l.rip == rip && l.gen == code_gen_ && l.key == key) return l.block;
+    if (l.rip == rip && l.gen == code_gen_ && l.key == key &&
+        block_mapped(rip + seg_base[kCS], l.block))
+      return l.block;
   Block* b = find_block();
-  if (b != &scratch_block_ && prev != &scratch_block_) {
+  {
     Block::Link& l = prev->links[prev->next_link];
     prev->next_link ^= 1;
     l = Block::Link{rip, code_gen_, key, b};
@@ -379,6 +463,7 @@ void Cpu::run_block(Block* b) {
   try {
     while (ip < block_end_) {
       const Insn& in = *ip++;
+      if (mnemonic_counts_) [[unlikely]] ++mnemonic_counts_[in.mnem];
       r[kRegRip] += in.len;
       in.fn(*this, in);
       if (in.prefix & kPfxFence) [[unlikely]]
@@ -388,11 +473,13 @@ void Cpu::run_block(Block* b) {
     const Insn& in = *(ip - 1);
     r[kRegRip] -= in.len;
     icount_ += uint64_t(ip - start) - 1;
+    interpreted_ += uint64_t(ip - start) - 1;
     current_block_ = nullptr;
     if (f.noncanonical && (in.prefix & kPfxStack)) f.vector = kStackFault;
     throw;
   }
   icount_ += uint64_t(ip - start);
+  interpreted_ += uint64_t(ip - start);
   current_block_ = nullptr;
 }
 
@@ -412,16 +499,31 @@ bool Cpu::check_interrupts() {
   return true;
 }
 
+bool Cpu::must_leave_chain() {
+  return leave_chain_ || kicked_.load(std::memory_order_relaxed) ||
+         service_requested_.load(std::memory_order_relaxed) ||
+         ((rflags_ & kFlagIF) && apic_.maybe_pending());
+}
+
 Cpu::Exit Cpu::run() {
+  // Counted as executing guest code for exclusive runs (VcpuGroup), except while halted.
+  struct Running {
+    VcpuGroup& g;
+    Cpu& c;
+    Running(VcpuGroup& g, Cpu& c) : g(g), c(c) { g.enter(c); }
+    ~Running() { g.leave(c); }
+  } running(group_, *this);
   for (;;) {
     if (kicked_.load(std::memory_order_acquire)) {
       kicked_.store(false, std::memory_order_relaxed);
       return Exit::kStopped;
     }
     if (shutdown_) return Exit::kShutdown;
-    if (pending_invalidation_.load(std::memory_order_acquire)) process_pending_invalidations();
     free_retired_blocks();
+    jit_slot = nullptr;
     try {
+      if (!service()) return Exit::kInit;
+      free_retired_blocks();
       if (shadow_) {
         shadow_ = false;
       } else if ((rflags_ & kFlagIF) && apic_.maybe_pending()) {
@@ -429,28 +531,160 @@ Cpu::Exit Cpu::run() {
         if (shutdown_) return Exit::kShutdown;
       }
       if (halted_) {
-        if (!(rflags_ & kFlagIF)) return Exit::kHalted;
+        if (!(rflags_ & kFlagIF)) {
+          // Halted for good, unless another vCPU sends an NMI or INIT: alone, say so (the
+          // machine ends when no vCPU can run); with others, wait for them or a kick.
+          if (!smp_) return Exit::kHalted;
+          group_.leave(*this);
+          apic_.wait_for_event(kicked_);
+          group_.enter(*this);
+          continue;
+        }
+        group_.leave(*this);
         apic_.wait_for_interrupt(kicked_);
+        group_.enter(*this);
         if (!kicked_.load(std::memory_order_acquire) && apic_.maybe_pending()) check_interrupts();
         continue;
       }
       // The chained loop: block after block without the checks above, until something needs
-      // them (a handler changed state, another thread kicked or queued invalidations, or an
-      // interrupt may be pending).
+      // them (a handler changed state, another thread kicked or asked for service, or an
+      // interrupt may be pending). Translated code chains on its own and comes back here only
+      // for what it cannot do itself.
       leave_chain_ = false;
       Block* b = find_block();
       for (;;) {
+        if (void* body = translated(b)) {
+          run_translated(body);
+          if (must_leave_chain()) break;
+          b = find_block();
+          continue;
+        }
         run_block(b);
-        if (leave_chain_ || kicked_.load(std::memory_order_relaxed) ||
-            pending_invalidation_.load(std::memory_order_relaxed))
-          break;
-        if ((rflags_ & kFlagIF) && apic_.maybe_pending()) break;
+        if (must_leave_chain()) break;
         b = next_block(b);
       }
     } catch (const GuestFault& f) {
       deliver_fault(f);
     }
   }
+}
+
+void Cpu::start_at_sipi(uint8_t vector) {
+  // The INIT state (SDM 10.4.7.3 / 9.1.1) with CS:IP = vector << 8 : 0.
+  CpuState s{};
+  auto seg = [](uint16_t sel, uint8_t type) {
+    Segment g{};
+    g.selector = sel;
+    g.base = uint64_t(sel) << 4;
+    g.limit = 0xFFFF;
+    g.type = type;
+    g.s = 1;
+    g.present = 1;
+    return g;
+  };
+  s.cs = seg(uint16_t(vector) << 8, 0xB);
+  s.ds = s.es = s.ss = s.fs = s.gs = seg(0, 0x3);
+  s.tr.limit = 0xFFFF;
+  s.tr.type = 0xB;
+  s.tr.present = 1;
+  s.ldt.limit = 0xFFFF;
+  s.ldt.type = 0x2;
+  s.ldt.present = 1;
+  s.gdt.limit = 0xFFFF;
+  s.idt.limit = 0xFFFF;
+  s.rflags = 0x2;
+  s.cr0 = 0x60000010;
+  s.gpr[x86::RDX] = 0x000306A9;  // the CPUID.1 signature, as after INIT
+  s.apic_base = apic_.base_msr();
+  set_state(s);
+  set_fpu(x86::FpuState{});  // x87 and SSE state as after INIT: zero, then the two defaults
+  mxcsr = 0x1F80;
+  fcw = 0x37F;
+  nmi_blocked_ = false;
+  init_pending_ = false;
+}
+
+// ---------------------------------------------------------------- translation tier
+
+void* Cpu::translated(Block* b) {
+  // The same-page branch that exited to find this block, if any: linked below once b has a
+  // translation, forgotten otherwise (it must not be linked to a later block).
+  uint8_t* slot = std::exchange(jit_slot, nullptr);
+  if (!jit_ || mode != 0) return nullptr;
+  const bool user = tlb_user_;
+  if (!b->jit_body[user]) {
+    if (b->untranslatable || ++b->heat <= hot_threshold_) return nullptr;
+    auto t = jit_->translate(*b, user);
+    if (!t) {
+      flush_translations();
+      slot = nullptr;
+      t = jit_->translate(*b, user);
+      if (!t) {
+        b->untranslatable = true;
+        return nullptr;
+      }
+    }
+    b->jit_entry[user] = t->entry;
+    b->jit_body[user] = t->body;
+    // The jump-cache entry that led here learns the translation.
+    const uint64_t la = r[kRegRip] + seg_base[kCS];
+    JumpEntry* set = &jump_cache[jump_cache_set(la) * kJumpCacheWays];
+    for (unsigned w = 0; w < kJumpCacheWays; ++w)
+      if (set[w].rip == la && set[w].genkey == genkey && set[w].block == b) set[w].code = t->entry;
+  }
+  if (slot) jit_->link(slot, b->jit_entry[user]);
+  return b->jit_body[user];
+}
+
+void Cpu::run_translated(void* body) {
+  jit_slot = nullptr;
+  jit_exit = 0;
+  jit_->enter(this, body);
+  jit_->count_exit(jit_exit);
+  switch (jit_exit) {
+    case kJitFault:
+      throw GuestFault(jit_fault_);
+    case kJitError:
+      std::rethrow_exception(std::exchange(jit_error_, nullptr));
+    case kJitChain:
+      break;  // jit_slot names the jump to link once the target is translated
+    default:
+      jit_slot = nullptr;
+      break;
+  }
+}
+
+void Cpu::flush_translations() {
+  jit_->flush();
+  code_.for_each([](Block* b) {
+    b->jit_entry[0] = b->jit_entry[1] = nullptr;
+    b->jit_body[0] = b->jit_body[1] = nullptr;
+  });
+  flush_jump_cache();
+  jit_slot = nullptr;
+}
+
+uint32_t Cpu::jit_call(CpuHot* hot, const Insn* in) {
+  Cpu& c = static_cast<Cpu&>(*hot);
+  if (c.helper_counts_) [[unlikely]] ++c.helper_counts_[in->mnem];
+  try {
+    in->fn(c, *in);
+    if (in->prefix & kPfxFence) std::atomic_thread_fence(std::memory_order_seq_cst);
+  } catch (GuestFault& f) {
+    c.r[kRegRip] -= in->len;  // precise: RIP at the faulting instruction
+    if (f.noncanonical && (in->prefix & kPfxStack)) f.vector = kStackFault;
+    c.jit_fault_ = f;
+    return kJitFault;
+  } catch (...) {
+    c.jit_error_ = std::current_exception();
+    return kJitError;
+  }
+  return c.leave_chain_ ? kJitLeave : 0;
+}
+
+uint32_t Cpu::jit_pack_flags(CpuHot* hot) {
+  uint64_t f = static_cast<Cpu&>(*hot).flags();
+  return uint32_t(((f & 0xD5) << 8) | ((f >> 11) & 1));
 }
 
 // ---------------------------------------------------------------- exceptions and interrupts

@@ -85,6 +85,18 @@ bool is_terminator(ZydisMnemonic m) {
   }
 }
 
+// Zydis's RFLAGS bit mask -> the compact kFl* mask.
+uint8_t compact_flags(ZydisAccessedFlagsMask m) {
+  uint8_t f = 0;
+  if (m & ZYDIS_CPUFLAG_CF) f |= kFlCF;
+  if (m & ZYDIS_CPUFLAG_PF) f |= kFlPF;
+  if (m & ZYDIS_CPUFLAG_AF) f |= kFlAF;
+  if (m & ZYDIS_CPUFLAG_ZF) f |= kFlZF;
+  if (m & ZYDIS_CPUFLAG_SF) f |= kFlSF;
+  if (m & ZYDIS_CPUFLAG_OF) f |= kFlOF;
+  return f;
+}
+
 }  // namespace
 
 Decoder::Decoder() {
@@ -123,6 +135,10 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
   }
 
   in.len = zi.length;
+  if (const ZydisAccessedFlags* fl = zi.cpu_flags) {
+    in.fl_read = compact_flags(fl->tested);
+    in.fl_write = compact_flags(fl->modified | fl->set_0 | fl->set_1 | fl->undefined);
+  }
   in.mnem = static_cast<uint16_t>(zi.mnemonic);
   in.osz = static_cast<uint8_t>(zi.operand_width / 8);
   in.asz = static_cast<uint8_t>(zi.address_width / 8);
@@ -152,6 +168,8 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
         }
         in.kind[slot] = kOpReg;
         in.reg[slot] = static_cast<uint8_t>(s);
+        if (ZydisRegisterGetClass(op.reg.value) == ZYDIS_REGCLASS_XMM)
+          in.xmm_ops |= uint8_t(1u << slot);
         if (slot == 1) in.opsz2 = static_cast<uint8_t>(op.size / 8);
         ++slot;
         break;
@@ -215,6 +233,17 @@ bool Decoder::decode(uint8_t mode, const uint8_t* bytes, unsigned avail, Insn& i
   if ((in.prefix & kPfxLock) || zi.mnemonic == ZYDIS_MNEMONIC_MFENCE ||
       (zi.mnemonic == ZYDIS_MNEMONIC_XCHG && has_memory))
     in.prefix |= kPfxFence;
+
+  bool gpr_only = true;
+  for (int i = 0; i < zi.operand_count_visible; ++i) {
+    if (ops[i].type != ZYDIS_OPERAND_TYPE_REGISTER) continue;
+    auto cls = ZydisRegisterGetClass(ops[i].reg.value);
+    if (cls != ZYDIS_REGCLASS_GPR8 && cls != ZYDIS_REGCLASS_GPR16 &&
+        cls != ZYDIS_REGCLASS_GPR32 && cls != ZYDIS_REGCLASS_GPR64 && cls != ZYDIS_REGCLASS_XMM)
+      gpr_only = false;
+  }
+  if (gpr_only) in.prefix |= kPfxGpr;
+  if (zi.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) in.prefix |= kPfxFar;
 
   bool ends = is_terminator(zi.mnemonic);
   DecodeCtx d{zi, ops, in, mode, ends};

@@ -32,7 +32,9 @@ class EmuVcpu : public Vcpu {
   void set_state(const x86::CpuState& s) override { cpu_.set_state(s); }
   x86::FpuState get_fpu() override { return cpu_.get_fpu(); }
   void set_fpu(const x86::FpuState& f) override { cpu_.set_fpu(f); }
-  void make_runnable() override {}
+  // Secondary vCPUs start waiting for a SIPI (Linux starts them with INIT/SIPI); test guests make
+  // them runnable with the state they set.
+  void make_runnable() override { waiting_for_sipi_ = false; }
   VcpuExit run() override;
   void kick() override { cpu_.kick(); }
 
@@ -42,6 +44,7 @@ class EmuVcpu : public Vcpu {
   uint32_t index_;
   Cpu cpu_;
   EmuEngine* owner_;  // outlives its vCPUs
+  bool waiting_for_sipi_;
   double run_cpu_seconds_ = 0;  // CPU time spent in run()
 };
 
@@ -52,19 +55,19 @@ class EmuEngine : public Engine {
             std::unique_ptr<EmuPlatform> platform);
   ~EmuEngine() override;
   std::string name() const override { return "emu"; }
-  uint32_t max_vcpus() const override { return 1; }
+  uint32_t max_vcpus() const override { return kMaxVcpus; }
+  // xAPIC ids are 8 bits, 0xFF broadcasts.
+  static constexpr uint32_t kMaxVcpus = 254;
   InterruptController& interrupts() override { return platform_->interrupts(); }
   std::unique_ptr<Vcpu> create_vcpu(uint32_t index) override;
   EmuPlatform& platform() { return *platform_; }
 
  private:
   EngineContext ctx_;
+  EngineConfig config_;
+  bool count_instructions_ = false;
   std::unique_ptr<EmuPlatform> platform_;
-  // vCPUs registered for code invalidation by the GuestMemory write observer.
-  std::mutex vcpus_mutex_;
-  std::vector<Cpu*> cpus_;
-  friend class EmuVcpu;
-  void unregister(Cpu* cpu);
+  VcpuGroup group_;  // shared code pages, exclusive execution
 };
 
 }  // namespace keel::emu

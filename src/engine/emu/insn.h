@@ -34,6 +34,11 @@ inline constexpr uint8_t kPfxStack = 8;  // a memory access goes through SS (#SS
 // without the fence the host's store buffer can hold the guest's store past its next load, and
 // a virtio driver and device (event index) can each miss the other's update: a lost interrupt.
 inline constexpr uint8_t kPfxFence = 16;
+// Not prefixes either, for the translator: every visible register operand is a general-purpose
+// or an XMM register (Insn::xmm_ops says which are XMM), none is a segment, control, debug, x87
+// or MMX register; a far branch.
+inline constexpr uint8_t kPfxGpr = 32;
+inline constexpr uint8_t kPfxFar = 64;
 
 struct Insn {
   Handler fn = nullptr;
@@ -51,7 +56,15 @@ struct Insn {
   uint8_t prefix = 0;
   uint8_t cc = 0;      // condition code (Jcc/SETcc/CMOVcc) or a handler-specific sub-operation
   uint8_t opsz2 = 0;   // size of the second operand in bytes (MOVZX/MOVSX, shifts by CL)
+  // Arithmetic flags the instruction reads and writes (kFl* bits), from Zydis's flag tables; the
+  // translator's flag liveness uses them.
+  uint8_t fl_read = 0, fl_write = 0;
+  uint8_t xmm_ops = 0;  // bit i: operand i (kind kOpReg) is an XMM register
 };
+
+// Compact arithmetic-flag masks for Insn::fl_read / fl_write.
+inline constexpr uint8_t kFlCF = 1, kFlPF = 2, kFlAF = 4, kFlZF = 8, kFlSF = 16, kFlOF = 32;
+inline constexpr uint8_t kFlAll = 63;
 
 // A straight-line run of decoded instructions inside one 4 KiB guest-physical page, ending at a
 // control transfer, a state-changing system instruction, or the page end.
@@ -60,6 +73,10 @@ struct Block {
   uint64_t page = 0;      // guest-physical page number
   uint64_t start_gpa = 0;
   uint32_t bytes = 0;     // guest bytes covered
+  // A block whose first instruction crosses into the next page: that page's guest-physical
+  // address, checked at every lookup (the two pages' mappings are independent); ~0 otherwise.
+  // Their translations check it at their checked entry.
+  uint64_t gpa2 = ~0ull;
   std::vector<Insn> insns;
   // Direct links to the blocks that followed this one (branch taken / not taken), valid while
   // link_gen matches the CPU's code generation (bumped on any TLB flush or invalidation).
@@ -71,6 +88,13 @@ struct Block {
   };
   Link links[2];
   uint8_t next_link = 0;
+  // Translation (jit/) per CPL class (0 supervisor, 1 user): the checked entry (tests for
+  // kicks and interrupts first; chained branches and the jump cache use it) and the body entry
+  // (the run loop, which has just made those checks). Null until translated.
+  void* jit_entry[2] = {nullptr, nullptr};
+  void* jit_body[2] = {nullptr, nullptr};
+  uint32_t heat = 0;         // executions by the interpreter, towards the hot threshold
+  bool untranslatable = false;
 };
 
 }  // namespace keel::emu

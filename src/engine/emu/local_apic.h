@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <span>
 
 namespace keel::emu {
@@ -44,6 +46,9 @@ class LocalApic {
   // Cheap check (an atomic load) the CPU makes at block boundaries: is anything pending that may
   // need attention (an interrupt request, an expired timer)? False positives are allowed.
   virtual bool maybe_pending() const = 0;
+  // The word maybe_pending() reads (nonzero: maybe pending), for translated code to test inline
+  // at block entries; nullptr when the model has none (the CPU then checks at every entry).
+  virtual const std::atomic<uint32_t>* attention_word() const { return nullptr; }
   // Fires expired timers, then returns the highest-priority deliverable vector (IRR above PPR)
   // without accepting it, or -1. Called when RFLAGS.IF=1 and no STI/MOV SS shadow.
   virtual int pending_vector() = 0;
@@ -58,6 +63,17 @@ class LocalApic {
 
   // Thread-safe delivery from the IOAPIC, MSI writes and other vCPUs' IPIs (fixed mode).
   virtual void deliver_fixed(uint8_t vector, bool level_triggered) = 0;
+
+  // NMI, INIT and SIPI IPIs from other vCPUs, each taken once by this vCPU's thread. The
+  // listener is called (from the sending thread, briefly) when one arrives; nullptr removes it.
+  virtual bool take_nmi() { return false; }
+  virtual bool take_init() { return false; }
+  virtual std::optional<uint8_t> take_sipi() { return std::nullopt; }
+  virtual void set_event_listener(std::function<void()> listener) {}
+  // A vCPU waiting for its SIPI, or halted with interrupts off: blocks until an NMI, INIT or SIPI
+  // arrives or `kicked` becomes true (then wake() is called); may return early. Returns at once
+  // if one already has.
+  virtual void wait_for_event(const std::atomic<bool>& kicked) {}
 };
 
 }  // namespace keel::emu

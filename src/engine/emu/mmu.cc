@@ -2,6 +2,7 @@
 // TLB fill and flushes, and the slow paths of memory access (page-crossing, MMIO, the APIC page,
 // writes to pages that hold decoded code).
 #include <atomic>
+#include <span>
 
 #include "engine/emu/cpu.h"
 
@@ -9,7 +10,9 @@ namespace keel::emu {
 
 namespace {
 
-constexpr uint64_t kPteP = 1, kPteW = 2, kPteU = 4, kPteA = 0x20, kPteD = 0x40, kPtePs = 0x80;
+constexpr uint64_t kPteP = 1, kPteW = 2, kPteU = 4, kPteA = 0x20, kPteD = 0x40, kPtePs = 0x80,
+                   kPteG = 0x100;
+constexpr uint64_t kCr4Pge = 1u << 7;
 constexpr uint64_t kPteNx = 1ull << 63;
 constexpr uint64_t kAddrMask = 0x000F'FFFF'FFFF'F000ull;
 constexpr uint64_t kCr0Wp = 1ull << 16;
@@ -19,13 +22,13 @@ inline bool canonical(uint64_t la) { return uint64_t(int64_t(la << 16) >> 16) ==
 
 }  // namespace
 
-uint64_t Cpu::walk(uint64_t la, Access acc, bool user, bool* writable, bool* executable,
-                   uint64_t* large_mask) {
-  *large_mask = ~0xFFFull;
+Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
+  ++walks_;
+  Walk w;
   if (!paging()) {
-    *writable = true;
-    *executable = true;
-    return long_mode() ? la : uint32_t(la);
+    w.gpa = long_mode() ? la : uint32_t(la);
+    w.writable = w.executable = true;
+    return w;
   }
   if (!canonical(la)) throw GuestFault{kGP, true, 0, true};
   const bool nxe = efer & kEferNxe;
@@ -39,13 +42,17 @@ uint64_t Cpu::walk(uint64_t la, Access acc, bool user, bool* writable, bool* exe
   bool rw = true, us = true, nx = false;
   uint64_t gpa = 0;
   uint8_t* leaf = nullptr;
+  uint64_t leaf_pte = 0;
   for (int level = 4; level >= 1; --level) {
     unsigned shift = 12 + 9 * (level - 1);
     uint64_t pte_gpa = table + ((la >> shift) & 0x1FF) * 8;
     uint8_t* p = mem_.host_ptr(pte_gpa, 8);
     if (!p) fault(false, false);  // page tables outside RAM: treat as not present
-    uint64_t pte;
-    std::memcpy(&pte, p, 8);
+    // Other vCPUs write page tables concurrently: atomic loads, and A/D updates by
+    // compare-and-swap on the value used, as the hardware's locked updates (never setting bits in
+    // an entry another vCPU just changed, e.g. made not-present: a swap entry then).
+    uint64_t* entry = reinterpret_cast<uint64_t*>(p);  // 8-byte aligned: table + index * 8
+    uint64_t pte = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
     if (!(pte & kPteP)) fault(false, false);
     if ((pte & kPteNx) && !nxe) fault(true, true);
     rw = rw && (pte & kPteW);
@@ -56,13 +63,17 @@ uint64_t Cpu::walk(uint64_t la, Access acc, bool user, bool* writable, bool* exe
     if (is_leaf) {
       uint64_t page_mask = (1ull << shift) - 1;
       gpa = ((pte & kAddrMask) & ~page_mask) | (la & page_mask);
-      *large_mask = ~page_mask;
+      w.large_mask = ~page_mask;
       leaf = p;
+      leaf_pte = pte;
       break;
     }
     if (!(pte & kPteA)) {
+      uint64_t expected = pte;
+      if (!__atomic_compare_exchange_n(entry, &expected, pte | kPteA, false, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE))
+        return walk(la, acc, user);  // changed under us: walk again
       pte |= kPteA;
-      std::memcpy(p, &pte, 8);
     }
     table = pte & kAddrMask;
   }
@@ -72,67 +83,95 @@ uint64_t Cpu::walk(uint64_t la, Access acc, bool user, bool* writable, bool* exe
   if (acc == Access::kWrite && !rw && (user || (cr0 & kCr0Wp))) ok = false;
   if (acc == Access::kExec && nx && nxe) ok = false;
   if (!ok) fault(true, false);
-  uint64_t pte;
-  std::memcpy(&pte, leaf, 8);
-  uint64_t upd = pte | kPteA | (acc == Access::kWrite ? kPteD : 0);
-  if (upd != pte) std::memcpy(leaf, &upd, 8);
+  uint64_t upd = leaf_pte | kPteA | (acc == Access::kWrite ? kPteD : 0);
+  if (upd != leaf_pte) {
+    uint64_t expected = leaf_pte;
+    if (!__atomic_compare_exchange_n(reinterpret_cast<uint64_t*>(leaf), &expected, upd, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      return walk(la, acc, user);  // changed under us (another vCPU): walk again
+  }
   bool may_write = user ? (rw && us) : (rw || !(cr0 & kCr0Wp));
-  *writable = may_write && (upd & kPteD);
-  *executable = !(nx && nxe) && (!user || us);
-  return gpa;
+  w.gpa = gpa;
+  w.writable = may_write && (upd & kPteD);
+  w.executable = !(nx && nxe) && (!user || us);
+  w.global = (upd & kPteG) && (cr4 & kCr4Pge);
+  return w;
 }
 
-void Cpu::fill_tlb(uint64_t la, uint64_t gpa, bool user, bool writable, bool executable,
-                   uint64_t large_mask) {
+void Cpu::fill_tlb(uint64_t la, const Walk& w, Access acc, bool user) {
   uint64_t page = la & ~0xFFFull;
-  uint64_t gpage = gpa & ~0xFFFull;
+  uint64_t gpage = w.gpa & ~0xFFFull;
   uint8_t* host = mem_.host_ptr(gpage, 4096);
   if (!host) return;  // MMIO: always the slow path
-  TlbEntry& e = tlbs_[user][(la >> 12) & kTlbMask];
-  if (e.rtag != page || e.gpa != gpage) {
-    e.wtag = kNoTag;
-    e.xtag = kNoTag;
+  if (acc == Access::kExec) {
+    TlbEntry& e = itlb_table[user][(la >> 12) & kTlbMask];
+    e.xtag = w.executable ? page : kNoTag;
+    e.gpa = gpage;
+    e.addend = reinterpret_cast<uintptr_t>(host) - page;
+    e.large_mask = w.large_mask;
+    e.global = w.global;
+    return;
   }
+  // The set's way that holds this page already, else the older way's slot after moving the
+  // most recent entry into it. Under the TLB lock with other vCPUs: a revocation must not be
+  // lost in the copy.
+  auto lock = tlb_lock();
+  TlbEntry* set = &tlb_table[user][((la >> 12) & kTlbMask) * kDtlbWays];
+  TlbEntry* way = &set[0];
+  if (set[0].rtag != page) {
+    if (set[1].rtag == page) {
+      std::swap(set[0], set[1]);
+    } else {
+      set[1] = set[0];
+      set[0].rtag = set[0].wtag = kNoTag;
+    }
+  }
+  TlbEntry& e = *way;
+  if (e.rtag != page || e.gpa != gpage) e.wtag = kNoTag;
   e.rtag = page;
   e.gpa = gpage;
   e.addend = reinterpret_cast<uintptr_t>(host) - page;
-  e.large_mask = large_mask;
-  uint64_t pn = gpage >> 12;
-  bool code = pn < code_pages_.size() &&
-              std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed);
-  if (writable && !code) e.wtag = page;
-  if (executable) e.xtag = page;
+  e.large_mask = w.large_mask;
+  e.global = w.global;
+  // A code page (on any vCPU) gets no write tag: stores to it take the slow path.
+  if (w.writable && !group_.holds_code(gpage >> 12)) __atomic_store_n(&e.wtag, page, __ATOMIC_RELAXED);
 }
 
 uint64_t Cpu::translate(uint64_t la, Access acc, bool user) {
-  bool w, x;
-  uint64_t large;
-  uint64_t gpa = walk(la, acc, user, &w, &x, &large);
-  fill_tlb(la, gpa, user, w, x, large);
-  return gpa;
+  Walk w = walk(la, acc, user);
+  fill_tlb(la, w, acc, user);
+  return w.gpa;
 }
 
-void Cpu::flush_tlb() {
-  for (auto& t : tlbs_) {
-    for (unsigned i = 0; i < kTlbSize; ++i) {
-      t[i].rtag = t[i].wtag = t[i].xtag = kNoTag;
-      t[i].gpa = ~0ull;
-    }
+// Every entry of both CPL classes' DTLB and ITLB.
+template <typename F>
+void Cpu::for_each_tlb_entry(F&& f) {
+  for (int u = 0; u < 2; ++u) {
+    for (TlbEntry& e : tlb_table[u]) f(e);
+    for (TlbEntry& e : itlb_table[u]) f(e);
   }
-  flush_jump_cache();
+}
+
+void Cpu::flush_tlb(bool keep_global) {
+  ++tlb_flushes_;
+  auto lock = tlb_lock();
+  for_each_tlb_entry([&](TlbEntry& e) {
+    if (keep_global && e.global) return;
+    e.rtag = e.wtag = e.xtag = kNoTag;
+    e.gpa = ~0ull;
+    e.global = 0;
+  });
 }
 
 void Cpu::flush_tlb_page(uint64_t la) {
-  for (auto& t : tlbs_) {
-    for (unsigned i = 0; i < kTlbSize; ++i) {
-      TlbEntry& e = t[i];
-      if (e.rtag != kNoTag && ((e.rtag ^ la) & e.large_mask) == 0) {
-        e.rtag = e.wtag = e.xtag = kNoTag;
-        e.gpa = ~0ull;
-      }
+  auto lock = tlb_lock();
+  for_each_tlb_entry([&](TlbEntry& e) {
+    const uint64_t tag = e.rtag != kNoTag ? e.rtag : e.xtag;  // a DTLB or an ITLB entry
+    if (tag != kNoTag && ((tag ^ la) & e.large_mask) == 0) {
+      e.rtag = e.wtag = e.xtag = kNoTag;
+      e.gpa = ~0ull;
     }
-  }
-  flush_jump_cache();
+  });
 }
 
 bool Cpu::is_apic_page(uint64_t gpa) const {
@@ -184,9 +223,7 @@ void Cpu::write_slow(uint64_t la, const void* src, unsigned len, bool user) {
     return;
   }
   uint64_t gpa = translate(la, Access::kWrite, user);
-  uint64_t pn = gpa >> 12;
-  if (pn < code_pages_.size() && std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed))
-    invalidate_page(pn);
+  if (group_.holds_code(gpa >> 12)) code_page_written(gpa >> 12);
   if (uint8_t* h = mem_.host_ptr(gpa, len)) std::memcpy(h, src, len);
   else mmio_write(gpa, src, len);
 }
@@ -198,9 +235,7 @@ uint8_t* Cpu::wptr_slow(uint64_t la, unsigned len) {
     return nullptr;
   }
   uint64_t gpa = translate(la, Access::kWrite, tlb_user_);
-  uint64_t pn = gpa >> 12;
-  if (pn < code_pages_.size() && std::atomic_ref<uint8_t>(code_pages_[pn]).load(std::memory_order_relaxed))
-    invalidate_page(pn);
+  if (group_.holds_code(gpa >> 12)) code_page_written(gpa >> 12);
   return mem_.host_ptr(gpa, len);
 }
 

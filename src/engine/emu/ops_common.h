@@ -49,15 +49,40 @@ inline void put_any(Cpu& c, const Insn& in, int i, T v) {
   else c.wr<T>(c.ea(in), v);
 }
 
-// Read-modify-write of a memory destination: one translation for both halves.
+// The instruction is an atomic read-modify-write for other vCPUs and devices (LOCK, XCHG
+// with memory: the decoder marks both, and MFENCE, with kPfxFence).
+inline bool locked(const Insn& in) { return in.prefix & kPfxFence; }
+
+// Read-modify-write of a memory destination: one translation for both halves. With `atomic`
+// (locked()), one host compare-and-swap on guest RAM, so other vCPUs' locked operations and
+// loads see it whole; f may run again on a retry (its side effects must only record its last
+// call, as the flags do). An access that is misaligned, straddles two pages or reaches MMIO
+// has no host atomic: every other vCPU is stopped around it (VcpuGroup::run_exclusive).
 template <typename T, typename F>
-inline void rmw_mem(Cpu& c, uint64_t a, F&& f) {
+inline void rmw_mem(Cpu& c, uint64_t a, F&& f, bool atomic = false) {
   if (uint8_t* p = c.wptr<T>(a)) {
-    store<T>(p, f(load<T>(p)));
-  } else {
-    T v = c.rd<T>(a);
-    c.wr<T>(a, f(v));
+    if (!atomic) {
+      store<T>(p, f(load<T>(p)));
+      return;
+    }
+    if ((reinterpret_cast<uintptr_t>(p) & (sizeof(T) - 1)) == 0) {
+      T* cell = reinterpret_cast<T*>(p);
+      T old = __atomic_load_n(cell, __ATOMIC_RELAXED);
+      while (!__atomic_compare_exchange_n(cell, &old, f(old), false, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST)) {
+      }
+      return;
+    }
   }
+  if (atomic) {
+    c.run_exclusive([&] {
+      T v = c.rd<T>(a);
+      c.wr<T>(a, f(v));
+    });
+    return;
+  }
+  T v = c.rd<T>(a);
+  c.wr<T>(a, f(v));
 }
 
 template <typename T>

@@ -1,5 +1,7 @@
 // Integer instructions: data movement, ALU, shifts and rotates, multiply/divide, bit operations,
 // exchange, string instructions, flag instructions.
+#include <sched.h>
+
 #include "engine/emu/ops_common.h"
 
 namespace keel::emu {
@@ -66,7 +68,7 @@ void op_xchg(Cpu& c, const Insn& in) {
     rmw_mem<T>(c, a, [&](T d) {
       old = d;
       return r;
-    });
+    }, true);  // XCHG with memory is always locked
     c.set_reg<T>(in.reg[ri], old);
   } else {
     T a = c.reg<T>(in.reg[0]), b = c.reg<T>(in.reg[1]);
@@ -150,7 +152,7 @@ void op_alu(Cpu& c, const Insn& in) {
   } else {
     uint64_t a = c.ea(in);
     if constexpr (Op == kCmp || Op == kTest) alu<Op, T>(c, c.rd<T>(a), s);
-    else rmw_mem<T>(c, a, [&](T d) { return alu<Op, T>(c, d, s); });
+    else rmw_mem<T>(c, a, [&](T d) { return alu<Op, T>(c, d, s); }, locked(in));
   }
 }
 
@@ -191,7 +193,7 @@ void op_unary(Cpu& c, const Insn& in) {
   if constexpr (K == kOpReg) {
     c.set_reg<T>(in.reg[0], unary<Op, T>(c, c.reg<T>(in.reg[0])));
   } else {
-    rmw_mem<T>(c, c.ea(in), [&](T d) { return unary<Op, T>(c, d); });
+    rmw_mem<T>(c, c.ea(in), [&](T d) { return unary<Op, T>(c, d); }, locked(in));
   }
 }
 
@@ -507,7 +509,7 @@ void op_bt(Cpu& c, const Insn& in) {
   } else {
     uint64_t a = c.ea(in) + addr_adj;
     if (Op == kBt) c.set_cf(c.rd<T>(a) & mask);
-    else rmw_mem<T>(c, a, f);
+    else rmw_mem<T>(c, a, f, locked(in));
   }
 }
 
@@ -547,7 +549,7 @@ void op_xadd(Cpu& c, const Insn& in) {
     rmw_mem<T>(c, c.ea(in), [&](T d) {
       old = d;
       return alu<kAdd, T>(c, d, s);
-    });
+    }, locked(in));
     c.set_reg<T>(in.reg[1], old);
   }
 }
@@ -566,7 +568,7 @@ void op_cmpxchg(Cpu& c, const Insn& in) {
     rmw_mem<T>(c, c.ea(in), [&](T d) {
       old = d;
       return acc == d ? s : d;
-    });
+    }, locked(in));
     alu<kCmp, T>(c, acc, old);
     if (acc != old) c.set_reg<T>(RAX, old);
   }
@@ -580,7 +582,7 @@ void op_cmpxchg8b(Cpu& c, const Insn& in) {
   rmw_mem<uint64_t>(c, a, [&](uint64_t d) {
     old = d;
     return d == cmp ? nv : d;
-  });
+  }, locked(in));
   uint64_t f = c.flags() & ~kFlagZF;
   if (old == cmp) {
     c.set_flags(f | kFlagZF);
@@ -596,12 +598,26 @@ void op_cmpxchg16b(Cpu& c, const Insn& in) {
   if (a & 15) raise_fault(kGP, 0);
   uint8_t* p = c.wptr<U128>(a);
   U128 old;
-  if (p) old = load<U128>(p);
-  else old = c.rd<U128>(a);
-  bool eq = old.lo == c.r[RAX] && old.hi == c.r[RDX];
-  U128 nv = eq ? U128{c.r[RBX], c.r[RCX]} : old;
-  if (p) store<U128>(p, nv);
-  else c.wr<U128>(a, nv);
+  bool eq;
+  if (p && locked(in)) {
+    // Aligned (checked above) host RAM: the host's own LOCK CMPXCHG16B.
+    uint64_t lo = c.r[RAX], hi = c.r[RDX];
+    asm volatile("lock cmpxchg16b %[m]\n\tsete %[eq]"
+                 : [m] "+m"(*reinterpret_cast<U128*>(p)), "+a"(lo), "+d"(hi), [eq] "=q"(eq)
+                 : "b"(c.r[RBX]), "c"(c.r[RCX])
+                 : "memory", "cc");
+    old = U128{lo, hi};
+  } else {
+    auto body = [&] {
+      old = p ? load<U128>(p) : c.rd<U128>(a);
+      eq = old.lo == c.r[RAX] && old.hi == c.r[RDX];
+      U128 nv = eq ? U128{c.r[RBX], c.r[RCX]} : old;
+      if (p) store<U128>(p, nv);
+      else c.wr<U128>(a, nv);
+    };
+    if (locked(in)) c.run_exclusive(body);
+    else body();
+  }
   uint64_t f = c.flags() & ~kFlagZF;
   if (eq) {
     c.set_flags(f | kFlagZF);
@@ -691,6 +707,12 @@ void op_sahf(Cpu& c, const Insn&) {
   c.set_flags(f | (c.reg<uint8_t>(kHigh8 + 0) & 0xD5));
 }
 void op_nop(Cpu&, const Insn&) {}
+// PAUSE: a spin-wait hint. With other vCPUs, give the host core to them: the one this vCPU
+// waits for may be waiting for a core (more vCPU threads than host cores), as KVM's PAUSE-loop
+// exiting does.
+void op_pause(Cpu& c, const Insn&) {
+  if (c.smp()) sched_yield();
+}
 
 // XLAT: AL = [seg:rBX + AL]
 void op_xlat(Cpu& c, const Insn& in) {
@@ -1027,7 +1049,8 @@ bool select_int(DecodeCtx& d) {
       in.fn = op_xlat;
       return true;
 
-    case ZYDIS_MNEMONIC_NOP: case ZYDIS_MNEMONIC_PAUSE: case ZYDIS_MNEMONIC_LFENCE:
+    case ZYDIS_MNEMONIC_PAUSE: in.fn = op_pause; return true;
+    case ZYDIS_MNEMONIC_NOP: case ZYDIS_MNEMONIC_LFENCE:
     case ZYDIS_MNEMONIC_MFENCE: case ZYDIS_MNEMONIC_SFENCE: case ZYDIS_MNEMONIC_PREFETCH:
     case ZYDIS_MNEMONIC_PREFETCHNTA: case ZYDIS_MNEMONIC_PREFETCHT0:
     case ZYDIS_MNEMONIC_PREFETCHT1: case ZYDIS_MNEMONIC_PREFETCHT2:

@@ -61,6 +61,18 @@ void Cpu::read_descriptor(uint16_t selector, uint8_t out[8], uint8_t vec) {
 }
 
 void Cpu::load_segment(int idx, uint16_t sel) {
+  if (real_mode()) {
+    // Real mode: the base is selector * 16; limit and attributes stay as they were (an
+    // application processor's trampoline only ever loads real-mode values).
+    Segment s = sreg[idx];
+    s.selector = sel;
+    s.base = uint64_t(sel) << 4;
+    s.unusable = 0;
+    s.present = 1;
+    s.s = 1;
+    set_sreg_raw(idx, s);
+    return;
+  }
   if ((sel & ~3) == 0) {
     if (idx == kSS && (mode != 0 || (sel & 3) != cpl)) raise_fault(kGP, 0);
     Segment s{};
@@ -183,10 +195,24 @@ void far_target(Cpu& c, const Insn& in, uint64_t* off, uint16_t* sel) {
   *sel = c.rd<uint16_t>(a + osz);
 }
 
+// Real mode: CS = selector, base = selector * 16, the rest of the cached descriptor stays.
+void load_real_mode_cs(Cpu& c, uint16_t sel) {
+  Segment cs = c.sreg[kCS];
+  cs.selector = sel;
+  cs.base = uint64_t(sel) << 4;
+  c.set_sreg_raw(kCS, cs);
+}
+
 void op_jmp_far(Cpu& c, const Insn& in) {
   uint64_t off;
   uint16_t sel;
   far_target(c, in, &off, &sel);
+  if (c.real_mode()) {
+    load_real_mode_cs(c, sel);
+    c.rip() = in.osz == 4 ? uint32_t(off) : uint16_t(off);
+    c.end_block();
+    return;
+  }
   uint8_t d[8];
   check_code_target(c, sel, d, c.cpl);
   c.load_cs(sel, d, c.cpl);
@@ -199,7 +225,7 @@ void op_call_far(Cpu& c, const Insn& in) {
   uint16_t sel;
   far_target(c, in, &off, &sel);
   uint8_t d[8];
-  check_code_target(c, sel, d, c.cpl);
+  if (!c.real_mode()) check_code_target(c, sel, d, c.cpl);
   uint64_t old_sp = c.r[RSP];
   try {
     if (in.osz == 8) {
@@ -216,8 +242,13 @@ void op_call_far(Cpu& c, const Insn& in) {
     c.r[RSP] = old_sp;
     throw;
   }
-  c.load_cs(sel, d, c.cpl);
-  c.rip() = c.mode == 0 ? off : uint32_t(off);
+  if (c.real_mode()) {
+    load_real_mode_cs(c, sel);
+    c.rip() = in.osz == 4 ? uint32_t(off) : uint16_t(off);
+  } else {
+    c.load_cs(sel, d, c.cpl);
+    c.rip() = c.mode == 0 ? off : uint32_t(off);
+  }
   c.end_block();
 }
 
@@ -237,6 +268,13 @@ void op_ret_far(Cpu& c, const Insn& in) {
   uint64_t off = peek_sz(c, osz, 0);
   uint16_t sel = uint16_t(peek_sz(c, osz, osz));
   uint16_t imm = in.kind[0] == kOpImm ? uint16_t(in.imm) : 0;
+  if (c.real_mode()) {
+    c.r[RSP] = (c.r[RSP] & ~0xFFFFull) | uint16_t(c.r[RSP] + 2 * osz + imm);
+    load_real_mode_cs(c, sel);
+    c.rip() = osz == 4 ? uint32_t(off) : uint16_t(off);
+    c.end_block();
+    return;
+  }
   uint8_t rpl = sel & 3;
   if (rpl < c.cpl) raise_fault(kGP, sel & ~3u);
   uint8_t d[8];
@@ -316,6 +354,7 @@ void op_iret(Cpu& c, const Insn& in) {
   (void)old_cpl;
   c.set_flags(f);
   c.rip() = to_64 ? new_rip : uint32_t(new_rip);
+  c.nmi_done();
   c.end_block();
 }
 
@@ -745,7 +784,7 @@ void Cpu::write_cr0(uint64_t v) {
 
 void Cpu::write_cr3(uint64_t v) {
   cr3 = v & 0x000F'FFFF'FFFF'FFFFull & ~0xFE7ull;
-  flush_tlb();
+  flush_tlb(/*keep_global=*/true);
 }
 
 void Cpu::write_cr4(uint64_t v) {
@@ -763,6 +802,29 @@ void Cpu::write_efer(uint64_t v) {
   update_mode();
 }
 
+namespace {
+// IA32_ARCH_CAPABILITIES (0x10A): emu executes one instruction at a time and fills no buffers
+// a later instruction could sample, so it is unaffected by every speculative-execution and
+// stale-data flaw these bits describe. Without them Linux assumes an Ivy Bridge's flaws and
+// turns on page-table isolation (a CR3 switch and TLB flush per system call) and the rest.
+constexpr uint64_t kArchCapabilities =
+    (1ull << 0)     // RDCL_NO: no Meltdown, so no page-table isolation, no L1TF
+    | (1ull << 1)   // IBRS_ALL: enhanced IBRS (one SPEC_CTRL write at boot instead of retpolines)
+    | (1ull << 3)   // SKIP_L1DFL_VMENTRY
+    | (1ull << 4)   // SSB_NO
+    | (1ull << 5)   // MDS_NO
+    | (1ull << 6)   // PSCHANGE_MC_NO: no iTLB multihit
+    | (1ull << 8)   // TAA_NO
+    | (1ull << 13)  // SBDR_SSDP_NO
+    | (1ull << 14)  // FBSDP_NO
+    | (1ull << 15)  // PSDP_NO
+    | (1ull << 20)  // BHI_NO: no branch-history clearing loop on every system call
+    | (1ull << 24)  // PBRSB_NO
+    | (1ull << 26)  // GDS_NO
+    | (1ull << 27)  // RFDS_NO
+    | (1ull << 62); // ITS_NO
+}  // namespace
+
 uint64_t Cpu::read_msr(uint32_t i) {
   if (kvm_clock_ && KvmClock::handles(i)) {
     uint64_t v = 0;
@@ -773,6 +835,8 @@ uint64_t Cpu::read_msr(uint32_t i) {
     case 0x10: return read_tsc();
     case 0x1B: return apic_.base_msr();
     case 0x3A: return 1;  // IA32_FEATURE_CONTROL: locked, VMX off
+    case 0x48: return spec_ctrl;
+    case 0x10A: return kArchCapabilities;
     case 0x8B: return 0;  // IA32_BIOS_SIGN_ID (microcode revision)
     case 0xFE: return 0;  // IA32_MTRRCAP: no variable ranges, no fixed ranges
     case 0x174: return sysenter_cs;
@@ -813,6 +877,13 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
       apic_.set_base_msr(v);
       return;
     case 0x8B: return;
+    case 0x48:  // IA32_SPEC_CTRL: IBRS, STIBP, SSBD, BHI_DIS_S (nothing to do), rest reserved
+      if (v & ~uint64_t(7 | (1u << 10))) raise_fault(kGP, 0);
+      spec_ctrl = v;
+      return;
+    case 0x49:  // IA32_PRED_CMD: IBPB (no predictor state to flush)
+      if (v & ~uint64_t(1)) raise_fault(kGP, 0);
+      return;
     case 0x174: sysenter_cs = v & 0xFFFF; return;
     case 0x175: if (!canonical(v)) raise_fault(kGP, 0); sysenter_esp = v; return;
     case 0x176: if (!canonical(v)) raise_fault(kGP, 0); sysenter_eip = v; return;
@@ -864,7 +935,7 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
   };
   switch (leaf) {
     case 0:
-      o[0] = 0x16;
+      o[0] = 0x16;  // leaves 0xB (topology) and 0x15/0x16 (TSC) are below
       str("GenuineIntel", 1, 3, 2);
       return;
     case 1:
@@ -907,7 +978,15 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
       return;
     }
     case 7:
-      if (sub == 0) o[2] = 1u << 22;  // RDPID
+      if (sub == 0) {
+        o[0] = 2;                         // highest subleaf
+        o[2] = 1u << 22;                  // RDPID
+        o[3] = (1u << 26) | (1u << 29);   // IBRS/IBPB (SPEC_CTRL, PRED_CMD), ARCH_CAPABILITIES
+      } else if (sub == 2) {
+        // BHI_CTRL: SPEC_CTRL.BHI_DIS_S exists, so Linux sets one bit at boot rather than run
+        // its branch-history clearing loop on every system call (kernels that ignore BHI_NO).
+        o[3] = 1u << 4;
+      }
       return;
     case 0x15: {
       uint64_t hz = clock_.tsc_hz();
@@ -921,6 +1000,19 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
       }
       return;
     }
+    case 0xB:
+      // Extended topology: every vCPU is a package of its own (one core, one thread), as QEMU's
+      // default -smp; EDX is the x2APIC id (= the APIC id).
+      o[3] = apic_id_;
+      o[2] = sub & 0xFF;
+      if (sub == 0) {
+        o[1] = 1;
+        o[2] |= 1u << 8;  // SMT level
+      } else if (sub == 1) {
+        o[1] = 1;
+        o[2] |= 2u << 8;  // core level
+      }
+      return;
     case 0x16: {
       uint32_t mhz = uint32_t(clock_.tsc_hz() / 1'000'000);
       o[0] = mhz;

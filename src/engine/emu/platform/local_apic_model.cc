@@ -343,6 +343,7 @@ void LocalApicModel::receive(const ApicMessage& msg) {
     if (msg.mode == DeliveryMode::kStartup) sipi_vector_ = msg.vector;
     update_attention_locked();
     woken_ = true;
+    if (event_listener_) event_listener_();  // only sets a flag: safe under the lock
   }
   cv_.notify_one();
 }
@@ -533,6 +534,19 @@ void LocalApicModel::wait_for_interrupt(const std::atomic<bool>& kicked) {
       cv_.wait_for(lock, std::chrono::nanoseconds(next - now), woken);
   }
   publish_deadline();
+}
+
+void LocalApicModel::set_event_listener(std::function<void()> listener) {
+  std::lock_guard lock(mutex_);
+  event_listener_ = std::move(listener);
+}
+
+void LocalApicModel::wait_for_event(const std::atomic<bool>& kicked) {
+  std::unique_lock lock(mutex_);
+  woken_ = false;
+  cv_.wait(lock, [&] {
+    return sipi_vector_ || init_pending_ || nmi_pending_ || woken_ || kicked.load();
+  });
 }
 
 void LocalApicModel::wake() {

@@ -89,6 +89,7 @@ class LocalApicModel final : public LocalApic, public DeadlineClient {
   uint64_t tsc_deadline() const override;
   void set_tsc_deadline(uint64_t value) override;
   bool maybe_pending() const override { return attention_.load(std::memory_order_relaxed) != 0; }
+  const std::atomic<uint32_t>* attention_word() const override { return &attention_; }
   int pending_vector() override;
   void accept(int vector) override;
   void wait_for_interrupt(const std::atomic<bool>& kicked) override;
@@ -103,11 +104,14 @@ class LocalApicModel final : public LocalApic, public DeadlineClient {
   bool matches(uint8_t destination, bool logical) const;
   uint32_t id() const { return id_.load(std::memory_order_relaxed) >> 24; }
 
-  // Events beyond fixed interrupts, for the CPU (NMI delivery) and a later SMP emu (INIT/SIPI).
-  // Each returns and clears its event. They also raise maybe_pending() and end a HLT wait.
-  bool take_nmi();
-  bool take_init();
-  std::optional<uint8_t> take_sipi();
+  // Events beyond fixed interrupts, for the CPU: NMI delivery, INIT and SIPI (SMP start-up).
+  // Each returns and clears its event. They also raise maybe_pending(), end a HLT wait and call
+  // the event listener.
+  bool take_nmi() override;
+  bool take_init() override;
+  std::optional<uint8_t> take_sipi() override;
+  void set_event_listener(std::function<void()> listener) override;
+  void wait_for_event(const std::atomic<bool>& kicked) override;
 
   // The BSP polls the platform timers (PIT) whenever it checks its own timer: `poll(now)` fires
   // what is due and returns the next deadline (kNever if none). Set before the vCPU runs; called
@@ -172,6 +176,7 @@ class LocalApicModel final : public LocalApic, public DeadlineClient {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   bool woken_ = false;
+  std::function<void()> event_listener_;  // under mutex_
 
   // Registers (mutex_).
   uint64_t base_msr_;
