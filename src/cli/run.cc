@@ -30,12 +30,14 @@
 #include "sandbox/confinement.h"
 #include "vm/default_guest.h"
 #include "vm/machine.h"
+#include "vm/snapshot.h"
 
 namespace keel::cli {
 namespace {
 
 struct RunOptions {
   std::string kernel, initrd, test_guest, control, log_file;
+  std::string restore;  // --restore DIR: the VM saved there instead of a new one
   int ready_fd = -1;  // --ready-fd: told once the control socket listens (the daemon's spawn)
   std::optional<std::string> cmdline;
   std::string memory = "512M";
@@ -219,25 +221,40 @@ int run(const RunOptions& options) {
   VmConfig config = make_config(options);
   if (options.ready_fd >= 0 && config.control_socket.empty())
     throw UsageError("--ready-fd needs --control");
-  if (!config.kernel.empty()) require_file(config.kernel, "kernel");
-  if (!config.initrd.empty()) require_file(config.initrd, "initrd");
-  if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
+  if (!options.restore.empty()) {
+    if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
+        !options.nets.empty() || !options.cloud_init.empty())
+      throw UsageError("--restore takes the VM's kernel, disks and networks from the snapshot");
+    // The guest's configuration is the snapshot's; where it is served from is this run's.
+    VmConfig saved = snapshot::read_config(options.restore);
+    saved.control_socket = config.control_socket;
+    saved.start_paused = config.start_paused;
+    saved.trace_boot = config.trace_boot;
+    config = std::move(saved);
+  } else {
+    if (!config.kernel.empty()) require_file(config.kernel, "kernel");
+    if (!config.initrd.empty()) require_file(config.initrd, "initrd");
+    if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
 
-  if (config.accel == Accel::kAuto) {
-    EngineChoice choice = choose_engine(Accel::kAuto, probe_kvm());
-    std::fprintf(stderr, "keel: %s\n", choice.reason.c_str());
-    config.accel = choice.accel;
+    if (config.accel == Accel::kAuto) {
+      EngineChoice choice = choose_engine(Accel::kAuto, probe_kvm());
+      std::fprintf(stderr, "keel: %s\n", choice.reason.c_str());
+      config.accel = choice.accel;
+    }
+    apply_guest_defaults(config);
+    // --console virtio: the default command line's console moves from ttyS0 to hvc0.
+    if (config.virtio.console && !options.cmdline)
+      if (auto at = config.cmdline.find("console=ttyS0"); at != std::string::npos)
+        config.cmdline.replace(at, 13, "console=hvc0");
   }
-  apply_guest_defaults(config);
-  // --console virtio: the default command line's console moves from ttyS0 to hvc0.
-  if (config.virtio.console && !options.cmdline)
-    if (auto at = config.cmdline.find("console=ttyS0"); at != std::string::npos)
-      config.cmdline.replace(at, 13, "console=hvc0");
   config.validate();
 
   ::signal(SIGPIPE, SIG_IGN);  // a closed stdout drops console output, it does not kill keel
   TerminationSignals signals;
-  Machine machine(config);
+  std::unique_ptr<Machine> owned = options.restore.empty()
+                                       ? std::make_unique<Machine>(config)
+                                       : std::make_unique<Machine>(config, options.restore);
+  Machine& machine = *owned;
   signals.watch(machine);
   if (log) {
     auto second = std::chrono::seconds(1);
@@ -305,6 +322,9 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->check(CLI::Range(3, 1 << 20))
       ->group("");  // for the daemon
   sub->add_flag("--paused", o->paused, "Start with the vCPUs stopped (resume through --control)");
+  sub->add_option("--restore", o->restore,
+                  "Continue the VM saved in this snapshot directory (the control socket's "
+                  "snapshot-save) instead of booting a new one");
   sub->add_option("--log-file", o->log_file,
                   "Append stdout and stderr to this file; past 1 MiB it moves to FILE.1 and a new "
                   "one starts");

@@ -54,7 +54,7 @@ void expect_no_arguments(const std::string& command, const json& args) {
 const char* const kCommands[] = {"qmp_capabilities", "query-status",     "query-cpus",
                                  "query-commands",   "stop",             "cont",
                                  "system_powerdown", "system_reset",     "quit",
-                                 "console-attach"};
+                                 "console-attach",   "snapshot-save"};
 
 }  // namespace
 
@@ -480,6 +480,25 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
   if (name == "quit") {
     expect_no_arguments(name, args);
     quit_after = true;
+    return json::object();
+  }
+  if (name == "snapshot-save") {
+    // {"path": DIR, "resume": bool = true}
+    bool resume = true;
+    std::string path;
+    for (const auto& [key, value] : args.items()) {
+      if (key == "path" && value.is_string())
+        path = value.get<std::string>();
+      else if (key == "resume" && value.is_boolean())
+        resume = value.get<bool>();
+      else if (key == "path" || key == "resume")
+        throw CommandError{"GenericError", "Invalid parameter type for '" + key + "', expected: " +
+                                               (key == "path" ? "string" : "boolean")};
+      else
+        throw CommandError{"GenericError", "Parameter '" + key + "' is unexpected for 'snapshot-save'"};
+    }
+    if (path.empty()) throw CommandError{"GenericError", "Parameter 'path' is missing"};
+    target_.snapshot_save(path, resume);
     return json::object();
   }
   if (name == "console-attach") {

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/error.h"
+
 namespace keel::control {
 
 // Run state as QMP reports it ("status") with a libvirt-style reason beside it.
@@ -54,6 +56,11 @@ class ControlTarget {
   virtual void reset() = 0;      // system reset; emits RESET
   virtual void quit() = 0;       // the VMM ends (after the reply has been sent)
   virtual std::vector<CpuInfo> query_cpus() = 0;
+  // Saves the VM's complete state to directory `path` (vm/snapshot.h), resuming it afterwards
+  // when it was running and `resume`. Throws Error naming why it could not; the VM goes on.
+  virtual void snapshot_save(const std::string& path, bool resume) {
+    throw Error("this VM cannot save snapshots");
+  }
 
   // The control server installs its callbacks once, before it serves clients. The target keeps
   // them until it is destroyed and calls them for every lifecycle event and console output.

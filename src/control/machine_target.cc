@@ -117,6 +117,10 @@ void MachineTarget::reset() {
 
 void MachineTarget::quit() { machine_.shutdown(ShutdownReason::kQuit, "quit from the control socket"); }
 
+void MachineTarget::snapshot_save(const std::string& path, bool resume) {
+  machine_.save_snapshot(path, resume);
+}
+
 std::vector<CpuInfo> MachineTarget::query_cpus() {
   std::vector<CpuInfo> cpus;
   int index = 0;

@@ -32,6 +32,7 @@ class MachineTarget : public ControlTarget {
   void reset() override;
   void quit() override;
   std::vector<CpuInfo> query_cpus() override;
+  void snapshot_save(const std::string& path, bool resume) override;
   void set_event_callback(EventCallback callback) override;
   void set_console_callback(ConsoleCallback callback) override;
   // Loop thread (the control server's dispatch). Queues what the UART cannot take yet; beyond
