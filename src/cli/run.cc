@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -30,6 +31,7 @@
 #include "sandbox/confinement.h"
 #include "vm/default_guest.h"
 #include "vm/machine.h"
+#include "vm/migration.h"
 #include "vm/snapshot.h"
 
 namespace keel::cli {
@@ -37,7 +39,8 @@ namespace {
 
 struct RunOptions {
   std::string kernel, initrd, test_guest, control, log_file;
-  std::string restore;  // --restore DIR: the VM saved there instead of a new one
+  std::string restore;   // --restore DIR: the VM saved there instead of a new one
+  std::string incoming;  // --incoming URI: the VM a `migrate` sends there
   int ready_fd = -1;  // --ready-fd: told once the control socket listens (the daemon's spawn)
   std::optional<std::string> cmdline;
   std::string memory = "512M";
@@ -221,7 +224,22 @@ int run(const RunOptions& options) {
   VmConfig config = make_config(options);
   if (options.ready_fd >= 0 && config.control_socket.empty())
     throw UsageError("--ready-fd needs --control");
-  if (!options.restore.empty()) {
+  std::optional<migration::Incoming> incoming;
+  if (!options.restore.empty() && !options.incoming.empty())
+    throw UsageError("--restore and --incoming are mutually exclusive");
+  if (!options.incoming.empty()) {
+    if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
+        !options.nets.empty() || !options.cloud_init.empty())
+      throw UsageError("--incoming takes the VM's kernel, disks and networks from the migration");
+    UniqueFd listener = migration::listen_on(migration::parse_uri(options.incoming));
+    std::fprintf(stderr, "keel: waiting for the incoming VM on %s\n", options.incoming.c_str());
+    incoming = migration::receive(listener.get(), "migration stream from " + options.incoming);
+    VmConfig sent = snapshot::config_of(incoming->state);
+    sent.control_socket = config.control_socket;
+    sent.start_paused = config.start_paused;
+    sent.trace_boot = config.trace_boot;
+    config = std::move(sent);
+  } else if (!options.restore.empty()) {
     if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
         !options.nets.empty() || !options.cloud_init.empty())
       throw UsageError("--restore takes the VM's kernel, disks and networks from the snapshot");
@@ -251,9 +269,19 @@ int run(const RunOptions& options) {
 
   ::signal(SIGPIPE, SIG_IGN);  // a closed stdout drops console output, it does not kill keel
   TerminationSignals signals;
-  std::unique_ptr<Machine> owned = options.restore.empty()
-                                       ? std::make_unique<Machine>(config)
-                                       : std::make_unique<Machine>(config, options.restore);
+  std::unique_ptr<Machine> owned;
+  if (incoming) {
+    owned = std::make_unique<Machine>(config, std::move(incoming->memory), incoming->state);
+    // The source stops for good once it hears that this machine exists.
+    uint8_t ack = migration::kAck;
+    if (::send(incoming->connection.get(), &ack, 1, MSG_NOSIGNAL) != 1)
+      throw Error("migration: the source went away before the VM was taken over");
+    incoming.reset();
+  } else if (!options.restore.empty()) {
+    owned = std::make_unique<Machine>(config, options.restore);
+  } else {
+    owned = std::make_unique<Machine>(config);
+  }
   Machine& machine = *owned;
   signals.watch(machine);
   if (log) {
@@ -322,6 +350,9 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->check(CLI::Range(3, 1 << 20))
       ->group("");  // for the daemon
   sub->add_flag("--paused", o->paused, "Start with the vCPUs stopped (resume through --control)");
+  sub->add_option("--incoming", o->incoming,
+                  "Wait for a VM migrated here from another keel (the control socket's migrate) on "
+                  "unix:PATH or tcp:HOST:PORT, then run it");
   sub->add_option("--restore", o->restore,
                   "Continue the VM saved in this snapshot directory (the control socket's "
                   "snapshot-save) instead of booting a new one");

@@ -61,6 +61,12 @@ class ControlTarget {
   virtual void snapshot_save(const std::string& path, bool resume) {
     throw Error("this VM cannot save snapshots");
   }
+  // Starts a live migration to `uri` ("unix:PATH", "tcp:HOST:PORT"; vm/migration.h) and returns;
+  // query_migrate() reports its progress as QMP's query-migrate does.
+  virtual void migrate(const std::string& uri, uint64_t downtime_limit_ms) {
+    throw Error("this VM cannot migrate");
+  }
+  virtual nlohmann::json query_migrate() { return nlohmann::json{{"status", "none"}}; }
 
   // The control server installs its callbacks once, before it serves clients. The target keeps
   // them until it is destroyed and calls them for every lifecycle event and console output.

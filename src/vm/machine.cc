@@ -87,29 +87,36 @@ class TestGuestExit : public BusDevice {
 }  // namespace
 
 Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::move(config)) {
-  build(std::move(engine_factory), nullptr);
+  config_.validate();
+  build(std::move(engine_factory), std::make_unique<GuestMemory>(config_.memory_bytes), nullptr);
 }
 
 Machine::Machine(VmConfig config, const std::filesystem::path& snapshot_dir, EngineFactory engine_factory)
     : config_(std::move(config)) {
-  build(std::move(engine_factory), &snapshot_dir);
+  config_.validate();
+  state::Document snapshot = snapshot::read_state(snapshot_dir);
+  UniqueFd ram = snapshot::open_memory(snapshot_dir, snapshot, config_.memory_bytes);
+  build(std::move(engine_factory), std::make_unique<GuestMemory>(config_.memory_bytes, ram.get()),
+        &snapshot);
 }
 
-void Machine::build(EngineFactory engine_factory, const std::filesystem::path* snapshot_dir) {
+Machine::Machine(VmConfig config, std::unique_ptr<GuestMemory> memory, const state::Document& state,
+                 EngineFactory engine_factory)
+    : config_(std::move(config)) {
   config_.validate();
+  if (memory->ram_size() != config_.memory_bytes)
+    throw state::StateError("the incoming RAM and the configuration differ in size");
+  build(std::move(engine_factory), std::move(memory), &state);
+}
+
+void Machine::build(EngineFactory engine_factory, std::unique_ptr<GuestMemory> memory,
+                    const state::Document* snapshot) {
   start_paused_ = config_.start_paused;
   created_ns_ = BootProgress::now_ns();
   serial_outputs_.push_back(
       [](std::span<const uint8_t> bytes) { write_all(STDOUT_FILENO, bytes); });
 
-  std::optional<state::Document> snapshot;
-  if (snapshot_dir) {
-    snapshot = snapshot::read_state(*snapshot_dir);
-    UniqueFd ram = snapshot::open_memory(*snapshot_dir, *snapshot, config_.memory_bytes);
-    memory_ = std::make_unique<GuestMemory>(config_.memory_bytes, ram.get());
-  } else {
-    memory_ = std::make_unique<GuestMemory>(config_.memory_bytes);
-  }
+  memory_ = std::move(memory);
   if (!engine_factory) engine_factory = default_engine_factory();
   engine_ = engine_factory(config_.accel, EngineContext{*memory_, pio_, mmio_},
                            EngineConfig{.vcpus = config_.cpus,

@@ -92,6 +92,9 @@ class Machine final : public PowerControl {
   // nothing half-restored survives (the exception destroys the machine).
   Machine(VmConfig config, const std::filesystem::path& snapshot_dir,
           EngineFactory engine_factory = nullptr);
+  // The same from a migration stream's RAM and state (vm/migration.h).
+  Machine(VmConfig config, std::unique_ptr<GuestMemory> memory, const state::Document& state,
+          EngineFactory engine_factory = nullptr);
   ~Machine() override;
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
@@ -155,11 +158,17 @@ class Machine final : public PowerControl {
   // and `resume`. Any thread but a vCPU's, while running or paused. Throws Error naming the
   // cause; the VM then goes on as before.
   void save_snapshot(const std::filesystem::path& dir, bool resume = true);
+  // Live migration's last step (vm/migration.cc): pauses the VM, quiesces its devices and calls
+  // `send` with the complete non-RAM state (a state file's bytes). If `send` throws, the devices
+  // and the VM go on as before and the exception propagates; if it returns, the machine stays
+  // paused and quiesced for the caller to shut down.
+  void stop_and_send(const std::function<void(std::vector<uint8_t> state)>& send);
   // Blocks until the machine has shut down; returns why.
   ShutdownInfo wait();
 
  private:
-  void build(EngineFactory engine_factory, const std::filesystem::path* snapshot_dir);
+  void build(EngineFactory engine_factory, std::unique_ptr<GuestMemory> memory,
+             const state::Document* snapshot);
   void build_devices();
   // machine_snapshot.cc
   void save_state(state::Writer& out);

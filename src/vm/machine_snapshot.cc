@@ -72,6 +72,23 @@ void Machine::restore_state(const state::Document& in) {
   restored_ = true;
 }
 
+void Machine::stop_and_send(const std::function<void(std::vector<uint8_t> state)>& send) {
+  MachineState before = state();
+  if (before != MachineState::kRunning && before != MachineState::kPaused)
+    throw Error(std::string("migration: the VM is ") + to_string(before) + ", not running or paused");
+  pause();
+  set_devices_quiesced(true);
+  try {
+    state::Writer out;
+    save_state(out);
+    send(out.finish());
+  } catch (...) {
+    set_devices_quiesced(false);
+    if (before == MachineState::kRunning) resume();
+    throw;
+  }
+}
+
 void Machine::save_snapshot(const fs::path& dir, bool resume_after) {
   MachineState before = state();
   if (before != MachineState::kRunning && before != MachineState::kPaused)

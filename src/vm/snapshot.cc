@@ -194,8 +194,9 @@ state::Document read_state(const fs::path& dir) {
   return state::Document::parse(bytes, file.string());
 }
 
-VmConfig read_config(const fs::path& dir) {
-  state::Document doc = read_state(dir);
+VmConfig read_config(const fs::path& dir) { return config_of(read_state(dir)); }
+
+VmConfig config_of(const state::Document& doc) {
   VmConfig config = load_config(doc.section("vm"));
   const auto& engine = doc.section("engine");
   std::string name = engine.str("name", 16);

@@ -37,6 +37,8 @@ VmConfig load_config(const state::SectionReader& in);
 state::Document read_state(const std::filesystem::path& dir);
 // The configuration of the VM saved in DIR, its engine included (`keel run --restore`).
 VmConfig read_config(const std::filesystem::path& dir);
+// The same from a parsed state ("vm" and "engine" sections).
+VmConfig config_of(const state::Document& doc);
 
 // Writes `memory`'s RAM to `file` (sparse) and records its size and CRC-32 in `out` ("memory").
 void write_memory(const GuestMemory& memory, const std::filesystem::path& file,
