@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "guest_harness.h"
 #include "state/state_format.h"
 #include "vm/machine.h"
 
@@ -25,11 +26,11 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-VmConfig counter_config() {
+VmConfig counter_config(Accel accel = Accel::kEmu) {
   VmConfig c;
   c.test_guest = KEEL_TEST_GUEST_DIR "/acpi_counter.bin";
   c.memory_bytes = 32ull << 20;
-  c.accel = Accel::kEmu;
+  c.accel = accel;
   c.virtio.rng = true;  // a virtio device, so its transport state goes through the snapshot too
   return c;
 }
@@ -110,8 +111,8 @@ int check_count_sequence(const std::string& text) {
 
 // Boots the counter, lets it print `lines` lines and saves it to `dir`, leaving it paused.
 // Returns what it printed.
-std::string save_counter(const fs::path& dir, size_t lines = 3) {
-  Machine machine(counter_config());
+std::string save_counter(const fs::path& dir, size_t lines = 3, Accel accel = Accel::kEmu) {
+  Machine machine(counter_config(accel));
   Console console;
   machine.set_serial_output(console.sink());
   Running running(machine);
@@ -140,9 +141,17 @@ std::string restore_error(const fs::path& dir, VmConfig config) {
   return "";
 }
 
-TEST(Snapshot, ARestoredCounterContinuesWhereItStopped) {
+// The same on both engines (kvm runs the test guests here when /dev/kvm is usable).
+class Snapshot : public ::testing::TestWithParam<Accel> {
+ protected:
+  void SetUp() override {
+    if (auto why = guest_test::engine_unavailable(GetParam())) GTEST_SKIP() << *why;
+  }
+};
+
+TEST_P(Snapshot, ARestoredCounterContinuesWhereItStopped) {
   TempDir dir;
-  std::string before = save_counter(dir.path());
+  std::string before = save_counter(dir.path(), 3, GetParam());
   ASSERT_GE(check_count_sequence(before), 2);
   EXPECT_TRUE(fs::exists(dir.path() / "state"));
   EXPECT_TRUE(fs::exists(dir.path() / "memory"));
@@ -151,9 +160,9 @@ TEST(Snapshot, ARestoredCounterContinuesWhereItStopped) {
   EXPECT_GE(check_count_sequence(before + after), check_count_sequence(before) + 2);
 }
 
-TEST(Snapshot, OneSnapshotRestoresManyTimesIndependently) {
+TEST_P(Snapshot, OneSnapshotRestoresManyTimesIndependently) {
   TempDir dir;
-  std::string before = save_counter(dir.path());
+  std::string before = save_counter(dir.path(), 3, GetParam());
   std::string first;
   for (int i = 0; i < 5; ++i) {
     std::string after = restore_counter(dir.path(), 4);
@@ -165,9 +174,9 @@ TEST(Snapshot, OneSnapshotRestoresManyTimesIndependently) {
   }
 }
 
-TEST(Snapshot, ARunningVmKeepsRunningAfterASnapshot) {
+TEST_P(Snapshot, ARunningVmKeepsRunningAfterASnapshot) {
   TempDir dir;
-  Machine machine(counter_config());
+  Machine machine(counter_config(GetParam()));
   Console console;
   machine.set_serial_output(console.sink());
   Running running(machine);
@@ -179,7 +188,25 @@ TEST(Snapshot, ARunningVmKeepsRunningAfterASnapshot) {
   EXPECT_GT(check_count_sequence(console.text()), 2);
 }
 
-class DamagedSnapshot : public testing::Test {
+TEST_P(Snapshot, AnotherEngineIsRefusedByName) {
+  TempDir dir;
+  save_counter(dir.path(), 1, GetParam());
+  Accel other = GetParam() == Accel::kEmu ? Accel::kKvm : Accel::kEmu;
+  if (guest_test::engine_unavailable(other)) GTEST_SKIP() << "only one engine here";
+  VmConfig config = snapshot::read_config(dir.path());
+  config.accel = other;
+  std::string taken = GetParam() == Accel::kEmu ? "emu" : "kvm";
+  EXPECT_NE(restore_error(dir.path(), config).find("the snapshot was taken on the " + taken + " engine"),
+            std::string::npos)
+      << restore_error(dir.path(), config);
+}
+
+INSTANTIATE_TEST_SUITE_P(Engines, Snapshot, ::testing::Values(Accel::kEmu, Accel::kKvm),
+                         [](const ::testing::TestParamInfo<Accel>& info) {
+                           return info.param == Accel::kEmu ? "emu" : "kvm";
+                         });
+
+class DamagedSnapshot : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir;
