@@ -22,12 +22,6 @@ void load_all(const keel::state::SectionReader& s) {
     keel::snapshot::load_config(s);
   } catch (const keel::Error&) {
   }
-  try {
-    keel::x86::load_pit(s);
-    keel::x86::load_ioapic(s);
-    keel::x86::load_clock(s);
-  } catch (const keel::Error&) {
-  }
 }
 
 }  // namespace

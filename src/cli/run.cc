@@ -227,24 +227,22 @@ int run(const RunOptions& options) {
   std::optional<migration::Incoming> incoming;
   if (!options.restore.empty() && !options.incoming.empty())
     throw UsageError("--restore and --incoming are mutually exclusive");
-  if (!options.incoming.empty()) {
+  if (!options.restore.empty() || !options.incoming.empty()) {
+    const char* flag = options.restore.empty() ? "--incoming" : "--restore";
     if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
         !options.nets.empty() || !options.cloud_init.empty())
-      throw UsageError("--incoming takes the VM's kernel, disks and networks from the migration");
-    UniqueFd listener = migration::listen_on(migration::parse_uri(options.incoming));
-    std::fprintf(stderr, "keel: waiting for the incoming VM on %s\n", options.incoming.c_str());
-    incoming = migration::receive(listener.get(), "migration stream from " + options.incoming);
-    VmConfig sent = snapshot::config_of(incoming->state);
-    sent.control_socket = config.control_socket;
-    sent.start_paused = config.start_paused;
-    sent.trace_boot = config.trace_boot;
-    config = std::move(sent);
-  } else if (!options.restore.empty()) {
-    if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
-        !options.nets.empty() || !options.cloud_init.empty())
-      throw UsageError("--restore takes the VM's kernel, disks and networks from the snapshot");
-    // The guest's configuration is the snapshot's; where it is served from is this run's.
-    VmConfig saved = snapshot::read_config(options.restore);
+      throw UsageError(std::string(flag) + " takes the VM's kernel, disks and networks from the VM it continues");
+    VmConfig saved;
+    if (!options.incoming.empty()) {
+      UniqueFd listener = migration::listen_on(migration::parse_uri(options.incoming));
+      std::fprintf(stderr, "keel: waiting for the incoming VM on %s\n", options.incoming.c_str());
+      incoming = migration::receive(listener.get(), "migration stream from " + options.incoming);
+      saved = snapshot::config_of(incoming->state);
+    } else {
+      saved = snapshot::read_config(options.restore);
+    }
+    // The guest's configuration is the one it was saved or sent with; where it is served from is
+    // this run's.
     saved.control_socket = config.control_socket;
     saved.start_paused = config.start_paused;
     saved.trace_boot = config.trace_boot;

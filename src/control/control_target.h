@@ -38,6 +38,7 @@ inline constexpr const char* kResume = "RESUME";
 inline constexpr const char* kPowerdown = "POWERDOWN";
 inline constexpr const char* kShutdown = "SHUTDOWN";
 inline constexpr const char* kReset = "RESET";
+inline constexpr const char* kMigration = "MIGRATION";  // {"status": "active" | "completed" | "failed"}
 }  // namespace event
 
 class ControlTarget {

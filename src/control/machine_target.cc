@@ -118,6 +118,11 @@ void MachineTarget::reset() {
 void MachineTarget::quit() { machine_.shutdown(ShutdownReason::kQuit, "quit from the control socket"); }
 
 void MachineTarget::snapshot_save(const std::string& path, bool resume) {
+  {
+    // Both stop the VM and its devices; the snapshot's resume must not end a migration's stop.
+    std::lock_guard lock(migration_mutex_);
+    if (migration_.status == "active") throw Error("a migration is running: snapshot after it");
+  }
   machine_.save_snapshot(path, resume);
 }
 
@@ -136,7 +141,8 @@ void MachineTarget::migrate(const std::string& uri, uint64_t downtime_limit_ms) 
     migration_.status = "active";
   }
   if (migration_thread_.joinable()) migration_thread_.join();
-  migration::Options options{std::chrono::milliseconds(downtime_limit_ms)};
+  migration::Options options{std::chrono::milliseconds(downtime_limit_ms),
+                             [this](const std::string& status) { emit(event::kMigration, {{"status", status}}); }};
   migration_thread_ = std::thread([this, target, options] {
     pthread_setname_np(pthread_self(), "keel-migrate");
     migration::migrate(machine_, target, options, migration_, migration_mutex_);

@@ -195,7 +195,11 @@ UniqueFd listen_on(const Uri& uri) {
 void migrate(Machine& machine, const Uri& uri, const Options& options, Status& status,
              std::mutex& mutex) {
   auto start = Clock::now();
+  auto announce = [&](const char* s) {
+    if (options.on_status) options.on_status(s);
+  };
   update(mutex, [&] { status = Status{}; status.status = "active"; });
+  announce("active");
   try {
     UniqueFd fd = connect_to(uri, std::chrono::seconds(10));
     int one = 1;
@@ -256,6 +260,7 @@ void migrate(Machine& machine, const Uri& uri, const Options& options, Status& s
       status.total_time_ms = ms_since(start);
     });
     log::info("migrated to the target in {} ms (downtime {} ms)", ms_since(start), downtime);
+    announce("completed");
     machine.shutdown(ShutdownReason::kQuit, "migrated");
   } catch (const std::exception& e) {
     log::warn("migration failed, the VM goes on here: {}", e.what());
@@ -264,6 +269,7 @@ void migrate(Machine& machine, const Uri& uri, const Options& options, Status& s
       status.error = e.what();
       status.total_time_ms = ms_since(start);
     });
+    announce("failed");
   }
 }
 

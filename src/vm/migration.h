@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -60,6 +61,9 @@ struct Status {
 
 struct Options {
   std::chrono::milliseconds downtime_limit{300};
+  // Called on the migration thread as the status changes ("active", "completed", "failed"):
+  // the control socket's MIGRATION events.
+  std::function<void(const std::string& status)> on_status;
 };
 
 // Runs a migration of `machine` to `uri` on the calling thread (the control target's migration

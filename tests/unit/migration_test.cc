@@ -15,7 +15,9 @@
 #include <gtest/gtest.h>
 
 #include "control/control_client.h"
+#include "counter_guest.h"
 #include "keel_process.h"
+#include "qemu_img.h"
 
 namespace keel {
 namespace {
@@ -24,65 +26,49 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-struct Dir {
-  Dir() {
-    char tmpl[] = "/tmp/keel-migrate-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~Dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path path;
-};
-
-int last_count(const std::string& out) {
-  int last = -1;
-  size_t at = 0;
-  while ((at = out.find("count ", at)) != std::string::npos) {
-    size_t end = out.find('\n', at);
-    if (end == std::string::npos) break;
-    last = std::stoi(out.substr(at + 6, end - at - 6));
-    at = end;
-  }
-  return last;
-}
-
 std::vector<std::string> source_args(const std::string& sock) {
   return {"run", "--accel", "emu", "--memory", "64M", "--sandbox", "off",
           "--test-guest", testing::test_guest("acpi_counter"), "--control", sock};
 }
 
 TEST(Migration, TheCounterMovesToTheTargetAndGoesOn) {
-  Dir dir;
-  std::string src_sock = (dir.path / "src.sock").string();
-  std::string uri = "unix:" + (dir.path / "migrate.sock").string();
+  testing::TempDir dir;
+  std::string src_sock = (dir.path() / "src.sock").string();
+  std::string uri = "unix:" + (dir.path() / "migrate.sock").string();
   testing::KeelProcess target({"run", "--incoming", uri, "--sandbox", "off"});
   testing::KeelProcess source(source_args(src_sock));
   ASSERT_TRUE(source.wait_for_stdout("count 3\n", 60s)) << source.wait(10s).describe();
   control::ControlClient client = control::ControlClient::connect(src_sock);
   EXPECT_EQ(client.execute("query-migrate")["status"], "none");
   client.execute("migrate", json{{"uri", uri}});
+  // MIGRATION events mark its states.
+  std::vector<std::string> states;
+  for (auto deadline = std::chrono::steady_clock::now() + 60s;
+       std::chrono::steady_clock::now() < deadline && (states.empty() || states.back() == "active");) {
+    if (auto event = client.next_event(1s); event && (*event)["event"] == "MIGRATION")
+      states.push_back((*event)["data"]["status"]);
+  }
+  EXPECT_EQ(states, (std::vector<std::string>{"active", "completed"}));
 
-  // The source ends once the target has the VM.
+  // The source ends once the target has the VM (keel logs on stdout).
   testing::ProcessResult src = source.wait(120s);
   EXPECT_TRUE(src.exited && src.status == 0) << src.describe();
-  EXPECT_NE(src.err.find("migrated to the target"), std::string::npos) << src.describe();
-  EXPECT_NE(src.err.find("downtime"), std::string::npos) << src.describe();
-  int moved_at = last_count(src.out);
+  EXPECT_NE((src.out + src.err).find("migrated to the target"), std::string::npos) << src.describe();
+  EXPECT_NE((src.out + src.err).find("downtime"), std::string::npos) << src.describe();
+  int moved_at = testing::last_count(src.out);
   ASSERT_GE(moved_at, 3) << src.describe();
 
   EXPECT_TRUE(target.wait_for_stdout("count " + std::to_string(moved_at + 3) + "\n", 60s));
   target.send_signal(SIGTERM);
   testing::ProcessResult dst = target.wait(30s);
   EXPECT_EQ(dst.out.find("count " + std::to_string(moved_at) + "\n"), std::string::npos) << dst.describe();
-  EXPECT_GT(last_count(dst.out), moved_at + 2) << dst.describe();
+  EXPECT_GT(testing::last_count(dst.out), moved_at + 2) << dst.describe();
 }
 
 TEST(Migration, ASourceWhoseTargetGoesAwayKeepsRunning) {
-  Dir dir;
-  std::string src_sock = (dir.path / "src.sock").string();
-  fs::path target_path = dir.path / "gone.sock";
+  testing::TempDir dir;
+  std::string src_sock = (dir.path() / "src.sock").string();
+  fs::path target_path = dir.path() / "gone.sock";
   // A "target" that accepts the connection and hangs up at once.
   int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr{};
@@ -109,12 +95,12 @@ TEST(Migration, ASourceWhoseTargetGoesAwayKeepsRunning) {
   EXPECT_EQ(client.execute("query-status")["status"], "running");
   client.execute("quit");
   testing::ProcessResult src = source.wait(30s);
-  EXPECT_NE(src.err.find("migration failed, the VM goes on here"), std::string::npos) << src.describe();
+  EXPECT_NE((src.out + src.err).find("migration failed, the VM goes on here"), std::string::npos) << src.describe();
 }
 
 TEST(Migration, ATargetRefusesGarbageByName) {
-  Dir dir;
-  fs::path path = dir.path / "in.sock";
+  testing::TempDir dir;
+  fs::path path = dir.path() / "in.sock";
   testing::KeelProcess target({"run", "--incoming", "unix:" + path.string(), "--sandbox", "off"});
   int fd = -1;
   for (auto deadline = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < deadline;) {

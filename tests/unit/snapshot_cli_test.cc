@@ -10,7 +10,9 @@
 #include <gtest/gtest.h>
 
 #include "control/control_client.h"
+#include "counter_guest.h"
 #include "keel_process.h"
+#include "qemu_img.h"
 
 namespace keel {
 namespace {
@@ -19,35 +21,10 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-struct Dir {
-  Dir() {
-    char tmpl[] = "/tmp/keel-snapcli-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~Dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path path;
-};
-
-// The highest N of a complete "count N" line in `out`, or -1.
-int last_count(const std::string& out) {
-  int last = -1;
-  size_t at = 0;
-  while ((at = out.find("count ", at)) != std::string::npos) {
-    size_t end = out.find('\n', at);
-    if (end == std::string::npos) break;
-    last = std::stoi(out.substr(at + 6, end - at - 6));
-    at = end;
-  }
-  return last;
-}
-
 TEST(SnapshotCli, SnapshotSaveThenRunRestoreContinuesTheCount) {
-  Dir dir;
-  std::string sock = (dir.path / "vm.sock").string();
-  fs::path snap = dir.path / "snap";
+  testing::TempDir dir;
+  std::string sock = (dir.path() / "vm.sock").string();
+  fs::path snap = dir.path() / "snap";
   testing::KeelProcess vmm({"run", "--accel", "emu", "--memory", "32M", "--sandbox", "off",
                             "--test-guest", testing::test_guest("acpi_counter"), "--control", sock});
   ASSERT_TRUE(vmm.wait_for_stdout("count 3\n", 60s)) << "the guest never counted";
@@ -72,7 +49,7 @@ TEST(SnapshotCli, SnapshotSaveThenRunRestoreContinuesTheCount) {
   EXPECT_EQ(client.execute("query-status")["status"], "paused");
   client.execute("quit");
   testing::ProcessResult first = vmm.wait(30s);
-  int saved_at = last_count(first.out);
+  int saved_at = testing::last_count(first.out);
   ASSERT_GE(saved_at, 3) << first.describe();
 
   testing::KeelProcess restored({"run", "--restore", snap.string(), "--sandbox", "off"});
@@ -83,31 +60,31 @@ TEST(SnapshotCli, SnapshotSaveThenRunRestoreContinuesTheCount) {
   // The restored guest printed nothing it had printed before: its first full line is the next.
   size_t first_line = second.out.find("count ");
   ASSERT_NE(first_line, std::string::npos) << second.describe();
-  EXPECT_GT(last_count(second.out), saved_at) << second.describe();
+  EXPECT_GT(testing::last_count(second.out), saved_at) << second.describe();
   EXPECT_EQ(second.out.find("count " + std::to_string(saved_at) + "\n"), std::string::npos)
       << second.describe();
 }
 
 TEST(SnapshotCli, RunRestoreRefusesAMissingOrDamagedSnapshot) {
-  Dir dir;
+  testing::TempDir dir;
   testing::ProcessResult missing =
-      testing::run_keel({"run", "--restore", (dir.path / "none").string(), "--sandbox", "off"});
+      testing::run_keel({"run", "--restore", (dir.path() / "none").string(), "--sandbox", "off"});
   EXPECT_NE(missing.status, 0);
   EXPECT_NE(missing.err.find("cannot open its state file"), std::string::npos) << missing.describe();
 
-  fs::create_directories(dir.path / "bad");
+  fs::create_directories(dir.path() / "bad");
   {
-    std::FILE* f = std::fopen((dir.path / "bad" / "state").c_str(), "wb");
+    std::FILE* f = std::fopen((dir.path() / "bad" / "state").c_str(), "wb");
     std::fputs("KEELSTAT\x01", f);
     std::fclose(f);
   }
   testing::ProcessResult bad =
-      testing::run_keel({"run", "--restore", (dir.path / "bad").string(), "--sandbox", "off"});
+      testing::run_keel({"run", "--restore", (dir.path() / "bad").string(), "--sandbox", "off"});
   EXPECT_NE(bad.status, 0);
   EXPECT_NE(bad.err.find("truncated"), std::string::npos) << bad.describe();
 
   testing::ProcessResult both = testing::run_keel(
-      {"run", "--restore", (dir.path / "bad").string(), "--test-guest", testing::test_guest("spin")});
+      {"run", "--restore", (dir.path() / "bad").string(), "--test-guest", testing::test_guest("spin")});
   EXPECT_NE(both.status, 0);
   EXPECT_NE(both.err.find("--restore takes"), std::string::npos) << both.describe();
 }

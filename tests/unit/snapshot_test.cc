@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "guest_harness.h"
+#include "qemu_img.h"
 #include "state/state_format.h"
 #include "vm/machine.h"
 
@@ -34,22 +35,6 @@ VmConfig counter_config(Accel accel = Accel::kEmu) {
   c.virtio.rng = true;  // a virtio device, so its transport state goes through the snapshot too
   return c;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "keel-snapshot-XXXXXX").string();
-    if (::mkdtemp(pattern.data())) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // The serial console of a machine, waited on without sleeping.
 class Console {
@@ -150,7 +135,7 @@ class Snapshot : public ::testing::TestWithParam<Accel> {
 };
 
 TEST_P(Snapshot, ARestoredCounterContinuesWhereItStopped) {
-  TempDir dir;
+  testing::TempDir dir;
   std::string before = save_counter(dir.path(), 3, GetParam());
   ASSERT_GE(check_count_sequence(before), 2);
   EXPECT_TRUE(fs::exists(dir.path() / "state"));
@@ -161,7 +146,7 @@ TEST_P(Snapshot, ARestoredCounterContinuesWhereItStopped) {
 }
 
 TEST_P(Snapshot, OneSnapshotRestoresManyTimesIndependently) {
-  TempDir dir;
+  testing::TempDir dir;
   std::string before = save_counter(dir.path(), 3, GetParam());
   std::string first;
   for (int i = 0; i < 5; ++i) {
@@ -175,7 +160,7 @@ TEST_P(Snapshot, OneSnapshotRestoresManyTimesIndependently) {
 }
 
 TEST_P(Snapshot, ARunningVmKeepsRunningAfterASnapshot) {
-  TempDir dir;
+  testing::TempDir dir;
   Machine machine(counter_config(GetParam()));
   Console console;
   machine.set_serial_output(console.sink());
@@ -183,13 +168,14 @@ TEST_P(Snapshot, ARunningVmKeepsRunningAfterASnapshot) {
   ASSERT_TRUE(console.wait_for_lines(2));
   machine.save_snapshot(dir.path(), /*resume=*/true);
   EXPECT_EQ(machine.state(), MachineState::kRunning);
-  size_t lines = static_cast<size_t>(std::count(console.text().begin(), console.text().end(), '\n'));
+  std::string so_far = console.text();
+  size_t lines = static_cast<size_t>(std::count(so_far.begin(), so_far.end(), '\n'));
   EXPECT_TRUE(console.wait_for_lines(lines + 2));
   EXPECT_GT(check_count_sequence(console.text()), 2);
 }
 
 TEST_P(Snapshot, AnotherEngineIsRefusedByName) {
-  TempDir dir;
+  testing::TempDir dir;
   save_counter(dir.path(), 1, GetParam());
   Accel other = GetParam() == Accel::kEmu ? Accel::kKvm : Accel::kEmu;
   if (guest_test::engine_unavailable(other)) GTEST_SKIP() << "only one engine here";
@@ -209,7 +195,7 @@ INSTANTIATE_TEST_SUITE_P(Engines, Snapshot, ::testing::Values(Accel::kEmu, Accel
 class DamagedSnapshot : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir;
+    dir_ = new testing::TempDir;
     save_counter(dir_->path(), 1);
   }
   static void TearDownTestSuite() { delete dir_; }
@@ -226,10 +212,10 @@ class DamagedSnapshot : public ::testing::Test {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
 
-  static TempDir* dir_;
-  TempDir copy_;
+  static testing::TempDir* dir_;
+  testing::TempDir copy_;
 };
-TempDir* DamagedSnapshot::dir_ = nullptr;
+testing::TempDir* DamagedSnapshot::dir_ = nullptr;
 
 TEST_F(DamagedSnapshot, AnIntactCopyRestores) {
   EXPECT_EQ(restore_error(copy_.path(), snapshot::read_config(copy_.path())), "");
