@@ -17,6 +17,7 @@ constexpr keel::cli::AddVerb kVerbs[] = {
     keel::cli::add_daemon_verb,
     keel::cli::add_client_verbs,  // define, undefine, start, shutdown, ..., console, events
     keel::cli::add_img_verb,
+    keel::cli::add_stats_verb,
 };
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "backends/console/raw_terminal.h"
 #include "backends/console/terminal_console.h"
 #include "base/error.h"
+#include "boot/multiboot.h"
 #include "control/machine_target.h"
 #include "base/fd.h"
 #include "base/log_file.h"
@@ -51,6 +52,7 @@ struct RunOptions {
   bool paused = false;
   bool trace_boot = false;
   bool isa_debug_exit = false;
+  bool pvh = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
   std::string boot = "kernel", boot_entry;
   std::string cloud_init, name = "keel";  // --boot disk: the first disk's own menu (issue 14)
@@ -82,6 +84,7 @@ VmConfig make_config(const RunOptions& o) {
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
   c.isa_debug_exit = o.isa_debug_exit;
+  c.pvh = o.pvh;
   for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
   for (const auto& n : o.nets) c.virtio.nets.push_back(parse_net_option(n));
   c.virtio.console = o.console == "virtio";
@@ -96,6 +99,8 @@ VmConfig make_config(const RunOptions& o) {
     throw UsageError("--kernel and --test-guest are mutually exclusive");
   if (!c.test_guest.empty() && (!c.initrd.empty() || o.cmdline))
     throw UsageError("--initrd and --cmdline apply to a Linux kernel, not to --test-guest");
+  if (c.pvh && (!c.test_guest.empty() || c.boot == VmConfig::Boot::kDisk))
+    throw UsageError("--pvh applies to a Linux kernel (--kernel or the default guest)");
   c.validate_resources();
   return c;
 }
@@ -249,7 +254,9 @@ int run(const RunOptions& options) {
     config = std::move(saved);
   } else {
     if (!config.kernel.empty()) require_file(config.kernel, "kernel");
-    if (!config.initrd.empty()) require_file(config.initrd, "initrd");
+    // A multiboot kernel's modules may be QEMU's list, "file args,file args".
+    if (!config.initrd.empty() && !std::filesystem::exists(config.initrd))
+      for (const auto& module : boot::parse_module_list(config.initrd.string())) require_file(module.path, "initrd");
     if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
 
     if (config.accel == Accel::kAuto) {
@@ -360,6 +367,9 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_flag("--trace-boot", o->trace_boot,
                 "Print each boot-progress code (port 0x520) with its CLOCK_MONOTONIC time on "
                 "stderr");
+  sub->add_flag("--pvh", o->pvh,
+                "Boot a Linux kernel through its PVH entry (the Xen PHYS32_ENTRY note of its vmlinux, or "
+                "of the vmlinux inside a bzImage) instead of the 64-bit boot protocol");
   sub->add_flag("--isa-debug-exit", o->isa_debug_exit,
                 "QEMU's isa-debug-exit device at port 0xF4: a guest write of V exits keel with status "
                 "(V << 1) | 1, as test kernels such as kvm-unit-tests expect");

@@ -54,8 +54,8 @@ void expect_no_arguments(const std::string& command, const json& args) {
 const char* const kCommands[] = {"qmp_capabilities", "query-status",     "query-cpus",
                                  "query-commands",   "stop",             "cont",
                                  "system_powerdown", "system_reset",     "quit",
-                                 "console-attach",   "snapshot-save",    "migrate",
-                                 "query-migrate"};
+                                 "console-attach",   "query-stats",      "snapshot-save",
+                                 "migrate",          "query-migrate"};
 
 }  // namespace
 
@@ -457,6 +457,10 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
                           {"halted", cpu.halted}});
     }
     return list;
+  }
+  if (name == "query-stats") {  // control/query_stats.cc
+    expect_no_arguments(name, args);
+    return target_.query_stats();
   }
   if (name == "stop") {
     expect_no_arguments(name, args);

@@ -57,6 +57,10 @@ class ControlTarget {
   virtual void reset() = 0;      // system reset; emits RESET
   virtual void quit() = 0;       // the VMM ends (after the reply has been sent)
   virtual std::vector<CpuInfo> query_cpus() = 0;
+  // What the VM has counted (query-stats, control/query_stats.cc): engine, uptime, per vCPU CPU
+  // time and exits or instructions, per disk and network device bytes and requests. The default
+  // refuses (a target without counters).
+  virtual nlohmann::json query_stats();
   // Saves the VM's complete state to directory `path` (vm/snapshot.h), resuming it afterwards
   // when it was running and `resume`. Throws Error naming why it could not; the VM goes on.
   virtual void snapshot_save(const std::string& path, bool resume) {

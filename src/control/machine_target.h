@@ -34,6 +34,7 @@ class MachineTarget : public ControlTarget {
   void reset() override;
   void quit() override;
   std::vector<CpuInfo> query_cpus() override;
+  nlohmann::json query_stats() override;  // control/query_stats.cc
   void snapshot_save(const std::string& path, bool resume) override;
   // The migration runs on a thread of its own (`keel-migrate`), joined when the target goes.
   void migrate(const std::string& uri, uint64_t downtime_limit_ms) override;

@@ -70,8 +70,11 @@ Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {
   domains_ = std::make_unique<Domains>(*store_, domains);
   domains_->recover();
   options_.api.group = options_.group;
+  options_.api.token_file = options_.state_dir + "/http.token";
   api_ = std::make_unique<ApiServer>(*domains_, options_.socket_path, options_.api);
   log::info("keel daemon: serving {} (state in {})", options_.socket_path, options_.state_dir);
+  if (std::string url = api_->web_url(); !url.empty())
+    log::info("keel daemon: web console at {}", url);
 }
 
 Daemon::~Daemon() {

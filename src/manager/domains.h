@@ -79,6 +79,10 @@ class Domains {
   nlohmann::json info(const std::string& name);
   nlohmann::json list();
 
+  // A query (query-stats, ...) to the VMM of `name`, without the command lock (a long start
+  // does not hold it up); null when no VMM runs. Throws NotFoundError, Error (no answer).
+  nlohmann::json query_vmm(const std::string& name, const std::string& command);
+
   // The console of `name`: recent output to read from, input to write.
   std::shared_ptr<ByteHistory> console(const std::string& name);
   void console_write(const std::string& name, std::string_view bytes);
