@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -31,12 +32,16 @@
 #include "sandbox/confinement.h"
 #include "vm/default_guest.h"
 #include "vm/machine.h"
+#include "vm/migration.h"
+#include "vm/snapshot.h"
 
 namespace keel::cli {
 namespace {
 
 struct RunOptions {
   std::string kernel, initrd, test_guest, control, log_file;
+  std::string restore;   // --restore DIR: the VM saved there instead of a new one
+  std::string incoming;  // --incoming URI: the VM a `migrate` sends there
   int ready_fd = -1;  // --ready-fd: told once the control socket listens (the daemon's spawn)
   std::optional<std::string> cmdline;
   std::string memory = "512M";
@@ -224,27 +229,65 @@ int run(const RunOptions& options) {
   VmConfig config = make_config(options);
   if (options.ready_fd >= 0 && config.control_socket.empty())
     throw UsageError("--ready-fd needs --control");
-  if (!config.kernel.empty()) require_file(config.kernel, "kernel");
-  // A multiboot kernel's modules may be QEMU's list, "file args,file args".
-  if (!config.initrd.empty() && !std::filesystem::exists(config.initrd))
-    for (const auto& module : boot::parse_module_list(config.initrd.string())) require_file(module.path, "initrd");
-  if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
+  std::optional<migration::Incoming> incoming;
+  if (!options.restore.empty() && !options.incoming.empty())
+    throw UsageError("--restore and --incoming are mutually exclusive");
+  if (!options.restore.empty() || !options.incoming.empty()) {
+    const char* flag = options.restore.empty() ? "--incoming" : "--restore";
+    if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
+        !options.nets.empty() || !options.cloud_init.empty())
+      throw UsageError(std::string(flag) + " takes the VM's kernel, disks and networks from the VM it continues");
+    VmConfig saved;
+    if (!options.incoming.empty()) {
+      UniqueFd listener = migration::listen_on(migration::parse_uri(options.incoming));
+      std::fprintf(stderr, "keel: waiting for the incoming VM on %s\n", options.incoming.c_str());
+      incoming = migration::receive(listener.get(), "migration stream from " + options.incoming);
+      saved = snapshot::config_of(incoming->state);
+    } else {
+      saved = snapshot::read_config(options.restore);
+    }
+    // The guest's configuration is the one it was saved or sent with; where it is served from is
+    // this run's.
+    saved.control_socket = config.control_socket;
+    saved.start_paused = config.start_paused;
+    saved.trace_boot = config.trace_boot;
+    config = std::move(saved);
+  } else {
+    if (!config.kernel.empty()) require_file(config.kernel, "kernel");
+    // A multiboot kernel's modules may be QEMU's list, "file args,file args".
+    if (!config.initrd.empty() && !std::filesystem::exists(config.initrd))
+      for (const auto& module : boot::parse_module_list(config.initrd.string())) require_file(module.path, "initrd");
+    if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
 
-  if (config.accel == Accel::kAuto) {
-    EngineChoice choice = choose_engine(Accel::kAuto, probe_kvm());
-    std::fprintf(stderr, "keel: %s\n", choice.reason.c_str());
-    config.accel = choice.accel;
+    if (config.accel == Accel::kAuto) {
+      EngineChoice choice = choose_engine(Accel::kAuto, probe_kvm());
+      std::fprintf(stderr, "keel: %s\n", choice.reason.c_str());
+      config.accel = choice.accel;
+    }
+    apply_guest_defaults(config);
+    // --console virtio: the default command line's console moves from ttyS0 to hvc0.
+    if (config.virtio.console && !options.cmdline)
+      if (auto at = config.cmdline.find("console=ttyS0"); at != std::string::npos)
+        config.cmdline.replace(at, 13, "console=hvc0");
   }
-  apply_guest_defaults(config);
-  // --console virtio: the default command line's console moves from ttyS0 to hvc0.
-  if (config.virtio.console && !options.cmdline)
-    if (auto at = config.cmdline.find("console=ttyS0"); at != std::string::npos)
-      config.cmdline.replace(at, 13, "console=hvc0");
   config.validate();
 
   ::signal(SIGPIPE, SIG_IGN);  // a closed stdout drops console output, it does not kill keel
   TerminationSignals signals;
-  Machine machine(config);
+  std::unique_ptr<Machine> owned;
+  if (incoming) {
+    owned = std::make_unique<Machine>(config, std::move(incoming->memory), incoming->state);
+    // The source stops for good once it hears that this machine exists.
+    uint8_t ack = migration::kAck;
+    if (::send(incoming->connection.get(), &ack, 1, MSG_NOSIGNAL) != 1)
+      throw Error("migration: the source went away before the VM was taken over");
+    incoming.reset();
+  } else if (!options.restore.empty()) {
+    owned = std::make_unique<Machine>(config, options.restore);
+  } else {
+    owned = std::make_unique<Machine>(config);
+  }
+  Machine& machine = *owned;
   signals.watch(machine);
   if (log) {
     auto second = std::chrono::seconds(1);
@@ -312,6 +355,12 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->check(CLI::Range(3, 1 << 20))
       ->group("");  // for the daemon
   sub->add_flag("--paused", o->paused, "Start with the vCPUs stopped (resume through --control)");
+  sub->add_option("--incoming", o->incoming,
+                  "Wait for a VM migrated here from another keel (the control socket's migrate) on "
+                  "unix:PATH or tcp:HOST:PORT, then run it");
+  sub->add_option("--restore", o->restore,
+                  "Continue the VM saved in this snapshot directory (the control socket's "
+                  "snapshot-save) instead of booting a new one");
   sub->add_option("--log-file", o->log_file,
                   "Append stdout and stderr to this file; past 1 MiB it moves to FILE.1 and a new "
                   "one starts");

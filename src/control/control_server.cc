@@ -54,7 +54,8 @@ void expect_no_arguments(const std::string& command, const json& args) {
 const char* const kCommands[] = {"qmp_capabilities", "query-status",     "query-cpus",
                                  "query-commands",   "stop",             "cont",
                                  "system_powerdown", "system_reset",     "quit",
-                                 "console-attach",   "query-stats"};
+                                 "console-attach",   "query-stats",      "snapshot-save",
+                                 "migrate",          "query-migrate"};
 
 }  // namespace
 
@@ -485,6 +486,45 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
     expect_no_arguments(name, args);
     quit_after = true;
     return json::object();
+  }
+  if (name == "snapshot-save") {
+    // {"path": DIR, "resume": bool = true}
+    bool resume = true;
+    std::string path;
+    for (const auto& [key, value] : args.items()) {
+      if (key == "path" && value.is_string())
+        path = value.get<std::string>();
+      else if (key == "resume" && value.is_boolean())
+        resume = value.get<bool>();
+      else if (key == "path" || key == "resume")
+        throw CommandError{"GenericError", "Invalid parameter type for '" + key + "', expected: " +
+                                               (key == "path" ? "string" : "boolean")};
+      else
+        throw CommandError{"GenericError", "Parameter '" + key + "' is unexpected for 'snapshot-save'"};
+    }
+    if (path.empty()) throw CommandError{"GenericError", "Parameter 'path' is missing"};
+    target_.snapshot_save(path, resume);
+    return json::object();
+  }
+  if (name == "migrate") {
+    // {"uri": "unix:PATH" | "tcp:HOST:PORT", "downtime-limit": ms = 300}
+    std::string uri;
+    uint64_t downtime = 300;
+    for (const auto& [key, value] : args.items()) {
+      if (key == "uri" && value.is_string())
+        uri = value.get<std::string>();
+      else if (key == "downtime-limit" && value.is_number_unsigned())
+        downtime = value.get<uint64_t>();
+      else
+        throw CommandError{"GenericError", "Parameter '" + key + "' is unexpected or of the wrong type for 'migrate'"};
+    }
+    if (uri.empty()) throw CommandError{"GenericError", "Parameter 'uri' is missing"};
+    target_.migrate(uri, downtime);
+    return json::object();
+  }
+  if (name == "query-migrate") {
+    expect_no_arguments(name, args);
+    return target_.query_migrate();
   }
   if (name == "console-attach") {
     expect_no_arguments(name, args);

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/error.h"
+
 namespace keel::control {
 
 // Run state as QMP reports it ("status") with a libvirt-style reason beside it.
@@ -36,6 +38,7 @@ inline constexpr const char* kResume = "RESUME";
 inline constexpr const char* kPowerdown = "POWERDOWN";
 inline constexpr const char* kShutdown = "SHUTDOWN";
 inline constexpr const char* kReset = "RESET";
+inline constexpr const char* kMigration = "MIGRATION";  // {"status": "active" | "completed" | "failed"}
 }  // namespace event
 
 class ControlTarget {
@@ -58,6 +61,17 @@ class ControlTarget {
   // time and exits or instructions, per disk and network device bytes and requests. The default
   // refuses (a target without counters).
   virtual nlohmann::json query_stats();
+  // Saves the VM's complete state to directory `path` (vm/snapshot.h), resuming it afterwards
+  // when it was running and `resume`. Throws Error naming why it could not; the VM goes on.
+  virtual void snapshot_save(const std::string& path, bool resume) {
+    throw Error("this VM cannot save snapshots");
+  }
+  // Starts a live migration to `uri` ("unix:PATH", "tcp:HOST:PORT"; vm/migration.h) and returns;
+  // query_migrate() reports its progress as QMP's query-migrate does.
+  virtual void migrate(const std::string& uri, uint64_t downtime_limit_ms) {
+    throw Error("this VM cannot migrate");
+  }
+  virtual nlohmann::json query_migrate() { return nlohmann::json{{"status", "none"}}; }
 
   // The control server installs its callbacks once, before it serves clients. The target keeps
   // them until it is destroyed and calls them for every lifecycle event and console output.

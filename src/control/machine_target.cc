@@ -117,6 +117,54 @@ void MachineTarget::reset() {
 
 void MachineTarget::quit() { machine_.shutdown(ShutdownReason::kQuit, "quit from the control socket"); }
 
+void MachineTarget::snapshot_save(const std::string& path, bool resume) {
+  {
+    // Both stop the VM and its devices; the snapshot's resume must not end a migration's stop.
+    std::lock_guard lock(migration_mutex_);
+    if (migration_.status == "active") throw Error("a migration is running: snapshot after it");
+  }
+  machine_.save_snapshot(path, resume);
+}
+
+MachineTarget::~MachineTarget() {
+  if (migration_thread_.joinable()) migration_thread_.join();
+}
+
+void MachineTarget::migrate(const std::string& uri, uint64_t downtime_limit_ms) {
+  migration::Uri target = migration::parse_uri(uri);
+  if (machine_.thread_launcher().confined())
+    throw Error("live migration needs an unconfined VMM (keel run --sandbox off): a confined one "
+                "cannot open sockets");
+  {
+    std::lock_guard lock(migration_mutex_);
+    if (migration_.status == "active") throw Error("a migration is already running");
+    migration_.status = "active";
+  }
+  if (migration_thread_.joinable()) migration_thread_.join();
+  migration::Options options{std::chrono::milliseconds(downtime_limit_ms),
+                             [this](const std::string& status) { emit(event::kMigration, {{"status", status}}); }};
+  migration_thread_ = std::thread([this, target, options] {
+    pthread_setname_np(pthread_self(), "keel-migrate");
+    migration::migrate(machine_, target, options, migration_, migration_mutex_);
+  });
+}
+
+nlohmann::json MachineTarget::query_migrate() {
+  std::lock_guard lock(migration_mutex_);
+  const migration::Status& s = migration_;
+  nlohmann::json reply{{"status", s.status}};
+  if (s.status == "none") return reply;
+  reply["total-time"] = s.total_time_ms;
+  reply["downtime"] = s.downtime_ms;
+  reply["ram"] = {{"total", s.total_bytes},
+                  {"transferred", s.transferred_bytes},
+                  {"remaining", s.remaining_bytes},
+                  {"dirty-pages-rate", s.dirty_pages_rate},
+                  {"dirty-sync-count", s.iterations}};
+  if (!s.error.empty()) reply["error-desc"] = s.error;
+  return reply;
+}
+
 std::vector<CpuInfo> MachineTarget::query_cpus() {
   std::vector<CpuInfo> cpus;
   int index = 0;

@@ -7,10 +7,12 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include "backends/console/console_input_queue.h"
 #include "control/control_server.h"
 #include "control/control_target.h"
+#include "vm/migration.h"
 
 namespace keel {
 class Machine;
@@ -33,6 +35,11 @@ class MachineTarget : public ControlTarget {
   void quit() override;
   std::vector<CpuInfo> query_cpus() override;
   nlohmann::json query_stats() override;  // control/query_stats.cc
+  void snapshot_save(const std::string& path, bool resume) override;
+  // The migration runs on a thread of its own (`keel-migrate`), joined when the target goes.
+  void migrate(const std::string& uri, uint64_t downtime_limit_ms) override;
+  nlohmann::json query_migrate() override;
+  ~MachineTarget() override;
   void set_event_callback(EventCallback callback) override;
   void set_console_callback(ConsoleCallback callback) override;
   // Loop thread (the control server's dispatch). Queues what the UART cannot take yet; beyond
@@ -51,6 +58,9 @@ class MachineTarget : public ControlTarget {
   bool user_paused_ = false;
   ConsoleInputQueue input_;      // loop thread only
   bool input_overflow_ = false;  // the last console_input() dropped bytes (and warned)
+  std::mutex migration_mutex_;    // guards migration_
+  migration::Status migration_;
+  std::thread migration_thread_;
 };
 
 // Serves `path` for `machine` on its main loop for as long as it lives (create before run()).

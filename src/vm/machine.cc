@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <optional>
 
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
@@ -23,8 +24,10 @@
 #include "devices/virtio/virtio_platform.h"
 #include "engine/engine_factory.h"
 #include "engine/kvm/kvm_engine.h"
+#include "state/state_format.h"
 #include "vm/engine_selection.h"
 #include "vm/guest_loader.h"
+#include "vm/snapshot.h"
 
 namespace keel {
 
@@ -85,12 +88,35 @@ class TestGuestExit : public BusDevice {
 
 Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::move(config)) {
   config_.validate();
+  build(std::move(engine_factory), std::make_unique<GuestMemory>(config_.memory_bytes), nullptr);
+}
+
+Machine::Machine(VmConfig config, const std::filesystem::path& snapshot_dir, EngineFactory engine_factory)
+    : config_(std::move(config)) {
+  config_.validate();
+  state::Document snapshot = snapshot::read_state(snapshot_dir);
+  UniqueFd ram = snapshot::open_memory(snapshot_dir, snapshot, config_.memory_bytes);
+  build(std::move(engine_factory), std::make_unique<GuestMemory>(config_.memory_bytes, ram.get()),
+        &snapshot);
+}
+
+Machine::Machine(VmConfig config, std::unique_ptr<GuestMemory> memory, const state::Document& state,
+                 EngineFactory engine_factory)
+    : config_(std::move(config)) {
+  config_.validate();
+  if (memory->ram_size() != config_.memory_bytes)
+    throw state::StateError("the incoming RAM and the configuration differ in size");
+  build(std::move(engine_factory), std::move(memory), &state);
+}
+
+void Machine::build(EngineFactory engine_factory, std::unique_ptr<GuestMemory> memory,
+                    const state::Document* snapshot) {
   start_paused_ = config_.start_paused;
   created_ns_ = BootProgress::now_ns();
   serial_outputs_.push_back(
       [](std::span<const uint8_t> bytes) { write_all(STDOUT_FILENO, bytes); });
 
-  memory_ = std::make_unique<GuestMemory>(config_.memory_bytes);
+  memory_ = std::move(memory);
   if (!engine_factory) engine_factory = default_engine_factory();
   engine_ = engine_factory(config_.accel, EngineContext{*memory_, pio_, mmio_},
                            EngineConfig{.vcpus = config_.cpus,
@@ -103,7 +129,10 @@ Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::m
 
   build_devices();
   for (uint32_t i = 0; i < config_.cpus; ++i) vcpus_.push_back(engine_->create_vcpu(i));
-  load_guest();
+  if (snapshot)
+    restore_state(*snapshot);
+  else
+    load_guest();
 }
 
 Machine::~Machine() {
@@ -221,6 +250,8 @@ void Machine::start() {
   {
     std::lock_guard lock(mutex_);
     if (state_ != MachineState::kCreated) return;  // shut down before it started, or twice
+    // A restored machine's devices start working now, on the launcher the VMM confined.
+    if (restored_) set_devices_quiesced(false);
     state_ = start_paused_ ? MachineState::kPaused : MachineState::kRunning;
     event.state = state_;
     for (auto& vcpu : vcpus_)
@@ -379,6 +410,13 @@ sandbox::SyscallPolicy Machine::syscall_policy() const {
       {"epoll_wait"}, {"epoll_pwait"}, {"epoll_ctl"}, {"read"}, {"poll"}, {"ppoll"},
       {"timerfd_settime"}, {"timerfd_gettime"},
       {"ftruncate"}, {"copy_file_range"},
+  });
+  // snapshot-save (machine_snapshot.cc) writes its files from the main loop. Under lock-down the
+  // root is an empty read-only tmpfs, so these fail there with an error the client sees (EROFS,
+  // ENOENT) instead of killing the VMM.
+  policy.allow(ThreadKind::kMainLoop, {
+      {"openat"}, {"mkdir"}, {"mkdirat"}, {"pwrite64"}, {"pread64"}, {"fsync"}, {"lseek"},
+      {"rename"}, {"renameat"}, {"renameat2"}, {"newfstatat"}, {"fstat"}, {"statx"},
   });
   return policy;
 }

@@ -16,6 +16,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,11 @@
 #include "vm/vm_config.h"
 
 namespace keel {
+
+namespace state {
+class Writer;
+class Document;
+}  // namespace state
 
 class Serial16550;
 class I8042;
@@ -79,6 +85,16 @@ class Machine final : public PowerControl {
 
   // Builds and loads the VM. Throws Error naming the cause (a missing kernel, no /dev/kvm, ...).
   explicit Machine(VmConfig config, EngineFactory engine_factory = nullptr);
+  // Rebuilds the VM saved in `snapshot_dir` (vm/snapshot.h) instead of loading a guest: `config`
+  // must be the snapshot's (snapshot::load_config; the host-side fields, control socket and
+  // start_paused, are the caller's). RAM maps the snapshot's memory file privately; the engine,
+  // vCPUs and devices take their saved state. Throws state::StateError naming what it refuses;
+  // nothing half-restored survives (the exception destroys the machine).
+  Machine(VmConfig config, const std::filesystem::path& snapshot_dir,
+          EngineFactory engine_factory = nullptr);
+  // The same from a migration stream's RAM and state (vm/migration.h).
+  Machine(VmConfig config, std::unique_ptr<GuestMemory> memory, const state::Document& state,
+          EngineFactory engine_factory = nullptr);
   ~Machine() override;
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
@@ -139,11 +155,28 @@ class Machine final : public PowerControl {
   void request_stop(StopReason reason, std::string detail) override;
 
   MachineState state() const;
+
+  // Saves the VM to `dir` (vm/snapshot.h; created if missing, an older snapshot there replaced):
+  // pauses it, quiesces its devices, writes its state and RAM, and resumes it if it was running
+  // and `resume`. Any thread but a vCPU's, while running or paused. Throws Error naming the
+  // cause; the VM then goes on as before.
+  void save_snapshot(const std::filesystem::path& dir, bool resume = true);
+  // Live migration's last step (vm/migration.cc): pauses the VM, quiesces its devices and calls
+  // `send` with the complete non-RAM state (a state file's bytes). If `send` throws, the devices
+  // and the VM go on as before and the exception propagates; if it returns, the machine stays
+  // paused and quiesced for the caller to shut down.
+  void stop_and_send(const std::function<void(std::vector<uint8_t> state)>& send);
   // Blocks until the machine has shut down; returns why.
   ShutdownInfo wait();
 
  private:
+  void build(EngineFactory engine_factory, std::unique_ptr<GuestMemory> memory,
+             const state::Document* snapshot);
   void build_devices();
+  // machine_snapshot.cc
+  void save_state(state::Writer& out);
+  void restore_state(const state::Document& in);
+  void set_devices_quiesced(bool quiesced);
   void load_guest();
   void vcpu_thread(Vcpu& vcpu);
   void set_state(MachineState state, std::unique_lock<std::mutex>& lock);
@@ -177,6 +210,7 @@ class Machine final : public PowerControl {
   std::condition_variable changed_;  // state_, parked_, halted_ or exited_ changed
   MachineState state_ = MachineState::kCreated;
   bool start_paused_ = false;
+  bool restored_ = false;  // built from a snapshot: start() lets its devices work again
   ShutdownInfo shutdown_;
   uint32_t parked_ = 0;   // vCPU threads waiting while paused
   uint32_t halted_ = 0;   // vCPU threads that can never run again (kHalted)

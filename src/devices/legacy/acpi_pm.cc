@@ -103,4 +103,20 @@ bool AcpiPm::sci_asserted() const {
   return sci_level_;
 }
 
+void AcpiPm::save_state(state::SectionWriter& out) {
+  std::lock_guard lock(mutex_);
+  out.u16("status", status_);
+  out.u16("enable", enable_);
+  out.u16("control", control_);
+  out.boolean("sci_level", sci_level_);
+}
+
+void AcpiPm::restore_state(const state::SectionReader& in) {
+  std::lock_guard lock(mutex_);
+  status_ = in.u16("status");
+  enable_ = in.u16("enable");
+  control_ = in.u16("control") | kSciEn;
+  sci_level_ = in.boolean("sci_level");
+}
+
 }  // namespace keel

@@ -20,10 +20,11 @@
 #include "bus/io_bus.h"
 #include "devices/power.h"
 #include "irq/interrupts.h"
+#include "state/persistent.h"
 
 namespace keel {
 
-class AcpiPm : public BusDevice {
+class AcpiPm : public BusDevice, public state::Persistent {
  public:
   static constexpr uint16_t kBasePort = 0x600;      // map [kBasePort, kBasePort + kPortCount)
   static constexpr uint16_t kPortCount = 0x10;
@@ -54,6 +55,10 @@ class AcpiPm : public BusDevice {
   // The fixed-feature power button (what `system_powerdown` presses): sets PWRBTN_STS and, when
   // the guest enabled it, raises the SCI. Callable from any thread.
   void press_power_button();
+
+  // PM1 status, enable and control, and the SCI level as the device last drove it.
+  void save_state(state::SectionWriter& out) override;
+  void restore_state(const state::SectionReader& in) override;
 
   uint16_t status() const;
   uint16_t enable() const;

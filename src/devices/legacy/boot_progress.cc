@@ -30,6 +30,20 @@ void BootProgress::write(uint64_t offset, std::span<const uint8_t> data) {
   if (listener_) listener_(ev);
 }
 
+void BootProgress::save_state(state::SectionWriter& out) {
+  std::lock_guard lock(mutex_);
+  std::vector<uint8_t> codes;
+  for (const Event& e : events_) codes.push_back(e.code);
+  out.bytes("codes", codes);
+}
+
+void BootProgress::restore_state(const state::SectionReader& in) {
+  auto codes = in.bytes("codes", kMaxEvents);
+  std::lock_guard lock(mutex_);
+  events_.clear();
+  for (uint8_t c : codes) events_.push_back({c, 0});
+}
+
 std::vector<BootProgress::Event> BootProgress::events() const {
   std::lock_guard lock(mutex_);
   return events_;

@@ -14,10 +14,11 @@
 #include <vector>
 
 #include "bus/io_bus.h"
+#include "state/persistent.h"
 
 namespace keel {
 
-class BootProgress : public BusDevice {
+class BootProgress : public BusDevice, public state::Persistent {
  public:
   static constexpr uint16_t kPort = 0x520;
   static constexpr uint8_t kInitStarted = 1;
@@ -32,6 +33,11 @@ class BootProgress : public BusDevice {
 
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+  // The codes written so far (their host timestamps are this process's, not saved): a restored
+  // guest reads back the last one.
+  void save_state(state::SectionWriter& out) override;
+  void restore_state(const state::SectionReader& in) override;
 
   // Every code written so far, oldest first (at most kMaxEvents are kept).
   std::vector<Event> events() const;

@@ -38,6 +38,26 @@ CmosRtc::CmosRtc(uint64_t low_ram, uint64_t high_ram, Clock clock)
   cmos_[0x5D] = (high >> 16) & 0xFF;
 }
 
+void CmosRtc::save_state(state::SectionWriter& out) {
+  std::lock_guard lock(mutex_);
+  out.bytes("cmos", cmos_);
+  out.u8("index", index_);
+  out.boolean("nmi_masked", nmi_masked_);
+  out.i64("offset_seconds", offset_seconds_);
+}
+
+void CmosRtc::restore_state(const state::SectionReader& in) {
+  std::array<uint8_t, 128> cmos;
+  in.bytes_exact("cmos", cmos);
+  uint8_t index = in.u8("index");
+  if (index > 0x7F) in.fail("field 'index' is not a CMOS register");
+  std::lock_guard lock(mutex_);
+  cmos_ = cmos;
+  index_ = index;
+  nmi_masked_ = in.boolean("nmi_masked");
+  offset_seconds_ = in.i64("offset_seconds");
+}
+
 bool CmosRtc::nmi_masked() const {
   std::lock_guard lock(mutex_);
   return nmi_masked_;

@@ -18,10 +18,11 @@
 #include <span>
 
 #include "bus/io_bus.h"
+#include "state/persistent.h"
 
 namespace keel {
 
-class CmosRtc : public BusDevice {
+class CmosRtc : public BusDevice, public state::Persistent {
  public:
   static constexpr uint16_t kBase = 0x70;
   static constexpr uint16_t kPortCount = 2;
@@ -36,6 +37,11 @@ class CmosRtc : public BusDevice {
   void write(uint64_t offset, std::span<const uint8_t> data) override;
 
   bool nmi_masked() const;
+
+  // CMOS memory, the index and NMI mask, and the guest's offset from host time (the clock itself
+  // is the host's).
+  void save_state(state::SectionWriter& out) override;
+  void restore_state(const state::SectionReader& in) override;
 
   // Register indices.
   enum : uint8_t {

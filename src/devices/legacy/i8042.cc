@@ -85,7 +85,7 @@ void I8042::write(uint64_t offset, std::span<const uint8_t> in) {
 
 void I8042::queue(uint8_t value, bool aux) {
   // Bound the queue: a guest looping on commands without reading must not grow it forever.
-  if (output_.size() >= 16) return;
+  if (output_.size() >= kMaxQueued) return;
   bool was_empty = output_.empty();
   output_.push_back({value, aux});
   if (was_empty && (aux ? (ctr_ & kCtrAuxInt) : (ctr_ & kCtrKeyboardInt)))
@@ -170,6 +170,34 @@ void I8042::data(uint8_t value) {
     queue(0xAB, false);
     queue(0x83, false);
   }
+}
+
+void I8042::save_state(state::SectionWriter& out) {
+  std::lock_guard lock(mutex_);
+  std::vector<uint8_t> values, aux;
+  for (const Byte& b : output_) {
+    values.push_back(b.value);
+    aux.push_back(b.aux ? 1 : 0);
+  }
+  out.bytes("output", values);
+  out.bytes("output_aux", aux);
+  out.u8("ctr", ctr_);
+  out.u8("pending_command", pending_command_);
+  out.u8("output_port", output_port_);
+  out.boolean("last_was_command", last_was_command_);
+}
+
+void I8042::restore_state(const state::SectionReader& in) {
+  auto values = in.bytes("output", kMaxQueued);
+  auto aux = in.bytes("output_aux", kMaxQueued);
+  if (aux.size() != values.size()) in.fail("fields 'output' and 'output_aux' differ in length");
+  std::lock_guard lock(mutex_);
+  output_.clear();
+  for (size_t i = 0; i < values.size(); ++i) output_.push_back({values[i], aux[i] != 0});
+  ctr_ = in.u8("ctr");
+  pending_command_ = in.u8("pending_command");
+  output_port_ = in.u8("output_port");
+  last_was_command_ = in.boolean("last_was_command");
 }
 
 }  // namespace keel

@@ -19,10 +19,11 @@
 #include "bus/io_bus.h"
 #include "devices/power.h"
 #include "irq/interrupts.h"
+#include "state/persistent.h"
 
 namespace keel {
 
-class I8042 : public BusDevice {
+class I8042 : public BusDevice, public state::Persistent {
  public:
   static constexpr uint16_t kDataPort = 0x60;
   static constexpr uint16_t kCommandPort = 0x64;
@@ -40,6 +41,11 @@ class I8042 : public BusDevice {
   // Offset relative to 0x60: 0 = data, 4 = status/command.
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+  // The command byte, output port, a half-sent command and the output queue.
+  void save_state(state::SectionWriter& out) override;
+  void restore_state(const state::SectionReader& in) override;
+  static constexpr size_t kMaxQueued = 16;  // output bytes waiting for the guest, at most
 
   // Status register bits.
   static constexpr uint8_t kStatusOutputFull = 0x01;

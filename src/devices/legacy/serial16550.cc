@@ -190,6 +190,46 @@ void Serial16550::receive(uint8_t byte) {
   rx_.push_back(byte);
 }
 
+void Serial16550::save_state(state::SectionWriter& out) {
+  std::lock_guard lock(mutex_);
+  std::vector<uint8_t> rx(rx_.begin(), rx_.end());
+  out.bytes("rx_fifo", rx);
+  out.u8("ier", ier_);
+  out.u8("lcr", lcr_);
+  out.u8("mcr", mcr_);
+  out.u8("lsr_errors", lsr_errors_);
+  out.u8("msr_delta", msr_delta_);
+  out.u8("scr", scr_);
+  out.u8("fcr", fcr_);
+  out.u16("divisor", divisor_);
+  out.boolean("thr_interrupt", thr_interrupt_);
+  out.boolean("irq_level", irq_level_);
+}
+
+void Serial16550::restore_state(const state::SectionReader& in) {
+  auto rx = in.bytes("rx_fifo", kRxCapacity);
+  uint8_t ier = in.u8("ier"), lcr = in.u8("lcr"), mcr = in.u8("mcr");
+  uint8_t lsr_errors = in.u8("lsr_errors"), msr_delta = in.u8("msr_delta"), fcr = in.u8("fcr");
+  if (ier & ~0x0F) in.fail("field 'ier' has reserved bits set");
+  if (mcr & ~0x1F) in.fail("field 'mcr' has reserved bits set");
+  if (lsr_errors & ~0x1E) in.fail("field 'lsr_errors' has bits that are not errors");
+  if (msr_delta & ~0x0F) in.fail("field 'msr_delta' has bits that are not deltas");
+  if (fcr & ~0xC1) in.fail("field 'fcr' has bits the UART does not keep");
+  std::lock_guard lock(mutex_);
+  rx_.assign(rx.begin(), rx.end());
+  rx_refused_ = false;
+  ier_ = ier;
+  lcr_ = lcr;
+  mcr_ = mcr;
+  lsr_errors_ = lsr_errors;
+  msr_delta_ = msr_delta;
+  scr_ = in.u8("scr");
+  fcr_ = fcr;
+  divisor_ = in.u16("divisor");
+  thr_interrupt_ = in.boolean("thr_interrupt");
+  irq_level_ = in.boolean("irq_level");
+}
+
 void Serial16550::update_irq() {
   bool level = !(iir() & kIirNone);
   if (level == irq_level_) return;

@@ -20,10 +20,11 @@
 #include "backends/console/console_port.h"
 #include "bus/io_bus.h"
 #include "irq/interrupts.h"
+#include "state/persistent.h"
 
 namespace keel {
 
-class Serial16550 : public BusDevice, public ConsoleInput {
+class Serial16550 : public BusDevice, public ConsoleInput, public state::Persistent {
  public:
   static constexpr uint16_t kCom1Base = 0x3F8;
   static constexpr uint32_t kCom1Irq = 4;
@@ -39,6 +40,11 @@ class Serial16550 : public BusDevice, public ConsoleInput {
 
   size_t push_input(std::span<const uint8_t> bytes) override;
   void set_input_space_callback(std::function<void()> callback) override;
+
+  // Registers, the receive FIFO and the interrupt state (the line level itself belongs to the
+  // interrupt controller's state).
+  void save_state(state::SectionWriter& out) override;
+  void restore_state(const state::SectionReader& in) override;
 
   // Register offsets.
   enum : uint8_t { kRbrThr = 0, kIer = 1, kIirFcr = 2, kLcr = 3, kMcr = 4, kLsr = 5, kMsr = 6, kScr = 7 };

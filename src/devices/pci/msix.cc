@@ -138,4 +138,35 @@ void MsixTable::reset() {
   function_masked_ = false;
 }
 
+void MsixTable::save_state(state::SectionWriter& out) const {
+  std::lock_guard lock(mutex_);
+  std::vector<uint32_t> table;
+  for (const Entry& e : entries_) table.insert(table.end(), {e.addr_lo, e.addr_hi, e.data, e.control});
+  out.u32s("msix_table", table);
+  out.u64s("msix_pending", pending_);
+  out.boolean("msix_enabled", enabled_);
+  out.boolean("msix_function_masked", function_masked_);
+}
+
+void MsixTable::restore_state(const state::SectionReader& in) {
+  std::vector<uint32_t> table = in.u32s("msix_table", 4 * entries_.size());
+  std::vector<uint64_t> pending = in.u64s("msix_pending", pending_.size());
+  if (table.size() != 4 * entries_.size() || pending.size() != pending_.size())
+    in.fail("MSI-X table has " + std::to_string(table.size() / 4) + " vectors, this device " +
+            std::to_string(entries_.size()));
+  std::lock_guard lock(mutex_);
+  for (size_t n = 0; n < entries_.size(); ++n) {
+    entries_[n].addr_lo = table[4 * n] & ~3u;
+    entries_[n].addr_hi = table[4 * n + 1];
+    entries_[n].data = table[4 * n + 2];
+    entries_[n].control = table[4 * n + 3] & kVectorMasked;
+  }
+  // Bits beyond the last vector stay clear.
+  if (entries_.size() % 64) pending.back() &= (uint64_t{1} << (entries_.size() % 64)) - 1;
+  pending_ = pending;
+  enabled_ = in.boolean("msix_enabled");
+  function_masked_ = in.boolean("msix_function_masked");
+  for (uint16_t n = 0; n < entries_.size(); ++n) refresh_locked(n);
+}
+
 }  // namespace keel

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "irq/interrupts.h"
+#include "state/state_format.h"
 
 namespace keel {
 
@@ -55,6 +56,11 @@ class MsixTable {
 
   // Back to the power-on state (all vectors masked, nothing pending, disabled).
   void reset();
+
+  // The table, pending bits, enable and function mask, as fields of the owning device's section
+  // (prefixed "msix_"). restore_state() reprograms the routes of the vectors that can fire.
+  void save_state(state::SectionWriter& out) const;
+  void restore_state(const state::SectionReader& in);
 
   // The message vector `n` is programmed with (zero when out of range).
   MsiMessage message(uint16_t n) const;

@@ -1,5 +1,6 @@
 #include "devices/pci/pci_device.h"
 
+#include <cstdio>
 #include <cstring>
 
 #include "base/error.h"
@@ -218,6 +219,46 @@ void PciDevice::set_command(uint16_t command) {
     uint16_t mask = wmask_[pci::kCommand] | (wmask_[pci::kCommand + 1] << 8);
     write_config_raw(pci::kCommand, 2, (cur & ~mask) | (command & mask));
   }
+  if (bar_listener_) bar_listener_();
+}
+
+void PciDevice::save_config(state::SectionWriter& out) const {
+  {
+    std::lock_guard lock(config_mutex_);
+    out.bytes("pci_config", config_);
+    std::array<uint64_t, pci::kNumBars> bars{};
+    for (int i = 0; i < pci::kNumBars; ++i) bars[i] = bars_[i].address;
+    out.u64s("pci_bars", bars);
+  }
+  if (msix_) msix_->save_state(out);
+}
+
+void PciDevice::restore_config(const state::SectionReader& in) {
+  std::array<uint8_t, pci::kConfigSize> config;
+  in.bytes_exact("pci_config", config);
+  std::vector<uint64_t> bars = in.u64s("pci_bars", pci::kNumBars);
+  if (bars.size() != pci::kNumBars) in.fail("field 'pci_bars' does not hold 6 BARs");
+  {
+    std::lock_guard lock(config_mutex_);
+    // Bytes the guest cannot write (identity, capability list, BAR registers, which live in
+    // bars_) must be this device's: otherwise the snapshot describes another device.
+    for (uint32_t o = 0; o < pci::kConfigSize; ++o) {
+      bool bar_register = o >= pci::kBar0 && o < pci::kBar0 + 4 * pci::kNumBars;
+      if (bar_register || wmask_[o] == 0xff || config[o] == config_[o]) continue;
+      if ((config[o] & ~wmask_[o]) != (config_[o] & ~wmask_[o])) {
+        char buf[128];
+        std::snprintf(buf, sizeof buf,
+                      "read-only PCI configuration byte 0x%02x is 0x%02x in the snapshot but 0x%02x "
+                      "on this machine's %s",
+                      o, config[o], config_[o], name().c_str());
+        in.fail(buf);
+      }
+    }
+    config_ = config;
+    for (int i = 0; i < pci::kNumBars; ++i)
+      if (bar_owner_[i] == i) bars_[i].address = bars[i] & ~(bars_[i].size - 1);
+  }
+  if (msix_) msix_->restore_state(in);
   if (bar_listener_) bar_listener_();
 }
 

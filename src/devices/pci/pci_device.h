@@ -23,6 +23,7 @@
 #include <string>
 
 #include "devices/pci/msix.h"
+#include "state/state_format.h"
 
 namespace keel {
 
@@ -103,6 +104,12 @@ class PciDevice {
   void set_bar_listener(BarListener listener) { bar_listener_ = std::move(listener); }
 
   MsixTable* msix() { return msix_.get(); }
+
+  // Configuration space, BAR addresses and the MSI-X table, as fields of the device's section.
+  // restore_config() refuses a snapshot whose read-only configuration bytes differ from this
+  // device's (a different device in that slot), then re-maps the BARs.
+  void save_config(state::SectionWriter& out) const;
+  void restore_config(const state::SectionReader& in);
 
  protected:
   // Declares BAR `index` (a 64-bit BAR also takes index+1). Call from the constructor.

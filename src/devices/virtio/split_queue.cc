@@ -152,4 +152,44 @@ bool SplitQueue::should_notify(const GuestMemory& memory) {
   return notify;
 }
 
+void SplitQueue::save_state(state::SectionWriter& out, const std::string& p) const {
+  out.u16(p + "size", size_);
+  out.u64(p + "desc", desc_);
+  out.u64(p + "avail", avail_);
+  out.u64(p + "used", used_);
+  out.boolean(p + "enabled", enabled_);
+  out.boolean(p + "indirect", indirect_);
+  out.boolean(p + "event_idx", event_idx_);
+  out.boolean(p + "broken", broken_);
+  out.u16(p + "last_avail", last_avail_);
+  out.u16(p + "used_idx", used_idx_);
+  out.u16(p + "published", published_);
+  out.u16(p + "signalled", signalled_);
+}
+
+void SplitQueue::restore_state(const state::SectionReader& in, const std::string& p,
+                               const GuestMemory& memory) {
+  SplitQueue q(max_size_);
+  q.size_ = in.u16(p + "size");
+  q.desc_ = in.u64(p + "desc");
+  q.avail_ = in.u64(p + "avail");
+  q.used_ = in.u64(p + "used");
+  q.enabled_ = in.boolean(p + "enabled");
+  q.indirect_ = in.boolean(p + "indirect");
+  q.event_idx_ = in.boolean(p + "event_idx");
+  q.broken_ = in.boolean(p + "broken");
+  q.last_avail_ = in.u16(p + "last_avail");
+  q.used_idx_ = in.u16(p + "used_idx");
+  q.published_ = in.u16(p + "published");
+  q.signalled_ = in.u16(p + "signalled");
+  if (q.enabled_)
+    if (std::string error = q.validate(memory); !error.empty())
+      in.fail("queue " + p + ": " + error);
+  // The device completes chains in order of their arrival: it can never have used more than it
+  // took, nor published more than it used.
+  if (static_cast<uint16_t>(q.last_avail_ - q.used_idx_) > q.size_ && q.enabled_)
+    in.fail("queue " + p + ": more chains used than taken");
+  *this = q;
+}
+
 }  // namespace keel

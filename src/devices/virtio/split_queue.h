@@ -17,6 +17,7 @@
 
 #include "devices/virtio/descriptor_chain.h"
 #include "memory/guest_memory.h"
+#include "state/state_format.h"
 
 namespace keel {
 
@@ -85,6 +86,12 @@ class SplitQueue {
 
   // How many chains are available right now (0 when disabled). Throws QueueError.
   uint16_t available(const GuestMemory& memory) const;
+
+  // Layout, features and ring positions as fields named PREFIX + "size", ... of the owner's
+  // section. restore_state() checks an enabled queue's layout against `memory` as enable() does.
+  void save_state(state::SectionWriter& out, const std::string& prefix) const;
+  void restore_state(const state::SectionReader& in, const std::string& prefix,
+                     const GuestMemory& memory);
 
   uint16_t last_avail_idx() const { return last_avail_; }
   uint16_t used_idx() const { return used_idx_; }

@@ -104,4 +104,16 @@ size_t VirtioConsole::push_input(std::span<const uint8_t> bytes) {
   return n;
 }
 
+void VirtioConsole::save_device_state(state::SectionWriter& out) {
+  std::lock_guard lock(mutex_);
+  std::vector<uint8_t> pending(pending_.begin(), pending_.end());
+  out.bytes("console_input", pending);
+}
+
+void VirtioConsole::restore_device_state(const state::SectionReader& in) {
+  auto pending = in.bytes("console_input", kInputBuffer);
+  std::lock_guard lock(mutex_);
+  pending_.assign(pending.begin(), pending.end());
+}
+
 }  // namespace keel

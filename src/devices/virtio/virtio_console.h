@@ -31,6 +31,9 @@ class VirtioConsole : public VirtioDevice, public ConsoleInput {
   void notify(uint16_t queue) override;
   void reset() override;
 
+  void save_device_state(state::SectionWriter& out) override;
+  void restore_device_state(const state::SectionReader& in) override;
+
   // ConsoleInput
   size_t push_input(std::span<const uint8_t> bytes) override;
   void set_input_space_callback(std::function<void()> callback) override {

@@ -20,6 +20,7 @@
 #include "devices/virtio/split_queue.h"
 #include "memory/guest_memory.h"
 #include "sandbox/syscalls.h"
+#include "state/state_format.h"
 
 namespace keel {
 
@@ -70,6 +71,12 @@ class VirtioDevice {
   virtual void activate(const VirtioContext& ctx) = 0;
   virtual void notify(uint16_t queue) = 0;
   virtual void reset() = 0;
+
+  // State of the device beyond its queues (console input not yet delivered, ...), as fields of
+  // the transport's section. Called while the device is stopped (the transport reset it to
+  // quiesce, or has not activated it yet after a restore).
+  virtual void save_device_state(state::SectionWriter& out) {}
+  virtual void restore_device_state(const state::SectionReader& in) {}
 
   // An eventfd whose signalling means "queue q was kicked", for KVM ioeventfd; -1 when the device
   // handles kicks inline in notify().

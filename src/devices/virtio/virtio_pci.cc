@@ -132,8 +132,73 @@ VirtioPciDevice::~VirtioPciDevice() { shutdown(); }
 
 void VirtioPciDevice::shutdown() {
   std::lock_guard lock(mutex_);
-  if (active_) device_->reset();
+  if (active_ && !quiesced_) device_->reset();
   active_ = false;
+  quiesced_ = false;
+}
+
+void VirtioPciDevice::quiesce() {
+  std::lock_guard lock(mutex_);
+  if (!active_ || quiesced_) return;
+  device_->reset();  // joins the workers; in-flight I/O completes and is published first
+  quiesced_ = true;
+}
+
+void VirtioPciDevice::unquiesce() {
+  std::lock_guard lock(mutex_);
+  if (!quiesced_) return;
+  quiesced_ = false;
+  if (active_) activate_locked();
+}
+
+void VirtioPciDevice::save_state(state::SectionWriter& out) {
+  save_config(out);
+  std::lock_guard lock(mutex_);
+  out.u16("device_id", device_->device_id());
+  out.u16("num_queues", num_queues_);
+  out.u32("device_feature_select", device_feature_select_);
+  out.u32("driver_feature_select", driver_feature_select_);
+  out.u64("driver_features", driver_features_);
+  out.u16("queue_select", queue_select_);
+  out.boolean("active", active_);
+  out.u8("status", status_.load());
+  out.u8("isr", isr_.load());
+  out.u8("config_generation", config_generation_.load());
+  out.u16("config_vector", config_vector_.load());
+  for (uint16_t q = 0; q < num_queues_; ++q) {
+    std::string prefix = "q" + std::to_string(q) + "_";
+    out.u16(prefix + "vector", queue_vectors_[q].load());
+    queues_[q]->save_state(out, prefix);
+  }
+  device_->save_device_state(out);
+}
+
+void VirtioPciDevice::restore_state(const state::SectionReader& in) {
+  if (in.u16("device_id") != device_->device_id() || in.u16("num_queues") != num_queues_)
+    in.fail("virtio device type " + std::to_string(in.u16("device_id")) + " with " +
+            std::to_string(in.u16("num_queues")) + " queues, this machine has " + name());
+  uint64_t features = in.u64("driver_features");
+  if (features & ~offered_)
+    in.fail("driver features include bits this device does not offer");
+  restore_config(in);
+  std::lock_guard lock(mutex_);
+  if (active_) device_->reset();
+  device_feature_select_ = in.u32("device_feature_select");
+  driver_feature_select_ = in.u32("driver_feature_select");
+  driver_features_ = features;
+  queue_select_ = in.u16("queue_select");
+  status_ = in.u8("status");
+  isr_ = in.u8("isr");
+  config_generation_ = in.u8("config_generation");
+  config_vector_ = checked_vector(in.u16("config_vector"));
+  for (uint16_t q = 0; q < num_queues_; ++q) {
+    std::string prefix = "q" + std::to_string(q) + "_";
+    queue_vectors_[q] = checked_vector(in.u16(prefix + "vector"));
+    queues_[q]->restore_state(in, prefix, memory_);
+  }
+  device_->restore_device_state(in);
+  active_ = in.boolean("active");
+  quiesced_ = active_;  // unquiesce() starts the device once the whole machine is restored
 }
 
 uint64_t VirtioPciDevice::driver_features() const {
@@ -230,8 +295,9 @@ void VirtioPciDevice::common_write(uint32_t field, uint32_t value) {
 }
 
 void VirtioPciDevice::reset_locked() {
-  if (active_) device_->reset();
+  if (active_ && !quiesced_) device_->reset();
   active_ = false;
+  quiesced_ = false;
   for (auto& q : queues_) q->reset();
   for (uint16_t q = 0; q < num_queues_; ++q) queue_vectors_[q] = virtio::kNoVector;
   config_vector_ = virtio::kNoVector;
@@ -265,14 +331,16 @@ void VirtioPciDevice::write_status(uint8_t value) {
       !(value & virtio::kStatusFailed)) {
     bool indirect = driver_features_ & virtio::bit(virtio::kFeatureRingIndirectDesc);
     bool event_idx = driver_features_ & virtio::bit(virtio::kFeatureRingEventIdx);
-    VirtioContext ctx{memory_, {}, *this, driver_features_, launcher_};
-    for (auto& q : queues_) {
-      q->set_features(indirect, event_idx);
-      ctx.queues.push_back(q.get());
-    }
+    for (auto& q : queues_) q->set_features(indirect, event_idx);
     active_ = true;
-    device_->activate(ctx);
+    activate_locked();
   }
+}
+
+void VirtioPciDevice::activate_locked() {
+  VirtioContext ctx{memory_, {}, *this, driver_features_, launcher_};
+  for (auto& q : queues_) ctx.queues.push_back(q.get());
+  device_->activate(ctx);
 }
 
 void VirtioPciDevice::signal_queue(uint16_t queue) {
@@ -341,7 +409,7 @@ void VirtioPciDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_
   } else if (offset >= kNotifyOffset && offset < kNotifyOffset + kNotifyMultiplier * num_queues_) {
     uint16_t queue = (offset - kNotifyOffset) / kNotifyMultiplier;
     std::lock_guard lock(mutex_);
-    if (active_ && queues_[queue]->enabled()) device_->notify(queue);
+    if (active_ && !quiesced_ && queues_[queue]->enabled()) device_->notify(queue);
   }
 }
 

@@ -20,10 +20,11 @@
 #include "devices/pci/pci_device.h"
 #include "devices/virtio/virtio.h"
 #include "devices/virtio/virtio_device.h"
+#include "state/persistent.h"
 
 namespace keel {
 
-class VirtioPciDevice : public PciDevice, public VirtioInterrupt {
+class VirtioPciDevice : public PciDevice, public VirtioInterrupt, public state::Persistent {
  public:
   static constexpr int kMsixBar = 1;
   static constexpr int kRegionsBar = 4;
@@ -53,6 +54,15 @@ class VirtioPciDevice : public PciDevice, public VirtioInterrupt {
   // Where device worker threads come from (the machine's launcher); set before the guest runs.
   void set_thread_launcher(sandbox::ThreadLauncher* launcher) { launcher_ = launcher; }
 
+  // Snapshots. quiesce() stops a live device's work (worker threads joined, in-flight requests
+  // completed and published) without the driver noticing; unquiesce() lets it go on, or, after
+  // restore_state(), starts it. Called with the vCPUs paused.
+  void quiesce();
+  void unquiesce();
+  // PCI configuration, MSI-X, transport registers, queues and the device's own state.
+  void save_state(state::SectionWriter& out) override;
+  void restore_state(const state::SectionReader& in) override;
+
  protected:
   void bar_read(int bar, uint64_t offset, std::span<uint8_t> data) override;
   void bar_write(int bar, uint64_t offset, std::span<const uint8_t> data) override;
@@ -64,6 +74,7 @@ class VirtioPciDevice : public PciDevice, public VirtioInterrupt {
   void common_write(uint32_t field, uint32_t value);  // mutex_ held
   void write_status(uint8_t value);
   void reset_locked();
+  void activate_locked();
   SplitQueue* selected_queue();
   const SplitQueue* selected_queue() const;
   uint16_t checked_vector(uint16_t vector) const;
@@ -80,6 +91,7 @@ class VirtioPciDevice : public PciDevice, public VirtioInterrupt {
   uint64_t driver_features_ = 0;
   uint16_t queue_select_ = 0;
   bool active_ = false;
+  bool quiesced_ = false;  // active_ but the device's work is stopped (snapshot in progress)
   std::vector<std::unique_ptr<SplitQueue>> queues_;
 
   std::atomic<uint8_t> status_{0};

@@ -6,6 +6,11 @@
 #include "engine/emu/cpu.h"
 #include "engine/emu/local_apic.h"
 #include "engine/engine.h"
+#include "state/state_format.h"
+
+namespace keel::x86 {
+struct VcpuSnapshot;
+}  // namespace keel::x86
 
 namespace keel::emu {
 
@@ -19,6 +24,14 @@ class EmuPlatform {
   virtual InterruptController& interrupts() = 0;
   virtual LocalApic& local_apic(uint32_t index) = 0;
   virtual bool tsc_deadline_supported() const = 0;
+  // Snapshots (engine/emu/platform/platform_state.cc): the clock, the local APICs, the IOAPIC,
+  // PICs and PIT, as sections "emu/...". restore_state() runs before any vCPU is restored or
+  // runs; it continues the guest clock where the snapshot stopped it. A platform that cannot
+  // (test stubs) throws Error.
+  virtual void save_state(state::Writer& out) { throw Error("this emu platform cannot save state"); }
+  virtual void restore_state(const state::Document& in) {
+    throw Error("this emu platform cannot restore state");
+  }
 };
 
 class EmuEngine;
@@ -39,6 +52,12 @@ class EmuVcpu : public Vcpu {
   void kick() override { cpu_.kick(); }
 
   Cpu& cpu() { return cpu_; }
+
+  // Snapshots (cpu_state.cc): registers, FPU/SSE, the MSRs the Cpu keeps, the guest TSC and
+  // whether the vCPU still waits for its SIPI. Only while the vCPU is not running; restore after
+  // the platform (its clock and local APIC).
+  void save_snapshot(x86::VcpuSnapshot& out);
+  void restore_snapshot(const x86::VcpuSnapshot& in);
 
  private:
   uint32_t index_;

@@ -38,6 +38,8 @@ HostGuestClock::HostGuestClock(uint64_t tsc_hz) : tsc_hz_(tsc_hz), boot_ns_(host
 
 uint64_t HostGuestClock::now_ns() const { return host_monotonic_ns(); }
 
+void HostGuestClock::continue_at(uint64_t guest_ns) { boot_ns_ = host_monotonic_ns() - guest_ns; }
+
 uint64_t HostGuestClock::read_tsc() const {
   return mul_div(now_ns() - boot_ns_, tsc_hz_, kNsPerSec);
 }

@@ -33,6 +33,9 @@ class HostGuestClock final : public GuestClock {
 
   // CLOCK_MONOTONIC at construction (guest TSC 0).
   uint64_t boot_ns() const { return boot_ns_; }
+  // Continues a saved guest clock: guest time `guest_ns` is now (a restored VM's clock goes on
+  // where it stopped). Only while no vCPU or timer runs.
+  void continue_at(uint64_t guest_ns);
 
  private:
   uint64_t tsc_hz_;

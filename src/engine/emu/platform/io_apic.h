@@ -21,6 +21,7 @@
 
 #include "bus/io_bus.h"
 #include "engine/emu/platform/apic_bus.h"
+#include "state/state_format.h"
 
 namespace keel::emu {
 
@@ -50,6 +51,10 @@ class IoApic final : public BusDevice {
 
   // As the guest reads it (tests, debugging); 0 for pins >= 24.
   uint64_t redirection(uint32_t pin) const;
+
+  // Snapshots: id, select, redirection table and input levels (vCPUs paused).
+  void save_state(state::SectionWriter& out) const;
+  void restore_state(const state::SectionReader& in);
 
  private:
   uint32_t read_indirect_locked(uint32_t index) const;

@@ -26,6 +26,7 @@
 #include "engine/emu/local_apic.h"
 #include "engine/emu/platform/apic_bus.h"
 #include "engine/emu/platform/deadline_watcher.h"
+#include "state/state_format.h"
 
 namespace keel::emu {
 
@@ -126,6 +127,13 @@ class LocalApicModel final : public LocalApic, public DeadlineClient {
 
   // Register value as the guest would read it (tests, debugging).
   uint32_t read_register(uint32_t offset);
+
+  // Snapshots: every register, the timer and pending events. Times are saved relative to
+  // `epoch_ns` (the host time of guest time 0, HostGuestClock::boot_ns()) so a later process
+  // whose clock starts elsewhere continues the count. Called with the vCPUs paused;
+  // restore_state() checks every field.
+  void save_state(state::SectionWriter& out, uint64_t epoch_ns) const;
+  void restore_state(const state::SectionReader& in, uint64_t epoch_ns);
 
  private:
   struct VectorSet {

@@ -49,6 +49,9 @@ class PcPlatform final : public EmuPlatform {
   InterruptController& interrupts() override { return *interrupts_; }
   LocalApic& local_apic(uint32_t index) override { return apic(index); }
   bool tsc_deadline_supported() const override { return true; }
+  // The clock must be a HostGuestClock (the default) to save or restore.
+  void save_state(state::Writer& out) override;
+  void restore_state(const state::Document& in) override;
 
   uint32_t vcpus() const { return static_cast<uint32_t>(apics_.size()); }
   LocalApicModel& apic(uint32_t index);  // throws Error when out of range

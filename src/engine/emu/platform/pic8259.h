@@ -14,8 +14,10 @@
 #include <cstdint>
 #include <mutex>
 #include <span>
+#include <string>
 
 #include "bus/io_bus.h"
+#include "state/state_format.h"
 
 namespace keel::emu {
 
@@ -29,6 +31,10 @@ class Pic8259 final : public BusDevice {
 
   uint8_t imr() const;
   uint8_t vector_base() const;
+
+  // Snapshots: fields prefixed `prefix` ("master_", "slave_") of the platform's section.
+  void save_state(state::SectionWriter& out, const std::string& prefix) const;
+  void restore_state(const state::SectionReader& in, const std::string& prefix);
 
  private:
   mutable std::mutex mutex_;

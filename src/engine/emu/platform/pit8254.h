@@ -26,6 +26,7 @@
 #include "bus/io_bus.h"
 #include "engine/emu/local_apic.h"
 #include "irq/interrupts.h"
+#include "state/state_format.h"
 
 namespace keel::emu {
 
@@ -61,6 +62,10 @@ class Pit8254 final : public BusDevice {
   // Test and debug view of a channel, as it would read now.
   bool out(int channel);
   uint16_t count(int channel);
+
+  // Snapshots: the three channels (times relative to the guest clock's start) and port 0x61.
+  void save_state(state::SectionWriter& out, uint64_t epoch_ns);
+  void restore_state(const state::SectionReader& in, uint64_t epoch_ns);
 
  private:
   struct Channel {

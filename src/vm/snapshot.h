@@ -1,0 +1,54 @@
+// Snapshot directories: what `snapshot-save` writes and `keel run --restore DIR` reads.
+//
+//   DIR/state   the VM's state (state/state_format.h): the configuration ("vm"), the RAM file's
+//               size and checksum ("memory"), the engine and its vCPUs (engine/engine_state.h) and
+//               every device ("dev/..."); checksummed record by record
+//   DIR/memory  guest RAM as one sparse file (RAM offset = file offset, zero pages are holes);
+//               a restore maps it MAP_PRIVATE, so one snapshot serves any number of restores
+//
+// Snapshots record disk paths and sizes, not disk contents: a restore refuses a disk whose size
+// changed. Both files are written under temporary names and renamed into place, memory first.
+// Everything read is untrusted: a missing, truncated or corrupted file, a foreign format version
+// or a configuration that does not match throws state::StateError naming the file and the cause.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+
+#include "base/fd.h"
+#include "memory/guest_memory.h"
+#include "state/state_format.h"
+#include "vm/vm_config.h"
+
+namespace keel::snapshot {
+
+inline constexpr const char* kStateFile = "state";
+inline constexpr const char* kMemoryFile = "memory";
+// A state file larger than this is refused before it is read (RAM is in the memory file).
+inline constexpr uint64_t kMaxStateFile = 256ull << 20;
+
+// The configuration a VM was built from (section "vm"); disks also record their current size.
+void save_config(const VmConfig& config, state::SectionWriter& out);
+// Throws StateError on a malformed section, or a disk that is missing or changed size.
+VmConfig load_config(const state::SectionReader& in);
+
+// Reads and checks DIR/state.
+state::Document read_state(const std::filesystem::path& dir);
+// The configuration of the VM saved in DIR, its engine included (`keel run --restore`).
+VmConfig read_config(const std::filesystem::path& dir);
+// The same from a parsed state ("vm" and "engine" sections).
+VmConfig config_of(const state::Document& doc);
+
+// Writes `memory`'s RAM to `file` (sparse) and records its size and CRC-32 in `out` ("memory").
+void write_memory(const GuestMemory& memory, const std::filesystem::path& file,
+                  state::SectionWriter& out);
+// Opens DIR/memory after checking its size and checksum against the state's "memory" section
+// and `ram_bytes`.
+UniqueFd open_memory(const std::filesystem::path& dir, const state::Document& state,
+                     uint64_t ram_bytes);
+
+// Writes `bytes` to `path` through a temporary file and rename(2).
+void write_file_atomically(const std::filesystem::path& path, std::span<const uint8_t> bytes);
+
+}  // namespace keel::snapshot
