@@ -50,7 +50,7 @@ void LocalApicModel::save_state(state::SectionWriter& out, uint64_t epoch) const
   out.u32("count_start_value", count_start_value_);
   out.u64("tsc_deadline", tsc_deadline_);
   out.u64("timer_deadline_ns", to_guest(timer_deadline_ns_.load(), epoch));
-  out.boolean("nmi_pending", nmi_pending_);
+  out.u8("nmi_pending", nmi_pending_);
   out.boolean("init_pending", init_pending_);
   out.boolean("sipi_pending", sipi_vector_.has_value());
   out.u8("sipi_vector", sipi_vector_.value_or(0));
@@ -92,7 +92,8 @@ void LocalApicModel::restore_state(const state::SectionReader& in, uint64_t epoc
     count_start_value_ = in.u32("count_start_value");
     tsc_deadline_ = in.u64("tsc_deadline");
     timer_deadline_ns_ = to_host(in.u64("timer_deadline_ns"), epoch);
-    nmi_pending_ = in.boolean("nmi_pending");
+    nmi_pending_ = in.u8("nmi_pending");
+    if (nmi_pending_ > 2) in.fail("field 'nmi_pending' counts more than 2 NMIs");
     init_pending_ = in.boolean("init_pending");
     if (in.boolean("sipi_pending"))
       sipi_vector_ = in.u8("sipi_vector");
