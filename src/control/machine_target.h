@@ -32,6 +32,8 @@ class MachineTarget : public ControlTarget {
   void reset() override;
   void quit() override;
   std::vector<CpuInfo> query_cpus() override;
+  VmIdentity identity() override;
+  std::string info_registers() override;
   void set_event_callback(EventCallback callback) override;
   void set_console_callback(ConsoleCallback callback) override;
   // Loop thread (the control server's dispatch). Queues what the UART cannot take yet; beyond
@@ -48,6 +50,7 @@ class MachineTarget : public ControlTarget {
   std::shared_ptr<const ConsoleCallback> on_console_;  // copied per console write: no allocation
   bool was_paused_ = false;
   bool user_paused_ = false;
+  bool kvm_present_ = false;      // /dev/kvm, looked at before the VMM confines itself
   ConsoleInputQueue input_;      // loop thread only
   bool input_overflow_ = false;  // the last console_input() dropped bytes (and warned)
 };

@@ -31,6 +31,10 @@ sandbox::AllowList vcpu_syscalls(std::string_view engine_name);
 // machine down (routes, irqfds and ioeventfds of devices going away).
 sandbox::AllowList main_thread_syscalls(std::string_view engine_name);
 
+// The most vCPUs the engine runs (for kAuto: the most either engine runs, as the choice is not
+// made yet). keel run, the machine and the daemon's definitions check counts against it.
+uint32_t max_vcpus(Accel accel);
+
 // Creates the engine. `auto` runs probe_kvm() and choose_engine() first.
 std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, EngineConfig config);
 
