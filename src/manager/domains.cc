@@ -8,11 +8,14 @@
 #include <time.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "base/log.h"
 #include "control/control_client.h"
 #include "control/unix_socket.h"
 #include "manager/vm_definition.h"
+#include "engine/engine_factory.h"
+#include "vm/vm_config.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/confinement.h"
 
@@ -38,6 +41,8 @@ struct Domains::Domain {
   bool reset_seen = false;     // RESET, or SHUTDOWN for a reset: restart after the exit
   bool guest_reset = false;    // ... and the guest asked for it (crash-loop backoff applies)
   bool shutdown_seen = false;  // SHUTDOWN: the exit is a clean shutdown
+  bool reboot_requested = false;  // `reboot`: once the guest powered off, boot it again
+  bool panicked = false;          // GUEST_PANICKED: on_crash decides what the exit means
   bool start_failed = false;
   Clock::time_point started_at;  // when the current VMM was let run
   // Crash-loop backoff: the delay of the next quick restart (0: not in a loop); a restart
@@ -204,6 +209,13 @@ std::shared_ptr<Domains::Domain> Domains::find(const std::string& name) {
 }
 
 void Domains::publish(const std::string& event, const Domain& d, const std::string& detail) {
+  // Every lifecycle change and failure, with the VM's name, in the daemon's log too.
+  std::string line = "VM '" + d.name + "' " + event + ": " + d.state + " (" + d.reason + ")" +
+                     (detail.empty() ? "" : "; " + detail);
+  if (d.reason == "failed to start" || d.reason == "crashed" || d.reason == "panicked")
+    log::warn("{}", line);
+  else
+    log::info("{}", line);
   json message{{"event", event}, {"vm", d.name}, {"state", d.state}, {"reason", d.reason},
                {"timestamp", timestamp_now()}};
   if (!detail.empty()) message["detail"] = detail;
@@ -311,9 +323,15 @@ void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record,
     d->link = link;
     d->started_at = Clock::now();
     uint64_t generation = ++d->generation;
-    std::string state = status.value("status", "") == "paused" ? kStatePaused : kStateRunning;
-    std::string reason = state == record.state ? record.reason
-                         : state == kStatePaused ? "user" : "unpaused";
+    std::string qmp_status = status.value("status", "");
+    std::string state = qmp_status == "guest-panicked" ? kStateCrashed
+                        : qmp_status == "paused"       ? kStatePaused
+                                                       : kStateRunning;
+    std::string reason = state == record.state    ? record.reason
+                         : state == kStateCrashed ? "panicked"
+                         : state == kStatePaused  ? "user"
+                                                  : "unpaused";
+    d->panicked = state == kStateCrashed;
     store_.set_running(d->name, state, reason, pid, record.pid_start_time, record.control_path);
     d->state = state;
     d->reason = reason;
@@ -327,8 +345,27 @@ void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record,
 
 // ---- definitions ------------------------------------------------------------------------------
 
+// What only the daemon can check before a start: the host's engine. A stock kernel on a KVM that
+// cannot run one would hang, and `auto` resolves to an engine that must run `vcpus`.
+void Domains::check_host(const VmDefinition& def) {
+  if (def.accel == "emu" || (def.accel == "kvm" && def.kernel.empty())) return;
+  std::call_once(probe_once_, [this] { probe_ = probe_kvm(); });
+  if (def.accel == "kvm" && !probe_.can_run_stock_kernel())
+    throw DefinitionError("field 'accel': " + probe_.verdict() + "; \"emu\" or \"auto\" runs it");
+  if (def.accel == "auto") {
+    Accel engine = choose_engine(Accel::kAuto, probe_).accel;
+    try {
+      validate_vcpu_count(def.vcpus, engine);
+    } catch (const UsageError& e) {
+      throw DefinitionError(std::string("field 'vcpus': ") + e.what() + " (\"auto\" chooses " +
+                            to_string(engine) + " on this host)");
+    }
+  }
+}
+
 json Domains::define(const json& document, const PeerCredentials& owner) {
   VmDefinition def = parse_definition(document);
+  check_host(def);
   open_definition_files(def, owner);  // refuses what the owner could not open
   std::shared_ptr<Domain> d;
   {
@@ -340,6 +377,48 @@ json Domains::define(const json& document, const PeerCredentials& owner) {
   std::lock_guard lock(d->mutex);
   publish("defined", *d);
   return info_of(*d);
+}
+
+std::pair<bool, json> Domains::put(const std::string& name, json document,
+                                   const PeerCredentials& owner) {
+  if (!document.is_object()) throw DefinitionError("the definition must be a JSON object");
+  if (!document.contains("name")) document["name"] = name;
+  if (document["name"] != name)
+    throw DefinitionError("field 'name': '" + document["name"].dump() + "' is not '" + name +
+                          "', the VM this request names");
+  std::shared_ptr<Domain> d;
+  {
+    std::lock_guard lock(table_mutex_);
+    if (auto it = table_.find(name); it != table_.end()) d = it->second;
+  }
+  if (!d) {
+    try {
+      return {true, define(document, owner)};
+    } catch (const DuplicateError&) {
+      std::lock_guard lock(table_mutex_);  // defined meanwhile: replace it as below
+      d = table_.at(name);
+    }
+  }
+  VmDefinition def = parse_definition(document);
+  check_host(def);
+  open_definition_files(def, owner);
+  std::lock_guard op(d->op);
+  std::lock_guard lock(d->mutex);
+  if (d->removed) throw NotFoundError("no VM named '" + name + "'");
+  auto record = store_.get(name);
+  if (!record) throw NotFoundError("no VM named '" + name + "'");
+  if (d->link || d->restart_pending) {
+    // While it runs, what needs no restart may change: the rest would not match the VMM.
+    std::string blocking;
+    for (const std::string& field : def.changed_fields(record->definition))
+      if (field != "autostart" && field != "on_crash") blocking += (blocking.empty() ? "" : ", ") + field;
+    if (!blocking.empty())
+      throw ConflictError("VM '" + name + "' is " + d->state + "; shut it down to change " +
+                          blocking);
+  }
+  store_.redefine(name, def.to_json(), owner);
+  publish("defined", *d, "definition replaced");
+  return {false, info_of(*d)};
 }
 
 void Domains::undefine(const std::string& name) {
@@ -384,6 +463,8 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     if (d->removed) throw NotFoundError("no VM named '" + d->name + "'");
     if (d->link) throw ConflictError("VM '" + d->name + "' is already " + d->state);
     first_failure_log = std::exchange(d->keep_first_failure_log, false);
+    // A new run, a new console (a restart after a reset or reboot keeps the one that is open).
+    if (d->console->closed()) d->console = std::make_shared<ByteHistory>();
   }
   auto record = store_.get(d->name);
   if (!record) throw NotFoundError("no VM named '" + d->name + "'");
@@ -544,7 +625,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     d->link = link;
     uint64_t generation = ++d->generation;
     d->destroy_requested = d->reset_seen = d->guest_reset = d->shutdown_seen = d->start_failed =
-        false;
+        d->reboot_requested = d->panicked = false;
     d->state = state;
     d->reason = reason;
     d->started_at = Clock::now();
@@ -622,6 +703,13 @@ void Domains::on_event(const std::shared_ptr<Domain>& d, uint64_t generation, co
       publish("reset", *d);
     } else if (name == "POWERDOWN") {
       publish("powerdown", *d);
+    } else if (name == "GUEST_PANICKED") {
+      // The VMM paused the guest (keel run --on-panic pause); on_crash decides what follows.
+      d->panicked = true;
+      std::string action = on_crash(d->name);
+      set_state(*d, kStateCrashed, "panicked");
+      publish("crashed", *d, "the guest panicked; on_crash: " + action);
+      if (action != "preserve") d->link->signal(SIGKILL);  // destroy, or restart after the exit
     }
   } catch (const std::exception& e) {
     log::error("daemon: VM {}: event {}: {}", d->name, name, e.what());
@@ -646,7 +734,11 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
       reason = "failed to start";
     } else if (d->destroy_requested) {
       reason = "destroyed";
-    } else if (d->reset_seen) {
+    } else if (d->panicked && on_crash(d->name) != "restart") {
+      reason = "crashed";
+    } else if (d->reset_seen || d->panicked || (d->reboot_requested && d->shutdown_seen)) {
+      // A panic with on_crash "restart" is a guest failure: a quick one backs off as a reset does.
+      d->guest_reset = d->guest_reset || d->panicked;
       // A guest that resets soon after it started is in a crash loop: its restarts back off
       // (1 s, doubling, at most 60 s) and the log of the loop's first failure is kept.
       bool quick = d->guest_reset && Clock::now() - d->started_at < options_.stable_after;
@@ -685,6 +777,7 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
     } catch (const std::exception& e) {
       log::error("daemon: VM {}: {}", d->name, e.what());
     }
+    if (delay.count() < 0) d->console->close();  // console sessions end with the VM
     d->changed.notify_all();
   }
   if (delay.count() >= 0) {
@@ -716,6 +809,7 @@ bool Domains::cancel_restart(Domain& d, const std::string& reason) {
   d.backoff = std::chrono::milliseconds(0);
   set_state(d, kStateShutOff, reason);
   publish("stopped", d, "the pending restart was cancelled");
+  d.console->close();
   return true;
 }
 
@@ -736,10 +830,16 @@ void Domains::shutdown(const std::string& name) {
     if (d->state == kStatePaused) {
       throw ConflictError("VM '" + name + "' is paused; resume it so the guest can shut down");
     }
+    if (d->state == kStateCrashed)
+      throw ConflictError("VM '" + name + "' crashed (panicked); reset or destroy it");
+    d->reboot_requested = false;  // a shutdown after a reboot request shuts it down
   }
   link->execute("system_powerdown");
 }
 
+// As libvirt's QEMU driver: the guest is asked (ACPI power button) and shuts down in order,
+// then the daemon boots it again instead of leaving it off. A guest that ignores the button
+// goes on running; `reset` is the hard way.
 void Domains::reboot(const std::string& name) {
   auto d = find(name);
   std::lock_guard op(d->op);
@@ -747,6 +847,22 @@ void Domains::reboot(const std::string& name) {
   {
     std::lock_guard lock(d->mutex);
     link = live_link(*d, "reboot");
+    if (d->state == kStatePaused)
+      throw ConflictError("VM '" + name + "' is paused; resume it so the guest can reboot");
+    if (d->state == kStateCrashed)
+      throw ConflictError("VM '" + name + "' crashed (panicked); reset or destroy it");
+    d->reboot_requested = true;
+  }
+  link->execute("system_powerdown");
+}
+
+void Domains::reset(const std::string& name) {
+  auto d = find(name);
+  std::lock_guard op(d->op);
+  std::shared_ptr<VmmLink> link;
+  {
+    std::lock_guard lock(d->mutex);
+    link = live_link(*d, "reset");
     d->reset_seen = true;
   }
   link->execute("system_reset");
@@ -762,8 +878,14 @@ void Domains::destroy(const std::string& name) {
     link = live_link(*d, "destroy");
     d->destroy_requested = true;
   }
-  link->signal(SIGKILL);
+  // As libvirt: SIGTERM lets the VMM end in order (its disks' last writes, its log line); one
+  // that is still there after the grace period gets SIGKILL.
+  link->signal(SIGTERM);
   std::unique_lock lock(d->mutex);
+  if (d->changed.wait_for(lock, options_.destroy_grace, [&] { return d->link != link; })) return;
+  log::warn("VM '{}': the VMM (pid {}) did not end within {} ms of SIGTERM; sending SIGKILL", name,
+            link->pid(), options_.destroy_grace.count());
+  link->signal(SIGKILL);
   if (!d->changed.wait_for(lock, options_.stop_timeout, [&] { return d->link != link; })) {
     throw Error("VM '" + name + "': the VMM (pid " + std::to_string(link->pid()) +
                 ") did not exit after SIGKILL");
@@ -778,6 +900,8 @@ void Domains::suspend(const std::string& name) {
     std::lock_guard lock(d->mutex);
     link = live_link(*d, "suspend");
     if (d->state == kStatePaused) throw ConflictError("VM '" + name + "' is already paused");
+    if (d->state == kStateCrashed)
+      throw ConflictError("VM '" + name + "' crashed (panicked); reset or destroy it");
   }
   link->execute("stop");
   std::lock_guard lock(d->mutex);
@@ -849,7 +973,42 @@ json Domains::list() {
 }
 
 std::shared_ptr<ByteHistory> Domains::console(const std::string& name) {
-  return find(name)->console;
+  auto d = find(name);
+  std::lock_guard lock(d->mutex);
+  if (!d->link) throw ConflictError("domain '" + name + "' is not running (" + d->state + ")");
+  return d->console;
+}
+
+std::string Domains::on_crash(const std::string& name) {
+  auto record = store_.get(name);
+  if (!record) return "destroy";
+  return record->definition.value("on_crash", "destroy");
+}
+
+// libvirt starts autostart domains once per host boot, not at every daemon start: a VM shut down
+// by hand stays down when the daemon restarts. The boot is told by the kernel's boot id.
+void Domains::autostart() {
+  std::string boot_id;
+  std::ifstream("/proc/sys/kernel/random/boot_id") >> boot_id;
+  std::string marker = options_.state_dir + "/autostarted";
+  std::string last;
+  std::ifstream(marker) >> last;
+  if (!boot_id.empty() && last == boot_id) return;
+  std::ofstream(marker, std::ios::trunc) << boot_id << "\n";
+  std::vector<std::string> names;
+  for (const VmRecord& record : store_.list())
+    if (record.definition.value("autostart", false) && record.state == kStateShutOff)
+      names.push_back(record.name);
+  for (const std::string& name : names) {
+    log::info("VM '{}': autostart", name);
+    post_job([this, name] {
+      try {
+        start(name, false);
+      } catch (const std::exception& e) {
+        log::error("VM '{}': autostart failed: {}", name, e.what());
+      }
+    });
+  }
 }
 
 void Domains::console_write(const std::string& name, std::string_view bytes) {
