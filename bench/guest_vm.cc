@@ -39,16 +39,20 @@ std::string bench_cmdline(bool mitigations_off) {
 }
 
 std::vector<std::string> vm_command(bool qemu, const std::vector<std::string>& devices,
-                                    const std::string& cmdline) {
+                                    const std::string& cmdline, unsigned cpus) {
   const GuestEngine& e = guest_engine();
   auto dir = default_guest_dir();
   std::vector<std::string> argv;
+  const std::string n = std::to_string(cpus);
   if (qemu)
-    argv = {"qemu-system-x86_64", "-accel", e.qemu_name, "-m", "512", "-nographic", "-no-reboot",
+    argv = {"qemu-system-x86_64",
+            "-accel", e.qemu_name == "tcg" ? "tcg,thread=multi" : e.qemu_name,
+            "-smp", n, "-m", "512", "-nographic", "-no-reboot",
             "-kernel", (dir / "vmlinuz").string(), "-initrd", (dir / "initramfs.cpio.gz").string(),
             "-append", cmdline};
   else
-    argv = {KEEL_BINARY, "run", "--accel", e.keel_name, "--memory", "512M", "--cmdline", cmdline};
+    argv = {KEEL_BINARY, "run", "--accel", e.keel_name, "--memory", "512M", "--cpus", n,
+            "--cmdline", cmdline};
   argv.insert(argv.end(), devices.begin(), devices.end());
   return argv;
 }

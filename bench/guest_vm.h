@@ -33,9 +33,10 @@ std::optional<std::string> guest_unavailable();
 std::string bench_cmdline(bool mitigations_off = true);
 
 // keel (`keel run`) or QEMU booting the default guest with `cmdline` and `devices` (keel options
-// or QEMU arguments), 512 MiB.
+// or QEMU arguments), 512 MiB, `cpus` vCPUs (QEMU: multi-threaded TCG, one host thread each).
 std::vector<std::string> vm_command(bool qemu, const std::vector<std::string>& devices,
-                                    const std::string& cmdline = bench_cmdline());
+                                    const std::string& cmdline = bench_cmdline(),
+                                    unsigned cpus = 1);
 
 inline constexpr auto kBoot = std::chrono::seconds(900);
 

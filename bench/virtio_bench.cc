@@ -4,6 +4,8 @@
 //     IOPS (queue depth 32), by fio with O_DIRECT and libaio against /dev/vda. fio is the host's
 //     (Debian's package) on a second, read-only disk built by scripts/build-fio-disk.sh; one boot
 //     runs all three jobs and the three rows share it.
+//   - qcow2 against raw inside the same keel guest (the same fio jobs on a qcow2 copy of the
+//     scratch disk, and on an empty qcow2 overlay over it), and keel against QEMU on that qcow2.
 //   - TCP guest -> host through user networking (busybox nc into a host socket, 32 MiB: at
 //     ~1 MB/s on emu that is half a minute).
 // The guest runs on kvm where the probe says a stock kernel runs, else on emu (QEMU: tcg).
@@ -110,12 +112,12 @@ FioFigures parse_fio_json(const std::string& text) {
   return f;
 }
 
-FioFigures fio_in_vm(bool qemu) {
-  const std::string scratch = scratch_disk().path(), tools = fio_disk().path();
+FioFigures fio_in_vm(bool qemu, const std::string& disk = "", const std::string& format = "raw") {
+  const std::string scratch = disk.empty() ? scratch_disk().path() : disk, tools = fio_disk().path();
   std::vector<std::string> dev =
-      qemu ? std::vector<std::string>{"-drive", "file=" + scratch + ",if=virtio,format=raw",
+      qemu ? std::vector<std::string>{"-drive", "file=" + scratch + ",if=virtio,format=" + format,
                                       "-drive", "file=" + tools + ",if=virtio,format=raw,readonly=on"}
-           : std::vector<std::string>{"--disk", scratch, "--disk", tools + ",readonly"};
+           : std::vector<std::string>{"--disk", scratch + ",format=" + format, "--disk", tools + ",readonly"};
   Vm vm(vm_command(qemu, dev));
   vm.wait_for(std::regex("KEEL-GUEST-READY"), kBoot);
   // dmesg -n 1: no kernel messages in the middle of the JSON. $((1+1)) keeps the markers out of
@@ -197,6 +199,55 @@ double tcp_sample(bool qemu) {
 }
 
 const char* kQemuBaseline = "QEMU, same guest, engine and disk";
+
+// qcow2: each sample makes fresh images from the raw scratch disk (a full copy, and an empty
+// overlay whose reads fall through to the raw base) and runs the fio jobs on keel's raw disk, on
+// both qcow2 images, and on QEMU with the full copy.
+struct Qcow2Figures {
+  FioFigures raw, qcow2, overlay, qemu_qcow2;
+};
+FioFigures qcow2_run(bool qemu, bool overlay) {
+  TempFile img(overlay ? "overlay.qcow2" : "copy.qcow2");
+  std::string cmd = overlay ? "qemu-img create -q -f qcow2 -F raw -b '" + scratch_disk().path() + "' '" + img.path() + "'"
+                            : "qemu-img convert -O qcow2 '" + scratch_disk().path() + "' '" + img.path() + "'";
+  if (std::system(cmd.c_str()) != 0) throw std::runtime_error(cmd + " failed");
+  return fio_in_vm(qemu, img.path(), "qcow2");
+}
+const Qcow2Figures& qcow2_sample(size_t row) {
+  static std::vector<Qcow2Figures> measured;
+  static size_t taken[9] = {};
+  size_t i = taken[row]++;
+  while (measured.size() <= i)
+    measured.push_back({fio_in_vm(false), qcow2_run(false, false), qcow2_run(false, true), qcow2_run(true, false)});
+  return measured[i];
+}
+std::optional<std::string> qcow2_unavailable() {
+  if (auto why = fio_unavailable()) return why;
+  if (std::system("command -v qemu-img >/dev/null 2>&1") != 0) return "qemu-img is not installed (qemu-utils)";
+  return std::nullopt;
+}
+
+#define QCOW2_ROW(index, row_name, unit_name, baseline_name, side, base, field) \
+  KEEL_BENCH_ROW(Row{.name = row_name,                                         \
+                     .unit = unit_name,                                         \
+                     .baseline = baseline_name,                                 \
+                     .sample = [] {                                             \
+                       const Qcow2Figures& q = qcow2_sample(index);             \
+                       return Sample{q.side.field, q.base.field};              \
+                     },                                                         \
+                     .unavailable = qcow2_unavailable,                          \
+                     .higher_is_better = true})
+
+QCOW2_ROW(0, "qcow2 seq read (fio)", "MB/s", "keel, raw disk, same guest", qcow2, raw, seq_read_mbs);
+QCOW2_ROW(1, "qcow2 seq write (fio)", "MB/s", "keel, raw disk, same guest", qcow2, raw, seq_write_mbs);
+QCOW2_ROW(2, "qcow2 4K randread (fio)", "IOPS", "keel, raw disk, same guest", qcow2, raw, rand_read_iops);
+QCOW2_ROW(3, "qcow2 overlay seq read (fio)", "MB/s", "keel, raw disk (its backing file)", overlay, raw, seq_read_mbs);
+QCOW2_ROW(4, "qcow2 overlay seq write (fio)", "MB/s", "keel, raw disk (its backing file)", overlay, raw, seq_write_mbs);
+QCOW2_ROW(5, "qcow2 overlay 4K randread (fio)", "IOPS", "keel, raw disk (its backing file)", overlay, raw, rand_read_iops);
+QCOW2_ROW(6, "qcow2 seq read vs QEMU (fio)", "MB/s", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, seq_read_mbs);
+QCOW2_ROW(7, "qcow2 seq write vs QEMU (fio)", "MB/s", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, seq_write_mbs);
+QCOW2_ROW(8, "qcow2 4K randread vs QEMU (fio)", "IOPS", "QEMU, same guest, engine and qcow2 image", qcow2, qemu_qcow2, rand_read_iops);
+
 
 KEEL_BENCH_ROW(Row{
     .name = "virtio-blk seq read (fio)",

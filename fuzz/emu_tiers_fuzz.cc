@@ -21,7 +21,7 @@ namespace {
 using namespace keel;
 using namespace keel::difftest;
 
-std::unique_ptr<Sandbox> sandbox(EmuTier tier, uint32_t threshold) {
+std::unique_ptr<Sandbox> make_sandbox(EmuTier tier, uint32_t threshold) {
   return std::make_unique<Sandbox>([tier, threshold](const EngineContext& ctx) {
     return create_engine(Accel::kEmu, ctx,
                          EngineConfig{.emu_tier = tier, .emu_hot_threshold = threshold});
@@ -32,9 +32,9 @@ std::unique_ptr<Sandbox> sandbox(EmuTier tier, uint32_t threshold) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 9) return 0;
-  static auto interp = sandbox(EmuTier::kInterp, 0);
-  static auto jit_now = sandbox(EmuTier::kJit, 0);
-  static auto jit_hot = sandbox(EmuTier::kJit, 3);
+  static auto interp = make_sandbox(EmuTier::kInterp, 0);
+  static auto jit_now = make_sandbox(EmuTier::kJit, 0);
+  static auto jit_hot = make_sandbox(EmuTier::kJit, 3);
   uint64_t seed;
   std::memcpy(&seed, data, 8);
   const uint8_t shape = data[8];

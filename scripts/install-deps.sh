@@ -11,6 +11,7 @@ packages=(
   zlib1g-dev liblzma-dev liblz4-dev libzstd-dev
   ccache busybox-static cpio e2fsprogs acpica-tools fio qemu-system-x86 iproute2 python3 curl
   clang libclang-rt-14-dev
+  qemu-utils libext2fs-dev libisofs-dev fdisk gdisk mtools dosfstools xorriso mmdebstrap
 )
 
 missing=()

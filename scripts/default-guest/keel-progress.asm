@@ -1,7 +1,7 @@
-; keel-progress CODE: writes one byte (decimal 0-255) to keel's boot-progress port 0x510.
+; keel-progress CODE: writes one byte (decimal 0-255) to keel's boot-progress port 0x520.
 ;
 ; Debian's cloud kernel has no /dev/port (CONFIG_DEVPORT is off), so the default guest's /init
-; uses this static, libc-free x86-64 ELF instead: ioperm(0x510, 1, 1), then `out`. It needs
+; uses this static, libc-free x86-64 ELF instead: ioperm(0x520, 1, 1), then `out`. It needs
 ; CAP_SYS_RAWIO (init runs as root). Exit status: 0 done, 1 ioperm failed, 2 bad argument.
 ; Built by scripts/build-default-guest.sh with `nasm -f bin`.
 bits 64
@@ -34,7 +34,7 @@ phdr:
   dq 0x1000                         ; p_align
 phdr_size equ $ - phdr
 
-PORT equ 0x510
+PORT equ 0x520
 SYS_IOPERM equ 173
 SYS_EXIT equ 60
 

@@ -23,6 +23,7 @@ constexpr keel::cli::AddVerb kVerbs[] = {
     keel::cli::add_probe_verb,
     keel::cli::add_daemon_verb,
     keel::cli::add_client_verbs,  // define, undefine, start, shutdown, ..., console, events, version
+    keel::cli::add_img_verb,
     keel::cli::add_doc_verbs,     // help, completion, manpage
 };
 
@@ -75,6 +76,10 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "Print debugging messages too");
   app.fallthrough();  // -q and -v after the verb too (set before the verbs, which inherit it)
   app.require_subcommand(1, 1);
+  // CLI11's parse errors in keel's style, pointing at keel's help rather than the binary's path.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("keel: ") + e.what() + "\nRun 'keel help' for more information.\n";
+  });
   keel::cli::Action action;
   for (auto add : kVerbs) add(app, action);
 

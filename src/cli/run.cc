@@ -48,13 +48,15 @@ struct RunOptions {
   uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
   bool paused = false;
   bool trace_boot = false;
+  bool isa_debug_exit = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
+  std::string boot = "kernel", boot_entry;
+  std::string cloud_init, name = "keel";  // --boot disk: the first disk's own menu (issue 14)
   std::string console = "serial";
   bool rng = true;
   std::string sandbox;       // "on" | "off"; empty: on when run as root
   uint32_t sandbox_uid = 0;  // 0: sandbox::default_vmm_id()
   std::string test_seccomp_violation;  // hidden: "vcpu", "device" or "main"
-  std::string name;                    // --name: the VM's name (QMP query-name)
   std::string on_panic = "exit";       // --on-panic exit|pause
   bool force = false;                  // --force: --accel kvm even where the probe says no
   std::optional<std::string> exec;     // --exec CMD: the default guest runs CMD, then powers off
@@ -83,9 +85,16 @@ VmConfig make_config(const RunOptions& o) {
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
+  c.isa_debug_exit = o.isa_debug_exit;
   for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
   for (const auto& n : o.nets) c.virtio.nets.push_back(parse_net_option(n));
   c.virtio.console = o.console == "virtio";
+  if (!o.cloud_init.empty()) c.virtio.cloud_init = parse_cloud_init_option(o.cloud_init);
+  c.virtio.vm_name = o.name;
+  c.boot = o.boot == "disk" ? VmConfig::Boot::kDisk : VmConfig::Boot::kKernel;
+  c.boot_entry = o.boot_entry;
+  if (c.boot == VmConfig::Boot::kDisk) c.validate();  // --boot disk with --kernel etc.
+  else if (!c.boot_entry.empty()) throw UsageError("--boot-entry needs --boot disk");
   c.virtio.rng = o.rng;
   if (!c.kernel.empty() && !c.test_guest.empty())
     throw UsageError("--kernel and --test-guest are mutually exclusive");
@@ -232,6 +241,10 @@ control::ControlServerOptions control_options() {
 
 // The one line keel prints when the VM ends, and the exit status.
 int report(const ShutdownInfo& info) {
+  if (info.exit_status >= 0) {
+    std::fprintf(stderr, "keel: %s\n", info.detail.c_str());
+    return info.exit_status;
+  }
   switch (info.reason) {
     case ShutdownReason::kPowerOff:
       return 0;
@@ -421,10 +434,29 @@ void add_run_verb(CLI::App& app, Action& action) {
                   "one starts")
       ->type_name("PATH");
   sub->add_flag("--trace-boot", o->trace_boot,
-                "Print each boot-progress code (port 0x510) with its CLOCK_MONOTONIC time on "
+                "Print each boot-progress code (port 0x520) with its CLOCK_MONOTONIC time on "
                 "stderr");
-  sub->add_option("--disk", o->disks, "Raw disk image PATH[,readonly] (repeatable: vda, vdb, ...)")
+  sub->add_flag("--isa-debug-exit", o->isa_debug_exit,
+                "QEMU's isa-debug-exit device at port 0xF4: a guest write of V exits keel with status "
+                "(V << 1) | 1, as test kernels such as kvm-unit-tests expect");
+  sub->add_option("--disk", o->disks,
+                  "Disk image PATH[,format=raw|qcow2][,readonly] (format detected when not given; "
+                  "repeatable: vda, vdb, ...)")
       ->type_name("PATH");
+  sub->add_option("--boot", o->boot,
+                  "What to boot: kernel (--kernel, or the default guest) or disk (the first --disk's "
+                  "own BLS entries or grub.cfg default entry, read from its ext4 /boot)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"kernel", "disk"}));
+  sub->add_option("--boot-entry", o->boot_entry,
+                  "With --boot disk: the menu entry to boot, by number or title (default: the menu's)");
+  sub->add_option("--cloud-init", o->cloud_init,
+                  "Attach a cloud-init NoCloud seed (a read-only 'cidata' disk after the --disks): "
+                  "user-data=FILE[,meta-data=FILE][,network-config=FILE]");
+  sub->add_option("--name", o->name,
+                  "The VM's name (the control socket's query-name, the cloud-init seed's default "
+                  "hostname)")
+      ->capture_default_str();
   sub->add_option("--net", o->nets,
                   "Network: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (the default) or tap:IFNAME "
                   "(repeatable)")
@@ -449,7 +481,6 @@ void add_run_verb(CLI::App& app, Action& action) {
   // For the project's tests: a purpose-built guest (tests/guests/README.md), status port 0x504.
   sub->add_option("--test-guest", o->test_guest, "Flat 64-bit test guest binary")->group("")
       ->type_name("PATH");
-  sub->add_option("--name", o->name, "The VM's name (the control socket's query-name)");
   sub->add_option("--exec", o->exec,
                   "Default guest: run this shell command at boot, print its output, power off and "
                   "exit with its status (stdin is not passed to it)")

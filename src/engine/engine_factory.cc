@@ -83,16 +83,10 @@ sandbox::AllowList vcpu_syscalls(std::string_view engine_name) {
         // The kick: SIGUSR1 to a thread of this process (tgkill is in every list, to this pid).
     };
   }
-  // emu: the interpreter makes no system calls of its own in its run loop beyond the C library's
-  // (HLT sleeps on a condition variable). Its binary translator will allocate its code buffer
-  // before the guest runs and needs no executable mappings later; until then its vCPU threads
-  // may map and protect memory without the PROT_EXEC restriction the other threads have.
-  return {
-      {"mmap"},
-      {"mprotect"},
-      {"munmap"},
-      {"madvise"},
-  };
+  // emu: no system calls of its own beyond every thread's (HLT and exclusive runs sleep on
+  // condition variables, PAUSE yields): the translator's code cache is mapped executable when
+  // the vCPU is created, before confinement, so its threads keep the PROT_EXEC ban too.
+  return {};
 }
 
 }  // namespace keel

@@ -155,7 +155,8 @@ bool valid_vm_name(const std::string& name) {
 
 VmDefinition parse_definition(const json& doc) {
   check_object(doc, "", {"name", "vcpus", "memory_mib", "accel", "kernel", "initrd", "cmdline",
-                         "test_guest", "disks", "nets", "autostart", "on_crash"});
+                         "test_guest", "disks", "nets", "boot", "boot_entry", "cloud_init",
+                         "autostart", "on_crash"});
   VmDefinition d;
   const json* name = member(doc, "name");
   if (!name) refuse("name", "missing");
@@ -189,7 +190,33 @@ VmDefinition parse_definition(const json& doc) {
   if (const json* v = member(doc, "initrd")) d.initrd = get_file(*v, "initrd");
   if (const json* v = member(doc, "cmdline")) d.cmdline = get_string(*v, "cmdline", 2048);
   if (const json* v = member(doc, "test_guest")) d.test_guest = get_file(*v, "test_guest");
-  if (d.kernel.empty() && d.test_guest.empty()) refuse("kernel", "missing (or give test_guest)");
+  if (const json* v = member(doc, "boot")) {
+    d.boot = get_string(*v, "boot");
+    if (d.boot != "kernel" && d.boot != "disk") refuse("boot", "'" + d.boot + "' is not one of kernel, disk");
+  }
+  if (const json* v = member(doc, "boot_entry")) {
+    if (v->is_number_integer()) d.boot_entry = std::to_string(get_integer(*v, "boot_entry", 0, 511));
+    else d.boot_entry = get_string(*v, "boot_entry", 256);
+    if (d.boot != "disk") refuse("boot_entry", "needs \"boot\": \"disk\"");
+  }
+  if (const json* v = member(doc, "cloud_init")) {
+    check_object(*v, "cloud_init", {"user_data", "meta_data", "network_config"});
+    VmDefinition::CloudInit ci;
+    const json* ud = member(*v, "user_data");
+    if (!ud) refuse("cloud_init.user_data", "missing");
+    ci.user_data = get_file(*ud, "cloud_init.user_data");
+    if (const json* m = member(*v, "meta_data")) ci.meta_data = get_file(*m, "cloud_init.meta_data");
+    if (const json* n = member(*v, "network_config")) ci.network_config = get_file(*n, "cloud_init.network_config");
+    for (const std::string* f : {&ci.user_data, &ci.meta_data, &ci.network_config})
+      if (f->find(',') != std::string::npos) refuse("cloud_init", "'" + *f + "' contains a comma");
+    d.cloud_init = ci;
+  }
+  if (d.boot == "disk") {
+    if (!d.kernel.empty() || !d.test_guest.empty() || !d.initrd.empty())
+      refuse("boot", "\"disk\" takes the kernel from the disk: no kernel, initrd or test_guest");
+  } else if (d.kernel.empty() && d.test_guest.empty()) {
+    refuse("kernel", "missing (or give test_guest, or \"boot\": \"disk\")");
+  }
   if (!d.test_guest.empty()) {
     if (!d.kernel.empty()) refuse("test_guest", "cannot be combined with kernel");
     if (!d.initrd.empty()) refuse("initrd", "needs a kernel, not a test_guest");
@@ -202,7 +229,7 @@ VmDefinition parse_definition(const json& doc) {
     for (size_t i = 0; i < v->size(); ++i) {
       std::string field = "disks[" + std::to_string(i) + "]";
       const json& disk = (*v)[i];
-      check_object(disk, field, {"path", "readonly", "type"});
+      check_object(disk, field, {"path", "format", "readonly", "type"});
       DiskDefinition dd;
       if (const json* t = member(disk, "type")) {
         dd.type = get_string(*t, field + ".type");
@@ -214,9 +241,15 @@ VmDefinition parse_definition(const json& doc) {
       dd.path = get_file(*path, field + ".path", dd.type == "block");
       if (dd.path.find(',') != std::string::npos) refuse(field + ".path", "contains a comma");
       if (const json* ro = member(disk, "readonly")) dd.readonly = get_bool(*ro, field + ".readonly");
+      if (const json* f = member(disk, "format")) {
+        dd.format = get_string(*f, field + ".format");
+        if (dd.format != "raw" && dd.format != "qcow2")
+          refuse(field + ".format", "'" + dd.format + "' is not one of raw, qcow2");
+      }
       d.disks.push_back(std::move(dd));
     }
   }
+  if (d.boot == "disk" && d.disks.empty()) refuse("disks", "\"boot\": \"disk\" needs a disk to boot from");
   if (const json* v = member(doc, "nets")) {
     std::set<std::pair<bool, uint16_t>> host_ports;  // (udp, port): each bound once
     if (!v->is_array()) refuse("nets", std::string("expected an array, got ") + type_name(*v));
@@ -309,9 +342,20 @@ json VmDefinition::to_json() const {
   if (!initrd.empty()) j["initrd"] = initrd;
   if (!cmdline.empty()) j["cmdline"] = cmdline;
   if (!test_guest.empty()) j["test_guest"] = test_guest;
+  if (boot != "kernel") j["boot"] = boot;
+  if (!boot_entry.empty()) j["boot_entry"] = boot_entry;
+  if (cloud_init) {
+    json ci{{"user_data", cloud_init->user_data}};
+    if (!cloud_init->meta_data.empty()) ci["meta_data"] = cloud_init->meta_data;
+    if (!cloud_init->network_config.empty()) ci["network_config"] = cloud_init->network_config;
+    j["cloud_init"] = ci;
+  }
   json disk_list = json::array();
-  for (const auto& disk : disks)
-    disk_list.push_back({{"path", disk.path}, {"readonly", disk.readonly}, {"type", disk.type}});
+  for (const auto& disk : disks) {
+    json dj{{"path", disk.path}, {"readonly", disk.readonly}, {"type", disk.type}};
+    if (!disk.format.empty()) dj["format"] = disk.format;
+    disk_list.push_back(dj);
+  }
   j["disks"] = disk_list;
   json net_list = json::array();
   for (const auto& net : nets) {
@@ -350,7 +394,11 @@ std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string&
   args.insert(args.end(), {"--name", d.name});
   // A panic pauses the guest and is reported: the daemon applies on_crash.
   args.insert(args.end(), {"--on-panic", "pause"});
-  if (!d.test_guest.empty()) {
+  if (d.boot == "disk") {
+    args.insert(args.end(), {"--boot", "disk"});
+    if (!d.boot_entry.empty()) args.insert(args.end(), {"--boot-entry", d.boot_entry});
+    if (!d.cmdline.empty()) args.insert(args.end(), {"--cmdline", d.cmdline});
+  } else if (!d.test_guest.empty()) {
     args.insert(args.end(), {"--test-guest", d.test_guest});
   } else {
     args.insert(args.end(), {"--kernel", d.kernel});
@@ -358,7 +406,14 @@ std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string&
     if (!d.cmdline.empty()) args.insert(args.end(), {"--cmdline", d.cmdline});
   }
   for (const auto& disk : d.disks) {
-    args.insert(args.end(), {"--disk", disk.path + (disk.readonly ? ",readonly" : "")});
+    args.insert(args.end(), {"--disk", disk.path + (disk.format.empty() ? "" : ",format=" + disk.format) +
+                                           (disk.readonly ? ",readonly" : "")});
+  }
+  if (d.cloud_init) {
+    std::string spec = "user-data=" + d.cloud_init->user_data;
+    if (!d.cloud_init->meta_data.empty()) spec += ",meta-data=" + d.cloud_init->meta_data;
+    if (!d.cloud_init->network_config.empty()) spec += ",network-config=" + d.cloud_init->network_config;
+    args.insert(args.end(), {"--cloud-init", spec});
   }
   for (const auto& net : d.nets) {
     std::string spec = net.type == "tap" ? "tap:" + net.ifname : "user";

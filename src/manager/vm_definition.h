@@ -23,6 +23,7 @@ class DefinitionError : public Error {
 
 struct DiskDefinition {
   std::string path;
+  std::string format;  // "raw", "qcow2"; empty: detected from the image
   bool readonly = false;
   std::string type = "file";  // "file" (a regular file) or "block" (a block device; root only)
 };
@@ -48,6 +49,12 @@ struct VmDefinition {
   std::string initrd;
   std::string cmdline;
   std::string test_guest;  // ... or a purpose-built test guest (tests/guests/README.md)
+  std::string boot = "kernel";  // or "disk": the first disk's own boot menu
+  std::string boot_entry;       // with boot "disk": an entry number or title
+  struct CloudInit {
+    std::string user_data, meta_data, network_config;  // files; user_data required
+  };
+  std::optional<CloudInit> cloud_init;
   std::vector<DiskDefinition> disks;
   std::vector<NetDefinition> nets;
   bool autostart = false;            // started when the daemon starts (once per host boot)

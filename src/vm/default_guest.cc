@@ -16,6 +16,7 @@ std::string default_cmdline(Accel accel) {
 }
 
 void apply_guest_defaults(VmConfig& config) {
+  if (config.boot == VmConfig::Boot::kDisk) return;  // the disk's own entry says what to boot
   if (config.kernel.empty() && config.test_guest.empty()) {
     std::filesystem::path dir = default_guest_dir();
     config.kernel = dir / "vmlinuz";

@@ -5,10 +5,13 @@
 #include <vector>
 
 #include "arch/x86/cpu_state.h"
+#include "backends/block/block_backend.h"
 #include "memory/guest_memory.h"
 #include "vm/vm_config.h"
 
 namespace keel {
+
+class FwCfg;
 
 struct GuestImage {
   GuestMemory& memory;
@@ -19,6 +22,10 @@ struct GuestImage {
   // Linux only: decompress a bzImage's kernel on the host (boot/kernel_payload.h). The emu engine
   // wants it: its interpreter would spend seconds in the in-guest decompressor.
   bool decompress_on_host = false;
+  // VmConfig::Boot::kDisk: the disk to read /boot from (vda).
+  BlockBackend* boot_disk = nullptr;
+  // Filled with the Linux kernel, initrd and command line when set.
+  FwCfg* fw_cfg = nullptr;
 };
 
 // A purpose-built test guest (tests/guests/README.md): the flat binary at kTestGuestLoadAddr,

@@ -16,6 +16,8 @@
 #include "devices/legacy/acpi_pm.h"
 #include "devices/legacy/boot_progress.h"
 #include "devices/legacy/cmos_rtc.h"
+#include "devices/legacy/fw_cfg.h"
+#include "devices/legacy/isa_debug_exit.h"
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/pvpanic.h"
 #include "devices/legacy/serial16550.h"
@@ -148,6 +150,16 @@ void Machine::build_devices() {
   boot_progress_ = std::make_shared<BootProgress>(std::move(trace));
   pio_.add(BootProgress::kPort, 1, boot_progress_);
 
+  // QEMU's fw_cfg (the guest loader adds the kernel, initrd and command line) and, when asked
+  // for, isa-debug-exit: what test kernels such as kvm-unit-tests talk to.
+  fw_cfg_ = std::make_shared<FwCfg>(*memory_, memory_->ram_size(), static_cast<uint16_t>(config_.cpus));
+  pio_.add(FwCfg::kBasePort, FwCfg::kPortCount, fw_cfg_);
+  if (config_.isa_debug_exit)
+    pio_.add(IsaDebugExit::kBasePort, IsaDebugExit::kPortCount, std::make_shared<IsaDebugExit>([this](int status) {
+               shutdown(ShutdownReason::kPowerOff, "isa-debug-exit: status " + std::to_string(status), false,
+                        status);
+             }));
+
   // PCI bus 0 and the virtio devices (devices/virtio/virtio_platform.h). hvc0 output goes to the
   // same sinks as the serial port. On KVM, queue notifications become ioeventfds: a kick signals
   // the device's eventfd inside KVM instead of exiting to the vCPU thread.
@@ -183,7 +195,9 @@ void Machine::build_devices() {
 
 void Machine::load_guest() {
   GuestImage image{*memory_, config_, vcpu_count(), acpi_devices_};
+  image.fw_cfg = fw_cfg_.get();
   image.decompress_on_host = engine_->name() == "emu";
+  if (config_.boot == VmConfig::Boot::kDisk) image.boot_disk = &pci_->disk(0);
   std::vector<x86::CpuState> states =
       config_.test_guest.empty() ? load_linux_guest(image) : load_test_guest(image);
   for (size_t i = 0; i < vcpus_.size() && i < states.size(); ++i) {
@@ -300,8 +314,8 @@ void Machine::resume() {
   for (auto& l : listeners_) l(event);
 }
 
-void Machine::shutdown(ShutdownReason reason, std::string detail, bool by_host) {
-  MachineEvent event{MachineState::kShutDown, {reason, std::move(detail), by_host}};
+void Machine::shutdown(ShutdownReason reason, std::string detail, bool by_host, int exit_status) {
+  MachineEvent event{MachineState::kShutDown, {reason, std::move(detail), by_host, exit_status}};
   {
     std::lock_guard lock(mutex_);
     if (state_ == MachineState::kShutDown) return;

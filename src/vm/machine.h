@@ -42,6 +42,7 @@ class BootProgress;
 class AcpiPm;
 class PciPlatform;
 class PvPanic;
+class FwCfg;
 
 enum class MachineState { kCreated, kRunning, kPaused, kShutDown };
 
@@ -59,6 +60,7 @@ struct ShutdownInfo {
   ShutdownReason reason = ShutdownReason::kQuit;
   std::string detail;  // "i8042 reset", "vCPU 0: KVM_EXIT_INTERNAL_ERROR ...", "Ctrl-A x", ...
   bool by_host = false;  // asked from outside the guest (the control socket's system_reset, ...)
+  int exit_status = -1;  // >= 0: the guest chose keel's exit status (isa-debug-exit)
 };
 
 const char* to_string(MachineState state);
@@ -135,7 +137,7 @@ class Machine final : public PowerControl {
   void resume();
   // Ends the VM: the first call wins and its reason is the one reported. Never blocks. `by_host`
   // marks a reason the host chose for the guest (a host-requested reset); kQuit is always the host's.
-  void shutdown(ShutdownReason reason, std::string detail, bool by_host = false);
+  void shutdown(ShutdownReason reason, std::string detail, bool by_host = false, int exit_status = -1);
   // PowerControl, for devices: power off or reset ends the VM (keel does not reboot in place); a
   // panic pauses it or ends it (VmConfig::on_panic).
   void request_stop(StopReason reason, std::string detail) override;
@@ -166,6 +168,7 @@ class Machine final : public PowerControl {
   std::shared_ptr<Serial16550> serial_;
   std::shared_ptr<I8042> i8042_;
   std::shared_ptr<CmosRtc> rtc_;
+  std::shared_ptr<FwCfg> fw_cfg_;
   std::shared_ptr<BootProgress> boot_progress_;
   std::shared_ptr<AcpiPm> acpi_pm_;
   std::shared_ptr<PvPanic> pvpanic_;

@@ -7,6 +7,14 @@
 namespace keel {
 
 void VmConfig::validate() const {
+  if (boot == Boot::kDisk) {
+    if (!kernel.empty() || !test_guest.empty() || !initrd.empty())
+      throw UsageError("--boot disk takes the kernel and initrd from the disk: no --kernel, --initrd or --test-guest");
+    if (virtio.disks.empty()) throw UsageError("--boot disk needs a --disk to boot from");
+    validate_resources();
+    return;
+  }
+  if (!boot_entry.empty()) throw UsageError("--boot-entry needs --boot disk");
   if (kernel.empty() && test_guest.empty()) throw UsageError("no kernel given");
   if (!kernel.empty() && !test_guest.empty())
     throw UsageError("a kernel and a test guest are mutually exclusive");

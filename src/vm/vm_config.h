@@ -24,6 +24,11 @@ struct VmConfig {
   std::filesystem::path initrd;
   std::string cmdline;
   std::filesystem::path test_guest;
+  // Or boot the first disk as its own bootloader would (boot/disk_boot.h): the default entry of
+  // its BLS entries or grub.cfg, or `boot_entry` (an index or a title). `cmdline`, when set,
+  // replaces the entry's command line.
+  enum class Boot { kKernel, kDisk } boot = Boot::kKernel;
+  std::string boot_entry;
 
   std::string name;  // the VM's name (QMP query-name); "" for none
 
@@ -37,6 +42,7 @@ struct VmConfig {
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction
   bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
   PanicAction on_panic = PanicAction::kExit;
+  bool isa_debug_exit = false;           // QEMU's isa-debug-exit at port 0xF4 (test kernels)
 
   // PCI virtio devices: disks (vda, vdb, ...), networks, hvc0, entropy (issue 4).
   VirtioConfig virtio;

@@ -1,10 +1,10 @@
-; Serial output: reports boot-progress code 1 on port 0x510, writes a line to COM1 (polling
+; Serial output: reports boot-progress code 1 on port 0x520, writes a line to COM1 (polling
 ; LSR.THRE before each byte), then exits 0.
 ; Position-independent (rel addressing) so it does not depend on guest.inc's origin.
 %include "guest.inc"
 default rel
   mov al, 1
-  mov dx, 0x510              ; boot progress: "init started"
+  mov dx, 0x520              ; boot progress: "init started"
   out dx, al
   lea rsi, [rel message]
   mov ecx, message_len

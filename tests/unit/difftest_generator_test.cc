@@ -44,7 +44,9 @@ TEST(DiffTestGenerator, InstructionsDecodeContiguouslyAndEndWithTheStopPort) {
       ZydisDisassembledInstruction d;
       ASSERT_TRUE(decode(in, d) || in.cls == InsnClass::kFault) << "seed " << seed;
       EXPECT_EQ(in.address, pc);
-      if (in.cls != InsnClass::kFault) EXPECT_EQ(d.info.length, in.bytes.size()) << d.text;
+      if (in.cls != InsnClass::kFault) {
+        EXPECT_EQ(d.info.length, in.bytes.size()) << d.text;
+      }
       pc += in.bytes.size();
     }
     EXPECT_LE(pc, layout::kCode + layout::kCodeSize);

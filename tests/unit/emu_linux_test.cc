@@ -20,8 +20,11 @@ using testing::ProcessResult;
 // for `expect` in its output, then types `poweroff`. Returns what keel printed; fails the test on
 // a hang or a nonzero status.
 ProcessResult boot_run_poweroff(const std::string& tier, const std::string& command,
-                                const std::string& expect) {
-  KeelProcess p({"run", "--accel", "emu", "--emu-tier", tier}, {{"KEEL_EMU_STATS", "1"}});
+                                const std::string& expect,
+                                const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = {"run", "--accel", "emu", "--emu-tier", tier};
+  args.insert(args.end(), extra.begin(), extra.end());
+  KeelProcess p(args, {{"KEEL_EMU_STATS", "1"}});
   testing::Budget budget;  // everything before CTest's timeout, so a hang reports keel's output
   if (!p.wait_for_stdout("KEEL-GUEST-READY", budget.left())) {
     p.send_signal(SIGTERM);
@@ -72,6 +75,23 @@ TEST(EmuLinux, DefaultGuestBootsToAShellRunsACommandAndPowersOff) {
   auto [translated, total] = translated_and_total(r.err);
   EXPECT_GT(total, 1'000'000'000u) << r.err;
   EXPECT_GT(translated, total / 100 * 95) << r.err;
+}
+
+// Four vCPUs: Linux starts the three application processors (INIT/SIPI, its real-mode
+// trampoline), runs four CPU-bound jobs at once on them, and every vCPU ran guest code.
+TEST(EmuLinux, FourVcpusComeOnlineRunParallelWorkAndPowerOff) {
+  std::string why;
+  if (default_guest_missing(&why)) GTEST_SKIP() << why;
+  ProcessResult r = boot_run_poweroff(
+      "jit",
+      "for i in 1 2 3 4; do (j=0; while [ $j -lt 20000 ]; do j=$((j+1)); done) & done; wait; "
+      "echo cpus-$(nproc)-$(grep -c ^processor /proc/cpuinfo)-done",
+      "cpus-4-4-done", {"--cpus", "4"});
+  for (int i = 0; i < 4; ++i) {
+    auto at = r.err.find("emu: vCPU " + std::to_string(i) + " ran ");
+    ASSERT_NE(at, std::string::npos) << r.err;
+    EXPECT_GT(std::stoull(r.err.substr(at + 15)), 10'000'000u) << "vCPU " << i << "\n" << r.err;
+  }
 }
 
 // The interpreter alone (--emu-tier interp) still boots the same guest: the reference tier.

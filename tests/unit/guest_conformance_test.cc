@@ -196,6 +196,49 @@ TEST_P(GuestConformance, PowerRequestFromADeviceEndsTheRun) {
   EXPECT_EQ(result.exits[1], VcpuExit::kStopped) << result.summary();
 }
 
+// ---- several vCPUs (tests/guests/smp_*.asm)
+
+// LOCK XADD, a LOCK CMPXCHG loop and a page-straddling LOCK ADD from four vCPUs at once.
+TEST_P(GuestConformance, LockedOperationsFromFourVcpusAreAtomic) {
+  constexpr uint32_t kVcpus = 4;
+  REQUIRE_VCPUS(kVcpus);
+  REQUIRE_BEHAVIOUR("exception_cpl0");
+  GuestHarness h(GetParam(), "smp_atomics", {.vcpus = kVcpus, .deadline = milliseconds(120000)});
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, (std::vector<uint32_t>{4 * 200000, 4 * 200000, 4 * 2000}));
+}
+
+// A thousand IPIs each way between two vCPUs that wait in HLT.
+TEST_P(GuestConformance, IpisPingPongBetweenHaltedVcpus) {
+  REQUIRE_VCPUS(2);
+  REQUIRE_BEHAVIOUR("timer_interrupt_cpl0");
+  GuestHarness h(GetParam(), "smp_ipi", {.vcpus = 2, .deadline = milliseconds(60000)});
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, (std::vector<uint32_t>{1000, 1000}));
+}
+
+// A remapped page, INVLPG on both vCPUs through an IPI: each sees the new page afterwards.
+TEST_P(GuestConformance, TlbShootdownThroughAnIpi) {
+  REQUIRE_VCPUS(2);
+  REQUIRE_BEHAVIOUR("timer_interrupt_cpl0");
+  GuestHarness h(GetParam(), "smp_shootdown", {.vcpus = 2});
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, (std::vector<uint32_t>{0xAAAA, 0xAAAA, 0xBBBB, 0xBBBB}));
+}
+
+// One vCPU rewrites code another runs hot; after a serialising instruction the other runs the
+// new code.
+TEST_P(GuestConformance, CrossModifyingCodeIsSeenAfterSerialising) {
+  REQUIRE_VCPUS(2);
+  GuestHarness h(GetParam(), "smp_xmc", {.vcpus = 2});
+  auto result = h.run();
+  ASSERT_EQ(result.status, 0) << result.summary();
+  EXPECT_EQ(result.reports, (std::vector<uint32_t>{0x1111, 0x2222}));
+}
+
 INSTANTIATE_TEST_SUITE_P(Engines, GuestConformance, ::testing::Values(Accel::kKvm, Accel::kEmu),
                          [](const ::testing::TestParamInfo<Accel>& info) {
                            return std::string(to_string(info.param));

@@ -138,7 +138,8 @@ GuestHarness::GuestHarness(Accel accel, const std::string& guest, GuestOptions o
   memory_ = std::make_unique<GuestMemory>(options_.memory);
   pio_ = std::make_unique<IoBus>("pio");
   mmio_ = std::make_unique<IoBus>("mmio");
-  engine_ = create_engine(accel, {*memory_, *pio_, *mmio_}, {.vcpus = options_.vcpus});
+  engine_ = create_engine(accel, {*memory_, *pio_, *mmio_},
+                          {.vcpus = options_.vcpus, .emu_tier = options_.emu_tier});
 
   ports_ = std::make_shared<TestPorts>(static_cast<RunControl&>(*this), engine_->interrupts());
   test_mmio_ = std::make_shared<TestMmio>();
@@ -155,7 +156,7 @@ GuestHarness::GuestHarness(Accel accel, const std::string& guest, GuestOptions o
                                             .bsp = i == 0});
     st.gpr[x86::RDI] = i;
     vcpu->set_state(st);
-    if (i > 0) vcpu->make_runnable();
+    if (i > 0 && options_.start_aps) vcpu->make_runnable();
     vcpus_.push_back(std::move(vcpu));
   }
 }

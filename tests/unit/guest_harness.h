@@ -109,6 +109,10 @@ struct GuestOptions {
   uint32_t vcpus = 1;
   uint64_t memory = 64ull << 20;
   std::chrono::milliseconds deadline{20000};
+  // Secondary vCPUs start at the entry with the guest; false: they wait for INIT/SIPI from the
+  // guest (as under Linux).
+  bool start_aps = true;
+  EmuTier emu_tier = EmuTier::kJit;  // emu: which tiers run the guest
 };
 
 struct GuestResult {

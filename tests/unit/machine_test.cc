@@ -102,7 +102,7 @@ TEST(Machine, RtcAndBootProgressAreMapped) {
   Fixture f([](FakeVcpu& v) {
     v.outb(0x70, 0x0D);
     if (v.inb(0x71) != 0x80) return VcpuExit::kShutdown;  // RTC status D: valid time
-    v.outb(0x510, 1);
+    v.outb(BootProgress::kPort, 1);
     return VcpuExit::kPowerOff;
   });
   EXPECT_EQ(f.machine.run().reason, ShutdownReason::kPowerOff);

@@ -130,7 +130,7 @@ TEST_F(DefinitionTest, RefusesMissingFilesNamingTheField) {
   EXPECT_EQ(refusal(doc), "field 'kernel': '" + dir + "' is not a regular file");
   doc = valid();
   doc.erase("kernel");
-  EXPECT_EQ(refusal(doc), "field 'kernel': missing (or give test_guest)");
+  EXPECT_EQ(refusal(doc), "field 'kernel': missing (or give test_guest, or \"boot\": \"disk\")");
   doc = valid();
   doc.erase("name");
   EXPECT_EQ(refusal(doc), "field 'name': missing");
@@ -151,13 +151,52 @@ TEST_F(DefinitionTest, MalformedJsonTextIsRefused) {
 TEST_F(DefinitionTest, VmmArgumentsStartPausedUnderTheControlSocket) {
   auto args = vmm_arguments(parse_definition(valid()), "/run/x.sock");
   std::vector<std::string> expected{"run", "--control", "/run/x.sock", "--paused", "--cpus", "2",
-                                    "--memory", "512M", "--accel", "auto", "--kernel", kernel,
+                                    "--memory", "512M", "--accel", "auto", "--name", "web1", "--kernel", kernel,
                                     "--cmdline", "console=ttyS0", "--disk", disk, "--net",
                                     "user,hostfwd=tcp:2222-:22"};
   EXPECT_EQ(args, expected);
   auto logged = vmm_arguments(parse_definition(valid()), "/run/x.sock", "/log/x.log");
   expected.insert(expected.begin() + 10, {"--log-file", "/log/x.log"});
   EXPECT_EQ(logged, expected);
+}
+
+TEST_F(DefinitionTest, DiskBootFormatsAndCloudInit) {
+  json doc = valid();
+  doc.erase("kernel");
+  doc.erase("cmdline");
+  doc["boot"] = "disk";
+  doc["boot_entry"] = 1;
+  doc["disks"][0]["format"] = "qcow2";
+  doc["cloud_init"] = {{"user_data", disk}};
+  VmDefinition d = parse_definition(doc);
+  EXPECT_EQ(d.boot_entry, "1");
+  EXPECT_EQ(parse_definition(d.to_json()).to_json(), d.to_json());
+  auto args = vmm_arguments(d, "/run/x.sock");
+  std::vector<std::string> expected{"run", "--control", "/run/x.sock", "--paused", "--cpus", "2",
+                                    "--memory", "512M", "--accel", "auto", "--name", "web1", "--boot", "disk",
+                                    "--boot-entry", "1", "--disk", disk + ",format=qcow2",
+                                    "--cloud-init", "user-data=" + disk, "--net", "user,hostfwd=tcp:2222-:22"};
+  EXPECT_EQ(args, expected);
+
+  doc["disks"][0]["format"] = "vmdk";
+  EXPECT_EQ(refusal(doc), "field 'disks[0].format': 'vmdk' is not one of raw, qcow2");
+  doc["disks"][0]["format"] = "raw";
+  doc["boot"] = "cdrom";
+  EXPECT_EQ(refusal(doc), "field 'boot': 'cdrom' is not one of kernel, disk");
+  doc["boot"] = "disk";
+  doc["kernel"] = kernel;
+  EXPECT_EQ(refusal(doc), "field 'boot': \"disk\" takes the kernel from the disk: no kernel, initrd or test_guest");
+  doc.erase("kernel");
+  doc["disks"] = json::array();
+  EXPECT_EQ(refusal(doc), "field 'disks': \"boot\": \"disk\" needs a disk to boot from");
+  doc = valid();
+  doc["boot_entry"] = "Debian";
+  EXPECT_EQ(refusal(doc), "field 'boot_entry': needs \"boot\": \"disk\"");
+  doc = valid();
+  doc["cloud_init"] = {{"meta_data", disk}};
+  EXPECT_EQ(refusal(doc), "field 'cloud_init.user_data': missing");
+  doc["cloud_init"] = {{"user_data", dir + "/nope"}};
+  EXPECT_EQ(refusal(doc), "field 'cloud_init.user_data': file '" + dir + "/nope' does not exist");
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// BootProgress: a one-byte write-only port (0x510) where a guest reports how far it has booted.
+// BootProgress: a one-byte write-only port (0x520) where a guest reports how far it has booted.
 // Each code is timestamped with the host's CLOCK_MONOTONIC when the write arrives, so benchmarks
 // can measure "VMM start -> init started" without parsing the console. Code 1 = init started
 // (the default guest's /init writes it first thing). Wider writes are ignored; reads return the
@@ -19,7 +19,7 @@ namespace keel {
 
 class BootProgress : public BusDevice {
  public:
-  static constexpr uint16_t kPort = 0x510;
+  static constexpr uint16_t kPort = 0x520;
   static constexpr uint8_t kInitStarted = 1;
 
   struct Event {

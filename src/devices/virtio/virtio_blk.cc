@@ -1,5 +1,6 @@
 #include "devices/virtio/virtio_blk.h"
 
+#include <linux/virtio_blk.h>
 #include <liburing.h>
 #include <poll.h>
 #include <sys/uio.h>
@@ -116,6 +117,45 @@ BlkRequest parse_blk_request(const GuestMemory& memory, const DescriptorChain& c
     case kTypeFlush:
       req.action = BlkRequest::kFlush;
       break;
+    case kTypeDiscard:
+    case kTypeWriteZeroes: {
+      bool zeroes = h.type == kTypeWriteZeroes;
+      if (in_bytes) {
+        req.error = "discard/write-zeroes request with device-writable data";
+        return req;
+      }
+      if (readonly) {
+        req.error = "discard/write-zeroes on a read-only disk";
+        return req;
+      }
+      constexpr uint64_t kSegBytes = sizeof(virtio_blk_discard_write_zeroes);
+      if (out_bytes == 0 || out_bytes % kSegBytes || out_bytes / kSegBytes > kMaxDiscardSegments) {
+        req.error = "discard/write-zeroes payload of " + std::to_string(out_bytes) + " bytes";
+        return req;
+      }
+      for (uint64_t i = 0; i < out_bytes / kSegBytes; ++i) {
+        virtio_blk_discard_write_zeroes seg;
+        read_from_buffers(memory, chain.readable, kHeaderBytes + i * kSegBytes, &seg, sizeof seg);
+        uint32_t allowed = zeroes ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0;
+        if (seg.flags & ~allowed) {
+          req.status = kStatusUnsupported;
+          req.error = "discard/write-zeroes flags " + std::to_string(seg.flags);
+          return req;
+        }
+        if (seg.num_sectors > kMaxDiscardSectors || seg.sector > capacity_sectors ||
+            seg.num_sectors > capacity_sectors - seg.sector) {
+          req.error = "discard/write-zeroes of sectors " + std::to_string(seg.sector) + " + " +
+                      std::to_string(seg.num_sectors) + " beyond the disk's " +
+                      std::to_string(capacity_sectors) + " sectors";
+          return req;
+        }
+        req.ranges.push_back({seg.sector * kSectorSize, uint64_t{seg.num_sectors} * kSectorSize,
+                              (seg.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) != 0});
+      }
+      req.action = zeroes ? BlkRequest::kWriteZeroes : BlkRequest::kDiscard;
+      req.status = kStatusOk;
+      return req;
+    }
     case kTypeGetId:
       req.action = BlkRequest::kGetId;
       req.length = std::min<uint64_t>(in_bytes, kIdBytes);
@@ -253,23 +293,46 @@ class VirtioBlk::Worker {
 
   void finish_io(Inflight& in, int64_t result) {
     BlkRequest& req = in.req;
-    bool ok = req.action == BlkRequest::kFlush ? result == 0
-                                               : result == static_cast<int64_t>(req.length);
+    bool ok = result == static_cast<int64_t>(req.length);  // 0 for flush, discard, write-zeroes
     if (!ok)
       log::warn("{}: I/O error at offset {}: {}", blk_.name(), req.offset,
                 result < 0 ? std::strerror(-result) : "short transfer");
     complete(req, ok ? kStatusOk : kStatusIoErr, ok && req.action == BlkRequest::kRead ? req.length : 0);
   }
 
+  // Runs a request on the calling (worker) thread through the backend: the synchronous
+  // fallback, backends without a direct descriptor (qcow2), discard and write-zeroes.
   int64_t do_sync(Inflight& in) {
-    int fd = blk_.image_->fd();
+    BlockBackend& image = *blk_.image_;
     BlkRequest& req = in.req;
-    ssize_t r = 0;
-    if (req.action == BlkRequest::kFlush) return ::fdatasync(fd) == 0 ? 0 : -errno;
-    r = req.action == BlkRequest::kRead
-            ? ::preadv(fd, in.iov.data(), in.iov.size(), req.offset)
-            : ::pwritev(fd, in.iov.data(), in.iov.size(), req.offset);
-    return r < 0 ? -errno : r;
+    try {
+      switch (req.action) {
+        case BlkRequest::kRead: image.read(req.offset, in.iov); break;
+        case BlkRequest::kWrite: image.write(req.offset, in.iov); break;
+        case BlkRequest::kFlush: image.flush(); break;
+        case BlkRequest::kDiscard:
+          for (const auto& r : req.ranges) image.discard(r.offset, r.length);
+          break;
+        case BlkRequest::kWriteZeroes:
+          for (const auto& r : req.ranges) image.write_zeroes(r.offset, r.length, r.unmap);
+          break;
+        default: return -EINVAL;
+      }
+    } catch (const std::exception& e) {
+      log::warn("{}: {}", blk_.name(), e.what());
+      return -EIO;
+    }
+    return static_cast<int64_t>(req.length);
+  }
+
+  // The descriptor io_uring may use for this request, or -1 to run it through do_sync().
+  int direct_fd(const BlkRequest& req) const {
+    switch (req.action) {
+      case BlkRequest::kRead:
+      case BlkRequest::kWrite: return blk_.image_->direct_fd(req.offset, req.length);
+      case BlkRequest::kFlush: return blk_.image_->direct_fd(0, 0);
+      default: return -1;
+    }
   }
 
   void run_sync() {
@@ -303,8 +366,12 @@ class VirtioBlk::Worker {
     while (inflight_ < kMaxInflight) {
       std::unique_ptr<Inflight> in = next_io();
       if (!in) break;
+      int fd = direct_fd(in->req);
+      if (fd < 0) {
+        finish_io(*in, do_sync(*in));
+        continue;
+      }
       io_uring_sqe* sqe = get_sqe(ring);
-      int fd = blk_.image_->fd();
       BlkRequest& req = in->req;
       if (req.action == BlkRequest::kFlush)
         io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
@@ -368,7 +435,7 @@ class VirtioBlk::Worker {
   std::thread thread_;  // last: started after everything above exists
 };
 
-VirtioBlk::VirtioBlk(std::unique_ptr<RawImage> image, std::string serial, bool use_io_uring)
+VirtioBlk::VirtioBlk(std::unique_ptr<BlockBackend> image, std::string serial, bool use_io_uring)
     : image_(std::move(image)), serial_(std::move(serial)), use_io_uring_(use_io_uring) {}
 
 VirtioBlk::~VirtioBlk() { reset(); }
@@ -379,18 +446,29 @@ uint64_t VirtioBlk::features() const {
   uint64_t f = virtio::bit(kFeatureSegMax) | virtio::bit(kFeatureBlkSize) |
                virtio::bit(kFeatureFlush) | virtio::bit(virtio::kFeatureRingIndirectDesc) |
                virtio::bit(virtio::kFeatureRingEventIdx);
-  if (image_->readonly()) f |= virtio::bit(kFeatureRo);
+  if (image_->readonly())
+    f |= virtio::bit(kFeatureRo);
+  else  // the guest's TRIM and zeroing reach the backend (qcow2 frees clusters, raw punches holes)
+    f |= virtio::bit(kFeatureDiscard) | virtio::bit(kFeatureWriteZeroes);
   return f;
 }
 
+uint32_t VirtioBlk::config_size() const {
+  return offsetof(virtio_blk_config, max_secure_erase_sectors);
+}
+
 void VirtioBlk::read_config(uint64_t offset, std::span<uint8_t> data) {
-  uint8_t image[24] = {};
-  uint64_t capacity = capacity_sectors();
-  uint32_t seg_max = kSegMax, blk_size = kSectorSize;
-  std::memcpy(image + 0, &capacity, 8);
-  std::memcpy(image + 12, &seg_max, 4);
-  std::memcpy(image + 20, &blk_size, 4);
-  read_config_image(image, offset, data);
+  virtio_blk_config c{};  // little-endian host: the fields are stored as they are
+  c.capacity = capacity_sectors();
+  c.seg_max = kSegMax;
+  c.blk_size = kSectorSize;
+  c.max_discard_sectors = kMaxDiscardSectors;
+  c.max_discard_seg = kMaxDiscardSegments;
+  c.discard_sector_alignment = std::max<uint32_t>(1, image_->discard_granularity() / kSectorSize);
+  c.max_write_zeroes_sectors = kMaxDiscardSectors;
+  c.max_write_zeroes_seg = kMaxDiscardSegments;
+  c.write_zeroes_may_unmap = 1;
+  read_config_image({reinterpret_cast<const uint8_t*>(&c), config_size()}, offset, data);
 }
 
 void VirtioBlk::activate(const VirtioContext& ctx) {
@@ -411,6 +489,8 @@ sandbox::AllowList VirtioBlk::worker_syscalls() {
       {"preadv"},         {"pwritev"},        {"preadv2"},           {"pwritev2"},
       {"pread64"},        {"pwrite64"},       {"fdatasync"},         {"fsync"},
       {"read"},           {"poll"},           {"ppoll"},  // kick and stop eventfds
+      {"fallocate"},  // raw discard / write-zeroes
+      {"write"},      // a backend's warning on stderr
   };
 }
 

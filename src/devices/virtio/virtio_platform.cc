@@ -1,6 +1,6 @@
 #include "devices/virtio/virtio_platform.h"
 
-#include "backends/block/raw_image.h"
+#include "backends/block/block_backend.h"
 #include "backends/net/slirp_backend.h"
 #include "backends/net/tap_backend.h"
 #include "base/error.h"
@@ -14,16 +14,25 @@ namespace keel {
 
 DiskConfig parse_disk_option(const std::string& text) {
   DiskConfig disk;
-  std::string path = text;
-  if (auto comma = text.rfind(','); comma != std::string::npos) {
-    std::string flag = text.substr(comma + 1);
-    if (flag != "readonly" && flag != "ro")
-      throw UsageError("--disk " + text + ": unknown option '" + flag + "' (expected readonly)");
-    disk.readonly = true;
-    path = text.substr(0, comma);
+  size_t comma = text.find(',');
+  disk.path = text.substr(0, comma);
+  if (disk.path.empty()) throw UsageError("--disk needs a path");
+  while (comma != std::string::npos) {
+    size_t next = text.find(',', comma + 1);
+    std::string part = text.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+    if (part == "readonly" || part == "ro") {
+      disk.readonly = true;
+    } else if (part.rfind("format=", 0) == 0) {
+      std::string format = part.substr(7);
+      if (format != "raw" && format != "qcow2")
+        throw UsageError("--disk " + text + ": unknown format '" + format + "' (keel reads raw and qcow2)");
+      disk.format = parse_image_format(format);
+    } else {
+      throw UsageError("--disk " + text + ": unknown option '" + part +
+                       "' (expected format=raw|qcow2 or readonly)");
+    }
+    comma = next;
   }
-  if (path.empty()) throw UsageError("--disk needs a path");
-  disk.path = path;
   return disk;
 }
 
@@ -69,7 +78,13 @@ PciPlatform::PciPlatform(const VirtioConfig& config, GuestMemory& memory, IoBus&
   for (size_t i = 0; i < config.disks.size(); ++i) {
     const DiskConfig& d = config.disks[i];
     std::string serial = "keel-vd" + std::string(1, static_cast<char>('a' + i % 26));
-    devs.push_back(std::make_unique<VirtioBlk>(RawImage::open(d.path, d.readonly), serial));
+    auto blk = std::make_unique<VirtioBlk>(open_block_backend(d.path, d.format, d.readonly), serial);
+    disks_.push_back(blk.get());
+    devs.push_back(std::move(blk));
+  }
+  if (config.cloud_init) {
+    std::string serial = "keel-cidata";
+    devs.push_back(std::make_unique<VirtioBlk>(make_cloud_init_seed(*config.cloud_init, config.vm_name), serial));
   }
   for (size_t i = 0; i < config.nets.size(); ++i) {
     const NetConfig& n = config.nets[i];
@@ -105,6 +120,11 @@ PciPlatform::~PciPlatform() {
   for (size_t i = 0; i < routed_.size(); ++i)
     for (auto& [gpa, fd] : routed_[i])
       if (remove_notify_) remove_notify_(gpa, fd);
+}
+
+BlockBackend& PciPlatform::disk(size_t i) {
+  if (i >= disks_.size()) throw Error("no disk " + std::to_string(i));
+  return disks_[i]->backend();
 }
 
 void PciPlatform::route_notifications(NotifyHook add, NotifyHook remove) {

@@ -6,9 +6,12 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "backends/block/block_backend.h"
+#include "backends/block/cloud_init_seed.h"
 #include "backends/console/console_port.h"
 #include "bus/io_bus.h"
 #include "devices/pci/pci_bus.h"
@@ -24,9 +27,11 @@ class ThreadLauncher;
 
 class VirtioPciDevice;
 class VirtioConsole;
+class VirtioBlk;
 
 struct DiskConfig {
   std::filesystem::path path;
+  ImageFormat format = ImageFormat::kAuto;  // kAuto: detected from the image's header
   bool readonly = false;
 };
 
@@ -39,12 +44,15 @@ struct NetConfig {
 
 struct VirtioConfig {
   std::vector<DiskConfig> disks;
+  // A NoCloud seed attached read-only after the disks; its default meta-data names `vm_name`.
+  std::optional<CloudInitConfig> cloud_init;
+  std::string vm_name = "keel";
   std::vector<NetConfig> nets;
   bool console = false;  // virtio-console (hvc0)
   bool rng = true;       // virtio-rng
 };
 
-// Command-line forms (keel run): "PATH[,readonly]"; "user[,hostfwd=SPEC]...", "" (= user) and
+// Command-line forms (keel run): "PATH[,format=raw|qcow2][,readonly]"; "user[,hostfwd=SPEC]...", "" (= user) and
 // "tap:IFNAME". Throw UsageError naming the bad part.
 DiskConfig parse_disk_option(const std::string& text);
 NetConfig parse_net_option(const std::string& text);
@@ -60,6 +68,8 @@ class PciPlatform {
   PciPlatform& operator=(const PciPlatform&) = delete;
 
   PciBus& bus() { return bus_; }
+  // Disk i's backend (vda = 0), for reading it before the guest runs (booting from it).
+  BlockBackend& disk(size_t i);
   // The virtio-console device, or nullptr when none was asked for.
   VirtioConsole* console() const { return console_; }
   const std::vector<std::shared_ptr<VirtioPciDevice>>& devices() const { return devices_; }
@@ -84,6 +94,7 @@ class PciPlatform {
   PciBus bus_;
   std::vector<std::shared_ptr<VirtioPciDevice>> devices_;
   std::vector<uint8_t> slots_;
+  std::vector<VirtioBlk*> disks_;
   VirtioConsole* console_ = nullptr;
   NotifyHook add_notify_, remove_notify_;
   std::vector<std::vector<std::pair<uint64_t, int>>> routed_;  // per device: (gpa, fd)

@@ -95,8 +95,7 @@ Cpu::~Cpu() {
     print_mnemonics("interpreted", mnemonic_counts_.get());
     if (jit_) print_mnemonics("handlers called from translated code", helper_counts_.get());
   }
-  for (auto& [key, b] : blocks_) delete b;
-  for (auto& [key, b] : crossing_) delete b;
+  code_.for_each([](Block* b) { delete b; });
   for (Block* b : retired_) delete b;
   delete static_cast<Decoder*>(decoder_);
 }
@@ -298,25 +297,15 @@ void Cpu::revoke_write(uint64_t page) {
 }
 
 void Cpu::invalidate_page(uint64_t page) {
-  auto it = page_blocks_.find(page);
-  if (it != page_blocks_.end()) {
-    ++pages_invalidated_;
-    flush_jump_cache();
-    for (Block* b : it->second) {
-      if (b->gpa2 != ~0ull) {
-        // Also listed under its other page: unlist it there so it is retired once.
-        crossing_.erase(b->key);
-        uint64_t other = page == b->page ? b->gpa2 >> 12 : b->page;
-        if (auto o = page_blocks_.find(other); o != page_blocks_.end()) std::erase(o->second, b);
-      } else {
-        blocks_.erase(b->key);
-      }
-      if (b == current_block_) end_block();
-      retired_.push_back(b);
-      leave_chain_ = true;
-    }
-    page_blocks_.erase(it);
+  std::vector<Block*> gone = code_.take_page(page);
+  if (gone.empty()) return;
+  ++pages_invalidated_;
+  flush_jump_cache();
+  for (Block* b : gone) {
+    if (b == current_block_) end_block();
+    retired_.push_back(b);
   }
+  leave_chain_ = true;
 }
 
 void Cpu::code_page_written(uint64_t page) {
@@ -387,15 +376,9 @@ Block* Cpu::build_block(uint64_t gpa, const uint8_t* host, unsigned avail, uint6
   b->bytes = off;
   b->gpa2 = gpa2;
   Block* raw = b.release();
-  if (gpa2 == ~0ull) {
-    blocks_[raw->key] = raw;
-  } else {
-    crossing_[raw->key] = raw;
-    page_blocks_[gpa2 >> 12].push_back(raw);
-    mark_code_page(gpa2 >> 12);
-  }
-  page_blocks_[raw->page].push_back(raw);
+  code_.add(raw);
   mark_code_page(raw->page);
+  if (gpa2 != ~0ull) mark_code_page(gpa2 >> 12);
   return raw;
 }
 
@@ -406,9 +389,8 @@ Block* Cpu::find_crossing_block(uint64_t la, uint64_t gpa, const uint8_t* host, 
   const uint64_t la2 = la + avail;
   const TlbEntry& e2 = itlb_[(la2 >> 12) & kTlbMask];
   uint64_t gpa2 = e2.xtag == la2 ? e2.gpa : translate(la2, Access::kExec, tlb_user_);
-  auto it = crossing_.find((gpa << 3) | mode);
-  if (it != crossing_.end()) {
-    if (it->second->gpa2 == gpa2) return fill_jump_cache(la, it->second);
+  if (Block* known = code_.find(gpa, mode, true)) {
+    if (known->gpa2 == gpa2) return fill_jump_cache(la, known);
     invalidate_page(gpa >> 12);  // the next page is mapped elsewhere now: decode again
   }
   uint8_t buf[16] = {};
@@ -439,11 +421,8 @@ Block* Cpu::find_block() {
   if (e.xtag == (la & ~0xFFFull)) gpa = e.gpa | (la & 0xFFF);
   else gpa = translate(la, Access::kExec, tlb_user_);
 
-  Block* b;
-  auto it = blocks_.find((gpa << 3) | mode);
-  if (it != blocks_.end()) {
-    b = it->second;
-  } else {
+  Block* b = code_.find(gpa, mode, false);
+  if (!b) {
     uint8_t* host = mem_.host_ptr(gpa, 1);
     if (!host) throw Error("emu: execution outside RAM at guest-physical 0x" + [&] {
       char s[32];
@@ -451,7 +430,7 @@ Block* Cpu::find_block() {
       return std::string(s);
     }() + ", " + describe_rip());
     unsigned avail = 4096 - unsigned(gpa & 0xFFF);
-    if (crossing_.empty() || avail >= 15 || !crossing_.count((gpa << 3) | mode))
+    if (avail >= 15 || !code_.find(gpa, mode, true))
       b = build_block(gpa, host, avail);
     else
       b = nullptr;
@@ -677,10 +656,10 @@ void Cpu::run_translated(void* body) {
 
 void Cpu::flush_translations() {
   jit_->flush();
-  for (auto& [key, b] : blocks_) {
+  code_.for_each([](Block* b) {
     b->jit_entry[0] = b->jit_entry[1] = nullptr;
     b->jit_body[0] = b->jit_body[1] = nullptr;
-  }
+  });
   flush_jump_cache();
   jit_slot = nullptr;
 }

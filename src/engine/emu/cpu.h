@@ -20,6 +20,7 @@
 
 #include "arch/x86/cpu_state.h"
 #include "bus/io_bus.h"
+#include "engine/emu/code_index.h"
 #include "engine/emu/insn.h"
 #include "engine/engine.h"
 #include "engine/emu/local_apic.h"
@@ -494,6 +495,7 @@ class Cpu : public CpuHot {
   // straddles two pages).
   void run_exclusive(const std::function<void()>& fn) { group_.run_exclusive(*this, fn); }
   bool real_mode() const { return !(cr0 & 1); }
+  bool smp() const { return smp_; }
   IoBus& pio() { return pio_; }
   uint32_t apic_id() const { return apic_id_; }
   bool tsc_deadline_supported() const { return tsc_deadline_; }
@@ -587,9 +589,7 @@ class Cpu : public CpuHot {
   bool ss_32_ = false;  // stack pointer is 32-bit (compatibility mode with a 32-bit SS)
 
   // Decoded code.
-  std::unordered_map<uint64_t, Block*> blocks_;                  // by Block::key
-  std::unordered_map<uint64_t, std::vector<Block*>> page_blocks_;  // by guest-physical page
-  std::unordered_map<uint64_t, Block*> crossing_;  // blocks starting with a page-crossing insn
+  CodeIndex code_;  // every live block, by guest-physical page
   std::vector<Block*> retired_;  // invalidated, freed at the next block boundary
   VcpuGroup& group_;
   const bool smp_;

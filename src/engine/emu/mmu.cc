@@ -42,13 +42,17 @@ Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
   bool rw = true, us = true, nx = false;
   uint64_t gpa = 0;
   uint8_t* leaf = nullptr;
+  uint64_t leaf_pte = 0;
   for (int level = 4; level >= 1; --level) {
     unsigned shift = 12 + 9 * (level - 1);
     uint64_t pte_gpa = table + ((la >> shift) & 0x1FF) * 8;
     uint8_t* p = mem_.host_ptr(pte_gpa, 8);
     if (!p) fault(false, false);  // page tables outside RAM: treat as not present
-    uint64_t pte;
-    std::memcpy(&pte, p, 8);
+    // Other vCPUs write page tables concurrently: atomic loads, and A/D updates by
+    // compare-and-swap on the value used, as the hardware's locked updates (never setting bits in
+    // an entry another vCPU just changed, e.g. made not-present: a swap entry then).
+    uint64_t* entry = reinterpret_cast<uint64_t*>(p);  // 8-byte aligned: table + index * 8
+    uint64_t pte = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
     if (!(pte & kPteP)) fault(false, false);
     if ((pte & kPteNx) && !nxe) fault(true, true);
     rw = rw && (pte & kPteW);
@@ -61,11 +65,15 @@ Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
       gpa = ((pte & kAddrMask) & ~page_mask) | (la & page_mask);
       w.large_mask = ~page_mask;
       leaf = p;
+      leaf_pte = pte;
       break;
     }
     if (!(pte & kPteA)) {
+      uint64_t expected = pte;
+      if (!__atomic_compare_exchange_n(entry, &expected, pte | kPteA, false, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE))
+        return walk(la, acc, user);  // changed under us: walk again
       pte |= kPteA;
-      std::memcpy(p, &pte, 8);
     }
     table = pte & kAddrMask;
   }
@@ -75,10 +83,13 @@ Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
   if (acc == Access::kWrite && !rw && (user || (cr0 & kCr0Wp))) ok = false;
   if (acc == Access::kExec && nx && nxe) ok = false;
   if (!ok) fault(true, false);
-  uint64_t pte;
-  std::memcpy(&pte, leaf, 8);
-  uint64_t upd = pte | kPteA | (acc == Access::kWrite ? kPteD : 0);
-  if (upd != pte) std::memcpy(leaf, &upd, 8);
+  uint64_t upd = leaf_pte | kPteA | (acc == Access::kWrite ? kPteD : 0);
+  if (upd != leaf_pte) {
+    uint64_t expected = leaf_pte;
+    if (!__atomic_compare_exchange_n(reinterpret_cast<uint64_t*>(leaf), &expected, upd, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      return walk(la, acc, user);  // changed under us (another vCPU): walk again
+  }
   bool may_write = user ? (rw && us) : (rw || !(cr0 & kCr0Wp));
   w.gpa = gpa;
   w.writable = may_write && (upd & kPteD);

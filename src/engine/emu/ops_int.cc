@@ -1,5 +1,7 @@
 // Integer instructions: data movement, ALU, shifts and rotates, multiply/divide, bit operations,
 // exchange, string instructions, flag instructions.
+#include <sched.h>
+
 #include "engine/emu/ops_common.h"
 
 namespace keel::emu {
@@ -705,6 +707,12 @@ void op_sahf(Cpu& c, const Insn&) {
   c.set_flags(f | (c.reg<uint8_t>(kHigh8 + 0) & 0xD5));
 }
 void op_nop(Cpu&, const Insn&) {}
+// PAUSE: a spin-wait hint. With other vCPUs, give the host core to them: the one this vCPU
+// waits for may be waiting for a core (more vCPU threads than host cores), as KVM's PAUSE-loop
+// exiting does.
+void op_pause(Cpu& c, const Insn&) {
+  if (c.smp()) sched_yield();
+}
 
 // XLAT: AL = [seg:rBX + AL]
 void op_xlat(Cpu& c, const Insn& in) {
@@ -1041,7 +1049,8 @@ bool select_int(DecodeCtx& d) {
       in.fn = op_xlat;
       return true;
 
-    case ZYDIS_MNEMONIC_NOP: case ZYDIS_MNEMONIC_PAUSE: case ZYDIS_MNEMONIC_LFENCE:
+    case ZYDIS_MNEMONIC_PAUSE: in.fn = op_pause; return true;
+    case ZYDIS_MNEMONIC_NOP: case ZYDIS_MNEMONIC_LFENCE:
     case ZYDIS_MNEMONIC_MFENCE: case ZYDIS_MNEMONIC_SFENCE: case ZYDIS_MNEMONIC_PREFETCH:
     case ZYDIS_MNEMONIC_PREFETCHNTA: case ZYDIS_MNEMONIC_PREFETCHT0:
     case ZYDIS_MNEMONIC_PREFETCHT1: case ZYDIS_MNEMONIC_PREFETCHT2:
