@@ -72,7 +72,7 @@ std::chrono::milliseconds left_until(Clock::time_point deadline) {
 // waits on the read end and the child's pidfd at once.
 class ReadinessPipe {
  public:
-  enum Outcome { kReady, kExited, kTimeout };
+  enum Outcome { kReady, kFailed, kExited, kTimeout };
   ReadinessPipe() {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe2");
@@ -87,8 +87,9 @@ class ReadinessPipe {
   int write_end() const { return write_.get(); }
   void close_write_end() { write_.reset(); }
 
-  // kReady once the byte came; kExited when the process ended. A pipe closed without the byte
-  // means the VMM is on its way out: then only its exit (or the deadline) is waited for.
+  // kReady once "R" came; kFailed once "E" and the VMM's error came (message()); kExited when the
+  // process ended. A pipe closed without a byte means the VMM is on its way out: then only its
+  // exit (or the deadline) is waited for.
   Outcome wait(int pidfd, Clock::time_point deadline) {
     bool pipe_open = true;
     for (;;) {
@@ -100,6 +101,10 @@ class ReadinessPipe {
       if (pipe_open && p[1].revents) {
         char byte;
         ssize_t n = ::read(read_.get(), &byte, 1);
+        if (n == 1 && byte == 'E') {
+          read_message();
+          return kFailed;
+        }
         if (n == 1) return kReady;
         if (n < 0 && errno == EINTR) continue;
         pipe_open = false;
@@ -108,9 +113,23 @@ class ReadinessPipe {
       return kExited;
     }
   }
+  const std::string& message() const { return message_; }
 
  private:
+  // The rest of an "E" report, up to the VMM's close (it writes it whole, at most 4000 bytes).
+  void read_message() {
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::read(read_.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || message_.size() > 4096) break;
+      message_.append(buf, static_cast<size_t>(n));
+    }
+    if (message_.empty()) message_ = "the VMM failed to start";
+  }
+
   UniqueFd read_, write_;
+  std::string message_;
 };
 
 std::string describe_exit(int status) {
@@ -582,6 +601,10 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   auto deadline = Clock::now() + options_.start_timeout;
   switch (ready.wait(vmm.pidfd.get(), deadline)) {
     case ReadinessPipe::kReady: break;
+    case ReadinessPipe::kFailed:  // the VMM's own message, without a log meant for a terminal
+      reap();
+      fail(ready.message());
+      break;
     case ReadinessPipe::kExited: exited(); break;
     case ReadinessPipe::kTimeout: abandon("its control socket did not come up in time"); break;
   }
