@@ -192,7 +192,7 @@ void print_info(const json& vm) {
 }
 
 // A definition file as the daemon should see it: its relative paths (kernel, initrd, test_guest,
-// disks) made absolute against the file's own directory, so examples work from anywhere.
+// disks, cloud-init files) made absolute against the file's own directory, so examples work from anywhere.
 std::string resolve_paths(const std::string& text, const std::string& file) {
   json doc = json::parse(text, nullptr, false);
   if (!doc.is_object()) return text;  // the daemon names what is wrong with it
@@ -206,6 +206,9 @@ std::string resolve_paths(const std::string& text, const std::string& file) {
   if (doc.contains("disks") && doc["disks"].is_array())
     for (json& disk : doc["disks"])
       if (disk.is_object() && disk.contains("path")) resolve(disk["path"]);
+  if (doc.contains("cloud_init") && doc["cloud_init"].is_object())
+    for (const char* key : {"user_data", "meta_data", "network_config"})
+      if (doc["cloud_init"].contains(key)) resolve(doc["cloud_init"][key]);
   return doc.dump();
 }
 

@@ -186,7 +186,8 @@ void add_doc_verbs(CLI::App& app, Action& action) {
   help->callback([root, verb, &action] {
     action = [root, verb] {
       if (verb->empty()) {
-        std::printf("%s", root->help().c_str());
+        // Not root->help(): CLI11 hands that to the parsed subcommand (this one).
+        std::printf("%s", root->get_formatter()->make_help(root, "keel", CLI::AppFormatMode::Normal).c_str());
         return 0;
       }
       for (const CLI::App* v : verbs(*root)) {
