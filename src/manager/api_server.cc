@@ -251,9 +251,10 @@ void ApiServer::routes() {
   // The console: GET streams the guest's output (chunked), POST sends the body as input.
   s.route("GET", R"(/v1/vms/([^/]+)/console)", [this](Req req, Res res) {
     guarded(res, [&] {
-      auto console = domains_.console(vm_name(req));
       auto history = req.query.find("history");
-      uint64_t position = history != req.query.end() && history->second == "1" ? 0 : console->end();
+      bool from_start = history != req.query.end() && history->second == "1";
+      auto console = domains_.console(vm_name(req), from_start);
+      uint64_t position = from_start ? 0 : console->end();
       res.content_type = "application/octet-stream";
       res.stream = std::make_unique<ConsoleStream>(console, position);
     });

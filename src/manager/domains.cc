@@ -995,10 +995,10 @@ json Domains::list() {
   return out;
 }
 
-std::shared_ptr<ByteHistory> Domains::console(const std::string& name) {
+std::shared_ptr<ByteHistory> Domains::console(const std::string& name, bool history) {
   auto d = find(name);
   std::lock_guard lock(d->mutex);
-  if (!d->link) throw ConflictError("domain '" + name + "' is not running (" + d->state + ")");
+  if (!d->link && !history) throw ConflictError("domain '" + name + "' is not running (" + d->state + ")");
   return d->console;
 }
 

@@ -94,8 +94,9 @@ class Domains {
   nlohmann::json list();
 
   // The console of `name` while it runs: recent output to read from (the history ends when the VM
-  // stops), input to write. ConflictError for a VM that is not running.
-  std::shared_ptr<ByteHistory> console(const std::string& name);
+  // stops), input to write. ConflictError for a VM that is not running, unless `history`: then
+  // the last run's output (what it printed before it stopped, for finding out why).
+  std::shared_ptr<ByteHistory> console(const std::string& name, bool history = false);
   void console_write(const std::string& name, std::string_view bytes);
   MessageHistory& events() { return events_; }
 

@@ -175,7 +175,7 @@ TEST(CliDailyUse, ExecRunsACommandInTheDefaultGuestAndReturnsItsStatus) {
                               dg.initrd().string(), "--exec", "echo exec-says-$((6*7)); exit 7"},
                              "", budget.at_most(240s));
   EXPECT_EQ(r.status, 7) << r.describe();
-  EXPECT_TRUE(contains(r.out, "exec-says-42\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "exec-says-42\r\n")) << r.out;  // the guest's tty: ONLCR
   EXPECT_FALSE(contains(r.out, "KEEL-GUEST-READY")) << r.out;
   // Errors reach the console even with `quiet`: the ACPI model gives Linux what it probes.
   EXPECT_FALSE(contains(r.out, "ACPI Error")) << r.out;
