@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -103,6 +105,16 @@ void attach_console(manager::ApiClient& api, const std::string& name) {
   std::atomic<bool> stream_ended{false};
   std::atomic<bool> detach{false};
   std::exception_ptr output_error;
+  // Input goes to the guest only once the output stream is open: input that ends the guest
+  // (piped, all at once) must not stop the VM before the stream could attach to it.
+  std::mutex open_mutex;
+  std::condition_variable open_changed;
+  bool opened = false;
+  auto set_opened = [&] {
+    std::lock_guard lock(open_mutex);
+    opened = true;
+    open_changed.notify_all();
+  };
   std::thread output([&] {
     try {
       api.stream(path, [&](std::string_view bytes) {
@@ -112,13 +124,19 @@ void attach_console(manager::ApiClient& api, const std::string& name) {
         // Said once the stream is open: the output from here on reaches this terminal.
         std::fprintf(stderr, "Connected to domain '%s'\nEscape character is ^] (Ctrl + ])\n",
                      name.c_str());
+        set_opened();
       });
       stream_ended = !detach;
     } catch (...) {
       output_error = std::current_exception();
     }
     detach = true;
+    set_opened();
   });
+  {
+    std::unique_lock lock(open_mutex);
+    open_changed.wait(lock, [&] { return opened; });
+  }
   char buf[1024];
   while (!detach) {
     pollfd p{STDIN_FILENO, POLLIN, 0};

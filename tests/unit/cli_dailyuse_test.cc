@@ -165,6 +165,18 @@ TEST(CliDailyUse, AccelKvmIsRefusedWhereKvmCannotRunAStockKernel) {
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
 }
 
+// Input given before the guest is up (here: all of it, at once, before the kernel starts) is not
+// lost: the UART holds it until Linux's driver is ready, and the shell reads it when it starts.
+TEST(CliDailyUse, InputTypedBeforeTheGuestIsReadyReachesItsShell) {
+  const auto& dg = testing::default_guest();
+  if (!dg) GTEST_SKIP() << dg.why_missing;
+  ProcessResult r = run_keel({"run", "--accel", "emu", "--kernel", dg.kernel().string(), "--initrd",
+                              dg.initrd().string()},
+                             "echo typed-early-$((6*7))\nexit\n", 240s);
+  EXPECT_EQ(r.status, 0) << r.describe();
+  EXPECT_TRUE(contains(r.out, "typed-early-42\r\n")) << r.out;
+}
+
 // --exec: the default guest runs one command, prints its output and powers off; keel exits with
 // the command's status. A panic in the guest (sysrq c) is seen through pvpanic.
 TEST(CliDailyUse, ExecRunsACommandInTheDefaultGuestAndReturnsItsStatus) {
