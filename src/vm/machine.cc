@@ -435,6 +435,7 @@ sandbox::SyscallPolicy Machine::syscall_policy() const {
   policy.allow(ThreadKind::kVcpu, PciPlatform::vcpu_syscalls());
   policy.allow(ThreadKind::kDeviceWorker, pci_->worker_syscalls());
   policy.allow(ThreadKind::kMainLoop, main_thread_syscalls(engine_->name()));
+  policy.allow(ThreadKind::kMainLoop, pci_->teardown_syscalls());
   // The main loop: epoll, its eventfd, timers and signalfd; the log's rotation (LogFile); at the
   // end, joining the other threads and tearing the machine down.
   policy.allow(ThreadKind::kMainLoop, {

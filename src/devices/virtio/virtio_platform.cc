@@ -172,4 +172,10 @@ sandbox::AllowList PciPlatform::worker_syscalls() const {
   return list;
 }
 
+sandbox::AllowList PciPlatform::teardown_syscalls() const {
+  if (config_.disks.empty()) return {};
+  return {{"pread64"}, {"pwrite64"}, {"preadv"}, {"pwritev"}, {"fdatasync"}, {"fsync"},
+          {"ftruncate"}};
+}
+
 }  // namespace keel

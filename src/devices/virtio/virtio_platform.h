@@ -86,6 +86,9 @@ class PciPlatform {
   // activation) and of the device worker threads, for the machine's seccomp policy.
   static sandbox::AllowList vcpu_syscalls();
   sandbox::AllowList worker_syscalls() const;
+  // What tearing the devices down on the main loop needs: a disk image's last flush and trim
+  // (qcow2 writes its refcounts and trims its free tail when it closes).
+  sandbox::AllowList teardown_syscalls() const;
 
  private:
   void update_notifications(uint8_t slot);
