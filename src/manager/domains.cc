@@ -786,7 +786,7 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
     try {
       if (delay.count() > 0) {
         set_state(*d, kStateShutOff, "restarting");
-        publish("rebooting", *d, "the guest reset " +
+        publish("rebooting", *d, std::string(d->panicked ? "the guest panicked " : "the guest reset ") +
                                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                         Clock::now() - d->started_at).count()) +
                                      " ms after it started; restarting in " +
