@@ -3,7 +3,12 @@
 // ControlTarget whose "guest" prints a progress counter on its console. This exercises the
 // daemon, store, supervision, restart safety and the CLI independently of an engine; the same
 // flows with purpose-built guests on the kvm engine live in e2e_manager_guest_test.cc.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include <atomic>
+#include <cstring>
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
@@ -438,6 +443,49 @@ TEST_F(ManagerDaemonTest, AStartFailureReportsTheVmmsMessageAlone) {
   json body = json::parse(r.body);
   EXPECT_EQ(body["error"]["message"], "VM 're' failed to start: cannot lock the disk /x.img: held by another keel") << r.body;
   wait_state("re", "shut off", "failed to start");
+}
+
+// Run by systemd (Type=notify, NOTIFY_SOCKET) with --pidfile: the daemon says READY=1 with its
+// pid once the API serves, keeps its pid in the file while it runs and removes it at exit.
+class ManagerServiceTest : public ManagerDaemonTest {
+ protected:
+  void SetUp() override {
+    DaemonFixture::SetUp();
+    guest = dir + "/guest.bin";
+    std::ofstream(guest) << "counter guest";
+    notify_path = dir + "/notify";
+    notify.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, notify_path.c_str(), sizeof addr.sun_path - 1);
+    ASSERT_EQ(::bind(notify.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    start_daemon();
+  }
+  std::vector<std::string> daemon_extra_args() override {
+    return {"--vmm", self_exe(), "--pidfile", dir + "/keel.pid"};
+  }
+  void daemon_environment() override {
+    ManagerDaemonTest::daemon_environment();
+    ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
+  }
+  std::string notify_path;
+  UniqueFd notify;
+};
+
+TEST_F(ManagerServiceTest, TellsSystemdItIsReadyAndKeepsAPidfile) {
+  pollfd p{notify.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 20000), 1) << "no sd_notify datagram";
+  char buf[256];
+  ssize_t n = ::recv(notify.get(), buf, sizeof buf, 0);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(buf, size_t(n)), "READY=1\nMAINPID=" + std::to_string(daemon_pid));
+  EXPECT_EQ(read_whole(dir + "/keel.pid"), std::to_string(daemon_pid) + "\n");
+  stop_daemon(SIGTERM);
+  n = ::recv(notify.get(), buf, sizeof buf, MSG_DONTWAIT);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(buf, size_t(n)), "STOPPING=1");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/keel.pid"));
+  start_daemon();  // for the fixture's teardown
 }
 
 TEST_F(ManagerDaemonTest, VmmKilledWithSigkillIsCrashed) {
