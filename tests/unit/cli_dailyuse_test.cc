@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -75,6 +76,23 @@ TEST(CliDailyUse, CompletionAndManPageComeFromTheVerbTable) {
   EXPECT_TRUE(contains(r.out, "run) case $prev in --accel) COMPREPLY=($(compgen -W 'auto kvm emu'"))
       << r.out;
   EXPECT_TRUE(contains(r.out, "dumpdef) opts=")) << r.out;
+  // And bash completes with it: values of --accel, verbs, a verb's options.
+  std::filesystem::path script = std::filesystem::temp_directory_path() /
+                                 ("keel-completion-" + std::to_string(::getpid()) + ".bash");
+  std::ofstream(script) << r.out;
+  std::string command = "bash -c 'source " + script.string() +
+                        "; COMP_WORDS=(keel run --accel \"\"); COMP_CWORD=3; _keel; echo \"${COMPREPLY[*]}\";"
+                        " COMP_WORDS=(keel du); COMP_CWORD=1; _keel; echo \"${COMPREPLY[*]}\";"
+                        " COMP_WORDS=(keel run --ex); COMP_CWORD=2; _keel; echo \"${COMPREPLY[*]}\"'";
+  std::string completed;
+  if (FILE* out = ::popen(command.c_str(), "r")) {
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, out)) completed += buf;
+    ::pclose(out);
+  }
+  std::filesystem::remove(script);
+  EXPECT_EQ(completed, "auto kvm emu\ndumpdef\n--exec\n");
+
   r = run_keel({"manpage"});
   EXPECT_EQ(r.status, 0) << r.describe();
   EXPECT_EQ(r.out.rfind(".TH KEEL 1", 0), 0u) << r.out;
