@@ -842,39 +842,27 @@ std::shared_ptr<VmmLink> Domains::live_link(Domain& d, const char* verb) {
   return d.link;
 }
 
-void Domains::shutdown(const std::string& name) {
-  auto d = find(name);
-  std::lock_guard op(d->op);
-  if (cancel_restart(*d, "shutdown")) return;
-  std::shared_ptr<VmmLink> link;
-  {
-    std::lock_guard lock(d->mutex);
-    link = live_link(*d, "shut down");
-    if (d->state == kStatePaused) {
-      throw ConflictError("VM '" + name + "' is paused; resume it so the guest can shut down");
-    }
-    if (d->state == kStateCrashed)
-      throw ConflictError("VM '" + name + "' crashed (panicked); reset or destroy it");
-    d->reboot_requested = false;  // a shutdown after a reboot request shuts it down
-  }
-  link->execute("system_powerdown");
-}
+void Domains::shutdown(const std::string& name) { press_power_button(name, false); }
 
 // As libvirt's QEMU driver: the guest is asked (ACPI power button) and shuts down in order,
 // then the daemon boots it again instead of leaving it off. A guest that ignores the button
 // goes on running; `reset` is the hard way.
-void Domains::reboot(const std::string& name) {
+void Domains::reboot(const std::string& name) { press_power_button(name, true); }
+
+void Domains::press_power_button(const std::string& name, bool reboot) {
   auto d = find(name);
   std::lock_guard op(d->op);
+  if (!reboot && cancel_restart(*d, "shutdown")) return;
+  const std::string what = reboot ? "reboot" : "shut down";
   std::shared_ptr<VmmLink> link;
   {
     std::lock_guard lock(d->mutex);
-    link = live_link(*d, "reboot");
+    link = live_link(*d, what.c_str());
     if (d->state == kStatePaused)
-      throw ConflictError("VM '" + name + "' is paused; resume it so the guest can reboot");
+      throw ConflictError("VM '" + name + "' is paused; resume it so the guest can " + what);
     if (d->state == kStateCrashed)
       throw ConflictError("VM '" + name + "' crashed (panicked); reset or destroy it");
-    d->reboot_requested = true;
+    d->reboot_requested = reboot;  // a shutdown after a reboot request shuts it down
   }
   link->execute("system_powerdown");
 }

@@ -110,6 +110,7 @@ class Domains {
   void adopt(const std::shared_ptr<Domain>& d, const VmRecord& record, const std::string& token);
   void recover_one(const std::shared_ptr<Domain>& d, const VmRecord& record);
   bool cancel_restart(Domain& d, const std::string& reason);
+  void press_power_button(const std::string& name, bool reboot);  // shutdown, reboot
   void kill_point(int point) const;
   void check_host(const VmDefinition& definition);
   std::string on_crash(const std::string& name);
