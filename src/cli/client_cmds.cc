@@ -205,6 +205,8 @@ void print_info(const json& vm) {
   if (def.contains("test_guest")) row("Test guest:", def["test_guest"].get<std::string>());
   row("Disks:", std::to_string(def.value("disks", json::array()).size()));
   row("Networks:", std::to_string(def.value("nets", json::array()).size()));
+  row("Autostart:", def.value("autostart", false) ? "enable" : "disable");  // as virsh dominfo
+  row("On crash:", def.value("on_crash", "destroy"));
   if (vm.contains("control_socket")) row("Control socket:", vm["control_socket"].get<std::string>());
   row("Log:", vm.value("log", "-"));
 }

@@ -402,6 +402,9 @@ TEST_F(ManagerDaemonTest, RedefineDumpdefAndEdit) {
   EXPECT_NE(put.body.find("shut it down to change vcpus"), std::string::npos) << put.body;
   ASSERT_EQ(keel({"autostart", "v1"}).exit_code, 0);  // needs no restart: allowed while running
   EXPECT_EQ(info("v1")["definition"]["autostart"], true);
+  CommandResult shown = keel({"info", "v1"});
+  EXPECT_NE(shown.out.find("Autostart:       enable\n"), std::string::npos) << shown.out;
+  EXPECT_NE(shown.out.find("On crash:        destroy\n"), std::string::npos) << shown.out;
   api().call("POST", "/v1/vms/v1/destroy");
   // A PUT of a new name defines it; a body naming another VM is refused.
   EXPECT_EQ(api().request("PUT", "/v1/vms/v2", definition("v2").dump()).status, 201);
