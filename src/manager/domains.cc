@@ -653,6 +653,9 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     d->reason = reason;
     d->started_at = Clock::now();
     d->changed.notify_all();
+    // Said now, before the guest runs: a guest that resets at once would otherwise end before
+    // the start returns, and its start would never be announced (its reset and restart would).
+    publish("started", *d);
     watch(d, link, generation);  // from here on the supervisor reaps it
   }
   kill_point(8);
@@ -672,8 +675,6 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     }
   }
   kill_point(9);
-  std::lock_guard lock(d->mutex);
-  if (d->link == link) publish("started", *d);
 }
 
 void Domains::watch(const std::shared_ptr<Domain>& d, std::shared_ptr<VmmLink> link,
