@@ -8,10 +8,12 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libzydis-dev libxbyak-dev libslirp-dev libglib2.0-dev liburing-dev nlohmann-json3-dev libcli11-dev
   libfmt-dev libspdlog-dev libsqlite3-dev libseccomp-dev
+  libboost1.81-dev
   zlib1g-dev liblzma-dev liblz4-dev libzstd-dev
   ccache busybox-static cpio e2fsprogs acpica-tools fio qemu-system-x86 iproute2 python3 curl
   clang libclang-rt-14-dev
   qemu-utils libext2fs-dev libisofs-dev fdisk gdisk mtools dosfstools xorriso mmdebstrap
+  nodejs chromium prometheus
 )
 
 missing=()
@@ -23,4 +25,17 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# npm: Debian's, unless the node installed already brings its own.
+if ! command -v npm >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends npm
+fi
+# The web console's packages (esbuild, xterm.js, uPlot; puppeteer-core for the browser tests),
+# as web/package-lock.json pins them, from the npm registry.
+web="$(dirname "$0")/../web"
+if [ ! -d "$web/node_modules" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+  echo "install-deps: npm ci in web/"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
 fi

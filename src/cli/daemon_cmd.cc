@@ -1,4 +1,4 @@
-// keel daemon [--state-dir DIR] [--socket PATH]
+// keel daemon [--state-dir DIR] [--socket PATH] [--http ADDRESS:PORT]
 #include <signal.h>
 #include <unistd.h>
 
@@ -33,6 +33,12 @@ void add_daemon_verb(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"on", "off"}));
   cmd->add_option("--pidfile", options->pidfile, "Write the daemon's pid here once it serves")
       ->type_name("PATH");
+  cmd->add_option("--http", options->api.http_listen,
+                  "Serve the web console and /metrics on ADDRESS:PORT (e.g. 127.0.0.1:8006; "
+                  "loopback only unless --http-allow-remote)");
+  cmd->add_flag("--http-allow-remote", options->api.http_allow_remote,
+                "Let --http listen on an address other hosts can reach (plain HTTP: use a TLS "
+                "proxy or an SSH tunnel)");
   cmd->add_flag("--cgroups,!--no-cgroups", options->cgroups,
                 "One cgroup v2 per VM (found and killed by the next daemon if this one dies)");
   // Tests and benchmarks run the daemon with a stand-in VMM; hidden from --help.

@@ -25,6 +25,7 @@ constexpr keel::cli::AddVerb kVerbs[] = {
     keel::cli::add_client_verbs,  // define, undefine, start, shutdown, ..., console, events, version
     keel::cli::add_img_verb,
     keel::cli::add_doc_verbs,     // help, completion, manpage
+    keel::cli::add_stats_verb,
 };
 
 bool is_global_flag(const char* arg) {

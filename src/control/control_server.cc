@@ -56,7 +56,7 @@ const char* const kCommands[] = {
     "qmp_capabilities", "query-status",  "query-cpus-fast", "query-cpus", "query-commands",
     "query-version",    "query-name",    "query-kvm",       "stop",       "cont",
     "system_powerdown", "system_reset",  "quit",            "human-monitor-command",
-    "console-attach"};
+    "console-attach",   "query-stats"};
 
 // The QMP dialect keel speaks is a subset of QEMU 7.2's (Debian 12's) schema: the commands above
 // with 7.2's names and reply shapes. Clients gate features on the greeting's version, so it
@@ -524,6 +524,10 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
     if (!args.contains("command-line"))
       throw CommandError{"GenericError", "Parameter 'command-line' is missing"};
     return human_monitor(target_, line);
+  }
+  if (name == "query-stats") {  // control/query_stats.cc
+    expect_no_arguments(name, args);
+    return target_.query_stats();
   }
   if (name == "stop") {
     expect_no_arguments(name, args);

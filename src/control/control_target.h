@@ -66,6 +66,10 @@ class ControlTarget {
   virtual VmIdentity identity() { return {}; }
   // Every vCPU's registers as QEMU's `info registers` prints them (human-monitor-command).
   virtual std::string info_registers() { throw std::runtime_error("no registers to show"); }
+  // What the VM has counted (query-stats, control/query_stats.cc): engine, uptime, per vCPU CPU
+  // time and exits or instructions, per disk and network device bytes and requests. The default
+  // refuses (a target without counters).
+  virtual nlohmann::json query_stats();
 
   // The control server installs its callbacks once, before it serves clients. The target keeps
   // them until it is destroyed and calls them for every lifecycle event and console output.

@@ -34,6 +34,7 @@ class MachineTarget : public ControlTarget {
   std::vector<CpuInfo> query_cpus() override;
   VmIdentity identity() override;
   std::string info_registers() override;
+  nlohmann::json query_stats() override;  // control/query_stats.cc
   void set_event_callback(EventCallback callback) override;
   void set_console_callback(ConsoleCallback callback) override;
   // Loop thread (the control server's dispatch). Queues what the UART cannot take yet; beyond

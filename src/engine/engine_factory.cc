@@ -1,9 +1,12 @@
 #include "engine/engine_factory.h"
 
+#include <cstdlib>
+
 #include "base/error.h"
 #include "engine/emu/emu_engine.h"
 #include "engine/emu/platform/pc_platform.h"
 #include "engine/kvm/kvm_engine.h"
+#include "engine/kvm/kvm_vcpu.h"
 
 namespace keel {
 
@@ -44,6 +47,23 @@ uint32_t max_vcpus(Accel accel) {
     case Accel::kAuto: break;
   }
   return 255;  // xAPIC ids 0..254 (0xFF is the broadcast id): keel's MADT
+}
+
+VcpuCounters vcpu_counters(Vcpu& vcpu) {
+  VcpuCounters out;
+  // The factory is the one place that knows both engines' vCPU types.
+  if (auto* kvm = dynamic_cast<KvmVcpu*>(&vcpu)) {
+    for (const auto& [name, count] : kvm->exit_counts()) out.exits.emplace_back(name, count);
+  } else if (auto* emu = dynamic_cast<emu::EmuVcpu*>(&vcpu)) {
+    emu::Cpu& cpu = emu->cpu();
+    // As EmuEngine decides whether translated code counts (emu_engine.cc).
+    bool counted = cpu.jit_stats() == nullptr;
+    for (const char* name : {"KEEL_EMU_STATS", "KEEL_EMU_PROFILE"})
+      if (const char* v = std::getenv(name); v && *v == '1') counted = true;
+    // The vCPU thread alone writes the count; an aligned 64-bit load does not tear on x86-64.
+    if (counted) out.instructions = cpu.instructions();
+  }
+  return out;
 }
 
 std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, EngineConfig config) {

@@ -1,9 +1,13 @@
 // Which engine runs a VM, and creating it.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "engine/engine.h"
 #include "engine/kvm/kvm_probe.h"
@@ -34,6 +38,15 @@ sandbox::AllowList main_thread_syscalls(std::string_view engine_name);
 // The most vCPUs the engine runs (for kAuto: the most either engine runs, as the choice is not
 // made yet). keel run, the machine and the daemon's definitions check counts against it.
 uint32_t max_vcpus(Accel accel);
+// What a vCPU has counted (metrics), readable from any thread while it runs: its exits to
+// userspace by reason (kvm), and the guest instructions it retired (emu, only where every one is
+// counted: the interpreter tier, or translated code built to count with KEEL_EMU_STATS or
+// KEEL_EMU_PROFILE; counting costs translated code an add per block, so it is not forced on).
+struct VcpuCounters {
+  std::vector<std::pair<std::string, uint64_t>> exits;
+  std::optional<uint64_t> instructions;
+};
+VcpuCounters vcpu_counters(Vcpu& vcpu);
 
 // Creates the engine. `auto` runs probe_kvm() and choose_engine() first.
 std::unique_ptr<Engine> create_engine(Accel accel, EngineContext context, EngineConfig config);

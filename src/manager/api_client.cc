@@ -1,164 +1,160 @@
 #include "manager/api_client.h"
 
-#include <sys/socket.h>
-
 #include <algorithm>
-#include <cerrno>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 
 #include "control/unix_socket.h"
 
 namespace keel::manager {
 
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
 using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using error_code = boost::system::error_code;
 
 namespace {
 
-constexpr size_t kMaxHeader = 64 * 1024;
+constexpr uint32_t kMaxHeader = 64 * 1024;
+constexpr uint64_t kMaxBody = 64u << 20;  // a whole answer held in memory (streams: no limit)
 
-// Reads from a connected socket until a deadline (none once it is lifted for a stream's body).
-class Reader {
+// One exchange with the daemon on its own io_context: each asynchronous step runs until it
+// completes, the deadline passes (the socket is cancelled: "did not answer in time") or `stop`
+// says so (checked every 200 ms).
+class Exchange {
  public:
-  Reader(int fd, std::chrono::milliseconds timeout)
-      : fd_(fd), deadline_(std::chrono::steady_clock::now() + timeout) {}
-  void lift_deadline() { deadline_ = std::chrono::steady_clock::time_point::max(); }
+  Exchange(UniqueFd fd, std::chrono::milliseconds timeout)
+      : socket_(ioc_, asio::local::stream_protocol(), fd.release()),
+        deadline_(Clock::now() + timeout) {}
 
-  // Appends what arrives to buffer_; false at end of stream.
-  bool fill(const std::function<bool()>& stop = nullptr) {
-    char buf[16384];
-    for (;;) {
-      if (stop) {
-        // Wake up now and then to let the caller stop a stream that has nothing to say.
-        while (!control::wait_readable(fd_, std::chrono::milliseconds(200))) {
-          if (stop()) return false;
-        }
-      } else if (!control::wait_readable(fd_, left())) {
-        throw Error("the daemon did not answer in time");
-      }
-      ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw_errno("read from the daemon");
-      if (n == 0) return false;
-      buffer_.append(buf, static_cast<size_t>(n));
-      return true;
-    }
+  void lift_deadline() { deadline_ = Clock::time_point::max(); }
+
+  void write(const http::request<http::string_body>& req, error_code& ec) {
+    run([&](auto done) { http::async_write(socket_, req, done); }, nullptr, ec);
   }
-  std::string& buffer() { return buffer_; }
+  void read_header(http::response_parser<http::buffer_body>& p) {
+    error_code ec;
+    run([&](auto done) { http::async_read_header(socket_, buffer_, p, done); }, nullptr, ec);
+    if (ec) throw Error(describe(ec));
+  }
+  // Reads the next piece of the body into `buf`; returns its size. false at the end.
+  bool read_some(http::response_parser<http::buffer_body>& p, char* buf, size_t size,
+                 size_t& got, const std::function<bool()>& stop) {
+    got = 0;
+    if (p.is_done()) return false;
+    p.get().body().data = buf;
+    p.get().body().size = size;
+    error_code ec;
+    bool stopped = !run([&](auto done) { http::async_read_some(socket_, buffer_, p, done); }, stop,
+                        ec);
+    got = size - p.get().body().size;
+    if (stopped) return false;
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec == http::error::end_of_stream && got == 0) return false;
+    if (ec) throw Error(describe(ec));
+    return true;
+  }
 
  private:
-  std::chrono::milliseconds left() const {
-    if (deadline_ == std::chrono::steady_clock::time_point::max()) return std::chrono::hours(24);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline_ - std::chrono::steady_clock::now());
-    return std::max(ms, std::chrono::milliseconds(0));
+  static std::string describe(error_code ec) {
+    if (ec == asio::error::timed_out) return "the daemon did not answer in time";
+    if (ec == http::error::end_of_stream || ec == asio::error::eof)
+      return "the daemon closed the connection without an answer";
+    if (ec == http::error::partial_message) return "the daemon ended its answer early";
+    return "the daemon's answer: " + ec.message();
   }
 
-  int fd_;
-  std::chrono::steady_clock::time_point deadline_;
-  std::string buffer_;
+  // Starts `op` with a completion handler and runs the context until it completes. false if
+  // `stop` ended it; `ec` is its result (timed_out past the deadline).
+  template <typename Op>
+  bool run(Op op, const std::function<bool()>& stop, error_code& ec) {
+    bool done = false;
+    op([&](error_code e, size_t) {
+      done = true;
+      ec = e;
+    });
+    bool expired = false, stopped = false;
+    ioc_.restart();
+    while (!done) {
+      auto now = Clock::now();
+      if (!expired && !stopped && (now >= deadline_ || (stop && stop()))) {
+        (now >= deadline_ ? expired : stopped) = true;
+        error_code ignored;
+        socket_.cancel(ignored);  // the operation completes, aborted
+      }
+      auto slice = std::chrono::milliseconds(200);
+      if (!expired && !stopped && deadline_ != Clock::time_point::max())
+        slice = std::min(slice, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    deadline_ - now) + std::chrono::milliseconds(1));
+      ioc_.run_one_for(slice);
+    }
+    if (expired) ec = asio::error::timed_out;
+    return !stopped;
+  }
+
+  asio::io_context ioc_{1};
+  asio::local::stream_protocol::socket socket_;
+  beast::flat_buffer buffer_;
+  Clock::time_point deadline_;
 };
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
+UniqueFd connect(const std::string& socket_path, std::chrono::milliseconds timeout) {
+  try {
+    return control::connect_unix(socket_path, timeout, false);
+  } catch (const Error& e) {
+    throw Error(std::string("cannot reach the keel daemon: ") + e.what());
+  }
 }
 
-// Sends the request and parses the status line and headers; the body is left in the reader.
-HttpResponse start_exchange(int fd, Reader& reader, const std::string& method,
-                            const std::string& path, std::string_view body,
-                            const std::string& content_type, std::chrono::milliseconds timeout) {
-  std::string request = method + " " + path + " HTTP/1.1\r\nHost: keel\r\nConnection: close\r\n";
+// Sends the request and reads the status line and headers; the body is left to read.
+HttpResponse start_exchange(Exchange& ex, http::response_parser<http::buffer_body>& parser,
+                            const std::string& method, const std::string& path,
+                            std::string_view body, const std::string& content_type) {
+  http::request<http::string_body> req(http::string_to_verb(method), path, 11);
+  if (req.method() == http::verb::unknown) req.method_string(method);
+  req.set(http::field::host, "keel");
+  req.keep_alive(false);
   if (!body.empty() || method == "POST" || method == "PUT") {
-    request += "Content-Type: " + content_type + "\r\n";
-    request += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    req.set(http::field::content_type, content_type);
+    req.body() = std::string(body);
+    req.prepare_payload();
   }
-  request += "\r\n";
-  request.append(body);
   // A daemon that refuses the request early (a body over its limit) answers and closes before
   // the body is sent: the answer is still there to read after the write fails.
-  std::exception_ptr write_error;
+  error_code write_error;
+  ex.write(req, write_error);
+  parser.header_limit(kMaxHeader);
   try {
-    control::write_all(fd, request, timeout);
+    ex.read_header(parser);
   } catch (const Error&) {
-    write_error = std::current_exception();
+    if (write_error) throw Error("cannot send to the keel daemon: " + write_error.message());
+    throw;
   }
-
-  size_t end;
-  while ((end = reader.buffer().find("\r\n\r\n")) == std::string::npos) {
-    if (reader.buffer().size() > kMaxHeader) throw Error("the daemon sent an oversized header");
-    bool more = false;
-    try {
-      more = reader.fill();
-    } catch (const Error&) {
-      if (write_error) std::rethrow_exception(write_error);
-      throw;
-    }
-    if (!more) {
-      if (write_error) std::rethrow_exception(write_error);
-      throw Error("the daemon closed the connection without an answer");
-    }
-  }
-  std::string head = reader.buffer().substr(0, end);
-  reader.buffer().erase(0, end + 4);
-
   HttpResponse response;
-  size_t line_end = head.find("\r\n");
-  std::string status_line = head.substr(0, line_end);
-  if (status_line.rfind("HTTP/1.", 0) != 0 || status_line.size() < 12) {
-    throw Error("the daemon sent a malformed status line");
-  }
-  response.status = std::atoi(status_line.c_str() + 9);
-  size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
-  while (pos < head.size()) {
-    size_t next = head.find("\r\n", pos);
-    if (next == std::string::npos) next = head.size();
-    std::string line = head.substr(pos, next - pos);
-    size_t colon = line.find(':');
-    if (colon != std::string::npos) {
-      std::string value = line.substr(colon + 1);
-      value.erase(0, value.find_first_not_of(" \t"));
-      response.headers[lower(line.substr(0, colon))] = value;
-    }
-    pos = next + 2;
+  response.status = static_cast<int>(parser.get().result_int());
+  for (const auto& field : parser.get()) {
+    std::string name(field.name_string());
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    response.headers[name] = std::string(field.value());
   }
   return response;
 }
 
-// Reads the body, handing it to `sink` piece by piece.
-void read_body(Reader& reader, const HttpResponse& response,
+// Reads the body, handing it to `sink` piece by piece until it returns false or it ends.
+void read_body(Exchange& ex, http::response_parser<http::buffer_body>& parser,
                const std::function<bool(std::string_view)>& sink,
                const std::function<bool()>& stop) {
-  auto te = response.headers.find("transfer-encoding");
-  if (te != response.headers.end() && lower(te->second).find("chunked") != std::string::npos) {
-    for (;;) {
-      size_t line_end;
-      while ((line_end = reader.buffer().find("\r\n")) == std::string::npos) {
-        if (!reader.fill(stop)) return;
-      }
-      size_t size = std::stoul(reader.buffer().substr(0, line_end), nullptr, 16);
-      reader.buffer().erase(0, line_end + 2);
-      if (size == 0) return;
-      while (reader.buffer().size() < size + 2) {
-        if (!reader.fill(stop)) throw Error("the daemon ended a chunked body early");
-      }
-      if (!sink(std::string_view(reader.buffer().data(), size))) return;
-      reader.buffer().erase(0, size + 2);
-    }
-  }
-  auto cl = response.headers.find("content-length");
-  if (cl != response.headers.end()) {
-    size_t length = std::stoul(cl->second);
-    while (reader.buffer().size() < length) {
-      if (!reader.fill(stop)) throw Error("the daemon ended the body early");
-    }
-    sink(std::string_view(reader.buffer().data(), length));
-    return;
-  }
+  char buf[16384];
+  size_t got = 0;
   for (;;) {
-    if (!reader.buffer().empty()) {
-      if (!sink(reader.buffer())) return;
-      reader.buffer().clear();
-    }
-    if (!reader.fill(stop)) return;
+    bool more = ex.read_some(parser, buf, sizeof buf, got, stop);
+    if (got && !sink(std::string_view(buf, got))) return;
+    if (!more) return;
   }
 }
 
@@ -176,15 +172,11 @@ void read_body(Reader& reader, const HttpResponse& response,
 
 HttpResponse ApiClient::request(const std::string& method, const std::string& path,
                                 std::string_view body, const std::string& content_type) {
-  UniqueFd fd;
-  try {
-    fd = control::connect_unix(socket_path_, timeout_, false);
-  } catch (const Error& e) {
-    throw Error(std::string("cannot reach the keel daemon: ") + e.what());
-  }
-  Reader reader(fd.get(), timeout_);
-  HttpResponse response = start_exchange(fd.get(), reader, method, path, body, content_type, timeout_);
-  read_body(reader, response, [&](std::string_view piece) {
+  Exchange ex(connect(socket_path_, timeout_), timeout_);
+  http::response_parser<http::buffer_body> parser;
+  parser.body_limit(kMaxBody);
+  HttpResponse response = start_exchange(ex, parser, method, path, body, content_type);
+  read_body(ex, parser, [&](std::string_view piece) {
     response.body.append(piece);
     return true;
   }, nullptr);
@@ -203,24 +195,21 @@ json ApiClient::call(const std::string& method, const std::string& path, const j
 void ApiClient::stream(const std::string& path,
                        const std::function<bool(std::string_view)>& on_data,
                        const std::function<bool()>& stop, const std::function<void()>& on_open) {
-  UniqueFd fd;
-  try {
-    fd = control::connect_unix(socket_path_, timeout_, false);
-  } catch (const Error& e) {
-    throw Error(std::string("cannot reach the keel daemon: ") + e.what());
-  }
-  Reader reader(fd.get(), timeout_);
-  HttpResponse response = start_exchange(fd.get(), reader, "GET", path, {}, {}, timeout_);
+  Exchange ex(connect(socket_path_, timeout_), timeout_);
+  http::response_parser<http::buffer_body> parser;
+  parser.body_limit(boost::none);  // a stream lasts as long as its reader wants
+  HttpResponse response = start_exchange(ex, parser, "GET", path, {}, {});
   if (response.status < 200 || response.status >= 300) {
-    read_body(reader, response, [&](std::string_view piece) {
+    parser.body_limit(kMaxBody);
+    read_body(ex, parser, [&](std::string_view piece) {
       response.body.append(piece);
       return true;
     }, nullptr);
     throw_api_error(response);
   }
   if (on_open) on_open();
-  reader.lift_deadline();  // a stream lasts as long as its reader wants
-  read_body(reader, response, on_data, stop ? stop : [] { return false; });
+  ex.lift_deadline();
+  read_body(ex, parser, on_data, stop ? stop : [] { return false; });
 }
 
 }  // namespace keel::manager

@@ -1,6 +1,5 @@
-// A small HTTP/1.1 client for the daemon's API on its unix socket (cpp-httplib 0.11, Debian 12's,
-// cannot connect to AF_UNIX). One connection per request ("Connection: close"); bodies by
-// Content-Length, chunked transfer encoding or end of stream.
+// The client of the daemon's API on its unix socket (Boost.Beast): one connection per request
+// ("Connection: close"); bodies by Content-Length, chunked transfer encoding or end of stream.
 #pragma once
 
 #include <chrono>

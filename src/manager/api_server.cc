@@ -99,6 +99,28 @@ class ConsoleStream : public ResponseStream {
   uint64_t position_;
 };
 
+// The console as a WebSocket (the web console's terminal): output as binary messages, each
+// message from the client typed into the guest.
+class ConsoleSocket : public WebSocketSession {
+ public:
+  ConsoleSocket(Domains& domains, Metrics& metrics, std::string name,
+                std::shared_ptr<ByteHistory> history, uint64_t position)
+      : domains_(domains), metrics_(metrics), name_(std::move(name)),
+        output_(std::move(history), position) {}
+  int wait_fd() const override { return output_.wait_fd(); }
+  std::optional<std::string> next() override { return output_.next(); }
+  void on_message(std::string_view data) override {
+    domains_.console_write(name_, data);
+    metrics_.add_console_input(name_, data.size());
+  }
+
+ private:
+  Domains& domains_;
+  Metrics& metrics_;
+  std::string name_;
+  ConsoleStream output_;
+};
+
 // Lifecycle events (one JSON object per line) from now on.
 class EventStream : public ResponseStream {
  public:
@@ -170,7 +192,30 @@ ApiServer::ApiServer(Domains& domains, const std::string& socket_path, ApiOption
   options.http.max_body_bytes = kMaxBody;
   options.http.authorize = [group](const PeerCredentials& peer) { return authorized(peer, group); };
   server_ = std::make_unique<HttpServer>(std::move(listening), options.http);
+  server_->set_observer([this](const HttpRequest& req, int status, double seconds) {
+    metrics_.observe_request(req.method, req.route.empty() ? "(none)" : req.route, status, seconds);
+  });
+  if (!options.http_listen.empty()) {
+    HttpListen listen = parse_http_listen(options.http_listen);
+    if (!listen.loopback && !options.http_allow_remote)
+      throw UsageError("--http " + options.http_listen +
+                       ": not a loopback address. The web console speaks plain HTTP, and whoever "
+                       "has its token controls every VM: put it behind a TLS proxy or an SSH "
+                       "tunnel, or add --http-allow-remote if other hosts should reach it as it is");
+    web_ = std::make_unique<WebAccess>(options.token_file);
+    uint16_t port = server_->listen_tcp(listen.address, listen.port);
+    bool v6 = listen.address.find(':') != std::string::npos;
+    web_address_ = (v6 ? "[" + listen.address + "]" : listen.address) + ":" + std::to_string(port);
+    server_->set_gate([web = web_.get()](HttpRequest& req, HttpReply& res) {
+      return web->gate(req, res);
+    });
+  }
   routes();
+}
+
+std::string ApiServer::web_url() const {
+  if (!web_) return {};
+  return "http://" + web_address_ + "/?token=" + web_->token();
 }
 
 ApiServer::~ApiServer() {
@@ -262,8 +307,32 @@ void ApiServer::routes() {
   s.route("POST", R"(/v1/vms/([^/]+)/console)", [this](Req req, Res res) {
     guarded(res, [&] {
       domains_.console_write(vm_name(req), req.body);
+      metrics_.add_console_input(vm_name(req), req.body.size());
       reply(res, 200, json::object());
     });
+  });
+  // The console as a WebSocket (the web console's terminal), from its recent history on.
+  s.route("GET", R"(/v1/vms/([^/]+)/console/ws)", [this](Req req, Res res) {
+    guarded(res, [&] {
+      std::string name = vm_name(req);
+      auto console = domains_.console(name, true);  // a stopped VM's: its last run's output
+      res.websocket = std::make_unique<ConsoleSocket>(domains_, metrics_, name, console, 0);
+    });
+  });
+
+  // Metrics: one VM as JSON (keel stats), every VM and the API as Prometheus text.
+  s.route("GET", R"(/v1/vms/([^/]+)/stats)", [this](Req req, Res res) {
+    guarded(res, [&] { reply(res, 200, metrics_.vm_stats(domains_, vm_name(req))); });
+  });
+  s.route("GET", "/metrics", [this](Req, Res res) {
+    res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    res.body = metrics_.prometheus(domains_);
+  });
+
+  // The web console's page and its assets (embedded in keel).
+  s.route("GET", R"(/|/index\.html|/assets/[A-Za-z0-9._-]+)", [](Req req, Res res) {
+    if (!serve_web_asset(req.path, res))
+      reply_error(res, 404, "no_route", "no such file: " + req.path);
   });
 
   s.route("GET", "/v1/events", [this](Req, Res res) {

@@ -15,12 +15,19 @@
 
 #include "manager/domains.h"
 #include "manager/http_server.h"
+#include "manager/metrics.h"
+#include "manager/web_console.h"
 
 namespace keel::manager {
 
 struct ApiOptions {
   std::string group = "keel";  // members may use the API; ignored when no such group exists
   HttpServerOptions http;      // limits and deadlines (tests shorten them)
+  // The web console's TCP listener ("127.0.0.1:8006"; empty: none). Anything but a loopback
+  // address is refused unless `http_allow_remote`.
+  std::string http_listen;
+  bool http_allow_remote = false;
+  std::string token_file;  // the web console's token (web_console.h)
 };
 
 class ApiServer {
@@ -41,11 +48,17 @@ class ApiServer {
   // Whether `peer` may use the API (root, the daemon's user, a member of `group`).
   static bool authorized(const PeerCredentials& peer, std::optional<gid_t> group);
 
+  // The web console's address with its login token ("" without --http).
+  std::string web_url() const;
+
  private:
   void routes();
 
   Domains& domains_;
   std::string socket_path_;
+  Metrics metrics_;
+  std::unique_ptr<WebAccess> web_;
+  std::string web_address_;  // "127.0.0.1:8006" as listening
   std::unique_ptr<HttpServer> server_;
 };
 

@@ -84,12 +84,14 @@ Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {
   domains_ = std::make_unique<Domains>(*store_, domains);
   domains_->recover();
   options_.api.group = options_.group;
+  options_.api.token_file = options_.state_dir + "/http.token";
   api_ = std::make_unique<ApiServer>(*domains_, options_.socket_path, options_.api);
   domains_->autostart();
   if (!options_.pidfile.empty()) write_pidfile(options_.pidfile);
   log::info("daemon: keel {} serving {} (state in {})", kVersion, options_.socket_path,
             options_.state_dir);
   notify_systemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
+  if (std::string url = api_->web_url(); !url.empty()) log::info("daemon: web console at {}", url);
 }
 
 Daemon::~Daemon() {

@@ -984,6 +984,17 @@ json Domains::list() {
   return out;
 }
 
+json Domains::query_vmm(const std::string& name, const std::string& command) {
+  auto d = find(name);
+  std::shared_ptr<VmmLink> link;
+  {
+    std::lock_guard lock(d->mutex);
+    link = d->link;
+  }
+  if (!link) return nullptr;
+  return link->execute(command, json::object(), std::chrono::seconds(5));
+}
+
 std::shared_ptr<ByteHistory> Domains::console(const std::string& name, bool history) {
   auto d = find(name);
   std::lock_guard lock(d->mutex);

@@ -93,6 +93,10 @@ class Domains {
   nlohmann::json info(const std::string& name);
   nlohmann::json list();
 
+  // A query (query-stats, ...) to the VMM of `name`, without the command lock (a long start
+  // does not hold it up); null when no VMM runs. Throws NotFoundError, Error (no answer).
+  nlohmann::json query_vmm(const std::string& name, const std::string& command);
+
   // The console of `name` while it runs: recent output to read from (the history ends when the VM
   // stops), input to write. ConflictError for a VM that is not running, unless `history`: then
   // the last run's output (what it printed before it stopped, for finding out why).

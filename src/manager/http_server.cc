@@ -1,15 +1,21 @@
 #include "manager/http_server.h"
 
-#include <poll.h>
-#include <sys/epoll.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <regex>
 
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
@@ -17,38 +23,24 @@
 
 namespace keel::manager {
 
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
 using Clock = std::chrono::steady_clock;
+using error_code = boost::system::error_code;
+// One socket type for both listeners: unix and TCP connections are served by the same code.
+using Protocol = asio::generic::stream_protocol;
+using Socket = Protocol::socket;
+using Acceptor = asio::basic_socket_acceptor<Protocol>;
 
 namespace {
 
-constexpr size_t kMaxChunkLine = 1024;  // a chunk-size line with its extensions
-
-const char* reason_phrase(int status) {
-  switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-  }
-  return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
-}
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
+  return out;
 }
 
 std::string trim(std::string_view s) {
@@ -58,30 +50,42 @@ std::string trim(std::string_view s) {
   return std::string(s.substr(b, e - b + 1));
 }
 
-bool is_token(std::string_view s) {
-  if (s.empty()) return false;
-  for (unsigned char c : s)
-    if (c <= 32 || c >= 127 || std::strchr("()<>@,;:\\\"/[]?={}", c)) return false;
-  return true;
+// "/v1/vms/([^/]+)/start" -> "/v1/vms/{}/start": a route's name in logs and metrics.
+std::string route_name(const std::string& pattern) {
+  return std::regex_replace(pattern, std::regex(R"(\([^)]*\))"), "{}");
 }
 
-// A request the server refuses before any handler sees it.
-struct Refusal {
-  int status;
-  std::string code;
-  std::string message;
-};
-
-std::string response_head(int status, const std::string& content_type, size_t length,
-                          bool keep_alive) {
-  return "HTTP/1.1 " + std::to_string(status) + " " + reason_phrase(status) +
-         "\r\nContent-Type: " + content_type + "\r\nContent-Length: " + std::to_string(length) +
-         "\r\nConnection: " + (keep_alive ? "keep-alive" : "close") + "\r\n\r\n";
+std::map<std::string, std::string> parse_query(std::string_view query) {
+  std::map<std::string, std::string> out;
+  for (size_t pos = 0; pos <= query.size();) {
+    size_t amp = query.find('&', pos);
+    if (amp == std::string_view::npos) amp = query.size();
+    std::string_view pair = query.substr(pos, amp - pos);
+    size_t eq = pair.find('=');
+    if (!pair.empty())
+      out[std::string(pair.substr(0, eq))] =
+          eq == std::string_view::npos ? "" : std::string(pair.substr(eq + 1));
+    pos = amp + 1;
+  }
+  return out;
 }
 
-int ms_until(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-  return static_cast<int>(std::clamp<int64_t>(left.count(), 0, 1 << 30));
+std::string tcp_peer_address(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "?";
+  char text[INET6_ADDRSTRLEN] = "?";
+  if (addr.ss_family == AF_INET)
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, text, sizeof text);
+  else if (addr.ss_family == AF_INET6)
+    ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, text, sizeof text);
+  return text;
+}
+
+// Whether the peer of a socket whose input has ended has hung up completely (POLLHUP).
+bool hung_up(int fd) {
+  pollfd p{fd, 0, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL));
 }
 
 }  // namespace
@@ -91,483 +95,641 @@ std::string HttpServer::error_body(const std::string& code, const std::string& m
   return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
-// One client connection. It is owned by exactly one place at a time: the I/O thread's table while
-// a request is read, the ready queue, a worker, or a stream thread. Its peer's counts are given
-// back when it is destroyed.
-struct HttpServer::Connection {
-  enum Phase { kIdle, kHead, kBody, kChunkSize, kChunkData, kChunkTrailer, kDone };
+class Connection;
 
-  Connection(HttpServer& s, UniqueFd f, PeerCredentials p, bool ok)
-      : server(s), fd(std::move(f)), peer(std::move(p)), authorized(ok) {}
-  ~Connection() { server.release(*this); }
+struct HttpServer::Impl {
+  struct Route {
+    std::string method;
+    std::regex pattern;
+    std::string name;
+    Handler handler;
+  };
+  struct Refusal {
+    int status;
+    std::string code;
+    std::string message;
+  };
 
-  void next_request(Clock::time_point now) {
-    phase = kIdle;
-    request = HttpRequest{};
-    request.peer = peer;
-    body_left = 0;
-    trailer_bytes = 0;
-    keep_alive = true;
-    deadline = now + server.options_.idle_timeout;
-  }
+  explicit Impl(HttpServerOptions o)
+      : options(std::move(o)),
+        pool(std::make_unique<asio::thread_pool>(std::max<size_t>(options.workers, 1))) {}
+  ~Impl();
 
-  HttpServer& server;
-  UniqueFd fd;
-  PeerCredentials peer;
-  bool authorized;
-  std::string in;  // received, not yet parsed
-  Phase phase = kIdle;
-  HttpRequest request;
-  size_t body_left = 0;  // kBody: bytes still to come; kChunkData: bytes of this chunk
-  size_t trailer_bytes = 0;
-  bool keep_alive = true;
-  Clock::time_point deadline;
-  std::optional<Refusal> refusal;  // set by parse(): answer this and close
+  void accept(Acceptor& acceptor, bool tcp);
+  void on_accept(Socket socket, bool tcp);
+  void handle(HttpRequest& req, HttpReply& res, bool authorized);
+  void stop();
+
+  // Counts, taken and given back under `mutex`. `who` names the peer ("uid 1000").
+  std::optional<Refusal> admit(const std::string& who);
+  void release(const std::string& who);
+  std::optional<Refusal> take_stream(const std::string& who);
+  void release_stream(const std::string& who);
+
+  const HttpServerOptions options;
+  std::vector<Route> routes;
+  Gate gate;
+  Observer observer;
+
+  mutable std::mutex mutex;  // guards everything below up to ioc
+  size_t connections = 0;
+  std::map<std::string, size_t> connections_per_peer;
+  size_t streams = 0;
+  std::map<std::string, size_t> streams_per_peer;
+  bool stopping = false;
+  uint64_t next_id = 1;
+  std::map<uint64_t, std::weak_ptr<Connection>> live;  // to close them all on stop()
+
+  // Destroyed before the members above: pending handlers hold connections, which give their
+  // counts back as they go.
+  asio::io_context ioc{1};
+  std::vector<std::unique_ptr<Acceptor>> listeners;
+  std::unique_ptr<asio::thread_pool> pool;  // handlers (they may block)
 };
 
-HttpServer::HttpServer(UniqueFd listening, HttpServerOptions options)
-    : options_(std::move(options)), listen_(std::move(listening)) {
-  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll_) throw_errno("epoll_create1");
-  for (int fd : {listen_.get(), wake_.fd()}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno("epoll_ctl");
+// One client connection, from accept to close. Its I/O runs on the I/O thread; handlers run on
+// the pool, holding a reference, and post their reply back. A connection reads a request, hands
+// it to a handler, writes the reply, and then reads the next (keep-alive), streams (until the
+// stream ends or the client goes) or speaks WebSocket.
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(HttpServer::Impl& server, Socket socket, bool tcp, PeerCredentials peer,
+             std::string who, std::string remote, bool authorized, uint64_t id)
+      : server_(server), socket_(std::move(socket)), timer_(server.ioc), tcp_(tcp),
+        peer_(std::move(peer)), who_(std::move(who)), remote_(std::move(remote)),
+        authorized_(authorized), id_(id) {}
+  ~Connection() {
+    if (stream_slot_) server_.release_stream(who_);
+    server_.release(who_);
+    std::lock_guard lock(server_.mutex);
+    server_.live.erase(id_);
   }
-  int flags = ::fcntl(listen_.get(), F_GETFL);
-  ::fcntl(listen_.get(), F_SETFL, flags | O_NONBLOCK);
-}
 
-HttpServer::~HttpServer() {
-  stop();
-  for (auto& t : workers_)
-    if (t.joinable()) t.join();
-  std::deque<ConnPtr> ready;
-  std::vector<ConnPtr> returned;
-  {
-    std::unique_lock lock(mutex_);
-    stream_done_.wait(lock, [&] { return stream_threads_ == 0; });
-    ready.swap(ready_);
-    returned.swap(returned_);
+  void start() { next_request(); }
+
+  // Answers with an error and closes (a refusal before or instead of any handler).
+  void refuse(int status, const std::string& code, const std::string& message) {
+    HttpReply reply;
+    reply.status = status;
+    reply.body = HttpServer::error_body(code, message);
+    keep_alive_ = false;
+    write_reply(std::move(reply));
   }
-  // Connections give their counts back under mutex_ as they close: closed outside it.
-  ready.clear();
-  returned.clear();
-  reading_.clear();
-}
 
-void HttpServer::route(const std::string& method, const std::string& pattern, Handler handler) {
-  routes_.push_back(Route{method, std::regex(pattern), std::move(handler)});
-}
-
-size_t HttpServer::stream_count() const {
-  std::lock_guard lock(mutex_);
-  return streams_;
-}
-
-void HttpServer::stop() {
-  {
-    std::lock_guard lock(mutex_);
-    if (stopping_) return;
-    stopping_ = true;
-  }
-  stop_.signal();
-  wake_.signal();
-  work_cv_.notify_all();
-}
-
-void HttpServer::release(const Connection& conn) {
-  std::lock_guard lock(mutex_);
-  --connections_;
-  auto it = connections_per_uid_.find(conn.peer.uid);
-  if (it != connections_per_uid_.end() && --it->second == 0) connections_per_uid_.erase(it);
-}
-
-void HttpServer::serve() {
-  {
-    std::lock_guard lock(mutex_);
-    if (stopping_) return;
-    for (size_t i = 0; i < std::max<size_t>(options_.workers, 1); ++i)
-      workers_.emplace_back([this] { worker(); });
-  }
-  epoll_event events[64];
-  for (;;) {
-    // Sleep until the nearest deadline of a connection that is reading a request.
-    int timeout = -1;
-    for (auto& [fd, conn] : reading_) {
-      int ms = ms_until(conn->deadline);
-      if (timeout < 0 || ms < timeout) timeout = ms;
+  // Closes at once; every pending operation completes and the connection goes.
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    error_code ignored;
+    timer_.cancel();
+    if (wait_) wait_->close(ignored);
+    if (ws_) {
+      ws_->next_layer().shutdown(Socket::shutdown_both, ignored);
+      ws_->next_layer().close(ignored);
+    } else {
+      socket_.shutdown(Socket::shutdown_both, ignored);
+      socket_.close(ignored);
     }
-    int n = ::epoll_wait(epoll_.get(), events, 64, timeout < 0 ? -1 : timeout + 1);
-    if (n < 0 && errno != EINTR) {
-      log::error("api: epoll_wait: {}", std::strerror(errno));
+    stream_.reset();
+    if (stream_slot_) {
+      stream_slot_ = false;
+      server_.release_stream(who_);
+    }
+  }
+
+ private:
+  enum class Phase { kIdle, kHead, kBody, kHandling, kWriting, kStreaming };
+
+  Socket& socket() { return ws_ ? ws_->next_layer() : socket_; }
+
+  // One deadline per phase; trickling bytes do not move it.
+  void arm(Phase phase, std::chrono::milliseconds timeout) {
+    phase_ = phase;
+    timed_out_ = false;
+    timer_.expires_after(timeout);
+    timer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec || self->closed_ || self->timer_.expiry() > Clock::now()) return;
+      self->timed_out_ = true;
+      error_code ignored;
+      self->socket().cancel(ignored);  // the pending read or write completes, aborted
+    });
+  }
+
+  void next_request() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(server_.options.max_header_bytes));
+    parser_->body_limit(server_.options.max_body_bytes);
+    if (buffer_.size() > 0) return read_head();  // a pipelined request is here already
+    arm(Phase::kIdle, server_.options.idle_timeout);
+    socket_.async_wait(Socket::wait_read, [self = shared_from_this()](error_code ec) {
+      if (self->closed_) return;
+      if (ec || self->timed_out_) return self->close();  // idle keep-alive: just close
+      self->read_head();
+    });
+  }
+
+  void read_head() {
+    arm(Phase::kHead, server_.options.header_timeout);
+    http::async_read_header(socket_, buffer_, *parser_,
+                            [self = shared_from_this()](error_code ec, size_t) {
+                              self->on_head(ec);
+                            });
+  }
+
+  std::string limit_text() const { return std::to_string(server_.options.max_body_bytes); }
+
+  void on_head(error_code ec) {
+    if (closed_) return;
+    const auto& o = server_.options;
+    if (timed_out_)
+      return refuse(408, "timeout", "the request's header did not arrive within " +
+                                        std::to_string(o.header_timeout.count()) + " ms");
+    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted)
+      return close();
+    if (ec == http::error::header_limit)
+      return refuse(431, "header_too_large", "request header longer than " +
+                                                 std::to_string(o.max_header_bytes) + " bytes");
+    if (ec == http::error::body_limit)
+      return refuse(413, "too_large",
+                    "request body of " +
+                        (parser_->content_length() ? std::to_string(*parser_->content_length())
+                                                   : std::string("more")) +
+                        " bytes is larger than the " + limit_text() + " allowed");
+    if (ec) return refuse(400, "bad_request", "malformed request: " + ec.message());
+
+    const auto& msg = parser_->get();
+    if (msg.version() != 10 && msg.version() != 11)
+      return refuse(400, "bad_request", "unsupported protocol version");
+    if (msg.target().empty() || msg.target()[0] != '/')
+      return refuse(400, "bad_request", "malformed request line");
+    if (msg.count(http::field::content_encoding) > 1)
+      return refuse(400, "bad_request", "repeated content-encoding header");
+    if (auto ce = msg.find(http::field::content_encoding); ce != msg.end()) {
+      std::string value = trim(ce->value());
+      if (lower(value) != "identity")
+        return refuse(415, "unsupported_encoding",
+                      "Content-Encoding '" + value + "' is not accepted; send the body as it is");
+    }
+    if (auto te = msg.find(http::field::transfer_encoding); te != msg.end()) {
+      std::string value = trim(te->value());
+      if (lower(value) != "chunked")
+        return refuse(501, "not_implemented",
+                      "Transfer-Encoding '" + value + "' is not supported (only chunked)");
+    }
+    if (parser_->is_done()) return dispatch();
+    if (auto ex = msg.find(http::field::expect);
+        ex != msg.end() && lower(trim(ex->value())) == "100-continue") {
+      auto cont = std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
+      asio::async_write(socket_, asio::buffer(*cont),
+                        [self = shared_from_this(), cont](error_code ec, size_t) {
+                          if (ec || self->closed_) return self->close();
+                          self->read_body();
+                        });
       return;
     }
-    for (int i = 0; i < n; ++i) {
-      int fd = events[i].data.fd;
-      if (fd == listen_.get()) {
-        accept_connections();
-      } else if (fd == wake_.fd()) {
-        wake_.consume();
-        std::vector<ConnPtr> back;
-        {
-          std::lock_guard lock(mutex_);
-          if (stopping_) return;
-          back.swap(returned_);
+    read_body();
+  }
+
+  void read_body() {
+    arm(Phase::kBody, server_.options.body_timeout);
+    http::async_read(socket_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
+      self->on_body(ec);
+    });
+  }
+
+  void on_body(error_code ec) {
+    if (closed_) return;
+    if (timed_out_)
+      return refuse(408, "timeout", "the request's body did not arrive within " +
+                                        std::to_string(server_.options.body_timeout.count()) +
+                                        " ms");
+    if (ec == http::error::body_limit)
+      return refuse(413, "too_large",
+                    std::string(parser_->chunked() ? "chunked request body" : "request body") +
+                        " larger than the " + limit_text() + " bytes allowed");
+    if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
+        ec == asio::error::eof || ec == asio::error::connection_reset ||
+        ec == asio::error::operation_aborted)
+      return close();
+    if (ec) return refuse(400, "bad_request", "malformed request body: " + ec.message());
+    dispatch();
+  }
+
+  // A whole request: the handler runs on the pool, the reply comes back to the I/O thread.
+  void dispatch() {
+    timer_.cancel();
+    phase_ = Phase::kHandling;
+    auto& msg = parser_->get();
+    auto req = std::make_shared<HttpRequest>();
+    req->method = std::string(msg.method_string());
+    std::string_view target = msg.target();
+    size_t q = target.find('?');
+    req->path = std::string(target.substr(0, q));
+    if (q != std::string_view::npos) req->query = parse_query(target.substr(q + 1));
+    for (const auto& field : msg) req->headers[lower(field.name_string())] = std::string(field.value());
+    req->body = std::move(msg.body());
+    req->peer = peer_;
+    req->tcp = tcp_;
+    req->remote = remote_;
+    req->websocket = websocket::is_upgrade(msg);
+    keep_alive_ = msg.keep_alive();
+    if (req->websocket) upgrade_ = parser_->release();
+    parser_.reset();
+    asio::post(*server_.pool, [self = shared_from_this(), req] {
+      auto reply = std::make_shared<HttpReply>();
+      auto started = Clock::now();
+      self->server_.handle(*req, *reply, self->authorized_);
+      if (self->server_.observer) {
+        try {
+          self->server_.observer(*req, reply->status,
+                                 std::chrono::duration<double>(Clock::now() - started).count());
+        } catch (const std::exception& e) {
+          log::warn("api: request observer: {}", e.what());
         }
-        for (auto& conn : back) watch(std::move(conn));
-      } else if (auto it = reading_.find(fd); it != reading_.end()) {
-        on_readable(it->second);
+      }
+      asio::post(self->server_.ioc, [self, req, reply] { self->respond(*req, std::move(*reply)); });
+    });
+  }
+
+  void respond(const HttpRequest& req, HttpReply reply) {
+    if (closed_) return;
+    if (reply.websocket && !req.websocket) {
+      reply = HttpReply{};
+      reply.status = 426;
+      reply.body = HttpServer::error_body("upgrade_required", req.path + " speaks WebSocket only");
+    }
+    if (reply.stream || reply.websocket) {
+      if (auto refusal = server_.take_stream(who_)) {
+        reply = HttpReply{};
+        reply.status = refusal->status;
+        reply.body = HttpServer::error_body(refusal->code, refusal->message);
+        keep_alive_ = false;
+      } else {
+        stream_slot_ = true;
+        if (reply.websocket) return accept_websocket(std::move(reply.websocket));
+        return start_stream(std::move(reply.stream), reply.content_type);
       }
     }
-    expire(Clock::now());
+    write_reply(std::move(reply));
   }
-}
 
-void HttpServer::accept_connections() {
-  for (;;) {
-    UniqueFd fd(::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        log::warn("api: accept: {}", std::strerror(errno));
+  void write_reply(HttpReply reply) {
+    auto res = std::make_shared<http::response<http::string_body>>();
+    res->result(static_cast<unsigned>(reply.status));
+    res->version(11);
+    res->set(http::field::content_type, reply.content_type);
+    for (const auto& [name, value] : reply.headers) res->insert(name, value);
+    res->body() = std::move(reply.body);
+    res->keep_alive(keep_alive_);
+    res->prepare_payload();
+    arm(Phase::kWriting, server_.options.write_timeout);
+    http::async_write(socket_, *res, [self = shared_from_this(), res](error_code ec, size_t) {
+      if (self->closed_) return;
+      self->timer_.cancel();
+      if (ec || self->timed_out_) return self->close();
+      if (self->keep_alive_) return self->next_request();
+      self->linger();
+    });
+  }
+
+  // After a last answer: no more output, and what the client still sends is read and dropped
+  // for a moment (bounded), so that closing with unread input does not reset the connection
+  // before the client has read the answer.
+  void linger() {
+    error_code ignored;
+    socket_.shutdown(Socket::shutdown_send, ignored);
+    arm(Phase::kWriting, std::chrono::milliseconds(1000));
+    drain();
+  }
+  void drain() {
+    socket_.async_read_some(asio::buffer(scratch_), [self = shared_from_this()](error_code ec,
+                                                                                size_t n) {
+      self->drained_ += n;
+      if (ec || self->closed_ || self->timed_out_ || self->drained_ > (4u << 20))
+        return self->close();
+      self->drain();
+    });
+  }
+
+  // ---- Streams: chunked HTTP (console, events) or WebSocket messages.
+
+  void start_stream(std::unique_ptr<ResponseStream> stream, const std::string& content_type) {
+    stream_ = std::move(stream);
+    if (!watch_stream()) return;
+    phase_ = Phase::kStreaming;
+    auto head = std::make_shared<std::string>("HTTP/1.1 200 OK\r\nContent-Type: " + content_type +
+                                              "\r\nTransfer-Encoding: chunked\r\n"
+                                              "Connection: close\r\n\r\n");
+    send_raw(head, [](Connection& self) { self.pump(); });
+    watch_client();
+  }
+
+  void accept_websocket(std::unique_ptr<WebSocketSession> session) {
+    session_ = std::shared_ptr<WebSocketSession>(std::move(session));
+    stream_ = nullptr;
+    ws_.emplace(std::move(socket_));
+    websocket::stream_base::timeout timeouts{};
+    timeouts.handshake_timeout = server_.options.write_timeout;
+    // A client that answers no ping for this long is gone (a TCP peer that vanished says nothing).
+    timeouts.idle_timeout = std::chrono::seconds(30);
+    timeouts.keep_alive_pings = true;
+    ws_->set_option(timeouts);
+    ws_->read_message_max(server_.options.max_websocket_message);
+    ws_->binary(true);
+    ws_->set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(http::field::server, "keel"); }));
+    phase_ = Phase::kStreaming;
+    ws_->async_accept(*upgrade_, [self = shared_from_this()](error_code ec) {
+      if (ec || self->closed_) return self->close();
+      self->upgrade_.reset();
+      if (!self->watch_stream()) return;
+      self->ws_read();
+      self->pump();
+    });
+  }
+
+  ResponseStream& source() { return session_ ? *session_ : *stream_; }
+
+  // The stream's eventfd, watched by the I/O thread (a duplicate, closed with the watcher).
+  bool watch_stream() {
+    int fd = ::fcntl(source().wait_fd(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      log::warn("api: stream: dup: {}", std::strerror(errno));
+      close();
+      return false;
+    }
+    wait_.emplace(server_.ioc, fd);
+    return true;
+  }
+
+  // Sends what the stream has, then waits for more. next() is always asked before waiting (it
+  // consumes the eventfd), so a wake-up that came while a write was going on is not lost.
+  void pump() {
+    if (closed_) return;
+    std::optional<std::string> data;
+    try {
+      data = source().next();
+    } catch (const std::exception& e) {
+      log::warn("api: stream: {}", e.what());
+      return close();
+    }
+    if (!data) return finish_stream();
+    if (!data->empty()) {
+      auto bytes = std::make_shared<std::string>(std::move(*data));
+      if (ws_) {
+        arm(Phase::kStreaming, server_.options.write_timeout);
+        ws_->async_write(asio::buffer(*bytes), [self = shared_from_this(), bytes](error_code ec,
+                                                                                 size_t) {
+          if (self->closed_) return;
+          self->timer_.cancel();
+          if (ec || self->timed_out_) return self->close();
+          self->pump();
+        });
+        return;
+      }
+      char size[32];
+      int n = std::snprintf(size, sizeof size, "%zx\r\n", bytes->size());
+      bytes->insert(0, size, static_cast<size_t>(n));
+      bytes->append("\r\n");
+      return send_raw(bytes, [](Connection& self) { self.pump(); });
+    }
+    wait_->async_wait(asio::posix::stream_descriptor::wait_read,
+                      [self = shared_from_this()](error_code ec) {
+                        if (ec || self->closed_) return;
+                        self->pump();
+                      });
+  }
+
+  void finish_stream() {
+    if (ws_) {
+      ws_->async_close(websocket::close_code::normal,
+                       [self = shared_from_this()](error_code) { self->close(); });
       return;
     }
-    PeerCredentials peer;
+    send_raw(std::make_shared<std::string>("0\r\n\r\n"), [](Connection& self) { self.close(); });
+  }
+
+  void send_raw(std::shared_ptr<std::string> bytes, void (*then)(Connection&)) {
+    arm(Phase::kStreaming, server_.options.write_timeout);
+    asio::async_write(socket_, asio::buffer(*bytes),
+                      [self = shared_from_this(), bytes, then](error_code ec, size_t) {
+                        if (self->closed_) return;
+                        self->timer_.cancel();
+                        if (ec || self->timed_out_) return self->close();
+                        then(*self);
+                      });
+  }
+
+  // A client sends nothing on a stream; whatever comes is dropped. End of its input alone (a
+  // half-close on the unix socket) is no hang-up: it may still read, so from then on only a
+  // hang-up (POLLHUP) ends the stream. A TCP client that ends its input has gone.
+  void watch_client() {
+    socket_.async_read_some(asio::buffer(scratch_), [self = shared_from_this()](error_code ec,
+                                                                                size_t) {
+      if (self->closed_) return;
+      if (!ec) return self->watch_client();
+      if (ec == asio::error::eof && !self->tcp_ && !hung_up(self->socket_.native_handle())) {
+        self->socket_.async_wait(Socket::wait_error, [self](error_code) { self->close(); });
+        return;
+      }
+      self->close();
+    });
+  }
+
+  void ws_read() {
+    ws_->async_read(in_, [self = shared_from_this()](error_code ec, size_t) {
+      if (ec || self->closed_) return self->close();
+      auto message = std::make_shared<std::string>(beast::buffers_to_string(self->in_.data()));
+      self->in_.consume(self->in_.size());
+      asio::post(*self->server_.pool, [self, message, session = self->session_] {
+        std::string failure;
+        try {
+          session->on_message(*message);
+        } catch (const std::exception& e) {
+          failure = e.what();
+        }
+        asio::post(self->server_.ioc, [self, failure] {
+          if (self->closed_) return;
+          if (failure.empty()) return self->ws_read();
+          // The reason goes to the client in the close frame (at most 123 bytes).
+          websocket::close_reason reason(websocket::close_code::policy_error,
+                                         failure.substr(0, 120));
+          self->ws_->async_close(reason, [self](error_code) { self->close(); });
+        });
+      });
+    });
+  }
+
+  HttpServer::Impl& server_;
+  Socket socket_;
+  asio::steady_timer timer_;
+  const bool tcp_;
+  const PeerCredentials peer_;
+  const std::string who_;
+  const std::string remote_;
+  const bool authorized_;
+  const uint64_t id_;
+
+  Phase phase_ = Phase::kIdle;
+  bool timed_out_ = false;
+  bool closed_ = false;
+  bool keep_alive_ = true;
+  bool stream_slot_ = false;
+  size_t drained_ = 0;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<http::request<http::string_body>> upgrade_;
+  std::unique_ptr<ResponseStream> stream_;
+  std::shared_ptr<WebSocketSession> session_;
+  std::optional<websocket::stream<Socket>> ws_;
+  beast::flat_buffer in_;
+  std::optional<asio::posix::stream_descriptor> wait_;
+  char scratch_[4096];
+};
+
+// ---- The server.
+
+HttpServer::Impl::~Impl() {
+  stop();
+  pool->join();  // handlers still running finish; their replies are dropped with the context
+}
+
+void HttpServer::Impl::stop() {
+  {
+    std::lock_guard lock(mutex);
+    if (stopping) return;
+    stopping = true;
+  }
+  asio::post(ioc, [this] {
+    error_code ignored;
+    for (auto& l : listeners) l->close(ignored);
+    std::vector<std::shared_ptr<Connection>> all;
+    {
+      std::lock_guard lock(mutex);
+      for (auto& [id, weak] : live)
+        if (auto c = weak.lock()) all.push_back(std::move(c));
+    }
+    for (auto& c : all) c->close();
+    ioc.stop();
+  });
+}
+
+std::optional<HttpServer::Impl::Refusal> HttpServer::Impl::admit(const std::string& who) {
+  std::lock_guard lock(mutex);
+  size_t& mine = connections_per_peer[who];
+  std::optional<Refusal> refusal;
+  if (connections >= options.max_connections)
+    refusal = Refusal{503, "busy", "the daemon has " + std::to_string(connections) +
+                                       " connections open; try again later"};
+  else if (mine >= options.max_connections_per_peer)
+    refusal = Refusal{429, "too_many_connections",
+                      who + " has " + std::to_string(mine) +
+                          " connections open, the most one user may have"};
+  // Counted even when refused: the refusal is answered on the connection, which gives it back.
+  ++connections;
+  ++mine;
+  return refusal;
+}
+
+void HttpServer::Impl::release(const std::string& who) {
+  std::lock_guard lock(mutex);
+  --connections;
+  auto it = connections_per_peer.find(who);
+  if (it != connections_per_peer.end() && --it->second == 0) connections_per_peer.erase(it);
+}
+
+std::optional<HttpServer::Impl::Refusal> HttpServer::Impl::take_stream(const std::string& who) {
+  std::lock_guard lock(mutex);
+  size_t mine = streams_per_peer.count(who) ? streams_per_peer[who] : 0;
+  if (stopping) return Refusal{503, "stopping", "the daemon is stopping"};
+  if (streams >= options.max_streams)
+    return Refusal{429, "too_many_streams",
+                   "the daemon serves " + std::to_string(streams) + " streams already"};
+  if (mine >= options.max_streams_per_peer)
+    return Refusal{429, "too_many_streams",
+                   who + " has " + std::to_string(mine) +
+                       " streams open, the most one user may have"};
+  ++streams;
+  ++streams_per_peer[who];
+  return std::nullopt;
+}
+
+void HttpServer::Impl::release_stream(const std::string& who) {
+  std::lock_guard lock(mutex);
+  --streams;
+  auto it = streams_per_peer.find(who);
+  if (it != streams_per_peer.end() && --it->second == 0) streams_per_peer.erase(it);
+}
+
+void HttpServer::Impl::accept(Acceptor& acceptor, bool tcp) {
+  acceptor.async_accept([this, &acceptor, tcp](error_code ec, Socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+    if (!ec) {
+      on_accept(std::move(socket), tcp);
+      return accept(acceptor, tcp);
+    }
+    // Out of file descriptors, say: try again a little later rather than spin.
+    log::warn("api: accept: {}", ec.message());
+    auto timer = std::make_shared<asio::steady_timer>(ioc, std::chrono::milliseconds(100));
+    timer->async_wait([this, &acceptor, tcp, timer](error_code ec) {
+      if (!ec) accept(acceptor, tcp);
+    });
+  });
+}
+
+void HttpServer::Impl::on_accept(Socket socket, bool tcp) {
+  PeerCredentials peer;
+  std::string who, remote;
+  bool authorized = true;
+  if (tcp) {
+    // No credentials on TCP: nobody until the gate says whom the request's token stands for.
+    peer.uid = static_cast<uid_t>(-1);
+    peer.gid = static_cast<gid_t>(-1);
+    remote = tcp_peer_address(socket.native_handle());
+    who = "address " + remote;
+    error_code ignored;
+    socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+  } else {
     try {
-      peer = peer_credentials(fd.get());
+      peer = peer_credentials(socket.native_handle());
     } catch (const Error& e) {
       log::warn("api: refusing a client: {}", e.what());
-      continue;
-    }
-    bool ok = !options_.authorize || options_.authorize(peer);
-    std::optional<Refusal> refusal;
-    {
-      std::lock_guard lock(mutex_);
-      size_t& mine = connections_per_uid_[peer.uid];
-      if (connections_ >= options_.max_connections) {
-        refusal = Refusal{503, "busy", "the daemon has " + std::to_string(connections_) +
-                                           " connections open; try again later"};
-      } else if (mine >= options_.max_connections_per_peer) {
-        refusal = Refusal{429, "too_many_connections",
-                          "uid " + std::to_string(peer.uid) + " has " + std::to_string(mine) +
-                              " connections open, the most one user may have"};
-      }
-      ++connections_;
-      ++mine;
-    }
-    auto conn = std::make_unique<Connection>(*this, std::move(fd), std::move(peer), ok);
-    if (refusal) {
-      refuse(std::move(conn), refusal->status, refusal->code, refusal->message);
-      continue;
-    }
-    watch(std::move(conn));
-  }
-}
-
-void HttpServer::watch(ConnPtr conn) {
-  conn->next_request(Clock::now());
-  epoll_event ev{};
-  ev.events = EPOLLIN | EPOLLRDHUP;
-  ev.data.fd = conn->fd.get();
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, conn->fd.get(), &ev) != 0) {
-    log::warn("api: epoll_ctl: {}", std::strerror(errno));
-    return;
-  }
-  int fd = conn->fd.get();
-  auto& slot = reading_[fd];
-  slot = std::move(conn);
-  // A pipelined request may be buffered already.
-  if (!slot->in.empty()) on_readable(slot);
-}
-
-void HttpServer::on_readable(ConnPtr& slot) {
-  Connection& conn = *slot;
-  int fd = conn.fd.get();
-  bool complete = parse(conn);
-  char buf[65536];
-  while (!complete && !conn.refusal) {
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (n <= 0) {  // the client went away (mid-request or between requests)
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-      reading_.erase(fd);
       return;
     }
-    if (conn.phase == Connection::kIdle) {
-      conn.phase = Connection::kHead;
-      conn.deadline = Clock::now() + options_.header_timeout;
-    }
-    conn.in.append(buf, static_cast<size_t>(n));
-    complete = parse(conn);
+    remote = "unix";
+    who = "uid " + std::to_string(peer.uid);
+    authorized = !options.authorize || options.authorize(peer);
   }
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-  ConnPtr owned = std::move(slot);
-  reading_.erase(fd);
-  if (owned->refusal) {
-    Refusal r = *owned->refusal;
-    refuse(std::move(owned), r.status, r.code, r.message);
-    return;
-  }
+  std::optional<Refusal> refusal = admit(who);
+  uint64_t id;
   {
-    std::lock_guard lock(mutex_);
-    ready_.push_back(std::move(owned));
+    std::lock_guard lock(mutex);
+    id = next_id++;
   }
-  work_cv_.notify_one();
-}
-
-bool HttpServer::parse(Connection& c) {
-  auto refuse_with = [&](int status, std::string code, std::string message) {
-    c.refusal = Refusal{status, std::move(code), std::move(message)};
-    return false;
-  };
-  HttpRequest& req = c.request;
-  for (;;) {
-    switch (c.phase) {
-      case Connection::kIdle:
-        if (c.in.empty()) return false;
-        c.phase = Connection::kHead;
-        c.deadline = Clock::now() + options_.header_timeout;
-        [[fallthrough]];
-      case Connection::kHead: {
-        size_t end = c.in.find("\r\n\r\n");
-        if (end == std::string::npos) {
-          if (c.in.size() > options_.max_header_bytes)
-            return refuse_with(431, "header_too_large",
-                               "request header longer than " +
-                                   std::to_string(options_.max_header_bytes) + " bytes");
-          return false;
-        }
-        if (end + 4 > options_.max_header_bytes)
-          return refuse_with(431, "header_too_large",
-                             "request header longer than " +
-                                 std::to_string(options_.max_header_bytes) + " bytes");
-        std::string head = c.in.substr(0, end);
-        c.in.erase(0, end + 4);
-        size_t line_end = head.find("\r\n");
-        std::string line = head.substr(0, line_end);
-        size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-        if (sp1 == std::string::npos || sp2 == sp1)
-          return refuse_with(400, "bad_request", "malformed request line");
-        req.method = line.substr(0, sp1);
-        std::string target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-        std::string version = line.substr(sp2 + 1);
-        if (!is_token(req.method) || target.empty() || target[0] != '/' ||
-            target.find(' ') != std::string::npos)
-          return refuse_with(400, "bad_request", "malformed request line");
-        if (version != "HTTP/1.1" && version != "HTTP/1.0")
-          return refuse_with(400, "bad_request", "unsupported protocol '" + version + "'");
-        size_t q = target.find('?');
-        req.path = target.substr(0, q);
-        if (q != std::string::npos) {
-          std::string query = target.substr(q + 1);
-          for (size_t pos = 0; pos <= query.size();) {
-            size_t amp = query.find('&', pos);
-            if (amp == std::string::npos) amp = query.size();
-            std::string pair = query.substr(pos, amp - pos);
-            size_t eq = pair.find('=');
-            if (!pair.empty())
-              req.query[pair.substr(0, eq)] = eq == std::string::npos ? "" : pair.substr(eq + 1);
-            pos = amp + 1;
-          }
-        }
-        size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
-        std::map<std::string, int> seen;
-        while (pos < head.size()) {
-          size_t next = head.find("\r\n", pos);
-          if (next == std::string::npos) next = head.size();
-          std::string_view h(head.data() + pos, next - pos);
-          pos = next + 2;
-          size_t colon = h.find(':');
-          if (colon == std::string_view::npos || !is_token(h.substr(0, colon)))
-            return refuse_with(400, "bad_request", "malformed header line");
-          std::string name = lower(std::string(h.substr(0, colon)));
-          std::string value = trim(h.substr(colon + 1));
-          if (++seen[name] > 1 && (name == "content-length" || name == "transfer-encoding" ||
-                                   name == "content-encoding"))
-            return refuse_with(400, "bad_request", "repeated " + name + " header");
-          req.headers[name] = value;
-        }
-        auto header = [&](const char* name) -> const std::string* {
-          auto it = req.headers.find(name);
-          return it == req.headers.end() ? nullptr : &it->second;
-        };
-        std::string connection = header("connection") ? lower(*header("connection")) : "";
-        c.keep_alive = version == "HTTP/1.1" ? connection.find("close") == std::string::npos
-                                             : connection.find("keep-alive") != std::string::npos;
-        if (auto* ce = header("content-encoding"); ce && lower(*ce) != "identity")
-          return refuse_with(415, "unsupported_encoding",
-                             "Content-Encoding '" + *ce + "' is not accepted; send the body as it is");
-        const std::string* te = header("transfer-encoding");
-        const std::string* cl = header("content-length");
-        if (te && cl)
-          return refuse_with(400, "bad_request", "both Transfer-Encoding and Content-Length");
-        c.deadline = Clock::now() + options_.body_timeout;
-        if (te) {
-          if (lower(*te) != "chunked")
-            return refuse_with(501, "not_implemented",
-                               "Transfer-Encoding '" + *te + "' is not supported (only chunked)");
-          c.phase = Connection::kChunkSize;
-        } else if (cl) {
-          if (cl->empty() || cl->size() > 18 ||
-              !std::all_of(cl->begin(), cl->end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
-            return refuse_with(400, "bad_request", "malformed Content-Length");
-          c.body_left = std::stoull(*cl);
-          if (c.body_left > options_.max_body_bytes)
-            return refuse_with(413, "too_large",
-                               "request body of " + *cl + " bytes is larger than the " +
-                                   std::to_string(options_.max_body_bytes) + " allowed");
-          c.phase = c.body_left ? Connection::kBody : Connection::kDone;
-        } else {
-          c.phase = Connection::kDone;
-        }
-        if (c.phase != Connection::kDone) {
-          if (auto* ex = header("expect"); ex && lower(*ex) == "100-continue") {
-            const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-            [[maybe_unused]] ssize_t n =
-                ::send(c.fd.get(), cont, sizeof cont - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-          }
-        }
-        break;
-      }
-      case Connection::kBody: {
-        size_t take = std::min(c.body_left, c.in.size());
-        req.body.append(c.in, 0, take);
-        c.in.erase(0, take);
-        c.body_left -= take;
-        if (c.body_left) return false;
-        c.phase = Connection::kDone;
-        break;
-      }
-      case Connection::kChunkSize: {
-        size_t end = c.in.find("\r\n");
-        if (end == std::string::npos) {
-          if (c.in.size() > kMaxChunkLine)
-            return refuse_with(400, "bad_request", "malformed chunk size line");
-          return false;
-        }
-        std::string line = c.in.substr(0, std::min(end, c.in.find(';')));
-        c.in.erase(0, end + 2);
-        line = trim(line);
-        if (line.empty() || line.size() > 15 || !std::all_of(line.begin(), line.end(), ::isxdigit))
-          return refuse_with(400, "bad_request", "malformed chunk size '" + line + "'");
-        size_t size = std::stoull(line, nullptr, 16);
-        if (size > options_.max_body_bytes - std::min(req.body.size(), options_.max_body_bytes))
-          return refuse_with(413, "too_large",
-                             "chunked request body larger than the " +
-                                 std::to_string(options_.max_body_bytes) + " bytes allowed");
-        c.body_left = size;
-        c.phase = size ? Connection::kChunkData : Connection::kChunkTrailer;
-        break;
-      }
-      case Connection::kChunkData: {
-        size_t take = std::min(c.body_left, c.in.size());
-        req.body.append(c.in, 0, take);
-        c.in.erase(0, take);
-        c.body_left -= take;
-        if (c.body_left || c.in.size() < 2) return false;
-        if (c.in.compare(0, 2, "\r\n") != 0)
-          return refuse_with(400, "bad_request", "chunk not followed by CRLF");
-        c.in.erase(0, 2);
-        c.phase = Connection::kChunkSize;
-        break;
-      }
-      case Connection::kChunkTrailer: {
-        size_t end = c.in.find("\r\n");
-        if (end == std::string::npos) {
-          if (c.trailer_bytes + c.in.size() > options_.max_header_bytes)
-            return refuse_with(431, "header_too_large", "chunked trailer too long");
-          return false;
-        }
-        c.trailer_bytes += end + 2;
-        if (c.trailer_bytes > options_.max_header_bytes)
-          return refuse_with(431, "header_too_large", "chunked trailer too long");
-        c.in.erase(0, end + 2);
-        if (end == 0) c.phase = Connection::kDone;
-        break;
-      }
-      case Connection::kDone:
-        return true;
-    }
+  auto conn = std::make_shared<Connection>(*this, std::move(socket), tcp, std::move(peer), who,
+                                           std::move(remote), authorized, id);
+  {
+    std::lock_guard lock(mutex);
+    live[id] = conn;
   }
+  if (refusal) return conn->refuse(refusal->status, refusal->code, refusal->message);
+  conn->start();
 }
 
-void HttpServer::expire(Clock::time_point now) {
-  std::vector<int> due;
-  for (auto& [fd, conn] : reading_)
-    if (now >= conn->deadline) due.push_back(fd);
-  for (int fd : due) {
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-    ConnPtr conn = std::move(reading_[fd]);
-    reading_.erase(fd);
-    if (conn->phase == Connection::kIdle) continue;  // an idle keep-alive connection: just close
-    bool head = conn->phase == Connection::kHead;
-    refuse(std::move(conn), 408, "timeout",
-           std::string("the request's ") + (head ? "header" : "body") + " did not arrive within " +
-               std::to_string((head ? options_.header_timeout : options_.body_timeout).count()) +
-               " ms");
-  }
-}
-
-void HttpServer::refuse(ConnPtr conn, int status, const std::string& code,
-                        const std::string& message) {
-  // Best effort and never blocking: the I/O thread must not wait for one client.
-  std::string body = error_body(code, message);
-  std::string out = response_head(status, "application/json", body.size(), false) + body;
-  [[maybe_unused]] ssize_t n =
-      ::send(conn->fd.get(), out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-  ::shutdown(conn->fd.get(), SHUT_WR);
-}
-
-void HttpServer::worker() {
-  for (;;) {
-    ConnPtr conn;
-    {
-      std::unique_lock lock(mutex_);
-      work_cv_.wait(lock, [&] { return stopping_ || !ready_.empty(); });
-      if (stopping_) return;
-      conn = std::move(ready_.front());
-      ready_.pop_front();
-    }
-    handle(std::move(conn));
-  }
-}
-
-bool HttpServer::send_all(Connection& conn, std::string_view bytes) {
-  auto deadline = Clock::now() + options_.write_timeout;
-  while (!bytes.empty()) {
-    ssize_t n = ::send(conn.fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      bytes.remove_prefix(static_cast<size_t>(n));
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      pollfd p[2] = {{conn.fd.get(), POLLOUT, 0}, {stop_.fd(), POLLIN, 0}};
-      int r = ::poll(p, 2, ms_until(deadline));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0 || p[1].revents) return false;  // timed out, failed or stopping
-      continue;
-    }
-    return false;
-  }
-  return true;
-}
-
-void HttpServer::handle(ConnPtr conn) {
-  HttpRequest& req = conn->request;
-  HttpReply res;
-  if (!conn->authorized) {
+void HttpServer::Impl::handle(HttpRequest& req, HttpReply& res, bool authorized) {
+  if (!authorized) {
     res.status = 403;
-    res.body = error_body("forbidden", "uid " + std::to_string(conn->peer.uid) +
+    res.body = error_body("forbidden", "uid " + std::to_string(req.peer.uid) +
                                            " may not use the keel daemon (root or the daemon's "
                                            "group only)");
-  } else {
+    return;
+  }
+  try {
+    if (gate && !gate(req, res)) return;
     const Route* found = nullptr;
     bool other_method = false;
-    for (const Route& r : routes_) {
+    for (const Route& r : routes) {
       std::smatch m;
       if (!std::regex_match(req.path, m, r.pattern)) continue;
       if (r.method != req.method) {
@@ -580,116 +742,77 @@ void HttpServer::handle(ConnPtr conn) {
     }
     if (!found) {
       res.status = other_method ? 405 : 404;
-      res.body = other_method ? error_body("method_not_allowed",
-                                           req.method + " is not allowed on " + req.path)
-                              : error_body("no_route", "no such API path: " + req.method + " " +
-                                                           req.path);
-    } else {
-      try {
-        found->handler(req, res);
-      } catch (const std::exception& e) {
-        res = HttpReply{};
-        res.status = 500;
-        res.body = error_body("failed", e.what());
-      }
-    }
-  }
-
-  if (res.stream) {
-    std::optional<Refusal> refusal;
-    {
-      std::lock_guard lock(mutex_);
-      size_t& mine = streams_per_uid_[conn->peer.uid];
-      if (stopping_) {
-        refusal = Refusal{503, "stopping", "the daemon is stopping"};
-      } else if (streams_ >= options_.max_streams) {
-        refusal = Refusal{429, "too_many_streams",
-                          "the daemon serves " + std::to_string(streams_) + " streams already"};
-      } else if (mine >= options_.max_streams_per_peer) {
-        refusal = Refusal{429, "too_many_streams",
-                          "uid " + std::to_string(conn->peer.uid) + " has " +
-                              std::to_string(mine) + " streams open, the most one user may have"};
-      } else {
-        ++mine;
-        ++streams_;
-        ++stream_threads_;
-      }
-      if (refusal && mine == 0) streams_per_uid_.erase(conn->peer.uid);
-    }
-    if (refusal) {
-      res = HttpReply{};
-      res.status = refusal->status;
-      res.body = error_body(refusal->code, refusal->message);
-      conn->keep_alive = false;
-    } else {
-      std::thread([this, c = std::move(conn), s = std::move(res.stream),
-                   type = res.content_type]() mutable {
-        run_stream(std::move(c), std::move(s), type);
-      }).detach();
+      res.body = other_method
+                     ? error_body("method_not_allowed", req.method + " is not allowed on " + req.path)
+                     : error_body("no_route", "no such API path: " + req.method + " " + req.path);
       return;
     }
-  }
-
-  std::string out = response_head(res.status, res.content_type, res.body.size(), conn->keep_alive);
-  out += res.body;
-  if (!send_all(*conn, out) || !conn->keep_alive) return;  // closes it
-  {
-    std::lock_guard lock(mutex_);
-    if (!stopping_) returned_.push_back(std::move(conn));
-  }
-  wake_.signal();  // (a connection left over when stopping closes here, outside the lock)
-}
-
-void HttpServer::run_stream(ConnPtr conn, std::unique_ptr<ResponseStream> stream,
-                            const std::string& content_type) {
-  const uid_t uid = conn->peer.uid;
-  auto send_chunk = [&](std::string_view bytes) {
-    char size[32];
-    int n = std::snprintf(size, sizeof size, "%zx\r\n", bytes.size());
-    std::string chunk(size, static_cast<size_t>(n));
-    chunk.append(bytes);
-    chunk += "\r\n";
-    return send_all(*conn, chunk);
-  };
-  try {
-    bool open = send_all(*conn, "HTTP/1.1 200 OK\r\nContent-Type: " + content_type +
-                                    "\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
-    // The client's socket is polled for hang-up together with the stream: a client that goes
-    // away releases this thread at once, whether or not the stream has anything to say.
-    short client_events = POLLIN | POLLRDHUP;
-    while (open) {
-      std::optional<std::string> data = stream->next();
-      if (!data) {
-        send_all(*conn, "0\r\n\r\n");
-        break;
-      }
-      if (!data->empty() && !send_chunk(*data)) break;
-      pollfd p[3] = {{conn->fd.get(), client_events, 0},
-                     {stream->wait_fd(), POLLIN, 0},
-                     {stop_.fd(), POLLIN, 0}};
-      int r = ::poll(p, 3, -1);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0 || p[2].revents) break;
-      if (p[0].revents & (POLLHUP | POLLERR | POLLNVAL)) break;
-      if (p[0].revents & (POLLIN | POLLRDHUP)) {
-        // A client sends nothing on a stream; whatever comes is dropped. End of its input alone
-        // (a half-close) is no hang-up: it may still read, so only POLLHUP is watched from then.
-        char buf[4096];
-        ssize_t n = ::recv(conn->fd.get(), buf, sizeof buf, MSG_DONTWAIT);
-        if (n == 0) client_events = 0;
-        if (n < 0 && errno != EAGAIN && errno != EINTR) break;
-      }
-    }
+    req.route = found->name;
+    found->handler(req, res);
   } catch (const std::exception& e) {
-    log::warn("api: stream: {}", e.what());
+    res = HttpReply{};
+    res.status = 500;
+    res.body = error_body("failed", e.what());
   }
-  stream.reset();
-  conn.reset();
-  std::lock_guard lock(mutex_);
-  --streams_;
-  if (--streams_per_uid_[uid] == 0) streams_per_uid_.erase(uid);
-  --stream_threads_;
-  stream_done_.notify_all();
 }
+
+HttpServer::HttpServer(UniqueFd listening, HttpServerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {
+  auto acceptor = std::make_unique<Acceptor>(impl_->ioc);
+  error_code ec;
+  acceptor->assign(Protocol(AF_UNIX, SOCK_STREAM), listening.get(), ec);
+  if (ec) throw Error("api: cannot serve the socket: " + ec.message());
+  listening.release();
+  impl_->listeners.push_back(std::move(acceptor));
+}
+
+HttpServer::~HttpServer() = default;
+
+uint16_t HttpServer::listen_tcp(const std::string& address, uint16_t port) {
+  error_code ec;
+  asio::ip::address ip = asio::ip::make_address(address, ec);
+  if (ec) throw UsageError("'" + address + "' is not an IP address");
+  asio::ip::tcp::acceptor tcp(impl_->ioc);
+  asio::ip::tcp::endpoint endpoint(ip, port);
+  tcp.open(endpoint.protocol(), ec);
+  if (!ec) tcp.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) tcp.bind(endpoint, ec);
+  if (!ec) tcp.listen(128, ec);
+  if (ec)
+    throw Error("cannot listen on " + address + ":" + std::to_string(port) + ": " + ec.message());
+  uint16_t bound = tcp.local_endpoint().port();
+  int family = endpoint.protocol().family();
+  auto acceptor = std::make_unique<Acceptor>(impl_->ioc);
+  acceptor->assign(Protocol(family, SOCK_STREAM), tcp.release(), ec);
+  if (ec) throw Error("cannot listen on " + address + ": " + ec.message());
+  impl_->listeners.push_back(std::move(acceptor));
+  return bound;
+}
+
+void HttpServer::route(const std::string& method, const std::string& pattern, Handler handler) {
+  impl_->routes.push_back(
+      Impl::Route{method, std::regex(pattern), route_name(pattern), std::move(handler)});
+}
+
+void HttpServer::set_gate(Gate gate) { impl_->gate = std::move(gate); }
+void HttpServer::set_observer(Observer observer) { impl_->observer = std::move(observer); }
+
+size_t HttpServer::stream_count() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->streams;
+}
+
+void HttpServer::serve() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->stopping) return;
+  }
+  // The first listener is the unix socket; the others TCP.
+  for (size_t i = 0; i < impl_->listeners.size(); ++i) impl_->accept(*impl_->listeners[i], i > 0);
+  auto work = asio::make_work_guard(impl_->ioc);
+  impl_->ioc.run();
+}
+
+void HttpServer::stop() { impl_->stop(); }
 
 }  // namespace keel::manager

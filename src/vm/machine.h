@@ -102,6 +102,9 @@ class Machine final : public PowerControl {
   // PCI bus 0 and the virtio devices (hvc0 is pci().console() when config.virtio.console).
   PciPlatform& pci() { return *pci_; }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
+  Vcpu& vcpu(uint32_t index) { return *vcpus_.at(index); }
+  // When the machine was built (BootProgress::now_ns(), CLOCK_MONOTONIC).
+  uint64_t created_ns() const { return created_ns_; }
   // Where the machine's threads (vCPUs, device workers) come from; confine() it before start().
   sandbox::ThreadLauncher& thread_launcher() { return launcher_; }
   // The allow-lists of this machine's thread kinds (its engine's vCPU loop, its devices, its main

@@ -262,4 +262,11 @@ std::optional<std::string> behaviour_unavailable(Accel accel, const std::string&
   return "this host's KVM fails the probe " + c->name + " (" + c->description + "): " + c->detail;
 }
 
+std::optional<std::string> native_cpl0_unavailable(Accel accel) {
+  if (auto why = engine_unavailable(accel)) return why;
+  if (accel != Accel::kKvm || cached_probe().can_run_stock_kernel()) return std::nullopt;
+  return "this host's KVM emulates guest CPL0 in its instruction emulator, which does a "
+         "page-crossing locked operation as a plain write: " + cached_probe().reason();
+}
+
 }  // namespace keel::guest_test

@@ -178,6 +178,11 @@ std::optional<std::string> engine_unavailable(Accel accel);
 // (e.g. "int3_cpl0"), or nullopt. Only the kvm engine consults the probe.
 std::optional<std::string> behaviour_unavailable(Accel accel, const std::string& check);
 
+// Why guest CPL0 code does not run natively on this engine and host: on a KVM that emulates guest
+// CPL0 (kvm_pvm), the host's instruction emulator does what hardware would do atomically (a
+// page-crossing LOCK read-modify-write becomes a plain write) without the atomicity.
+std::optional<std::string> native_cpl0_unavailable(Accel accel);
+
 // Reads build/tests/guests/NAME.bin.
 std::vector<uint8_t> load_guest_binary(const std::string& name);
 

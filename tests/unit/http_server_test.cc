@@ -1,8 +1,9 @@
 // HttpServer (manager/http_server.h) against clients that misbehave: bodies over the limit in
 // every framing, compressed bodies, slow and idle clients, streams whose clients hang up, more
-// streams than a peer may have, peers the policy refuses.
+// streams than a peer may have, peers the policy refuses; and its WebSockets and TCP listener.
 #include "manager/http_server.h"
 
+#include <dirent.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,9 +11,16 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 #include <thread>
 
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include "base/error.h"
 #include "base/eventfd.h"
 #include "control/unix_socket.h"
 #include "keel_process.h"
@@ -37,6 +45,51 @@ class SilentStream : public ResponseStream {
   EventFd wake_;
 };
 
+// A WebSocket session that sends what it is given and answers each message with "echo:" + it.
+class EchoSession : public WebSocketSession {
+ public:
+  explicit EchoSession(std::atomic<int>& live) : live_(live) { ++live_; }
+  ~EchoSession() override { --live_; }
+  int wait_fd() const override { return wake_.fd(); }
+  std::optional<std::string> next() override {
+    wake_.consume();
+    std::lock_guard lock(mutex_);
+    if (ended_ && out_.empty()) return std::nullopt;
+    return std::exchange(out_, std::string());
+  }
+  void on_message(std::string_view data) override {
+    if (data == "fail") throw Error("this session refuses 'fail'");
+    if (data == "end") {
+      std::lock_guard lock(mutex_);
+      ended_ = true;
+    } else {
+      std::lock_guard lock(mutex_);
+      out_ += "echo:" + std::string(data);
+    }
+    wake_.signal();
+  }
+
+ private:
+  std::atomic<int>& live_;
+  EventFd wake_;
+  std::mutex mutex_;
+  std::string out_;
+  bool ended_ = false;
+};
+
+// Threads of this process now.
+size_t thread_count() {
+  size_t n = 0;
+  DIR* dir = ::opendir("/proc/self/task");
+  while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.';
+  ::closedir(dir);
+  return n;
+}
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace websocket = beast::websocket;
+
 class HttpServerTest : public ::testing::Test {
  protected:
   void start(HttpServerOptions options = {}) {
@@ -53,9 +106,25 @@ class HttpServerTest : public ::testing::Test {
     server_->route("GET", "/stream", [this](const HttpRequest&, HttpReply& res) {
       res.stream = std::make_unique<SilentStream>(live_streams_);
     });
+    server_->route("GET", "/ws", [this](const HttpRequest&, HttpReply& res) {
+      res.websocket = std::make_unique<EchoSession>(live_streams_);
+    });
+    server_->route("GET", "/slow", [this](const HttpRequest&, HttpReply& res) {
+      std::unique_lock lock(slow_mutex_);
+      slow_cv_.wait(lock, [&] { return slow_released_; });
+      res.body = "slow";
+    });
+    if (tcp_) tcp_port_ = server_->listen_tcp("127.0.0.1", 0);
+    if (gate_) server_->set_gate(gate_);
     thread_ = std::thread([this] { server_->serve(); });
   }
+  void release_slow() {
+    std::lock_guard lock(slow_mutex_);
+    slow_released_ = true;
+    slow_cv_.notify_all();
+  }
   void TearDown() override {
+    release_slow();
     if (server_) server_->stop();
     if (thread_.joinable()) thread_.join();
     server_.reset();
@@ -91,10 +160,26 @@ class HttpServerTest : public ::testing::Test {
     return cond();
   }
 
+  // A WebSocket client on the unix socket, handshaken on `target`.
+  std::unique_ptr<websocket::stream<asio::local::stream_protocol::socket>> ws_connect(
+      const std::string& target = "/ws") {
+    auto ws = std::make_unique<websocket::stream<asio::local::stream_protocol::socket>>(ioc_);
+    ws->next_layer().connect(asio::local::stream_protocol::endpoint(path_));
+    ws->handshake("keel", target);
+    return ws;
+  }
+
   std::string dir_, path_;
   std::unique_ptr<HttpServer> server_;
   std::thread thread_;
   std::atomic<int> live_streams_{0};
+  bool tcp_ = false;
+  uint16_t tcp_port_ = 0;
+  HttpServer::Gate gate_;
+  std::mutex slow_mutex_;
+  std::condition_variable slow_cv_;
+  bool slow_released_ = false;
+  asio::io_context ioc_;
 };
 
 TEST_F(HttpServerTest, HandlersSeeThePeersCredentials) {
@@ -288,6 +373,133 @@ TEST_F(HttpServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
   ASSERT_NE(first, std::string::npos) << all;
   EXPECT_NE(all.find("HTTP/1.1 200", first + 1), std::string::npos) << all;
   EXPECT_NE(all.find("HTTP/1.1 404"), std::string::npos) << all;
+}
+
+TEST_F(HttpServerTest, IdleClientsCostAFileDescriptorNotAThread) {
+  start();
+  ApiClient client(path_, 5s);
+  ASSERT_EQ(client.request("GET", "/hello").status, 200);  // every worker has started
+  size_t before = thread_count();
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 200; ++i) {
+    idle.push_back(connect());
+    control::write_all(idle.back().get(), "GET /hel");  // a request that never completes
+  }
+  std::vector<UniqueFd> streams;
+  for (int i = 0; i < 20; ++i) {
+    streams.push_back(connect());
+    ASSERT_EQ(status_of(testing::http_head(streams.back().get(), "GET /stream HTTP/1.1\r\n\r\n")), 200);
+  }
+  EXPECT_EQ(client.request("GET", "/hello").status, 200);
+  EXPECT_EQ(server_->stream_count(), 20u);
+  EXPECT_EQ(thread_count(), before);
+}
+
+TEST_F(HttpServerTest, ASlowHandlerHoldsUpNoOtherRequest) {
+  start();
+  std::thread slow([&] { EXPECT_EQ(ApiClient(path_, 10s).request("GET", "/slow").body, "slow"); });
+  ApiClient client(path_, 2s);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(client.request("GET", "/hello").status, 200);
+  release_slow();
+  slow.join();
+}
+
+TEST_F(HttpServerTest, AWebSocketCarriesMessagesBothWays) {
+  start();
+  auto ws = ws_connect();
+  ws->write(asio::buffer(std::string("one")));
+  ws->write(asio::buffer(std::string("two")));
+  std::string got;
+  beast::flat_buffer buffer;
+  while (got.size() < std::string("echo:oneecho:two").size()) {
+    ws->read(buffer);
+    EXPECT_TRUE(ws->got_binary());
+    got += beast::buffers_to_string(buffer.data());
+    buffer.consume(buffer.size());
+  }
+  EXPECT_EQ(got, "echo:oneecho:two");  // in order
+  EXPECT_EQ(server_->stream_count(), 1u);
+  // The session ends its stream: the server closes the WebSocket normally.
+  ws->write(asio::buffer(std::string("end")));
+  boost::system::error_code ec;
+  ws->read(buffer, ec);
+  EXPECT_EQ(ec, websocket::error::closed);
+  EXPECT_TRUE(eventually([&] { return server_->stream_count() == 0 && live_streams_ == 0; }));
+}
+
+TEST_F(HttpServerTest, AWebSocketSessionThatThrowsClosesWithItsReason) {
+  start();
+  auto ws = ws_connect();
+  ws->write(asio::buffer(std::string("fail")));
+  beast::flat_buffer buffer;
+  boost::system::error_code ec;
+  ws->read(buffer, ec);
+  EXPECT_EQ(ec, websocket::error::closed);
+  EXPECT_EQ(ws->reason().code, websocket::close_code::policy_error);
+  EXPECT_EQ(std::string(ws->reason().reason.c_str()), "this session refuses 'fail'");
+}
+
+TEST_F(HttpServerTest, AWebSocketWhoseClientVanishesIsReleasedAtOnce) {
+  HttpServerOptions options;
+  options.max_streams_per_peer = 2;
+  start(options);
+  for (int i = 0; i < 50; ++i) {
+    auto ws = ws_connect();
+    ASSERT_TRUE(eventually([&] { return server_->stream_count() >= 1; }));
+    ws.reset();  // no close frame: the socket just goes
+    ASSERT_TRUE(eventually([&] { return server_->stream_count() == 0; })) << "socket " << i;
+  }
+  EXPECT_TRUE(eventually([&] { return live_streams_ == 0; }));
+}
+
+TEST_F(HttpServerTest, WebSocketsCountAsStreamsAndAPlainRequestForOneIs426) {
+  HttpServerOptions options;
+  options.max_streams_per_peer = 2;
+  start(options);
+  auto a = ws_connect(), b = ws_connect();
+  ASSERT_TRUE(eventually([&] { return server_->stream_count() == 2; }));
+  auto c = std::make_unique<websocket::stream<asio::local::stream_protocol::socket>>(ioc_);
+  c->next_layer().connect(asio::local::stream_protocol::endpoint(path_));
+  websocket::response_type refusal;
+  boost::system::error_code ec;
+  c->handshake(refusal, "keel", "/ws", ec);
+  EXPECT_TRUE(ec);
+  EXPECT_EQ(refusal.result_int(), 429u);
+  ApiClient client(path_, 2s);
+  auto r = client.request("GET", "/ws");
+  EXPECT_EQ(r.status, 426);
+}
+
+TEST_F(HttpServerTest, TheTcpListenerServesTheRoutesBehindTheGate) {
+  tcp_ = true;
+  gate_ = [](HttpRequest& req, HttpReply& res) {
+    if (!req.tcp) return true;
+    if (req.header("x-pass")) return true;
+    res.status = 401;
+    res.body = "no pass from " + req.remote;
+    return false;
+  };
+  start();
+  ASSERT_NE(tcp_port_, 0);
+  auto exchange = [&](const std::string& request) {
+    asio::ip::tcp::socket s(ioc_);
+    s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), tcp_port_));
+    asio::write(s, asio::buffer(request));
+    std::string out;
+    boost::system::error_code ec;
+    char buf[4096];
+    for (size_t n; (n = s.read_some(asio::buffer(buf), ec)) > 0 || !ec;) out.append(buf, n);
+    return out;
+  };
+  std::string refused = exchange("GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(status_of(refused), 401) << refused;
+  EXPECT_NE(refused.find("no pass from 127.0.0.1"), std::string::npos) << refused;
+  std::string ok = exchange("GET /hello HTTP/1.1\r\nX-Pass: 1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(status_of(ok), 200) << ok;
+  // A TCP peer has no credentials: not root.
+  EXPECT_NE(ok.find("hello uid 4294967295"), std::string::npos) << ok;
+  // The unix socket does not go through the gate's TCP rule.
+  EXPECT_EQ(ApiClient(path_, 2s).request("GET", "/hello").status, 200);
 }
 
 }  // namespace

@@ -297,6 +297,11 @@ class VirtioBlk::Worker {
     if (!ok)
       log::warn("{}: I/O error at offset {}: {}", blk_.name(), req.offset,
                 result < 0 ? std::strerror(-result) : "short transfer");
+    Counters& c = blk_.counters_;
+    if (!ok) c.errors.add();
+    else if (req.action == BlkRequest::kFlush) c.flushes.add();
+    else if (req.action == BlkRequest::kRead) c.reads.add(), c.read_bytes.add(req.length);
+    else c.writes.add(), c.write_bytes.add(req.length);
     complete(req, ok ? kStatusOk : kStatusIoErr, ok && req.action == BlkRequest::kRead ? req.length : 0);
   }
 

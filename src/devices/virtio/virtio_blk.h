@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "backends/block/block_backend.h"
+#include "base/counter.h"
 #include "base/eventfd.h"
 #include "devices/virtio/virtio_device.h"
 
@@ -99,6 +100,12 @@ class VirtioBlk : public VirtioDevice {
   // The disk's backend; only while the device is not active (the worker owns it then).
   BlockBackend& backend() { return *image_; }
 
+  // Completed requests (metrics), written by the worker thread only.
+  struct Counters {
+    Counter read_bytes, write_bytes, reads, writes, flushes, errors;
+  };
+  const Counters& counters() const { return counters_; }
+
  private:
   class Worker;
   std::unique_ptr<BlockBackend> image_;
@@ -106,6 +113,7 @@ class VirtioBlk : public VirtioDevice {
   bool use_io_uring_;
   EventFd kick_;
   std::unique_ptr<Worker> worker_;
+  Counters counters_;
 };
 
 }  // namespace keel

@@ -86,6 +86,8 @@ class VirtioNet::Worker {
           frame_.resize(total - kHeaderBytes);
           read_from_buffers(memory_, chain.readable, kHeaderBytes, frame_.data(), frame_.size());
           net_.backend_->send(frame_);
+          net_.counters_.tx_packets.add();
+          net_.counters_.tx_bytes.add(frame_.size());
         }
         q.push(memory_, chain.head, 0);
       }
@@ -158,6 +160,8 @@ class VirtioNet::Worker {
       }
       q.publish_used(memory_);  // all buffers of the packet at once
       signal_rx();
+      net_.counters_.rx_packets.add();
+      net_.counters_.rx_bytes.add(frame.size());
       return true;
     } catch (const QueueError& e) {
       broken(kRx, e.what());

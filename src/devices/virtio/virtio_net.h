@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "backends/net/net_backend.h"
+#include "base/counter.h"
 #include "base/eventfd.h"
 #include "devices/virtio/virtio_device.h"
 
@@ -56,12 +57,19 @@ class VirtioNet : public VirtioDevice {
 
   NetBackend& backend() { return *backend_; }
 
+  // Frames that went through (metrics), written by the network thread only.
+  struct Counters {
+    Counter rx_bytes, rx_packets, tx_bytes, tx_packets;
+  };
+  const Counters& counters() const { return counters_; }
+
  private:
   class Worker;
   std::unique_ptr<NetBackend> backend_;
   std::array<uint8_t, 6> mac_;
   std::array<EventFd, 2> kicks_;  // 0: receive queue refilled, 1: transmit
   std::unique_ptr<Worker> worker_;
+  Counters counters_;
 };
 
 // The default MAC of the n-th network device: 52:54:00:12:34:(0x56 + n), as QEMU numbers them.

@@ -290,6 +290,14 @@ void KvmVcpu::handle_mmio() {
     context_.mmio.read(mmio.phys_addr, std::span<uint8_t>(mmio.data, len));
 }
 
+std::vector<std::pair<const char*, uint64_t>> KvmVcpu::exit_counts() const {
+  static constexpr const char* kNames[kExitKinds] = {"io", "mmio", "signal", "hlt", "shutdown",
+                                                     "system_event", "other"};
+  std::vector<std::pair<const char*, uint64_t>> out;
+  for (int i = 0; i < kExitKinds; ++i) out.emplace_back(kNames[i], exits_[i].get());
+  return out;
+}
+
 VcpuExit KvmVcpu::run() {
   {
     std::lock_guard lock(kick_mutex_);
@@ -315,10 +323,20 @@ VcpuExit KvmVcpu::run() {
     if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) {
       int err = errno;
       if (err == EINTR || err == EAGAIN) {
+        exits_[kExitSignal].add();
         if (take_kick()) return VcpuExit::kStopped;
         continue;  // another signal: go back in
       }
       throw_errno("KVM_RUN on " + who, err);
+    }
+    switch (run_->exit_reason) {
+      case KVM_EXIT_IO: exits_[kExitIo].add(); break;
+      case KVM_EXIT_MMIO: exits_[kExitMmio].add(); break;
+      case KVM_EXIT_INTR: exits_[kExitSignal].add(); break;
+      case KVM_EXIT_HLT: exits_[kExitHlt].add(); break;
+      case KVM_EXIT_SHUTDOWN: exits_[kExitShutdown].add(); break;
+      case KVM_EXIT_SYSTEM_EVENT: exits_[kExitSystemEvent].add(); break;
+      default: exits_[kExitOther].add(); break;
     }
     switch (run_->exit_reason) {
       case KVM_EXIT_IO:

@@ -9,12 +9,16 @@
 
 #include <pthread.h>
 
+#include <array>
 #include <atomic>
 #include <csignal>
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "base/counter.h"
 #include "base/fd.h"
 #include "base/mapping.h"
 #include "engine/engine.h"
@@ -44,6 +48,9 @@ class KvmVcpu final : public Vcpu {
   void kick() override;
 
   int fd() const { return fd_.get(); }
+
+  // Exits to userspace by reason (metrics), counted by the vCPU's thread: (name, count) pairs.
+  std::vector<std::pair<const char*, uint64_t>> exit_counts() const;
   // "RIP 0x... bytes 0f 0b ..." for error messages: the instruction at RIP, read through the
   // guest's page tables where they resolve.
   std::string describe_position();
@@ -65,6 +72,10 @@ class KvmVcpu final : public Vcpu {
   pthread_t thread_{};
   bool in_run_ = false;
   std::atomic<bool> kicked_{false};
+
+  enum ExitKind { kExitIo, kExitMmio, kExitSignal, kExitHlt, kExitShutdown, kExitSystemEvent,
+                  kExitOther, kExitKinds };
+  std::array<Counter, kExitKinds> exits_;
 };
 
 }  // namespace keel
