@@ -205,7 +205,7 @@ void add_doc_verbs(CLI::App& app, Action& action) {
       app.add_subcommand("completion", "Print the shell completion script (source it, or install "
                                        "it as bash-completion/completions/keel)");
   completion->add_option("shell", *shell, "The shell")->required()->check(CLI::IsMember({"bash"}));
-  completion->callback([root, &action] {
+  completion->callback([root, shell, &action] {  // `shell` lives as long as CLI11 may write it
     action = [root] {
       std::printf("%s", bash_completion(*root).c_str());
       return 0;
