@@ -14,6 +14,7 @@ packages=(
   clang libclang-rt-14-dev
   qemu-utils libext2fs-dev libisofs-dev fdisk gdisk mtools dosfstools xorriso mmdebstrap
   nodejs chromium prometheus
+  libxen-dev  # Xen's public headers: the PVH start_info structure and ELF note numbers
 )
 
 missing=()

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -44,11 +45,20 @@ struct ElfKernel {
   uint64_t entry = 0;                // physical entry address (inside a segment)
   uint64_t lowest = 0;               // lowest paddr of any segment
   uint64_t end = 0;                  // one past the highest paddr + mem_size
+  bool is64 = true;                  // ELF64 (else ELF32)
+  uint16_t machine = 0;              // e_machine: EM_X86_64 (62) or EM_386 (3)
+  // The PVH entry (the Xen PHYS32_ENTRY note, a physical address inside a segment), when present.
+  std::optional<uint64_t> pvh_entry;
 };
 
 // Throws Error unless the image is an ELF64 little-endian x86-64 executable whose PT_LOAD
 // segments lie inside the file, do not overlap, and contain the entry point (e_entry, taken as
 // physical, or as virtual and converted through the segment that holds it).
 ElfKernel parse_elf_kernel(std::span<const uint8_t> image);
+
+// The same checks for an ELF32 or ELF64 image for x86-64 or i386 (multiboot and PVH kernels),
+// plus the PVH note: one whose value is not 4 or 8 bytes, or that points outside the loadable
+// segments, is refused.
+ElfKernel parse_any_elf(std::span<const uint8_t> image);
 
 }  // namespace keel::boot

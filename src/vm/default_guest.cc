@@ -1,8 +1,12 @@
 #include "vm/default_guest.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <fstream>
+#include <vector>
 
 #include "base/error.h"
+#include "boot/multiboot.h"
 
 namespace keel {
 
@@ -16,6 +20,20 @@ std::string default_cmdline(Accel accel) {
   // reset, instead of spinning a host core forever.
   return "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 }
+
+namespace {
+
+// From the first 8 KiB, which decide it (boot/multiboot.h); an unreadable file counts as Linux
+// and fails later with its own message.
+bool is_linux_kernel(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> head(boot::kMultibootSearchLimit);
+  in.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+  return boot::detect_boot_protocol(head) == boot::BootProtocol::kLinux;
+}
+
+}  // namespace
 
 void apply_guest_defaults(VmConfig& config) {
   if (config.boot == VmConfig::Boot::kDisk) return;  // the disk's own entry says what to boot
@@ -33,7 +51,9 @@ void apply_guest_defaults(VmConfig& config) {
       if (std::filesystem::exists(initrd)) config.initrd = initrd;
     }
   }
-  if (!config.kernel.empty() && config.cmdline.empty()) config.cmdline = default_cmdline(config.accel);
+  // Linux's console arguments would be a test kernel's arguments: multiboot and PVH kernels get none.
+  if (!config.kernel.empty() && config.cmdline.empty() && is_linux_kernel(config.kernel))
+    config.cmdline = default_cmdline(config.accel);
 }
 
 }  // namespace keel

@@ -1,5 +1,7 @@
 #include "vm/guest_loader.h"
 
+#include <fmt/format.h>
+
 #include <fstream>
 #include <iterator>
 
@@ -8,8 +10,11 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "boot/disk_boot.h"
+#include "boot/kernel_payload.h"
 #include "boot/linux_loader.h"
 #include "boot/memory_map.h"
+#include "boot/multiboot.h"
+#include "boot/protected_mode_boot.h"
 #include "devices/legacy/fw_cfg.h"
 
 namespace keel {
@@ -30,6 +35,60 @@ void publish_rsdp(GuestImage& image, uint64_t rsdp_addr) {
   std::vector<uint8_t> rsdp(36);
   image.memory.read(rsdp_addr, rsdp.data(), rsdp.size());
   image.fw_cfg->add_file("etc/acpi/rsdp", std::move(rsdp));
+}
+
+// --initrd for multiboot and PVH kernels: one file, or QEMU's module list ("file args,file2").
+std::vector<boot::BootModule> read_modules(const std::filesystem::path& initrd) {
+  std::vector<boot::BootModule> modules;
+  if (initrd.empty()) return modules;
+  std::vector<boot::ModuleSpec> specs;
+  if (std::filesystem::is_regular_file(initrd))
+    specs.push_back({initrd.string(), initrd.string()});
+  else
+    specs = boot::parse_module_list(initrd.string());
+  for (auto& spec : specs)
+    modules.push_back({spec.path, read_file(spec.path, "module"), std::move(spec.cmdline)});
+  return modules;
+}
+
+// --pvh: the ELF vmlinux to boot, from a vmlinux or a bzImage's compressed payload.
+std::vector<uint8_t> linux_vmlinux(GuestImage& image, std::vector<uint8_t> kernel) {
+  if (boot::detect_kernel_format(kernel) == boot::KernelFormat::kElf) return kernel;
+  const std::string name = "kernel " + image.config.kernel.string();
+  try {
+    const boot::BzImage bz = boot::parse_bzimage(kernel);
+    const auto payload = boot::bzimage_payload(bz, kernel);
+    if (payload.empty()) throw Error("--pvh: the bzImage has no payload (boot protocol 2.08+)");
+    auto vmlinux = boot::decompress_payload(payload, boot::payload_output_limit(bz, image.memory.ram_size()));
+    if (!vmlinux) throw Error(fmt::format("--pvh: keel cannot decompress its {} payload",
+                                          boot::compression_name(boot::detect_compression(payload))));
+    return std::move(*vmlinux);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", name, e.what()));
+  }
+}
+
+// A multiboot or PVH kernel: 32-bit protected-mode entry with its information structure.
+std::vector<x86::CpuState> load_protected_mode_guest(GuestImage& image, std::span<const uint8_t> kernel,
+                                                     boot::BootProtocol protocol) {
+  const auto& config = image.config;
+  // With the \_SB devices (the PCI root bridge): a Linux kernel booted through PVH finds PCI there.
+  const uint64_t rsdp =
+      x86::acpi::write_acpi_tables(image.memory, {.vcpus = image.vcpus, .sb_devices = image.acpi_devices}).rsdp;
+  publish_rsdp(image, rsdp);
+  const std::string name = "kernel " + config.kernel.string();
+  const auto modules = read_modules(config.initrd);
+  boot::ProtectedModeBoot boot;
+  if (protocol == boot::BootProtocol::kMultiboot) {
+    // As QEMU: the command line starts with the kernel's path (kvm-unit-tests' argv[0]).
+    const std::string cmdline = config.kernel.string() + (config.cmdline.empty() ? "" : " " + config.cmdline);
+    boot = boot::load_multiboot(image.memory, kernel, name, modules, cmdline);
+  } else {
+    boot = boot::load_pvh(image.memory, kernel, name, modules, config.cmdline, rsdp);
+  }
+  log::info("kernel: {} entry at {:#x}, information structure at {:#x}, {} module(s)", boot.protocol,
+            boot.entry, boot.info_addr, modules.size());
+  return {boot.cpu_state};
 }
 
 }  // namespace
@@ -63,6 +122,13 @@ std::vector<x86::CpuState> load_test_guest(GuestImage& image) {
 }
 
 std::vector<x86::CpuState> load_linux_guest(GuestImage& image) {
+  if (image.config.boot == VmConfig::Boot::kKernel) {
+    std::vector<uint8_t> kernel = read_file(image.config.kernel, "kernel");
+    if (image.config.pvh) return load_protected_mode_guest(image, linux_vmlinux(image, std::move(kernel)),
+                                                           boot::BootProtocol::kPvh);
+    const boot::BootProtocol protocol = boot::detect_boot_protocol(kernel);
+    if (protocol != boot::BootProtocol::kLinux) return load_protected_mode_guest(image, kernel, protocol);
+  }
   boot::LinuxBootSpec spec;
   spec.kernel = image.config.kernel;
   spec.initrd = image.config.initrd;

@@ -39,7 +39,10 @@ inline constexpr uint16_t kTestGuestExitPort = 0x504;
 std::vector<x86::CpuState> load_test_guest(GuestImage& image);
 
 // A Linux kernel with its initramfs and command line, and the ACPI tables. Returns vCPU 0's
-// state; the others start through INIT/SIPI.
+// state; the others start through INIT/SIPI. A multiboot or PVH kernel (boot/multiboot.h,
+// boot/protected_mode_boot.h) boots through its 32-bit entry instead, with `initrd` as its
+// modules (one file, or QEMU's list "file args,file args"); a multiboot kernel's command line
+// starts with its path, as QEMU gives it.
 std::vector<x86::CpuState> load_linux_guest(GuestImage& image);
 
 }  // namespace keel

@@ -43,6 +43,9 @@ struct VmConfig {
   bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
   PanicAction on_panic = PanicAction::kExit;
   bool isa_debug_exit = false;           // QEMU's isa-debug-exit at port 0xF4 (test kernels)
+  // Boot the Linux kernel through its PVH entry (boot/protected_mode_boot.h): an ELF vmlinux with
+  // the Xen PHYS32_ENTRY note, or the vmlinux a bzImage's payload decompresses to.
+  bool pvh = false;
 
   // PCI virtio devices: disks (vda, vdb, ...), networks, hvc0, entropy (issue 4).
   VirtioConfig virtio;

@@ -214,6 +214,32 @@ TEST_P(EmuCpu, PageFaultErrorCodeAndCr2) {
   EXPECT_EQ(m.vcpu->get_state().cr2, 0x1006000u);
 }
 
+// MOV to/from a 64-bit absolute address (A0-A3 with an 8-byte moffs) uses all 64 bits: a
+// constant pointer above 2 GiB is not sign-extended from 32 bits (kvm-unit-tests reads the
+// xAPIC this way at 0xfee00020). Both addresses are unmapped here, so CR2 shows the address used.
+TEST_P(EmuCpu, Moffs64UsesTheWholeAddress) {
+  EmuMachine m(GetParam());
+  ASSERT_EQ(m.run(R"(
+    mov eax, [qword 0x80001000]
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.vector(), 14);
+  EXPECT_EQ(m.vcpu->get_state().cr2, 0x80001000u);
+  ASSERT_EQ(m.run(R"(
+    mov [qword 0x123456789000], rax
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.vector(), 14);
+  EXPECT_EQ(m.frame(0), 2u);  // not present, write
+  EXPECT_EQ(m.vcpu->get_state().cr2, 0x123456789000u);
+  // And a mapped one, through both directions.
+  ASSERT_EQ(m.run(R"(
+    mov rax, 0x1122334455667788
+    mov [qword 0x1000100], rax
+    mov rax, 0
+    mov ax, [qword 0x1000102]
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.reg(RAX), 0x5566u);
+}
+
 TEST_P(EmuCpu, AccessedAndDirtyBits) {
   EmuMachine m(GetParam());
   ASSERT_EQ(m.run(R"(
@@ -319,6 +345,32 @@ TEST_P(EmuCpu, ArchCapabilitiesSayNotAffected) {
   const uint32_t caps = uint32_t(m.reg(R9));
   for (int bit : {0, 1, 4, 5, 6, 8, 20, 24, 26, 27}) EXPECT_TRUE(caps & (1u << bit)) << bit;
   EXPECT_EQ(m.reg(R10), 0x401u);
+}
+
+// CPUID.1:EDX.APIC follows IA32_APIC_BASE's enable bit (kvm-unit-tests' xapic checks it), and the
+// machine-check MSRs read as "no banks" (its msr test reads them without looking at CPUID).
+TEST_P(EmuCpu, CpuidApicBitFollowsApicBaseAndMachineCheckMsrsRead) {
+  EmuMachine m(GetParam());
+  ASSERT_EQ(m.run(R"(
+    mov eax, 1
+    cpuid
+    mov r8d, edx
+    mov ecx, 0x1b
+    rdmsr
+    and eax, ~0x800
+    wrmsr
+    mov eax, 1
+    cpuid
+    mov r9d, edx
+    mov ecx, 0x179
+    rdmsr
+    mov r10d, eax
+    mov r11d, edx
+    hlt)"), VcpuExit::kHalted);
+  EXPECT_EQ(m.reg(R8) & (1u << 9), 1u << 9);
+  EXPECT_EQ(m.reg(R9) & (1u << 9), 0u);
+  EXPECT_EQ(m.reg(R10), 0u);
+  EXPECT_EQ(m.reg(R11), 0u);
 }
 
 TEST_P(EmuCpu, StringInstructions) {

@@ -135,9 +135,9 @@ TEST(KvmProbe, ProbesThisHost) {
   if (!r.device_ok) GTEST_SKIP() << r.device_error;
   std::cout << to_text(r);
   ASSERT_TRUE(r.can_run_guests()) << r.reason();
-  ASSERT_EQ(r.checks.size(), 7u);
+  ASSERT_EQ(r.checks.size(), 8u);
   for (const char* name : {"exception_cpl0", "timer_interrupt_cpl0", "int3_cpl0", "xgetbv_cpl0",
-                           "xsave_cpl0", "xrstor_cpl0", "cmpxchg16b_cpl0"}) {
+                           "xsave_cpl0", "xrstor_cpl0", "cmpxchg16b_cpl0", "protected_mode_cpl0"}) {
     auto* c = r.check(name);
     ASSERT_NE(c, nullptr) << name;
     EXPECT_FALSE(c->detail.empty());

@@ -21,6 +21,7 @@
 #include "boot/kernel_payload.h"
 #include "boot/memory_map.h"
 #include "default_guest.h"
+#include "image_bytes.h"
 
 namespace keel::boot {
 namespace {
@@ -29,15 +30,8 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kMiB = 1 << 20;
 
-std::vector<uint8_t> read_file(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-template <typename T>
-void put(std::vector<uint8_t>& v, uint64_t offset, T value) {
-  std::memcpy(v.data() + offset, &value, sizeof value);
-}
+using testing::put;
+std::vector<uint8_t> read_file(const std::filesystem::path& path) { return testing::read_file_bytes(path); }
 
 // A minimal bzImage: a valid setup header and `code_size` bytes of protected-mode "code".
 struct FakeBzImage {

@@ -106,4 +106,31 @@ CpuState setup_long_mode(GuestMemory& memory, const BootEntry& entry) {
   return boot_cpu_state(entry);
 }
 
+Segment protected_mode_code_segment() {
+  Segment s = boot_code_segment();
+  s.l = 0;
+  s.db = 1;
+  return s;
+}
+
+CpuState setup_protected_mode(GuestMemory& memory, uint32_t eip) {
+  const uint64_t gdt[6] = {0, 0, encode_descriptor(protected_mode_code_segment()),
+                           encode_descriptor(boot_data_segment()),
+                           encode_descriptor(boot_tss_segment()), 0};
+  memory.write(kBootGdtAddr, gdt, sizeof gdt);
+  CpuState st;
+  st.rip = eip;
+  st.rflags = 0x2;
+  st.cs = protected_mode_code_segment();
+  st.ds = st.es = st.fs = st.gs = st.ss = boot_data_segment();
+  st.tr = boot_tss_segment();  // type 0xB: a busy TSS, 32-bit outside long mode
+  st.ldt.type = 0x2;
+  st.ldt.unusable = 1;
+  st.gdt = {kBootGdtAddr, kBootGdtLimit};
+  st.idt = {0, 0};
+  st.cr0 = kCr0PE | kCr0ET;
+  st.apic_base = kApicBaseDefault | kApicBaseEnable | kApicBaseBsp;
+  return st;
+}
+
 }  // namespace keel::x86

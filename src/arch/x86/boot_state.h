@@ -76,4 +76,11 @@ CpuState boot_cpu_state(const BootEntry& entry);
 // Both of the above.
 CpuState setup_long_mode(GuestMemory& memory, const BootEntry& entry);
 
+// The 32-bit protected-mode entry of multiboot and PVH kernels: paging off, CS a flat 32-bit
+// code segment (selector 0x10), DS/ES/FS/GS/SS flat data (0x18), TR a busy 32-bit TSS (0x20, as
+// PVH requires), interrupts off, EIP = `eip`, every other register 0. Writes the matching GDT at
+// kBootGdtAddr (a kernel may reload its segments from it before installing its own).
+Segment protected_mode_code_segment();
+CpuState setup_protected_mode(GuestMemory& memory, uint32_t eip);
+
 }  // namespace keel::x86

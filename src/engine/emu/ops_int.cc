@@ -40,6 +40,18 @@ void op_mov(Cpu& c, const Insn& in) {
   put_op<T, DK>(c, in, 0, get_op<T, SK>(c, in, 1));
 }
 
+// MOV between the accumulator and a 64-bit absolute address (moffs64: A0-A3 in 64-bit mode,
+// e.g. `mov eax, [0xfee00020]` as compilers emit for a constant pointer above 2 GiB). The
+// address does not fit Insn::disp (32 bits, sign-extended), so the decoder keeps it in imm.
+template <typename T, bool Load>
+void op_mov_moffs64(Cpu& c, const Insn& in) {
+  const uint64_t la = in.imm + c.seg_base[in.seg];
+  if constexpr (Load)
+    c.set_reg<T>(in.reg[0], c.rd<T>(la));
+  else
+    c.wr<T>(la, c.reg<T>(in.reg[1]));
+}
+
 // moffs forms and anything else with a run-time operand kind.
 template <typename T>
 void op_mov_any(Cpu& c, const Insn& in) {
@@ -896,6 +908,14 @@ bool select_int(DecodeCtx& d) {
   switch (m) {
     case ZYDIS_MNEMONIC_MOV:
       if (has_special_reg(d)) return false;
+      if (d.zi.raw.disp.size == 64) {
+        in.imm = d.zi.raw.disp.value;
+        in.prefix &= ~kPfxGpr;  // the translator's MOV would read disp: this handler runs instead
+        if (k0 == kOpReg && k1 == kOpMem) in.fn = KEEL_BY_SIZE(in.osz, op_mov_moffs64, true);
+        else if (k0 == kOpMem && k1 == kOpReg) in.fn = KEEL_BY_SIZE(in.osz, op_mov_moffs64, false);
+        else return false;
+        return true;
+      }
       if (k0 == kOpReg && k1 == kOpReg) in.fn = KEEL_BY_SIZE(in.osz, op_mov, kOpReg, kOpReg);
       else if (k0 == kOpReg && k1 == kOpMem) in.fn = KEEL_BY_SIZE(in.osz, op_mov, kOpReg, kOpMem);
       else if (k0 == kOpReg && k1 == kOpImm) in.fn = KEEL_BY_SIZE(in.osz, op_mov, kOpReg, kOpImm);

@@ -840,6 +840,8 @@ uint64_t Cpu::read_msr(uint32_t i) {
     case 0x8B: return 0;  // IA32_BIOS_SIGN_ID (microcode revision)
     case 0xFE: return 0;  // IA32_MTRRCAP: no variable ranges, no fixed ranges
     case 0x174: return sysenter_cs;
+    case 0x179: return 0;  // IA32_MCG_CAP: no machine-check banks (CPUID has no MCE/MCA)
+    case 0x17A: return 0;  // IA32_MCG_STATUS
     case 0x175: return sysenter_esp;
     case 0x176: return sysenter_eip;
     case 0x1A0: return misc_enable;
@@ -951,7 +953,6 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
              | (1u << 5)   // MSR
              | (1u << 6)   // PAE
              | (1u << 8)   // CX8
-             | (1u << 9)   // APIC
              | (1u << 11)  // SEP (MSRs only)
              | (1u << 13)  // PGE
              | (1u << 15)  // CMOV
@@ -962,6 +963,7 @@ void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
              | (1u << 24)  // FXSR
              | (1u << 25)  // SSE
              | (1u << 26);  // SSE2
+      if (apic_.base_msr() & (1u << 11)) o[3] |= 1u << 9;  // APIC, while IA32_APIC_BASE enables it
       return;
     case 2:
       o[0] = 0x0000FF01;  // "use leaf 4"

@@ -59,7 +59,9 @@ KvmProbeCheck run_probe(const ProbeGuest& guest) {
     KvmEngine engine({memory, pio, mmio}, {.vcpus = 1});
     auto vcpu = engine.create_vcpu(0);
     memory.write(kProbeLoadAddr, guest.code.data(), guest.code.size());
-    vcpu->set_state(x86::setup_long_mode(memory, {.rip = kProbeLoadAddr, .rsp = kProbeStackTop}));
+    vcpu->set_state(guest.protected_mode
+                        ? x86::setup_protected_mode(memory, kProbeLoadAddr)
+                        : x86::setup_long_mode(memory, {.rip = kProbeLoadAddr, .rsp = kProbeStackTop}));
     exit_device->attach(vcpu.get());
 
     std::mutex mutex;

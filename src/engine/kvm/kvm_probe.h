@@ -3,7 +3,8 @@
 // Besides /dev/kvm access, the API version and the capabilities keel needs, it runs small probe
 // guests (probe_guests/*.asm, embedded at build time) that take the paths a stock kernel needs
 // and software-assisted KVM (kvm_pvm) gets wrong at CPL0: exception and interrupt delivery, INT3,
-// XGETBV/XSAVE/XRSTOR, CMPXCHG16B. Each outcome is reported by name.
+// XGETBV/XSAVE/XRSTOR, CMPXCHG16B; and the 32-bit protected-mode entry multiboot and PVH kernels
+// use. Each outcome is reported by name.
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -12,6 +12,7 @@ namespace {
 struct Described {
   const char* name;
   const char* description;
+  bool protected_mode = false;
 };
 
 // Order: the basic paths first, so the reason names the most fundamental failure.
@@ -23,6 +24,9 @@ constexpr Described kProbes[] = {
     {"xsave_cpl0", "XSAVE at CPL0"},
     {"xrstor_cpl0", "XRSTOR at CPL0"},
     {"cmpxchg16b_cpl0", "CMPXCHG16B at CPL0"},
+    // Multiboot and PVH kernels start here; Linux never needs it from KVM (its SMP trampoline
+    // passes through it, but only on the emu engine).
+    {"protected_mode_cpl0", "32-bit protected-mode entry (paging off) at CPL0", true},
 };
 
 }  // namespace
@@ -34,7 +38,7 @@ std::vector<ProbeGuest> probe_guests() {
     for (const auto& g : embedded::kEmbeddedGuests)
       if (std::strcmp(g.name, p.name) == 0) found = &g;
     if (!found) throw Error(std::string("probe guest ") + p.name + " is not embedded");
-    out.push_back({p.name, p.description, {found->data, found->size}});
+    out.push_back({p.name, p.description, {found->data, found->size}, p.protected_mode});
   }
   return out;
 }

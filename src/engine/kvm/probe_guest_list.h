@@ -12,6 +12,7 @@ struct ProbeGuest {
   const char* name;
   const char* description;
   std::span<const uint8_t> code;
+  bool protected_mode = false;  // entered in 32-bit protected mode (else keel's 64-bit entry)
 };
 
 std::vector<ProbeGuest> probe_guests();
