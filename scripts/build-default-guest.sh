@@ -25,11 +25,12 @@ mkdir -p "$cache/debs" || die "cannot create cache directory $cache"
 
 meta_package=linux-image-cloud-amd64
 # Modules the guest needs (drivers for keel's virtio-pci devices, ext4 for the data disk, the ACPI
-# power button and evdev so busybox acpid sees it, isofs for a cloud-init seed). Each is loaded with its dependencies from
+# power button and evdev so busybox acpid sees it, isofs for a cloud-init seed, pvpanic-mmio for
+# keel's pvpanic device: a panic is reported to the host). Each is loaded with its dependencies from
 # modules.dep; one that is built into the kernel is skipped.
 wanted_modules=(virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_blk virtio_net
                 net_failover failover virtio_console virtio_rng ext4 jbd2 mbcache crc16 crc32c
-                button evdev isofs)
+                button evdev isofs pvpanic pvpanic_mmio)
 
 for tool in apt-cache apt-get dpkg-deb cpio gzip mke2fs nasm busybox readelf flock sha256sum; do
   command -v "$tool" >/dev/null || die "'$tool' not found; run scripts/install-deps.sh"

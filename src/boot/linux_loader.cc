@@ -256,6 +256,15 @@ class Loader {
 
 }  // namespace
 
+uint32_t check_kernel_image(std::span<const uint8_t> kernel) {
+  uint32_t limit = kDefaultCmdlineSize;
+  if (detect_kernel_format(kernel) == KernelFormat::kBzImage)
+    limit = parse_bzimage(kernel).header.cmdline_size;
+  else
+    parse_elf_kernel(kernel);
+  return static_cast<uint32_t>(std::min<uint64_t>(limit, kCmdlineMax - 1));
+}
+
 LinuxBoot load_linux(GuestMemory& memory, const LinuxBootSpec& spec) {
   const std::string kernel_name = "kernel " + spec.kernel.string();
   uint64_t kernel_size = 0;

@@ -60,6 +60,11 @@ struct LinuxBoot {
 
 LinuxBoot load_linux(GuestMemory& memory, const LinuxBootSpec& spec);
 
+// Checks a kernel image as load_linux() does before it places anything (a bzImage's or ELF
+// vmlinux's headers) and returns the longest command line it accepts. Throws Error saying what is
+// wrong. For checks made before a VM exists (the daemon's definitions).
+uint32_t check_kernel_image(std::span<const uint8_t> kernel);
+
 // The same from bytes already in memory (tests, fuzzing). `initrd` may be empty.
 LinuxBoot load_linux_image(GuestMemory& memory, std::span<const uint8_t> kernel,
                            std::span<const uint8_t> initrd, const std::string& cmdline,

@@ -1,23 +1,30 @@
 // The virsh-like verbs. Each is a client of the daemon's HTTP API only (manager/api_client.h).
 #include <poll.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/version.h"
 #include <CLI/CLI.hpp>
 
 #include "cli/verbs.h"
 #include "manager/api_client.h"
+#include "manager/vm_definition.h"
 
 namespace keel::cli {
 
@@ -46,7 +53,9 @@ struct ClientOptions {
 CLI::App* client_verb(CLI::App& app, const char* verb, const char* help, ClientOptions& options,
                       bool takes_name = true) {
   CLI::App* cmd = app.add_subcommand(verb, help);
-  cmd->add_option("--socket", options.socket, "The daemon's API socket")->capture_default_str();
+  cmd->add_option("--socket", options.socket, "The daemon's API socket")
+      ->capture_default_str()
+      ->type_name("PATH");
   cmd->add_option("--timeout", options.timeout,
                   "Seconds to wait for the daemon's answer (a console or event stream: until it "
                   "opens)")
@@ -86,13 +95,26 @@ void write_stdout(std::string_view bytes) {
   }
 }
 
-// Attaches the terminal to the VM's console until Ctrl-] (or end of input, or the stream ends).
+// Attaches the terminal to the VM's console until Ctrl-] (or end of input), or until the VM
+// stops, which ends the stream (then a line says so). The daemon refuses a VM that is not running.
 void attach_console(manager::ApiClient& api, const std::string& name) {
   std::string path = "/v1/vms/" + name + "/console";
   api.call("GET", "/v1/vms/" + name);  // fail early, with the daemon's message, if it is unknown
-  RawTerminal raw;
+  std::optional<RawTerminal> raw;
+  raw.emplace();
+  std::atomic<bool> stream_ended{false};
   std::atomic<bool> detach{false};
   std::exception_ptr output_error;
+  // Input goes to the guest only once the output stream is open: input that ends the guest
+  // (piped, all at once) must not stop the VM before the stream could attach to it.
+  std::mutex open_mutex;
+  std::condition_variable open_changed;
+  bool opened = false;
+  auto set_opened = [&] {
+    std::lock_guard lock(open_mutex);
+    opened = true;
+    open_changed.notify_all();
+  };
   std::thread output([&] {
     try {
       api.stream(path, [&](std::string_view bytes) {
@@ -102,12 +124,19 @@ void attach_console(manager::ApiClient& api, const std::string& name) {
         // Said once the stream is open: the output from here on reaches this terminal.
         std::fprintf(stderr, "Connected to domain '%s'\nEscape character is ^] (Ctrl + ])\n",
                      name.c_str());
+        set_opened();
       });
+      stream_ended = !detach;
     } catch (...) {
       output_error = std::current_exception();
     }
     detach = true;
+    set_opened();
   });
+  {
+    std::unique_lock lock(open_mutex);
+    open_changed.wait(lock, [&] { return opened; });
+  }
   char buf[1024];
   while (!detach) {
     pollfd p{STDIN_FILENO, POLLIN, 0};
@@ -127,8 +156,21 @@ void attach_console(manager::ApiClient& api, const std::string& name) {
   }
   detach = true;
   output.join();
+  raw.reset();
   std::fprintf(stderr, "\n");
   if (output_error) std::rethrow_exception(output_error);
+  if (stream_ended) {
+    // The daemon ended the stream: the VM stopped. Say how it is now.
+    std::string why = "stopped";
+    try {
+      json vm = api.call("GET", "/v1/vms/" + name);
+      std::string state = vm.value("state", "?"), reason = vm.value("reason", "");
+      why = "is " + state + (reason.empty() ? "" : " (" + reason + ")");
+    } catch (const std::exception&) {
+      why = "is gone";
+    }
+    std::fprintf(stderr, "Domain '%s' %s: console closed\n", name.c_str(), why.c_str());
+  }
 }
 
 std::string state_text(const json& vm) {
@@ -163,8 +205,53 @@ void print_info(const json& vm) {
   if (def.contains("test_guest")) row("Test guest:", def["test_guest"].get<std::string>());
   row("Disks:", std::to_string(def.value("disks", json::array()).size()));
   row("Networks:", std::to_string(def.value("nets", json::array()).size()));
+  row("Autostart:", def.value("autostart", false) ? "enable" : "disable");  // as virsh dominfo
+  row("On crash:", def.value("on_crash", "destroy"));
   if (vm.contains("control_socket")) row("Control socket:", vm["control_socket"].get<std::string>());
   row("Log:", vm.value("log", "-"));
+}
+
+// A definition file as the daemon should see it: its relative paths (kernel, initrd, test_guest,
+// disks, cloud-init files) made absolute against the file's own directory, so examples work from anywhere.
+std::string resolve_paths(const std::string& text, const std::string& file) {
+  json doc = json::parse(text, nullptr, false);
+  if (!doc.is_object()) return text;  // the daemon names what is wrong with it
+  std::filesystem::path base = std::filesystem::absolute(file).parent_path();
+  auto resolve = [&](json& value) {
+    if (value.is_string() && !value.get<std::string>().empty() && value.get<std::string>()[0] != '/')
+      value = (base / value.get<std::string>()).lexically_normal().string();
+  };
+  for (const char* key : {"kernel", "initrd", "test_guest"})
+    if (doc.contains(key)) resolve(doc[key]);
+  if (doc.contains("disks") && doc["disks"].is_array())
+    for (json& disk : doc["disks"])
+      if (disk.is_object() && disk.contains("path")) resolve(disk["path"]);
+  if (doc.contains("cloud_init") && doc["cloud_init"].is_object())
+    for (const char* key : {"user_data", "meta_data", "network_config"})
+      if (doc["cloud_init"].contains(key)) resolve(doc["cloud_init"][key]);
+  return doc.dump();
+}
+
+// PUT /v1/vms/NAME with the definition: defines it, or replaces the definition of one that is
+// shut off (as virsh define). 201 created, 200 replaced; throws ApiError otherwise.
+bool put_definition(manager::ApiClient& api, const std::string& text, const std::string& what) {
+  json doc = json::parse(text, nullptr, false);
+  std::string name = doc.is_object() && doc.contains("name") && doc["name"].is_string()
+                         ? doc["name"].get<std::string>()
+                         : "";
+  // A definition without a usable name goes to POST, which says what is wrong with it.
+  manager::HttpResponse r = manager::valid_vm_name(name)
+                                ? api.request("PUT", "/v1/vms/" + name, text)
+                                : api.request("POST", "/v1/vms", text);
+  json body = json::parse(r.body, nullptr, false);
+  if (r.status != 200 && r.status != 201) {
+    bool known = body.is_object() && body.contains("error") && body["error"].is_object();
+    std::string msg = known ? body["error"].value("message", "refused")
+                            : "refused (" + std::to_string(r.status) + ")";
+    throw manager::ApiError(r.status, known ? body["error"].value("code", "") : "",
+                            "cannot define " + what + ": " + msg);
+  }
+  return r.status == 201;
 }
 
 std::string read_file(const std::string& path) {
@@ -180,6 +267,62 @@ std::string describe_event(const json& e) {
                      "': " + state_text(e);
   if (e.contains("detail")) text += " - " + e["detail"].get<std::string>();
   return text;
+}
+
+// The editor the user wants, on `path`; false if it failed (non-zero exit).
+bool run_editor(const std::string& path) {
+  const char* editor = std::getenv("VISUAL");
+  if (!editor || !*editor) editor = std::getenv("EDITOR");
+  if (!editor || !*editor) editor = "vi";
+  // Through the shell, as git and virsh do: EDITOR may carry arguments ("code --wait").
+  std::string command = std::string(editor) + " \"$1\"";
+  pid_t pid = ::fork();
+  if (pid < 0) throw_errno("fork");
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", command.c_str(), "sh", path.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+void edit_definition(const ClientOptions& o) {
+  manager::ApiClient api = o.api();
+  json vm = api.call("GET", "/v1/vms/" + o.name);
+  std::string original = vm.value("definition", json::object()).dump(2) + "\n";
+  char tmpl[] = "/tmp/keel-edit-XXXXXX.json";
+  int fd = ::mkstemps(tmpl, 5);
+  if (fd < 0) throw_errno("mkstemps");
+  ::close(fd);
+  std::string path = tmpl;
+  struct Remove {
+    std::string path;
+    ~Remove() { ::unlink(path.c_str()); }
+  } remove{path};
+  std::ofstream(path, std::ios::trunc) << original;
+  for (;;) {
+    if (!run_editor(path)) throw Error("the editor failed; the definition of '" + o.name + "' is unchanged");
+    std::string edited = read_file(path);
+    if (edited == original) {
+      std::printf("Domain '%s' definition not changed\n", o.name.c_str());
+      return;
+    }
+    try {
+      put_definition(api, resolve_paths(edited, path), "the edited definition");
+      std::printf("Domain '%s' definition edited\n", o.name.c_str());
+      return;
+    } catch (const manager::ApiError& e) {
+      // Refused (it names the field): edit again, if someone is there to do it.
+      std::fprintf(stderr, "keel: error: %s\n", e.what());
+      if (!::isatty(STDIN_FILENO)) throw Error("the definition of '" + o.name + "' is unchanged");
+      std::fprintf(stderr, "Edit again? [y/N] ");
+      std::string answer;
+      if (!std::getline(std::cin, answer) || (answer != "y" && answer != "Y"))
+        throw Error("the definition of '" + o.name + "' is unchanged");
+    }
+  }
 }
 
 }  // namespace
@@ -199,19 +342,13 @@ void add_client_verbs(CLI::App& app, Action& action) {
     auto o = std::make_shared<ClientOptions>();
     auto file = std::make_shared<std::string>();
     CLI::App* cmd = client_verb(app, "define", "Define a VM from a JSON file", *o, false);
-    cmd->add_option("file", *file, "The definition (JSON)")->required();
+    cmd->add_option("file", *file, "The definition (JSON)")->required()->type_name("PATH");
     cmd->callback(defer([o, file] {
       manager::ApiClient api = o->api();
-      std::string text = read_file(*file);
-      manager::HttpResponse r = api.request("POST", "/v1/vms", text);
-      json body = json::parse(r.body, nullptr, false);
-      if (r.status != 201) {
-        std::string msg = body.is_object() && body.contains("error")
-                              ? body["error"].value("message", "refused")
-                              : "refused (" + std::to_string(r.status) + ")";
-        throw Error("cannot define " + *file + ": " + msg);
-      }
-      std::printf("Domain '%s' defined from %s\n", body.value("name", "?").c_str(), file->c_str());
+      std::string text = resolve_paths(read_file(*file), *file);
+      put_definition(api, text, *file);
+      json doc = json::parse(text, nullptr, false);
+      std::printf("Domain '%s' defined from %s\n", doc.value("name", "?").c_str(), file->c_str());
     }));
   }
   // undefine NAME
@@ -262,8 +399,15 @@ void add_client_verbs(CLI::App& app, Action& action) {
     const char* done;
   };
   for (Simple s : {Simple{"shutdown", "Press the VM's ACPI power button", "is being shutdown"},
-                   Simple{"reboot", "Reset the VM", "is being rebooted"},
-                   Simple{"destroy", "Stop the VM now (kill its VMM)", "destroyed"},
+                   Simple{"reboot",
+                          "Reboot the VM: the guest is asked (ACPI power button) and booted again "
+                          "once it has shut down",
+                          "is being rebooted"},
+                   Simple{"reset", "Reset the VM at once, without asking the guest", "was reset"},
+                   Simple{"destroy",
+                          "Stop the VM now (SIGTERM to its VMM, SIGKILL if it is still there 10 s "
+                          "later)",
+                          "destroyed"},
                    Simple{"suspend", "Pause the VM's vCPUs", "suspended"},
                    Simple{"resume", "Let a paused VM run again", "resumed"}}) {
     auto o = std::make_shared<ClientOptions>();
@@ -277,13 +421,19 @@ void add_client_verbs(CLI::App& app, Action& action) {
     auto o = std::make_shared<ClientOptions>();
     auto all = std::make_shared<bool>(false);
     auto as_json = std::make_shared<bool>(false);
+    auto names = std::make_shared<bool>(false);
     CLI::App* cmd = client_verb(app, "list", "List VMs (running or paused; --all for every one)",
                                 *o, false);
     cmd->add_flag("--all", *all, "Include shut off VMs");
     cmd->add_flag("--json", *as_json, "Print JSON");
-    cmd->callback(defer([o, all, as_json] {
+    cmd->add_flag("--name", *names, "Print only the names, one per line (as virsh list --name)");
+    cmd->callback(defer([o, all, as_json, names] {
       json vms = o->api().call("GET", "/v1/vms");
-      if (*as_json) {
+      if (*names) {
+        for (const json& vm : vms)
+          if (*all || vm.value("state", "") != "shut off")
+            std::printf("%s\n", vm.value("name", "?").c_str());
+      } else if (*as_json) {
         json out = json::array();
         for (const json& vm : vms) {
           if (*all || vm.value("state", "") != "shut off") out.push_back(vm);
@@ -309,6 +459,40 @@ void add_client_verbs(CLI::App& app, Action& action) {
       }
     }));
   }
+  // dumpdef NAME: the definition, as `keel define` takes it (virsh dumpxml)
+  {
+    auto o = std::make_shared<ClientOptions>();
+    client_verb(app, "dumpdef", "Print a VM's definition (JSON, as keel define takes it)", *o)
+        ->callback(defer([o] {
+          json vm = o->api().call("GET", "/v1/vms/" + o->name);
+          std::printf("%s\n", vm.value("definition", json::object()).dump(2).c_str());
+        }));
+  }
+  // edit NAME: the definition in $VISUAL/$EDITOR, checked by the daemon when saved (virsh edit)
+  {
+    auto o = std::make_shared<ClientOptions>();
+    client_verb(app, "edit",
+                "Edit a VM's definition in $VISUAL or $EDITOR (vi); the daemon checks it when the "
+                "editor exits, and the VM must be shut off for most changes",
+                *o)
+        ->callback(defer([o] { edit_definition(*o); }));
+  }
+  // autostart NAME [--disable]
+  {
+    auto o = std::make_shared<ClientOptions>();
+    auto disable = std::make_shared<bool>(false);
+    CLI::App* cmd = client_verb(app, "autostart",
+                                "Start the VM whenever the daemon starts (once per host boot)", *o);
+    cmd->add_flag("--disable", *disable, "Do not start it with the daemon");
+    cmd->callback(defer([o, disable] {
+      manager::ApiClient api = o->api();
+      json def = api.call("GET", "/v1/vms/" + o->name).value("definition", json::object());
+      def["autostart"] = !*disable;
+      api.call("PUT", "/v1/vms/" + o->name, def);
+      std::printf("Domain '%s' %s\n", o->name.c_str(),
+                  *disable ? "unmarked as autostarted" : "marked as autostarted");
+    }));
+  }
   // console NAME
   {
     auto o = std::make_shared<ClientOptions>();
@@ -316,6 +500,18 @@ void add_client_verbs(CLI::App& app, Action& action) {
         ->callback(defer([o] {
           manager::ApiClient api = o->api();
           attach_console(api, o->name);
+        }));
+  }
+  // version: this keel's, and the daemon's when it answers (as virsh version)
+  {
+    auto o = std::make_shared<ClientOptions>();
+    client_verb(app, "version", "Show keel's version and the daemon's", *o, false)
+        ->callback(defer([o] {
+          std::printf("keel %s\n", kVersion);
+          std::fflush(stdout);
+          json v = o->api().call("GET", "/v1/version");
+          std::printf("daemon: keel %s (API %d) on %s\n", v.value("version", "?").c_str(),
+                      v.value("api", 0), o->socket.c_str());
         }));
   }
   // events [--json]

@@ -7,9 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -21,9 +23,11 @@
 #include "boot/multiboot.h"
 #include "control/machine_target.h"
 #include "base/fd.h"
+#include "base/log.h"
 #include "base/log_file.h"
 #include "base/size.h"
 #include "cli/verbs.h"
+#include "devices/legacy/boot_progress.h"
 #include "devices/legacy/serial16550.h"
 #include "devices/virtio/virtio_console.h"
 #include "devices/virtio/virtio_platform.h"
@@ -61,6 +65,10 @@ struct RunOptions {
   std::string sandbox;       // "on" | "off"; empty: on when run as root
   uint32_t sandbox_uid = 0;  // 0: sandbox::default_vmm_id()
   std::string test_seccomp_violation;  // hidden: "vcpu", "device" or "main"
+  std::string on_panic = "exit";       // --on-panic exit|pause
+  bool force = false;                  // --force: --accel kvm even where the probe says no
+  std::optional<std::string> exec;     // --exec CMD: the default guest runs CMD, then powers off
+  uint32_t silence_warning = 30;       // seconds of a silent boot before keel says so (0: never)
 };
 
 VmConfig make_config(const RunOptions& o) {
@@ -80,6 +88,8 @@ VmConfig make_config(const RunOptions& o) {
   c.accel = parse_accel(o.accel);
   c.emu_tier = o.emu_tier == "interp" ? EmuTier::kInterp : EmuTier::kJit;
   c.emu_hot_threshold = o.emu_hot_threshold;
+  c.name = o.name;
+  c.on_panic = o.on_panic == "pause" ? PanicAction::kPause : PanicAction::kExit;
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
@@ -99,6 +109,11 @@ VmConfig make_config(const RunOptions& o) {
     throw UsageError("--kernel and --test-guest are mutually exclusive");
   if (!c.test_guest.empty() && (!c.initrd.empty() || o.cmdline))
     throw UsageError("--initrd and --cmdline apply to a Linux kernel, not to --test-guest");
+  if (o.exec && !c.test_guest.empty())
+    throw UsageError("--exec runs a command in the default guest's init, not in a --test-guest");
+  if (o.exec && !c.control_socket.empty())
+    throw UsageError("--exec and --control are for different uses (a command, a managed VM)");
+  if (o.exec && o.exec->empty()) throw UsageError("--exec needs a command");
   if (c.pvh && (!c.test_guest.empty() || c.boot == VmConfig::Boot::kDisk))
     throw UsageError("--pvh applies to a Linux kernel (--kernel or the default guest)");
   c.validate_resources();
@@ -142,16 +157,97 @@ class TerminationSignals {
   UniqueFd fd_;
 };
 
-// `--ready-fd N`: one byte on N once the control socket listens, then N is closed. The daemon
-// waits on this pipe (and the VMM's pidfd) instead of polling for the socket file.
-void signal_ready(int fd) {
-  if (fd < 0) return;
-  ssize_t n;
-  do {
-    n = ::write(fd, "R", 1);
-  } while (n < 0 && errno == EINTR);
-  ::close(fd);
+// `--ready-fd N`: "R" on N once the control socket listens, then N is closed. The daemon waits
+// on this pipe (and the VMM's pidfd) instead of polling for the socket file. A VMM that fails
+// before writes "E" and its error instead: the daemon reports exactly that, not a log tail with
+// hints meant for a terminal.
+class ReadyPipe {
+ public:
+  explicit ReadyPipe(int fd) : fd_(fd) {}
+  ~ReadyPipe() { close(); }
+  void ready() { send("R"); }
+  void fail(const std::string& message) { send("E" + message.substr(0, 4000)); }
+
+ private:
+  void send(const std::string& bytes) {
+    if (fd_ < 0) return;
+    std::string_view rest = bytes;
+    while (!rest.empty()) {
+      ssize_t n = ::write(fd_, rest.data(), rest.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      rest.remove_prefix(static_cast<size_t>(n));
+    }
+    close();
+  }
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  int fd_;
+};
+
+// --exec: the default guest's /init finds the command on the kernel command line (base64, so
+// that any bytes survive the kernel's parsing), runs it with its output on the console, writes
+// boot-progress code 2 and then the command's exit status (0-255), and powers off.
+constexpr uint8_t kExecStatusFollows = 2;
+
+std::string base64(std::string_view bytes) {
+  static const char kDigits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t v = uint32_t(uint8_t(bytes[i])) << 16;
+    if (i + 1 < bytes.size()) v |= uint32_t(uint8_t(bytes[i + 1])) << 8;
+    if (i + 2 < bytes.size()) v |= uint8_t(bytes[i + 2]);
+    out += kDigits[v >> 18 & 63];
+    out += kDigits[v >> 12 & 63];
+    out += i + 1 < bytes.size() ? kDigits[v >> 6 & 63] : '=';
+    out += i + 2 < bytes.size() ? kDigits[v & 63] : '=';
+  }
+  return out;
 }
+
+// Whether `kernel` boots through multiboot (its first 8 KiB decide; boot/multiboot.h).
+bool is_multiboot_kernel(const std::filesystem::path& kernel) {
+  if (kernel.empty()) return false;
+  std::ifstream in(kernel, std::ios::binary);
+  std::vector<uint8_t> head(8192);
+  in.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return boot::detect_boot_protocol(head) == boot::BootProtocol::kMultiboot;
+}
+
+// The status the guest reported after boot-progress code 2, if it did.
+std::optional<int> exec_status(const std::vector<BootProgress::Event>& events) {
+  for (size_t i = 0; i + 1 < events.size(); ++i)
+    if (events[i].code == kExecStatusFollows) return events[i + 1].code;
+  return std::nullopt;
+}
+
+// Says so on stderr when a booting guest has printed nothing on its console for `after` seconds
+// of running: a kernel the engine cannot run, or one without a console on keel's ports, looks
+// like a hang otherwise. Quiet from the first console byte or once init started (boot-progress).
+class SilenceWatch {
+ public:
+  SilenceWatch(Machine& machine, uint32_t after) {
+    if (after == 0) return;
+    auto printed = std::make_shared<std::atomic<bool>>(false);
+    machine.add_serial_output([printed](std::span<const uint8_t> bytes) {
+      if (!bytes.empty()) printed->store(true, std::memory_order_relaxed);
+    });
+    auto second = std::chrono::seconds(1);
+    machine.loop().add_timer(second, second, [&machine, printed, after, silent = 0u]() mutable {
+      if (silent > after || printed->load(std::memory_order_relaxed)) return;
+      if (!machine.boot_progress().events().empty()) return;  // init runs: the boot is over
+      if (machine.state() != MachineState::kRunning) return;  // paused time does not count
+      if (++silent == after)
+        log::warn("the guest has printed nothing on its console for {} s on the {} engine; if it "
+                  "seems stuck, `keel probe` says whether KVM can run it (--accel emu runs any "
+                  "guest), and Ctrl-A x quits",
+                  after, machine.engine().name());
+    });
+  }
+};
 
 // The daemon hands its VMMs a token (KEEL_CONTROL_TOKEN) with which its own control connections
 // always find a slot; it is taken out of the environment at once.
@@ -175,16 +271,19 @@ int report(const ShutdownInfo& info) {
       return 0;
     case ShutdownReason::kReset:
     case ShutdownReason::kTripleFault:
-      std::fprintf(stderr, "keel: guest reset (%s)\n", info.detail.c_str());
+      log::info("guest reset ({})", info.detail);
       return 0;
     case ShutdownReason::kHalted:
-      std::fprintf(stderr, "keel: guest halted (%s)\n", info.detail.c_str());
+      log::info("guest halted ({})", info.detail);
       return 0;
     case ShutdownReason::kQuit:
-      std::fprintf(stderr, "keel: %s\n", info.detail.c_str());
+      log::info("{}", info.detail);
       return 0;
     case ShutdownReason::kError:
-      std::fprintf(stderr, "keel: error: %s\n", info.detail.c_str());
+      log::error("{}", info.detail);
+      return 1;
+    case ShutdownReason::kPanicked:
+      log::error("guest panicked ({})", info.detail);
       return 1;
   }
   return 1;
@@ -215,17 +314,19 @@ void lock_down(sandbox::Confinement& confinement, Machine& machine, const RunOpt
     machine.thread_launcher().confine(policy, {ThreadKind::kMainLoop, ThreadKind::kControl});
   } catch (const Error& e) {
     // A kernel without seccomp: said, not fatal, as the rest of the sandbox.
-    std::fprintf(stderr, "keel: sandbox: could not install seccomp filters: %s\n", e.what());
+    log::warn("sandbox: could not install seccomp filters: {}", e.what());
   }
-  for (const auto& note : confinement.notes())
-    std::fprintf(stderr, "keel: sandbox: could not: %s\n", note.c_str());
+  for (const auto& note : confinement.notes()) log::warn("sandbox: could not: {}", note);
 }
 
-int run(const RunOptions& options) {
+int run_vm(const RunOptions& options, ReadyPipe& ready) {
   std::optional<sandbox::Confinement> confinement = begin_sandbox(options);
   // --log-file (the daemon's per-VM log): stdout and stderr go there, kept under 1 MiB.
-  std::optional<LogFile> log;
-  if (!options.log_file.empty()) log.emplace(options.log_file);
+  std::optional<LogFile> log_file;
+  if (!options.log_file.empty()) {
+    log_file.emplace(options.log_file);
+    log::add_timestamps();
+  }
   VmConfig config = make_config(options);
   if (options.ready_fd >= 0 && config.control_socket.empty())
     throw UsageError("--ready-fd needs --control");
@@ -259,16 +360,29 @@ int run(const RunOptions& options) {
       for (const auto& module : boot::parse_module_list(config.initrd.string())) require_file(module.path, "initrd");
     if (!config.test_guest.empty()) require_file(config.test_guest, "test guest");
 
+    apply_guest_defaults(config);
     if (config.accel == Accel::kAuto) {
       EngineChoice choice = choose_engine(Accel::kAuto, probe_kvm());
-      std::fprintf(stderr, "keel: %s\n", choice.reason.c_str());
+      log::info("{}", choice.reason);
       config.accel = choice.accel;
+    } else if (config.accel == Accel::kKvm && config.test_guest.empty() && !options.force &&
+               !is_multiboot_kernel(config.kernel)) {
+      // A stock kernel on a KVM that cannot run one hangs or dies without a word: refuse first.
+      // (Multiboot kernels, kvm-unit-tests among them, are purpose-built: they are let run.)
+      KvmProbeResult probe = probe_kvm();
+      if (!probe.can_run_stock_kernel()) {
+        bool terminal = options.ready_fd < 0;  // the daemon's VMMs report to the API, not a user
+        throw Error(probe.verdict() + (terminal ? "; use --accel emu (or auto), or --force to try "
+                                                  "KVM anyway"
+                                                : ""));
+      }
     }
-    apply_guest_defaults(config);
     // --console virtio: the default command line's console moves from ttyS0 to hvc0.
     if (config.virtio.console && !options.cmdline)
       if (auto at = config.cmdline.find("console=ttyS0"); at != std::string::npos)
         config.cmdline.replace(at, 13, "console=hvc0");
+    // --exec: the kernel keeps quiet, so the console shows the command's output alone.
+    if (options.exec) config.cmdline += " quiet keel.exec=" + base64(*options.exec);
   }
   config.validate();
 
@@ -289,26 +403,36 @@ int run(const RunOptions& options) {
   }
   Machine& machine = *owned;
   signals.watch(machine);
-  if (log) {
+  if (log_file) {
     auto second = std::chrono::seconds(1);
-    machine.loop().add_timer(second, second, [&log] { log->check(); });
+    machine.loop().add_timer(second, second, [&log_file] { log_file->check(); });
   }
+  machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
+  SilenceWatch silence(machine, options.silence_warning);
 
   // The control socket (issue 5): events, commands and the console stream for the daemon.
   std::unique_ptr<control::MachineControl> control;
   if (!config.control_socket.empty()) {
-    machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
     control = std::make_unique<control::MachineControl>(machine, config.control_socket.string(),
                                                         control_options());
     if (confinement) lock_down(*confinement, machine, options);
-    signal_ready(options.ready_fd);
+    ready.ready();
     ShutdownInfo info = machine.run();
     control.reset();  // SHUTDOWN reaches the clients before keel exits
     return report(info);
   }
 
-  machine.set_serial_output(TerminalConsole::output(STDOUT_FILENO));
   if (confinement) lock_down(*confinement, machine, options);
+  if (options.exec) {
+    // The command's output on stdout, its status as keel's; keel's stdin stays unread (a script
+    // calling keel in a loop keeps its input) and the terminal as it is (Ctrl-C ends keel).
+    ShutdownInfo info = machine.run();
+    std::optional<int> status = exec_status(machine.boot_progress().events());
+    if (info.reason == ShutdownReason::kPowerOff && status) return *status;
+    if (report(info) != 0) return 1;
+    log::error("the guest ended before it reported the command's exit status ({})", info.detail);
+    return 1;
+  }
   RawTerminal raw(STDIN_FILENO);
   ConsoleInput& console_device = config.virtio.console
                                      ? static_cast<ConsoleInput&>(*machine.pci().console())
@@ -320,6 +444,16 @@ int run(const RunOptions& options) {
   return report(info);
 }
 
+int run(const RunOptions& options) {
+  ReadyPipe ready(options.ready_fd);
+  try {
+    return run_vm(options, ready);
+  } catch (const std::exception& e) {
+    ready.fail(e.what());  // a start that fails before the VMM is ready (no-op after)
+    throw;
+  }
+}
+
 }  // namespace
 
 void add_run_verb(CLI::App& app, Action& action) {
@@ -327,8 +461,10 @@ void add_run_verb(CLI::App& app, Action& action) {
   CLI::App* sub = app.add_subcommand(
       "run", "Boot a VM with its serial console on this terminal (Ctrl-A x quits). With no "
              "--kernel, boots the default guest from $KEEL_GUEST_DIR or the build's guest/.");
-  sub->add_option("--kernel", o->kernel, "Linux kernel: bzImage or ELF vmlinux");
-  sub->add_option("--initrd", o->initrd, "initramfs for the kernel");
+  sub->add_option("--kernel", o->kernel, "Linux kernel: bzImage or ELF vmlinux")
+      ->type_name("PATH");
+  sub->add_option("--initrd", o->initrd, "initramfs for the kernel")
+      ->type_name("PATH");
   sub->add_option("--cmdline", o->cmdline, "Kernel command line (default: console=ttyS0 ...)");
   sub->add_option("--memory,-m", o->memory, "Guest RAM, with a K/M/G suffix (bare number: MiB)")
       ->capture_default_str();
@@ -349,7 +485,8 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->envname("KEEL_EMU_HOT_THRESHOLD")
       ->check(CLI::Range(0u, 1u << 20))
       ->group("");
-  sub->add_option("--control", o->control, "Serve the VM's control socket at this path");
+  sub->add_option("--control", o->control, "Serve the VM's control socket at this path")
+      ->type_name("PATH");
   sub->add_option("--ready-fd", o->ready_fd,
                   "Write one byte to this inherited fd once the control socket listens")
       ->check(CLI::Range(3, 1 << 20))
@@ -363,7 +500,8 @@ void add_run_verb(CLI::App& app, Action& action) {
                   "snapshot-save) instead of booting a new one");
   sub->add_option("--log-file", o->log_file,
                   "Append stdout and stderr to this file; past 1 MiB it moves to FILE.1 and a new "
-                  "one starts");
+                  "one starts")
+      ->type_name("PATH");
   sub->add_flag("--trace-boot", o->trace_boot,
                 "Print each boot-progress code (port 0x520) with its CLOCK_MONOTONIC time on "
                 "stderr");
@@ -375,7 +513,8 @@ void add_run_verb(CLI::App& app, Action& action) {
                 "(V << 1) | 1, as test kernels such as kvm-unit-tests expect");
   sub->add_option("--disk", o->disks,
                   "Disk image PATH[,format=raw|qcow2][,readonly] (format detected when not given; "
-                  "repeatable: vda, vdb, ...)");
+                  "repeatable: vda, vdb, ...)")
+      ->type_name("PATH");
   sub->add_option("--boot", o->boot,
                   "What to boot: kernel (--kernel, or the default guest) or disk (the first --disk's "
                   "own BLS entries or grub.cfg default entry, read from its ext4 /boot)")
@@ -386,7 +525,9 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_option("--cloud-init", o->cloud_init,
                   "Attach a cloud-init NoCloud seed (a read-only 'cidata' disk after the --disks): "
                   "user-data=FILE[,meta-data=FILE][,network-config=FILE]");
-  sub->add_option("--name", o->name, "The VM's name (the cloud-init seed's default hostname)")
+  sub->add_option("--name", o->name,
+                  "The VM's name (the control socket's query-name, the cloud-init seed's default "
+                  "hostname)")
       ->capture_default_str();
   sub->add_option("--net", o->nets,
                   "Network: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (the default) or tap:IFNAME "
@@ -410,7 +551,24 @@ void add_run_verb(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"vcpu", "device", "main"}))
       ->group("");
   // For the project's tests: a purpose-built guest (tests/guests/README.md), status port 0x504.
-  sub->add_option("--test-guest", o->test_guest, "Flat 64-bit test guest binary")->group("");
+  sub->add_option("--test-guest", o->test_guest, "Flat 64-bit test guest binary")->group("")
+      ->type_name("PATH");
+  sub->add_option("--exec", o->exec,
+                  "Default guest: run this shell command at boot, print its output, power off and "
+                  "exit with its status (stdin is not passed to it)")
+      ->type_name("CMD");
+  sub->add_flag("--force", o->force,
+                "With --accel kvm: boot even where `keel probe` says KVM cannot run a stock kernel");
+  sub->add_option("--on-panic", o->on_panic,
+                  "A guest panic (pvpanic) ends keel with status 1 (exit), or pauses the vCPUs and "
+                  "reports GUEST_PANICKED on the control socket (pause)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"exit", "pause"}));
+  sub->add_option("--silence-warning", o->silence_warning,
+                  "Seconds a booting guest may print nothing before keel says so on stderr (0: "
+                  "never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 86400u));
   sub->callback([o, &action] { action = [o] { return run(*o); }; });
 }
 

@@ -20,6 +20,7 @@ void add_run_verb(CLI::App& app, Action& action);
 void add_probe_verb(CLI::App& app, Action& action);
 void add_daemon_verb(CLI::App& app, Action& action);   // daemon_cmd.cc
 void add_client_verbs(CLI::App& app, Action& action);  // client_cmds.cc: the virsh-like verbs
+void add_doc_verbs(CLI::App& app, Action& action);     // docs.cc: help, completion, manpage
 void add_img_verb(CLI::App& app, Action& action);      // img.cc: keel img create
 void add_stats_verb(CLI::App& app, Action& action);    // stats_cmd.cc: keel stats
 

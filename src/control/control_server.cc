@@ -14,6 +14,7 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "base/version.h"
 #include "control/unix_socket.h"
 
 namespace keel::control {
@@ -51,11 +52,51 @@ void expect_no_arguments(const std::string& command, const json& args) {
   }
 }
 
-const char* const kCommands[] = {"qmp_capabilities", "query-status",     "query-cpus",
-                                 "query-commands",   "stop",             "cont",
-                                 "system_powerdown", "system_reset",     "quit",
-                                 "console-attach",   "query-stats",      "snapshot-save",
-                                 "migrate",          "query-migrate"};
+const char* const kCommands[] = {
+    "qmp_capabilities", "query-status",  "query-cpus-fast", "query-cpus", "query-commands",
+    "query-version",    "query-name",    "query-kvm",       "stop",       "cont",
+    "system_powerdown", "system_reset",  "quit",            "human-monitor-command",
+    "console-attach",   "query-stats",   "snapshot-save",   "migrate",    "query-migrate"};
+
+// The QMP dialect keel speaks is a subset of QEMU 7.2's (Debian 12's) schema: the commands above
+// with 7.2's names and reply shapes. Clients gate features on the greeting's version, so it
+// names that dialect; "package" says the server is keel, and which.
+json qemu_version() {
+  return json{{"qemu", {{"major", 7}, {"minor", 2}, {"micro", 0}}},
+              {"package", std::string("keel ") + kVersion}};
+}
+
+// human-monitor-command: the few HMP commands people type, answered as QEMU's monitor does.
+std::string human_monitor(ControlTarget& target, const std::string& line) {
+  std::string command = line.substr(0, line.find_last_not_of(" \t\r\n") + 1);
+  command.erase(0, command.find_first_not_of(" \t"));
+  if (command == "info registers") return target.info_registers();
+  if (command == "info status") {
+    RunStatus status = target.query_status();
+    return std::string("VM status: ") + run_state_name(status.state) + "\r\n";
+  }
+  if (command == "info version") return std::string("7.2.0 (keel ") + kVersion + ")\r\n";
+  if (command == "info name") return target.identity().name + "\r\n";
+  if (command == "info kvm") {
+    return std::string("kvm support: ") + (target.identity().kvm_enabled ? "enabled" : "disabled") +
+           "\r\n";
+  }
+  if (command == "info cpus") {
+    std::string out;
+    for (const CpuInfo& cpu : target.query_cpus())
+      out += (cpu.index == 0 ? "* " : "  ") + std::string("CPU #") + std::to_string(cpu.index) +
+             ": thread_id=" + std::to_string(cpu.thread_id) + "\r\n";
+    return out;
+  }
+  if (command == "help" || command == "info") {
+    return "info cpus -- show infos for each CPU\r\ninfo kvm -- show KVM information\r\n"
+           "info name -- show the current VM name\r\ninfo registers -- show the cpu registers\r\n"
+           "info status -- show the current VM status (running|paused)\r\n"
+           "info version -- show the version of QEMU\r\n";
+  }
+  std::string word = command.substr(0, command.find(' '));
+  return "unknown command: '" + word + "'\r\n";
+}
 
 }  // namespace
 
@@ -64,6 +105,7 @@ const char* run_state_name(RunState state) {
     case RunState::kRunning: return "running";
     case RunState::kPaused: return "paused";
     case RunState::kShutdown: return "shutdown";
+    case RunState::kGuestPanicked: return "guest-panicked";
   }
   return "unknown";
 }
@@ -244,10 +286,7 @@ void ControlServer::accept_clients() {
     Client& client = clients_[id];
     client.fd = std::move(fd);
     client.accepted = std::chrono::steady_clock::now();
-    json greeting{{"QMP",
-                   {{"version", {{"qemu", {{"major", 0}, {"minor", 1}, {"micro", 0}}},
-                                 {"package", "keel"}}},
-                    {"capabilities", json::array()}}}};
+    json greeting{{"QMP", {{"version", qemu_version()}, {"capabilities", json::array()}}}};
     send_line(client, greeting);
     try_write(id, client);
   }
@@ -449,14 +488,42 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
                 {"reason", status.reason},
                 {"singlestep", false}};
   }
-  if (name == "query-cpus") {
+  if (name == "query-cpus-fast" || name == "query-cpus") {  // query-cpus: QEMU's older name
     expect_no_arguments(name, args);
     json list = json::array();
     for (const CpuInfo& cpu : target_.query_cpus()) {
-      list.push_back(json{{"cpu-index", cpu.index}, {"thread-id", cpu.thread_id},
-                          {"halted", cpu.halted}});
+      list.push_back(json{{"cpu-index", cpu.index},
+                          {"thread-id", cpu.thread_id},
+                          {"qom-path", "/machine/unattached/device[" + std::to_string(cpu.index) + "]"},
+                          {"target", "x86_64"},
+                          {"props", {{"socket-id", cpu.index}, {"core-id", 0}, {"thread-id", 0}}}});
     }
     return list;
+  }
+  if (name == "query-version") {
+    expect_no_arguments(name, args);
+    return qemu_version();
+  }
+  if (name == "query-name") {
+    expect_no_arguments(name, args);
+    std::string vm = target_.identity().name;
+    return vm.empty() ? json::object() : json{{"name", vm}};
+  }
+  if (name == "query-kvm") {
+    expect_no_arguments(name, args);
+    VmIdentity id = target_.identity();
+    return json{{"enabled", id.kvm_enabled}, {"present", id.kvm_present}};
+  }
+  if (name == "human-monitor-command") {
+    std::string line;
+    for (auto& [key, value] : args.items()) {
+      if (key == "command-line" && value.is_string()) line = value.get<std::string>();
+      else if (key != "cpu-index")
+        throw CommandError{"GenericError", "Parameter '" + key + "' is unexpected for '" + name + "'"};
+    }
+    if (!args.contains("command-line"))
+      throw CommandError{"GenericError", "Parameter 'command-line' is missing"};
+    return human_monitor(target_, line);
   }
   if (name == "query-stats") {  // control/query_stats.cc
     expect_no_arguments(name, args);

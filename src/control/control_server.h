@@ -6,8 +6,10 @@
 //   client -> {"execute": "query-status", "arguments": {...}, "id": X}
 //   server -> {"return": ..., "id": X} | {"error": {"class": C, "desc": D}, "id": X}
 //   server -> {"event": "STOP", "data": {...}, "timestamp": {"seconds": S, "microseconds": U}}
-// Commands: qmp_capabilities, query-status, query-cpus, query-stats, query-commands, stop, cont,
-// system_powerdown, system_reset, quit, console-attach. `console-attach` turns the connection
+// Commands: qmp_capabilities, query-status, query-cpus-fast (query-cpus is the same), query-version,
+// query-name, query-kvm, query-stats, query-commands, stop, cont, system_powerdown, system_reset,
+// quit, human-monitor-command (info registers, status, version, name, kvm, cpus), console-attach.
+// `console-attach` turns the connection
 // into a raw byte stream of the guest's serial console (output to the client, input to the guest)
 // after its reply line; that is how the daemon relays the console.
 //

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,7 +17,7 @@
 namespace keel::control {
 
 // Run state as QMP reports it ("status") with a libvirt-style reason beside it.
-enum class RunState { kRunning, kPaused, kShutdown };
+enum class RunState { kRunning, kPaused, kShutdown, kGuestPanicked };
 
 struct RunStatus {
   RunState state = RunState::kPaused;
@@ -29,7 +30,14 @@ struct CpuInfo {
   bool halted = false;
 };
 
-const char* run_state_name(RunState state);  // "running", "paused", "shutdown"
+const char* run_state_name(RunState state);  // "running", "paused", "shutdown", "guest-panicked"
+
+// What query-name and query-kvm report.
+struct VmIdentity {
+  std::string name;          // "" when the VM has none
+  bool kvm_enabled = false;  // the VM runs on KVM
+  bool kvm_present = false;  // /dev/kvm is there
+};
 
 // Lifecycle event names the VMM emits (QMP's names).
 namespace event {
@@ -39,6 +47,7 @@ inline constexpr const char* kPowerdown = "POWERDOWN";
 inline constexpr const char* kShutdown = "SHUTDOWN";
 inline constexpr const char* kReset = "RESET";
 inline constexpr const char* kMigration = "MIGRATION";  // {"status": "active" | "completed" | "failed"}
+inline constexpr const char* kGuestPanicked = "GUEST_PANICKED";
 }  // namespace event
 
 class ControlTarget {
@@ -57,6 +66,9 @@ class ControlTarget {
   virtual void reset() = 0;      // system reset; emits RESET
   virtual void quit() = 0;       // the VMM ends (after the reply has been sent)
   virtual std::vector<CpuInfo> query_cpus() = 0;
+  virtual VmIdentity identity() { return {}; }
+  // Every vCPU's registers as QEMU's `info registers` prints them (human-monitor-command).
+  virtual std::string info_registers() { throw std::runtime_error("no registers to show"); }
   // What the VM has counted (query-stats, control/query_stats.cc): engine, uptime, per vCPU CPU
   // time and exits or instructions, per disk and network device bytes and requests. The default
   // refuses (a target without counters).

@@ -2,6 +2,9 @@
 
 #include <sys/epoll.h>
 
+#include <unistd.h>
+
+#include "arch/x86/register_dump.h"
 #include "base/error.h"
 #include "base/log.h"
 #include "devices/legacy/acpi_pm.h"
@@ -13,7 +16,8 @@ namespace keel::control {
 using nlohmann::json;
 
 MachineTarget::MachineTarget(Machine& machine)
-    : machine_(machine), input_(machine.loop(), machine.serial()) {
+    : machine_(machine), kvm_present_(::access("/dev/kvm", F_OK) == 0),
+      input_(machine.loop(), machine.serial()) {
   machine_.add_listener([this](const MachineEvent& event) { on_machine_event(event); });
   // vCPU threads, often one byte at a time: a shared_ptr copy (no allocation) and one append to
   // the control server's mailbox, which wakes the loop only when it was empty.
@@ -43,7 +47,11 @@ void MachineTarget::on_machine_event(const MachineEvent& event) {
         std::lock_guard lock(mutex_);
         was_paused_ = true;
       }
-      emit(event::kStop, json::object());
+      // A panic pause is reported as QEMU reports it with `-action panic=pause`.
+      if (event.panicked)
+        emit(event::kGuestPanicked, json{{"action", "pause"}, {"detail", event.shutdown.detail}});
+      else
+        emit(event::kStop, json::object());
       break;
     case MachineState::kRunning: {
       bool resumed;
@@ -73,6 +81,10 @@ void MachineTarget::on_machine_event(const MachineEvent& event) {
         case ShutdownReason::kHalted: reason = "guest-halted"; break;
         case ShutdownReason::kQuit: reason = "host-qmp-quit"; break;
         case ShutdownReason::kError: reason = "host-error"; break;
+        case ShutdownReason::kPanicked:
+          reason = "guest-panic";
+          emit(event::kGuestPanicked, json{{"action", "poweroff"}, {"detail", info.detail}});
+          break;
       }
       emit(event::kShutdown, json{{"guest", guest}, {"reason", reason}, {"detail", info.detail}});
       break;
@@ -86,7 +98,9 @@ RunStatus MachineTarget::query_status() {
   std::lock_guard lock(mutex_);
   switch (machine_.state()) {
     case MachineState::kRunning: return {RunState::kRunning, user_paused_ ? "unpaused" : "booted"};
-    case MachineState::kPaused: return {RunState::kPaused, "user"};
+    case MachineState::kPaused:
+      if (machine_.panicked()) return {RunState::kGuestPanicked, "panicked"};
+      return {RunState::kPaused, "user"};
     case MachineState::kCreated: return {RunState::kPaused, "starting up"};
     case MachineState::kShutDown: return {RunState::kShutdown, "shutdown"};
   }
@@ -170,6 +184,21 @@ std::vector<CpuInfo> MachineTarget::query_cpus() {
   int index = 0;
   for (long tid : machine_.vcpu_thread_ids()) cpus.push_back(CpuInfo{index++, tid, false});
   return cpus;
+}
+
+VmIdentity MachineTarget::identity() {
+  return VmIdentity{machine_.config().name, machine_.engine().name() == "kvm", kvm_present_};
+}
+
+std::string MachineTarget::info_registers() {
+  std::vector<x86::CpuState> states = machine_.vcpu_states();
+  if (states.empty()) throw Error("the machine has shut down");
+  std::string out;
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (states.size() > 1) out += "CPU#" + std::to_string(i) + "\r\n";
+    out += x86::format_registers(states[i]);
+  }
+  return out;
 }
 
 void MachineTarget::set_event_callback(EventCallback callback) {

@@ -34,6 +34,8 @@ class MachineTarget : public ControlTarget {
   void reset() override;
   void quit() override;
   std::vector<CpuInfo> query_cpus() override;
+  VmIdentity identity() override;
+  std::string info_registers() override;
   nlohmann::json query_stats() override;  // control/query_stats.cc
   void snapshot_save(const std::string& path, bool resume) override;
   // The migration runs on a thread of its own (`keel-migrate`), joined when the target goes.
@@ -56,6 +58,7 @@ class MachineTarget : public ControlTarget {
   std::shared_ptr<const ConsoleCallback> on_console_;  // copied per console write: no allocation
   bool was_paused_ = false;
   bool user_paused_ = false;
+  bool kvm_present_ = false;      // /dev/kvm, looked at before the VMM confines itself
   ConsoleInputQueue input_;      // loop thread only
   bool input_overflow_ = false;  // the last console_input() dropped bytes (and warned)
   std::mutex migration_mutex_;    // guards migration_

@@ -1,12 +1,13 @@
 // What devices may ask of the machine: power off (ACPI S5), reset (i8042 0xFE, ACPI reset, port
-// 0xCF9). The machine implements it; devices hold a reference and never see the machine itself.
+// 0xCF9), and what follows a guest panic (pvpanic: the machine pauses or ends, as configured).
+// The machine implements it; devices hold a reference and never see the machine itself.
 #pragma once
 
 #include <string>
 
 namespace keel {
 
-enum class StopReason { kPowerOff, kReset };
+enum class StopReason { kPowerOff, kReset, kPanic };
 
 class PowerControl {
  public:

@@ -29,15 +29,24 @@ Accel parse_accel(std::string_view text) {
 EngineChoice choose_engine(Accel requested, const KvmProbeResult& probe) {
   switch (requested) {
     case Accel::kKvm:
-      if (probe.can_run_stock_kernel()) return {Accel::kKvm, "kvm requested; " + probe.reason()};
-      return {Accel::kKvm, "kvm requested, although " + probe.reason()};
+      if (probe.can_run_stock_kernel()) return {Accel::kKvm, "kvm requested; " + probe.verdict()};
+      return {Accel::kKvm, "kvm requested, although " + probe.verdict()};
     case Accel::kEmu:
       return {Accel::kEmu, "emu requested"};
     case Accel::kAuto:
       break;
   }
-  if (probe.can_run_stock_kernel()) return {Accel::kKvm, "auto chose kvm: " + probe.reason()};
-  return {Accel::kEmu, "auto chose emu: " + probe.reason()};
+  if (probe.can_run_stock_kernel()) return {Accel::kKvm, "auto chose kvm: " + probe.verdict()};
+  return {Accel::kEmu, "auto chose emu: " + probe.verdict() + "; `keel probe` shows why"};
+}
+
+uint32_t max_vcpus(Accel accel) {
+  switch (accel) {
+    case Accel::kEmu: return emu::EmuEngine::kMaxVcpus;
+    case Accel::kKvm:
+    case Accel::kAuto: break;
+  }
+  return 255;  // xAPIC ids 0..254 (0xFF is the broadcast id): keel's MADT
 }
 
 VcpuCounters vcpu_counters(Vcpu& vcpu) {

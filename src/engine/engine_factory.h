@@ -35,6 +35,9 @@ sandbox::AllowList vcpu_syscalls(std::string_view engine_name);
 // machine down (routes, irqfds and ioeventfds of devices going away).
 sandbox::AllowList main_thread_syscalls(std::string_view engine_name);
 
+// The most vCPUs the engine runs (for kAuto: the most either engine runs, as the choice is not
+// made yet). keel run, the machine and the daemon's definitions check counts against it.
+uint32_t max_vcpus(Accel accel);
 // What a vCPU has counted (metrics), readable from any thread while it runs: its exits to
 // userspace by reason (kvm), and the guest instructions it retired (emu, only where every one is
 // counted: the interpreter tier, or translated code built to count with KEEL_EMU_STATS or

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "base/log.h"
+#include "base/version.h"
 #include "control/unix_socket.h"
 #include "manager/vm_definition.h"
 
@@ -62,6 +63,15 @@ json body_object(const HttpRequest& req, bool empty_ok) {
   }
   if (!body.is_object()) throw UsageError("request body must be a JSON object");
   return body;
+}
+
+// A definition in a request body; malformed JSON is a refused definition (422).
+json definition_body(const HttpRequest& req) {
+  try {
+    return json::parse(req.body);
+  } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
+    throw DefinitionError(std::string("malformed JSON: ") + e.what());
+  }
 }
 
 std::string vm_name(const HttpRequest& req) {
@@ -177,7 +187,7 @@ ApiServer::ApiServer(Domains& domains, const std::string& socket_path, ApiOption
     throw_errno("chown " + socket_path_);
   if (::chmod(socket_path_.c_str(), 0660) != 0) throw_errno("chmod " + socket_path_);
   if (!group && !options.group.empty())
-    log::info("keel daemon: no group '{}': only root may use {}", options.group, socket_path_);
+    log::info("daemon: no group '{}': only root may use {}", options.group, socket_path_);
 
   options.http.max_body_bytes = kMaxBody;
   options.http.authorize = [group](const PeerCredentials& peer) { return authorized(peer, group); };
@@ -227,7 +237,7 @@ void ApiServer::routes() {
   using Res = HttpReply&;
 
   s.route("GET", "/v1/version", [](Req, Res res) {
-    reply(res, 200, json{{"name", "keel"}, {"version", "0.1"}, {"api", 1}});
+    reply(res, 200, json{{"name", "keel"}, {"version", kVersion}, {"api", kApiVersion}});
   });
 
   s.route("GET", "/v1/vms", [this](Req, Res res) {
@@ -235,13 +245,13 @@ void ApiServer::routes() {
   });
   s.route("POST", "/v1/vms", [this](Req req, Res res) {
     guarded(res, [&] {
-      json body;
-      try {
-        body = json::parse(req.body);
-      } catch (const json::exception& e) {  // parse_error, or out_of_range (a number too large)
-        throw DefinitionError(std::string("malformed JSON: ") + e.what());
-      }
-      reply(res, 201, domains_.define(body, req.peer));
+      reply(res, 201, domains_.define(definition_body(req), req.peer));
+    });
+  });
+  s.route("PUT", R"(/v1/vms/([^/]+))", [this](Req req, Res res) {
+    guarded(res, [&] {
+      auto [created, vm] = domains_.put(vm_name(req), definition_body(req), req.peer);
+      reply(res, created ? 201 : 200, vm);
     });
   });
   s.route("GET", R"(/v1/vms/([^/]+))", [this](Req req, Res res) {
@@ -269,8 +279,8 @@ void ApiServer::routes() {
   using Verb = void (Domains::*)(const std::string&);
   const std::pair<const char*, Verb> verbs[] = {
       {"shutdown", &Domains::shutdown}, {"reboot", &Domains::reboot},
-      {"destroy", &Domains::destroy},   {"suspend", &Domains::suspend},
-      {"resume", &Domains::resume}};
+      {"reset", &Domains::reset},       {"destroy", &Domains::destroy},
+      {"suspend", &Domains::suspend},   {"resume", &Domains::resume}};
   for (const auto& entry : verbs) {
     Verb verb = entry.second;  // clang 14 cannot capture a structured binding
     s.route("POST", std::string(R"(/v1/vms/([^/]+)/)") + entry.first, [this, verb](Req req, Res res) {
@@ -286,9 +296,10 @@ void ApiServer::routes() {
   // The console: GET streams the guest's output (chunked), POST sends the body as input.
   s.route("GET", R"(/v1/vms/([^/]+)/console)", [this](Req req, Res res) {
     guarded(res, [&] {
-      auto console = domains_.console(vm_name(req));
       auto history = req.query.find("history");
-      uint64_t position = history != req.query.end() && history->second == "1" ? 0 : console->end();
+      bool from_start = history != req.query.end() && history->second == "1";
+      auto console = domains_.console(vm_name(req), from_start);
+      uint64_t position = from_start ? 0 : console->end();
       res.content_type = "application/octet-stream";
       res.stream = std::make_unique<ConsoleStream>(console, position);
     });
@@ -304,7 +315,7 @@ void ApiServer::routes() {
   s.route("GET", R"(/v1/vms/([^/]+)/console/ws)", [this](Req req, Res res) {
     guarded(res, [&] {
       std::string name = vm_name(req);
-      auto console = domains_.console(name);
+      auto console = domains_.console(name, true);  // a stopped VM's: its last run's output
       res.websocket = std::make_unique<ConsoleSocket>(domains_, metrics_, name, console, 0);
     });
   });

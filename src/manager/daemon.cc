@@ -10,6 +10,8 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "base/version.h"
+#include "manager/systemd_notify.h"
 #include "sandbox/cgroup.h"
 
 namespace keel::manager {
@@ -34,6 +36,18 @@ std::string cgroup_parent(const std::string& state_dir) {
   char name[32];
   std::snprintf(name, sizeof name, "%016llx", static_cast<unsigned long long>(h));
   return *mount + "/keel/" + name;
+}
+
+// --pidfile: the daemon's pid, for init systems and scripts (0644: anyone may read who runs).
+void write_pidfile(const std::string& path) {
+  std::string tmp = path + ".tmp";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!fd) throw_errno("open " + tmp);
+  ::fchmod(fd.get(), 0644);
+  std::string text = std::to_string(::getpid()) + "\n";
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+    throw_errno("write " + tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) throw_errno("rename " + tmp);
 }
 
 }  // namespace
@@ -65,19 +79,23 @@ Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {
   if (options_.cgroups) {
     domains.cgroup_parent = cgroup_parent(options_.state_dir);
     if (domains.cgroup_parent.empty())
-      log::info("keel daemon: no cgroup v2 on this host: VMMs run without a cgroup of their own");
+      log::info("daemon: no cgroup v2 on this host: VMMs run without a cgroup of their own");
   }
   domains_ = std::make_unique<Domains>(*store_, domains);
   domains_->recover();
   options_.api.group = options_.group;
   options_.api.token_file = options_.state_dir + "/http.token";
   api_ = std::make_unique<ApiServer>(*domains_, options_.socket_path, options_.api);
-  log::info("keel daemon: serving {} (state in {})", options_.socket_path, options_.state_dir);
-  if (std::string url = api_->web_url(); !url.empty())
-    log::info("keel daemon: web console at {}", url);
+  domains_->autostart();
+  if (!options_.pidfile.empty()) write_pidfile(options_.pidfile);
+  log::info("daemon: keel {} serving {} (state in {})", kVersion, options_.socket_path,
+            options_.state_dir);
+  notify_systemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
+  if (std::string url = api_->web_url(); !url.empty()) log::info("daemon: web console at {}", url);
 }
 
 Daemon::~Daemon() {
+  if (!options_.pidfile.empty()) ::unlink(options_.pidfile.c_str());
   api_.reset();
   domains_.reset();
   store_.reset();
@@ -90,6 +108,9 @@ Daemon::~Daemon() {
 
 void Daemon::serve() { api_->serve(); }
 
-void Daemon::stop() { api_->stop(); }
+void Daemon::stop() {
+  notify_systemd("STOPPING=1");
+  api_->stop();
+}
 
 }  // namespace keel::manager

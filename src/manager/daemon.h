@@ -19,6 +19,7 @@ struct DaemonOptions {
   std::string group = "keel";  // members may use the API (the socket is root:GROUP 0660)
   bool cgroups = true;         // one cgroup v2 per VM where the host has cgroup v2
   std::string sandbox = "on";  // "off": VMMs run with `keel run --sandbox off`
+  std::string pidfile;         // written once the API serves, removed at exit ("" = none)
   ApiOptions api;              // limits and deadlines (tests shorten them)
   DomainsOptions domains;      // state_dir, vmm_binary and cgroup_parent are filled in
 };
@@ -26,7 +27,8 @@ struct DaemonOptions {
 class Daemon {
  public:
   // Locks the state directory (one daemon per store), opens the store, adopts the VMs that were
-  // running and binds the API socket. Throws Error naming what failed.
+  // running, binds the API socket, starts the autostart VMs (once per host boot), writes the
+  // pidfile and tells systemd it is ready. Throws Error naming what failed.
   explicit Daemon(DaemonOptions options);
   ~Daemon();
 

@@ -8,11 +8,14 @@
 #include <time.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "base/log.h"
 #include "control/control_client.h"
 #include "control/unix_socket.h"
 #include "manager/vm_definition.h"
+#include "engine/engine_factory.h"
+#include "vm/vm_config.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/confinement.h"
 
@@ -38,6 +41,8 @@ struct Domains::Domain {
   bool reset_seen = false;     // RESET, or SHUTDOWN for a reset: restart after the exit
   bool guest_reset = false;    // ... and the guest asked for it (crash-loop backoff applies)
   bool shutdown_seen = false;  // SHUTDOWN: the exit is a clean shutdown
+  bool reboot_requested = false;  // `reboot`: once the guest powered off, boot it again
+  bool panicked = false;          // GUEST_PANICKED: on_crash decides what the exit means
   bool start_failed = false;
   Clock::time_point started_at;  // when the current VMM was let run
   // Crash-loop backoff: the delay of the next quick restart (0: not in a loop); a restart
@@ -67,7 +72,7 @@ std::chrono::milliseconds left_until(Clock::time_point deadline) {
 // waits on the read end and the child's pidfd at once.
 class ReadinessPipe {
  public:
-  enum Outcome { kReady, kExited, kTimeout };
+  enum Outcome { kReady, kFailed, kExited, kTimeout };
   ReadinessPipe() {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe2");
@@ -82,8 +87,9 @@ class ReadinessPipe {
   int write_end() const { return write_.get(); }
   void close_write_end() { write_.reset(); }
 
-  // kReady once the byte came; kExited when the process ended. A pipe closed without the byte
-  // means the VMM is on its way out: then only its exit (or the deadline) is waited for.
+  // kReady once "R" came; kFailed once "E" and the VMM's error came (message()); kExited when the
+  // process ended. A pipe closed without a byte means the VMM is on its way out: then only its
+  // exit (or the deadline) is waited for.
   Outcome wait(int pidfd, Clock::time_point deadline) {
     bool pipe_open = true;
     for (;;) {
@@ -95,6 +101,10 @@ class ReadinessPipe {
       if (pipe_open && p[1].revents) {
         char byte;
         ssize_t n = ::read(read_.get(), &byte, 1);
+        if (n == 1 && byte == 'E') {
+          read_message();
+          return kFailed;
+        }
         if (n == 1) return kReady;
         if (n < 0 && errno == EINTR) continue;
         pipe_open = false;
@@ -103,9 +113,23 @@ class ReadinessPipe {
       return kExited;
     }
   }
+  const std::string& message() const { return message_; }
 
  private:
+  // The rest of an "E" report, up to the VMM's close (it writes it whole, at most 4000 bytes).
+  void read_message() {
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::read(read_.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || message_.size() > 4096) break;
+      message_.append(buf, static_cast<size_t>(n));
+    }
+    if (message_.empty()) message_ = "the VMM failed to start";
+  }
+
   UniqueFd read_, write_;
+  std::string message_;
 };
 
 std::string describe_exit(int status) {
@@ -204,6 +228,13 @@ std::shared_ptr<Domains::Domain> Domains::find(const std::string& name) {
 }
 
 void Domains::publish(const std::string& event, const Domain& d, const std::string& detail) {
+  // Every lifecycle change and failure, with the VM's name, in the daemon's log too.
+  std::string line = "VM '" + d.name + "' " + event + ": " + d.state + " (" + d.reason + ")" +
+                     (detail.empty() ? "" : "; " + detail);
+  if (d.reason == "failed to start" || d.reason == "crashed" || d.reason == "panicked")
+    log::warn("{}", line);
+  else
+    log::info("{}", line);
   json message{{"event", event}, {"vm", d.name}, {"state", d.state}, {"reason", d.reason},
                {"timestamp", timestamp_now()}};
   if (!detail.empty()) message["detail"] = detail;
@@ -311,9 +342,15 @@ void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record,
     d->link = link;
     d->started_at = Clock::now();
     uint64_t generation = ++d->generation;
-    std::string state = status.value("status", "") == "paused" ? kStatePaused : kStateRunning;
-    std::string reason = state == record.state ? record.reason
-                         : state == kStatePaused ? "user" : "unpaused";
+    std::string qmp_status = status.value("status", "");
+    std::string state = qmp_status == "guest-panicked" ? kStateCrashed
+                        : qmp_status == "paused"       ? kStatePaused
+                                                       : kStateRunning;
+    std::string reason = state == record.state    ? record.reason
+                         : state == kStateCrashed ? "panicked"
+                         : state == kStatePaused  ? "user"
+                                                  : "unpaused";
+    d->panicked = state == kStateCrashed;
     store_.set_running(d->name, state, reason, pid, record.pid_start_time, record.control_path);
     d->state = state;
     d->reason = reason;
@@ -327,8 +364,27 @@ void Domains::adopt(const std::shared_ptr<Domain>& d, const VmRecord& record,
 
 // ---- definitions ------------------------------------------------------------------------------
 
+// What only the daemon can check before a start: the host's engine. A stock kernel on a KVM that
+// cannot run one would hang, and `auto` resolves to an engine that must run `vcpus`.
+void Domains::check_host(const VmDefinition& def) {
+  if (def.accel == "emu" || (def.accel == "kvm" && def.kernel.empty())) return;
+  std::call_once(probe_once_, [this] { probe_ = probe_kvm(); });
+  if (def.accel == "kvm" && !probe_.can_run_stock_kernel())
+    throw DefinitionError("field 'accel': " + probe_.verdict() + "; \"emu\" or \"auto\" runs it");
+  if (def.accel == "auto") {
+    Accel engine = choose_engine(Accel::kAuto, probe_).accel;
+    try {
+      validate_vcpu_count(def.vcpus, engine);
+    } catch (const UsageError& e) {
+      throw DefinitionError(std::string("field 'vcpus': ") + e.what() + " (\"auto\" chooses " +
+                            to_string(engine) + " on this host)");
+    }
+  }
+}
+
 json Domains::define(const json& document, const PeerCredentials& owner) {
   VmDefinition def = parse_definition(document);
+  check_host(def);
   open_definition_files(def, owner);  // refuses what the owner could not open
   std::shared_ptr<Domain> d;
   {
@@ -340,6 +396,48 @@ json Domains::define(const json& document, const PeerCredentials& owner) {
   std::lock_guard lock(d->mutex);
   publish("defined", *d);
   return info_of(*d);
+}
+
+std::pair<bool, json> Domains::put(const std::string& name, json document,
+                                   const PeerCredentials& owner) {
+  if (!document.is_object()) throw DefinitionError("the definition must be a JSON object");
+  if (!document.contains("name")) document["name"] = name;
+  if (document["name"] != name)
+    throw DefinitionError("field 'name': '" + document["name"].dump() + "' is not '" + name +
+                          "', the VM this request names");
+  std::shared_ptr<Domain> d;
+  {
+    std::lock_guard lock(table_mutex_);
+    if (auto it = table_.find(name); it != table_.end()) d = it->second;
+  }
+  if (!d) {
+    try {
+      return {true, define(document, owner)};
+    } catch (const DuplicateError&) {
+      std::lock_guard lock(table_mutex_);  // defined meanwhile: replace it as below
+      d = table_.at(name);
+    }
+  }
+  VmDefinition def = parse_definition(document);
+  check_host(def);
+  open_definition_files(def, owner);
+  std::lock_guard op(d->op);
+  std::lock_guard lock(d->mutex);
+  if (d->removed) throw NotFoundError("no VM named '" + name + "'");
+  auto record = store_.get(name);
+  if (!record) throw NotFoundError("no VM named '" + name + "'");
+  if (d->link || d->restart_pending) {
+    // While it runs, what needs no restart may change: the rest would not match the VMM.
+    std::string blocking;
+    for (const std::string& field : def.changed_fields(record->definition))
+      if (field != "autostart" && field != "on_crash") blocking += (blocking.empty() ? "" : ", ") + field;
+    if (!blocking.empty())
+      throw ConflictError("VM '" + name + "' is " + d->state + "; shut it down to change " +
+                          blocking);
+  }
+  store_.redefine(name, def.to_json(), owner);
+  publish("defined", *d, "definition replaced");
+  return {false, info_of(*d)};
 }
 
 void Domains::undefine(const std::string& name) {
@@ -384,6 +482,8 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     if (d->removed) throw NotFoundError("no VM named '" + d->name + "'");
     if (d->link) throw ConflictError("VM '" + d->name + "' is already " + d->state);
     first_failure_log = std::exchange(d->keep_first_failure_log, false);
+    // A new run, a new console (a restart after a reset or reboot keeps the one that is open).
+    if (d->console->closed()) d->console = std::make_shared<ByteHistory>();
   }
   auto record = store_.get(d->name);
   if (!record) throw NotFoundError("no VM named '" + d->name + "'");
@@ -501,6 +601,10 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   auto deadline = Clock::now() + options_.start_timeout;
   switch (ready.wait(vmm.pidfd.get(), deadline)) {
     case ReadinessPipe::kReady: break;
+    case ReadinessPipe::kFailed:  // the VMM's own message, without a log meant for a terminal
+      reap();
+      fail(ready.message());
+      break;
     case ReadinessPipe::kExited: exited(); break;
     case ReadinessPipe::kTimeout: abandon("its control socket did not come up in time"); break;
   }
@@ -544,11 +648,14 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     d->link = link;
     uint64_t generation = ++d->generation;
     d->destroy_requested = d->reset_seen = d->guest_reset = d->shutdown_seen = d->start_failed =
-        false;
+        d->reboot_requested = d->panicked = false;
     d->state = state;
     d->reason = reason;
     d->started_at = Clock::now();
     d->changed.notify_all();
+    // Said now, before the guest runs: a guest that resets at once would otherwise end before
+    // the start returns, and its start would never be announced (its reset and restart would).
+    publish("started", *d);
     watch(d, link, generation);  // from here on the supervisor reaps it
   }
   kill_point(8);
@@ -568,8 +675,6 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     }
   }
   kill_point(9);
-  std::lock_guard lock(d->mutex);
-  if (d->link == link) publish("started", *d);
 }
 
 void Domains::watch(const std::shared_ptr<Domain>& d, std::shared_ptr<VmmLink> link,
@@ -622,6 +727,13 @@ void Domains::on_event(const std::shared_ptr<Domain>& d, uint64_t generation, co
       publish("reset", *d);
     } else if (name == "POWERDOWN") {
       publish("powerdown", *d);
+    } else if (name == "GUEST_PANICKED") {
+      // The VMM paused the guest (keel run --on-panic pause); on_crash decides what follows.
+      d->panicked = true;
+      std::string action = on_crash(d->name);
+      set_state(*d, kStateCrashed, "panicked");
+      publish("crashed", *d, "the guest panicked; on_crash: " + action);
+      if (action != "preserve") d->link->signal(SIGKILL);  // destroy, or restart after the exit
     }
   } catch (const std::exception& e) {
     log::error("daemon: VM {}: event {}: {}", d->name, name, e.what());
@@ -646,7 +758,11 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
       reason = "failed to start";
     } else if (d->destroy_requested) {
       reason = "destroyed";
-    } else if (d->reset_seen) {
+    } else if (d->panicked && on_crash(d->name) != "restart") {
+      reason = "crashed";
+    } else if (d->reset_seen || d->panicked || (d->reboot_requested && d->shutdown_seen)) {
+      // A panic with on_crash "restart" is a guest failure: a quick one backs off as a reset does.
+      d->guest_reset = d->guest_reset || d->panicked;
       // A guest that resets soon after it started is in a crash loop: its restarts back off
       // (1 s, doubling, at most 60 s) and the log of the loop's first failure is kept.
       bool quick = d->guest_reset && Clock::now() - d->started_at < options_.stable_after;
@@ -671,7 +787,7 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
     try {
       if (delay.count() > 0) {
         set_state(*d, kStateShutOff, "restarting");
-        publish("rebooting", *d, "the guest reset " +
+        publish("rebooting", *d, std::string(d->panicked ? "the guest panicked " : "the guest reset ") +
                                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                         Clock::now() - d->started_at).count()) +
                                      " ms after it started; restarting in " +
@@ -685,6 +801,7 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
     } catch (const std::exception& e) {
       log::error("daemon: VM {}: {}", d->name, e.what());
     }
+    if (delay.count() < 0) d->console->close();  // console sessions end with the VM
     d->changed.notify_all();
   }
   if (delay.count() >= 0) {
@@ -716,6 +833,7 @@ bool Domains::cancel_restart(Domain& d, const std::string& reason) {
   d.backoff = std::chrono::milliseconds(0);
   set_state(d, kStateShutOff, reason);
   publish("stopped", d, "the pending restart was cancelled");
+  d.console->close();
   return true;
 }
 
@@ -725,28 +843,38 @@ std::shared_ptr<VmmLink> Domains::live_link(Domain& d, const char* verb) {
   return d.link;
 }
 
-void Domains::shutdown(const std::string& name) {
+void Domains::shutdown(const std::string& name) { press_power_button(name, false); }
+
+// As libvirt's QEMU driver: the guest is asked (ACPI power button) and shuts down in order,
+// then the daemon boots it again instead of leaving it off. A guest that ignores the button
+// goes on running; `reset` is the hard way.
+void Domains::reboot(const std::string& name) { press_power_button(name, true); }
+
+void Domains::press_power_button(const std::string& name, bool reboot) {
   auto d = find(name);
   std::lock_guard op(d->op);
-  if (cancel_restart(*d, "shutdown")) return;
+  if (!reboot && cancel_restart(*d, "shutdown")) return;
+  const std::string what = reboot ? "reboot" : "shut down";
   std::shared_ptr<VmmLink> link;
   {
     std::lock_guard lock(d->mutex);
-    link = live_link(*d, "shut down");
-    if (d->state == kStatePaused) {
-      throw ConflictError("VM '" + name + "' is paused; resume it so the guest can shut down");
-    }
+    link = live_link(*d, what.c_str());
+    if (d->state == kStatePaused)
+      throw ConflictError("VM '" + name + "' is paused; resume it so the guest can " + what);
+    if (d->state == kStateCrashed)
+      throw ConflictError("VM '" + name + "' crashed (panicked); reset or destroy it");
+    d->reboot_requested = reboot;  // a shutdown after a reboot request shuts it down
   }
   link->execute("system_powerdown");
 }
 
-void Domains::reboot(const std::string& name) {
+void Domains::reset(const std::string& name) {
   auto d = find(name);
   std::lock_guard op(d->op);
   std::shared_ptr<VmmLink> link;
   {
     std::lock_guard lock(d->mutex);
-    link = live_link(*d, "reboot");
+    link = live_link(*d, "reset");
     d->reset_seen = true;
   }
   link->execute("system_reset");
@@ -762,8 +890,14 @@ void Domains::destroy(const std::string& name) {
     link = live_link(*d, "destroy");
     d->destroy_requested = true;
   }
-  link->signal(SIGKILL);
+  // As libvirt: SIGTERM lets the VMM end in order (its disks' last writes, its log line); one
+  // that is still there after the grace period gets SIGKILL.
+  link->signal(SIGTERM);
   std::unique_lock lock(d->mutex);
+  if (d->changed.wait_for(lock, options_.destroy_grace, [&] { return d->link != link; })) return;
+  log::warn("VM '{}': the VMM (pid {}) did not end within {} ms of SIGTERM; sending SIGKILL", name,
+            link->pid(), options_.destroy_grace.count());
+  link->signal(SIGKILL);
   if (!d->changed.wait_for(lock, options_.stop_timeout, [&] { return d->link != link; })) {
     throw Error("VM '" + name + "': the VMM (pid " + std::to_string(link->pid()) +
                 ") did not exit after SIGKILL");
@@ -778,6 +912,8 @@ void Domains::suspend(const std::string& name) {
     std::lock_guard lock(d->mutex);
     link = live_link(*d, "suspend");
     if (d->state == kStatePaused) throw ConflictError("VM '" + name + "' is already paused");
+    if (d->state == kStateCrashed)
+      throw ConflictError("VM '" + name + "' crashed (panicked); reset or destroy it");
   }
   link->execute("stop");
   std::lock_guard lock(d->mutex);
@@ -859,8 +995,43 @@ json Domains::query_vmm(const std::string& name, const std::string& command) {
   return link->execute(command, json::object(), std::chrono::seconds(5));
 }
 
-std::shared_ptr<ByteHistory> Domains::console(const std::string& name) {
-  return find(name)->console;
+std::shared_ptr<ByteHistory> Domains::console(const std::string& name, bool history) {
+  auto d = find(name);
+  std::lock_guard lock(d->mutex);
+  if (!d->link && !history) throw ConflictError("domain '" + name + "' is not running (" + d->state + ")");
+  return d->console;
+}
+
+std::string Domains::on_crash(const std::string& name) {
+  auto record = store_.get(name);
+  if (!record) return "destroy";
+  return record->definition.value("on_crash", "destroy");
+}
+
+// libvirt starts autostart domains once per host boot, not at every daemon start: a VM shut down
+// by hand stays down when the daemon restarts. The boot is told by the kernel's boot id.
+void Domains::autostart() {
+  std::string boot_id;
+  std::ifstream("/proc/sys/kernel/random/boot_id") >> boot_id;
+  std::string marker = options_.state_dir + "/autostarted";
+  std::string last;
+  std::ifstream(marker) >> last;
+  if (!boot_id.empty() && last == boot_id) return;
+  std::ofstream(marker, std::ios::trunc) << boot_id << "\n";
+  std::vector<std::string> names;
+  for (const VmRecord& record : store_.list())
+    if (record.definition.value("autostart", false) && record.state == kStateShutOff)
+      names.push_back(record.name);
+  for (const std::string& name : names) {
+    log::info("VM '{}': autostart", name);
+    post_job([this, name] {
+      try {
+        start(name, false);
+      } catch (const std::exception& e) {
+        log::error("VM '{}': autostart failed: {}", name, e.what());
+      }
+    });
+  }
 }
 
 void Domains::console_write(const std::string& name, std::string_view bytes) {

@@ -28,6 +28,8 @@
 #include "manager/broadcast.h"
 #include "manager/store.h"
 #include "manager/supervisor.h"
+#include "manager/vm_definition.h"
+#include "engine/kvm/kvm_probe.h"
 
 namespace keel::manager {
 
@@ -44,6 +46,8 @@ struct DomainsOptions {
   std::vector<std::string> vmm_extra_args;  // appended to every VMM's command line (sandbox)
   std::chrono::milliseconds start_timeout{15000};
   std::chrono::milliseconds stop_timeout{15000};
+  // `destroy` sends SIGTERM (the VMM ends in order) and SIGKILL if it is still there after this.
+  std::chrono::milliseconds destroy_grace{10000};
   // Crash-loop backoff for guests that reset soon after they started: the first restart waits
   // backoff_first, each next one twice as long up to backoff_max; a run that lasted stable_after
   // ends the loop.
@@ -67,13 +71,23 @@ class Domains {
   // through their saved pid and control socket, or recorded as shut off (crashed).
   void recover();
 
-  // `owner` is who asks: every file the definition names must be one they could open.
+  // Where a definition changes, and what the host can run, are checked at define as they would
+  // be at start: every file the definition names must be one `owner` (who asks) could open, the
+  // kernel one keel boots, the engine one this host runs (the KVM probe, made once).
   nlohmann::json define(const nlohmann::json& definition, const PeerCredentials& owner = {});
+  // PUT /v1/vms/NAME: defines, or replaces the definition of a VM that is shut off (of a running
+  // one only autostart and on_crash may change). Returns whether it was created, and the VM.
+  std::pair<bool, nlohmann::json> put(const std::string& name, nlohmann::json definition,
+                                      const PeerCredentials& owner = {});
   void undefine(const std::string& name);
   nlohmann::json start(const std::string& name, bool paused);
   void shutdown(const std::string& name);  // ACPI power button; returns at once
+  // ACPI power button; once the guest has powered off a fresh VMM boots it (libvirt's reboot).
   void reboot(const std::string& name);
-  void destroy(const std::string& name);   // kills the VMM, returns once it is gone
+  void reset(const std::string& name);     // at once, without asking the guest (a fresh VMM)
+  void destroy(const std::string& name);   // SIGTERM, then SIGKILL; returns once it is gone
+  // At daemon start, once per host boot: starts the VMs whose definition says autostart.
+  void autostart();
   void suspend(const std::string& name);
   void resume(const std::string& name);
   nlohmann::json info(const std::string& name);
@@ -83,8 +97,10 @@ class Domains {
   // does not hold it up); null when no VMM runs. Throws NotFoundError, Error (no answer).
   nlohmann::json query_vmm(const std::string& name, const std::string& command);
 
-  // The console of `name`: recent output to read from, input to write.
-  std::shared_ptr<ByteHistory> console(const std::string& name);
+  // The console of `name` while it runs: recent output to read from (the history ends when the VM
+  // stops), input to write. ConflictError for a VM that is not running, unless `history`: then
+  // the last run's output (what it printed before it stopped, for finding out why).
+  std::shared_ptr<ByteHistory> console(const std::string& name, bool history = false);
   void console_write(const std::string& name, std::string_view bytes);
   MessageHistory& events() { return events_; }
 
@@ -98,7 +114,10 @@ class Domains {
   void adopt(const std::shared_ptr<Domain>& d, const VmRecord& record, const std::string& token);
   void recover_one(const std::shared_ptr<Domain>& d, const VmRecord& record);
   bool cancel_restart(Domain& d, const std::string& reason);
+  void press_power_button(const std::string& name, bool reboot);  // shutdown, reboot
   void kill_point(int point) const;
+  void check_host(const VmDefinition& definition);
+  std::string on_crash(const std::string& name);
   uid_t vmm_uid(const std::string& name) const;
   std::string path_of(const std::string& name, const char* what) const;
   void watch(const std::shared_ptr<Domain>& d, std::shared_ptr<VmmLink> link, uint64_t generation);
@@ -124,6 +143,9 @@ class Domains {
   std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> jobs_;
   bool jobs_stop_ = false;
   std::thread worker_;
+
+  std::once_flag probe_once_;  // the KVM probe, for definitions that need it
+  KvmProbeResult probe_;
 
   Supervisor supervisor_;  // last: its thread stops first, before the table it calls into
 };

@@ -166,7 +166,7 @@ json Metrics::vm_stats(Domains& domains, const std::string& name) const {
     std::lock_guard lock(mutex_);
     if (auto it = console_input_.find(name); it != console_input_.end()) input = it->second;
   }
-  out["console"] = json{{"output_bytes", domains.console(name)->end()}, {"input_bytes", input}};
+  out["console"] = json{{"output_bytes", domains.console(name, true)->end()}, {"input_bytes", input}};
   return out;
 }
 

@@ -115,6 +115,26 @@ int Store::schema_version() {
   return static_cast<int>(s.integer(0));
 }
 
+namespace {
+
+// The vms table of the current schema (version 3), named `name`.
+std::string vms_table(const std::string& name) {
+  return "CREATE TABLE " + name + R"( (
+            name             TEXT PRIMARY KEY NOT NULL,
+            definition       TEXT NOT NULL,
+            state            TEXT NOT NULL,
+            reason           TEXT NOT NULL,
+            pid              INTEGER NOT NULL DEFAULT 0,
+            pid_start_time   INTEGER NOT NULL DEFAULT 0,
+            control_path     TEXT NOT NULL DEFAULT '',
+            defined_at       INTEGER NOT NULL,
+            state_changed_at INTEGER NOT NULL,
+            owner            TEXT NOT NULL DEFAULT '',
+            CHECK (state IN ('running', 'paused', 'shut off', 'crashed'))))";
+}
+
+}  // namespace
+
 void Store::migrate() {
   int version;
   {
@@ -130,24 +150,24 @@ void Store::migrate() {
   exec("BEGIN IMMEDIATE");
   try {
     if (version < 1) {
-      exec(R"(CREATE TABLE vms (
-                name             TEXT PRIMARY KEY NOT NULL,
-                definition       TEXT NOT NULL,
-                state            TEXT NOT NULL,
-                reason           TEXT NOT NULL,
-                pid              INTEGER NOT NULL DEFAULT 0,
-                pid_start_time   INTEGER NOT NULL DEFAULT 0,
-                control_path     TEXT NOT NULL DEFAULT '',
-                defined_at       INTEGER NOT NULL,
-                state_changed_at INTEGER NOT NULL,
-                CHECK (state IN ('running', 'paused', 'shut off'))))");
+      exec(vms_table("vms").c_str());  // a new store: the current schema at once
+    } else {
+      if (version < 2) {
+        // Who defined each VM ({"uid", "gid", "groups"}): the files it names are opened with
+        // these credentials at every start. Definitions from version 1 had no owner: root's.
+        exec("ALTER TABLE vms ADD COLUMN owner TEXT NOT NULL DEFAULT ''");
+      }
+      if (version < 3) {
+        // State 'crashed' (a panicked guest kept for inspection). SQLite cannot change a CHECK
+        // constraint in place: the table is copied into one with the new constraint.
+        exec(vms_table("vms_v3").c_str());
+        exec("INSERT INTO vms_v3 SELECT name, definition, state, reason, pid, pid_start_time, "
+             "control_path, defined_at, state_changed_at, owner FROM vms");
+        exec("DROP TABLE vms");
+        exec("ALTER TABLE vms_v3 RENAME TO vms");
+      }
     }
-    if (version < 2) {
-      // Who defined each VM ({"uid", "gid", "groups"}): the files it names are opened with these
-      // credentials at every start. Definitions from version 1 had no owner: root's.
-      exec("ALTER TABLE vms ADD COLUMN owner TEXT NOT NULL DEFAULT ''");
-    }
-    exec("PRAGMA user_version = 2");
+    exec("PRAGMA user_version = 3");
     exec("COMMIT");
   } catch (...) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -163,6 +183,14 @@ void Store::define(const std::string& name, const json& definition, const PeerCr
   s.bind(1, name).bind(2, definition.dump()).bind(3, now_seconds()).bind(4, owner.to_json().dump());
   s.step();
   if (sqlite3_changes(db_) == 0) throw DuplicateError("a VM named '" + name + "' is already defined");
+}
+
+void Store::redefine(const std::string& name, const json& definition, const PeerCredentials& owner) {
+  std::lock_guard lock(mutex_);
+  Statement s(db_, "UPDATE vms SET definition = ?2, owner = ?3 WHERE name = ?1");
+  s.bind(1, name).bind(2, definition.dump()).bind(3, owner.to_json().dump());
+  s.step();
+  if (sqlite3_changes(db_) == 0) throw NotFoundError("no VM named '" + name + "'");
 }
 
 void Store::undefine(const std::string& name) {

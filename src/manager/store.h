@@ -24,6 +24,8 @@ namespace keel::manager {
 inline constexpr const char* kStateRunning = "running";
 inline constexpr const char* kStatePaused = "paused";
 inline constexpr const char* kStateShutOff = "shut off";
+// The guest panicked and the VMM is kept, paused, for inspection (on_crash "preserve").
+inline constexpr const char* kStateCrashed = "crashed";
 
 struct VmRecord {
   std::string name;
@@ -51,7 +53,7 @@ class NotFoundError : public Error {
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens (creating if needed) `path`; migrates an older schema; refuses a newer one.
   explicit Store(const std::string& path);
@@ -62,6 +64,9 @@ class Store {
   void define(const std::string& name, const nlohmann::json& definition,
               const PeerCredentials& owner = {});  // DuplicateError
   void undefine(const std::string& name);                                  // NotFoundError
+  // A new definition for an existing VM (its state is kept); NotFoundError.
+  void redefine(const std::string& name, const nlohmann::json& definition,
+                const PeerCredentials& owner);
   std::optional<VmRecord> get(const std::string& name);
   std::vector<VmRecord> list();
   // Records a running or paused VM with its VMM process.

@@ -3,8 +3,16 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <regex>
+#include <set>
+
+#include "backends/net/slirp_backend.h"
+#include "boot/linux_loader.h"
+#include "engine/engine_factory.h"
+#include "vm/vm_config.h"
 
 namespace keel::manager {
 
@@ -102,11 +110,40 @@ const json* member(const json& object, const char* key) {
   return it == object.end() ? nullptr : &*it;
 }
 
-const std::regex& hostfwd_pattern() {
-  // [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, as QEMU's -netdev user,hostfwd=.
-  static const std::regex pattern(
-      R"(^(tcp|udp):((\d{1,3}\.){3}\d{1,3})?:?(\d{1,5})-((\d{1,3}\.){3}\d{1,3})?:(\d{1,5})$)");
-  return pattern;
+// Runs one of the VMM's own checks (a UsageError saying what is wrong) for `field`.
+template <typename Check>
+void check_as_the_vmm(const std::string& field, Check&& check) {
+  try {
+    check();
+  } catch (const UsageError& e) {
+    refuse(field, e.what());
+  }
+}
+
+// The kernel the definition's owner opened: checked as the VMM's loader checks it, with the
+// command line against the kernel's own limit.
+void check_kernel(int fd, const std::string& path, const std::string& cmdline) {
+  constexpr size_t kMaxKernel = 512u << 20;
+  std::vector<uint8_t> image;
+  uint8_t buf[1 << 16];
+  for (off_t at = 0;;) {
+    ssize_t n = ::pread(fd, buf, sizeof buf, at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) refuse("kernel", "cannot read '" + path + "': " + std::strerror(errno));
+    if (n == 0) break;
+    image.insert(image.end(), buf, buf + n);
+    at += n;
+    if (image.size() > kMaxKernel) refuse("kernel", "'" + path + "' is larger than 512 MiB");
+  }
+  uint32_t limit = 0;
+  try {
+    limit = boot::check_kernel_image(image);
+  } catch (const Error& e) {
+    refuse("kernel", "'" + path + "' is not a kernel keel can boot: " + e.what());
+  }
+  if (cmdline.size() > limit)
+    refuse("cmdline", std::to_string(cmdline.size()) + " bytes; the kernel accepts at most " +
+                          std::to_string(limit));
 }
 
 }  // namespace
@@ -118,7 +155,8 @@ bool valid_vm_name(const std::string& name) {
 
 VmDefinition parse_definition(const json& doc) {
   check_object(doc, "", {"name", "vcpus", "memory_mib", "accel", "kernel", "initrd", "cmdline",
-                         "test_guest", "disks", "nets", "boot", "boot_entry", "cloud_init"});
+                         "test_guest", "disks", "nets", "boot", "boot_entry", "cloud_init",
+                         "autostart", "on_crash"});
   VmDefinition d;
   const json* name = member(doc, "name");
   if (!name) refuse("name", "missing");
@@ -127,15 +165,26 @@ VmDefinition parse_definition(const json& doc) {
     refuse("name", "'" + d.name + "' must be 1-63 characters of A-Z a-z 0-9 . _ - starting with a "
                    "letter or digit");
   }
-  if (const json* v = member(doc, "vcpus")) d.vcpus = static_cast<uint32_t>(get_integer(*v, "vcpus", 1, 256));
-  if (const json* v = member(doc, "memory_mib")) {
-    d.memory_mib = get_integer(*v, "memory_mib", 1, 1u << 20);
-  }
   if (const json* v = member(doc, "accel")) {
     d.accel = get_string(*v, "accel");
     if (d.accel != "auto" && d.accel != "kvm" && d.accel != "emu") {
       refuse("accel", "'" + d.accel + "' is not one of auto, kvm, emu");
     }
+  }
+  if (const json* v = member(doc, "vcpus")) {
+    d.vcpus = static_cast<uint32_t>(get_integer(*v, "vcpus", 1, 255));
+    check_as_the_vmm("vcpus", [&] { validate_vcpu_count(d.vcpus, parse_accel(d.accel)); });
+  }
+  if (const json* v = member(doc, "memory_mib")) {
+    d.memory_mib = get_integer(*v, "memory_mib", 1, 1u << 20);
+    check_as_the_vmm("memory_mib", [&] { validate_memory_size(d.memory_mib << 20); });
+  }
+  if (const json* v = member(doc, "autostart")) d.autostart = get_bool(*v, "autostart");
+  if (const json* v = member(doc, "on_crash")) {
+    d.on_crash = get_string(*v, "on_crash");
+    if (std::find(std::begin(kOnCrashActions), std::end(kOnCrashActions), d.on_crash) ==
+        std::end(kOnCrashActions))
+      refuse("on_crash", "'" + d.on_crash + "' is not one of destroy, restart, preserve");
   }
   if (const json* v = member(doc, "kernel")) d.kernel = get_file(*v, "kernel");
   if (const json* v = member(doc, "initrd")) d.initrd = get_file(*v, "initrd");
@@ -202,6 +251,7 @@ VmDefinition parse_definition(const json& doc) {
   }
   if (d.boot == "disk" && d.disks.empty()) refuse("disks", "\"boot\": \"disk\" needs a disk to boot from");
   if (const json* v = member(doc, "nets")) {
+    std::set<std::pair<bool, uint16_t>> host_ports;  // (udp, port): each bound once
     if (!v->is_array()) refuse("nets", std::string("expected an array, got ") + type_name(*v));
     if (v->size() > 8) refuse("nets", "more than 8 networks");
     for (size_t i = 0; i < v->size(); ++i) {
@@ -221,9 +271,11 @@ VmDefinition parse_definition(const json& doc) {
         for (size_t j = 0; j < h->size(); ++j) {
           std::string f = field + ".hostfwd[" + std::to_string(j) + "]";
           std::string rule = get_string((*h)[j], f, 64);
-          if (!std::regex_match(rule, hostfwd_pattern())) {
-            refuse(f, "'" + rule + "' is not PROTO:[ADDR]:HOSTPORT-[ADDR]:GUESTPORT");
-          }
+          HostForward forward;
+          check_as_the_vmm(f, [&] { forward = parse_host_forward(rule); });
+          if (!host_ports.insert({forward.udp, forward.host_port}).second)
+            refuse(f, "host port " + std::to_string(forward.host_port) +
+                          " is already forwarded by an earlier rule");
           nd.hostfwd.push_back(rule);
         }
       }
@@ -261,7 +313,10 @@ void check_files(const VmDefinition& d) {
 
 DefinitionFiles open_definition_files(const VmDefinition& d, const PeerCredentials& owner) {
   DefinitionFiles files;
-  if (!d.kernel.empty()) files.kernel = open_field(owner, "kernel", d.kernel, false, false);
+  if (!d.kernel.empty()) {
+    files.kernel = open_field(owner, "kernel", d.kernel, false, false);
+    check_kernel(files.kernel.get(), d.kernel, d.cmdline);
+  }
   if (!d.initrd.empty()) files.initrd = open_field(owner, "initrd", d.initrd, false, false);
   if (!d.test_guest.empty())
     files.test_guest = open_field(owner, "test_guest", d.test_guest, false, false);
@@ -311,7 +366,20 @@ json VmDefinition::to_json() const {
     net_list.push_back(n);
   }
   j["nets"] = net_list;
+  j["autostart"] = autostart;
+  j["on_crash"] = on_crash;
   return j;
+}
+
+std::vector<std::string> VmDefinition::changed_fields(const json& b) const {
+  json a = to_json();
+  if (!b.is_object()) return {"name"};
+  std::vector<std::string> changed;
+  for (auto& [key, value] : a.items())
+    if (!b.contains(key) || b.at(key) != value) changed.push_back(key);
+  for (auto& [key, value] : b.items())
+    if (!a.contains(key)) changed.push_back(key);
+  return changed;
 }
 
 std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string& control_path,
@@ -324,6 +392,8 @@ std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string&
                                 "--accel", d.accel};
   if (!log_path.empty()) args.insert(args.end(), {"--log-file", log_path});
   args.insert(args.end(), {"--name", d.name});
+  // A panic pauses the guest and is reported: the daemon applies on_crash.
+  args.insert(args.end(), {"--on-panic", "pause"});
   if (d.boot == "disk") {
     args.insert(args.end(), {"--boot", "disk"});
     if (!d.boot_entry.empty()) args.insert(args.end(), {"--boot-entry", d.boot_entry});

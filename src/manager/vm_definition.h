@@ -35,6 +35,11 @@ struct NetDefinition {
   bool host_loopback = false;         // user: may the guest reach the host's 127.0.0.1?
 };
 
+// What the daemon does when the guest panics (pvpanic), as libvirt's <on_crash>: destroy the VMM
+// (the VM is shut off, crashed), restart it (a fresh VMM, with the crash-loop backoff), or
+// preserve it (the VMM stays, paused, the VM crashed (panicked), for inspection until destroyed).
+inline constexpr const char* kOnCrashActions[] = {"destroy", "restart", "preserve"};
+
 struct VmDefinition {
   std::string name;
   uint32_t vcpus = 1;
@@ -52,12 +57,19 @@ struct VmDefinition {
   std::optional<CloudInit> cloud_init;
   std::vector<DiskDefinition> disks;
   std::vector<NetDefinition> nets;
+  bool autostart = false;            // started when the daemon starts (once per host boot)
+  std::string on_crash = "destroy";  // kOnCrashActions
 
   nlohmann::json to_json() const;
+  // The top-level fields whose values differ from a stored definition (to_json() of another);
+  // for a running VM only those that need no restart may change: autostart, on_crash.
+  std::vector<std::string> changed_fields(const nlohmann::json& stored) const;
 };
 
 // Parses and validates a definition: unknown fields, wrong types, out-of-range values, bad names
-// and files that do not exist are refused with a DefinitionError naming the field.
+// and files that do not exist are refused with a DefinitionError naming the field. Sizes, vCPU
+// counts and host forwards go through the same checks `keel run` makes of its flags
+// (vm/vm_config.h, backends/net/slirp_backend.h), so what passes here also passes in the VMM.
 VmDefinition parse_definition(const nlohmann::json& document);
 // Same, from text (malformed JSON is refused with the parser's position).
 VmDefinition parse_definition_text(const std::string& text);
@@ -69,6 +81,8 @@ void check_files(const VmDefinition& definition);
 // guest read-only, disks read-write unless readonly). A file the owner cannot open, one of the
 // wrong type (only regular files; block devices only for a disk of type "block"), and device
 // nodes or tap interfaces for anyone but root are refused with a DefinitionError naming the field.
+// The kernel is checked as the VMM's loader checks it (a bzImage or ELF vmlinux, a command line
+// that fits its cmdline_size).
 struct DefinitionFiles {
   UniqueFd kernel, initrd, test_guest;
   std::vector<UniqueFd> disks;

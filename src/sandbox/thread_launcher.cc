@@ -47,7 +47,7 @@ std::thread ThreadLauncher::make(ThreadKind kind, const std::string& name,
         install_filter(*filter);
       } catch (const std::exception& e) {
         // A thread that cannot confine itself must not run its code.
-        std::fprintf(stderr, "keel: sandbox: thread %s: %s\n", name.c_str(), e.what());
+        std::fprintf(stderr, "keel: error: sandbox: thread %s: %s\n", name.c_str(), e.what());
         std::_Exit(1);
       }
       if (violate) make_forbidden_call();

@@ -16,7 +16,9 @@ std::filesystem::path default_guest_dir() {
 }
 
 std::string default_cmdline(Accel accel) {
-  return "console=ttyS0 reboot=k i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+  // panic=-1: a panic the pvpanic device does not report (no driver yet) still ends the VM, by a
+  // reset, instead of spinning a host core forever.
+  return "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 }
 
 namespace {

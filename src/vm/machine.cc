@@ -10,6 +10,7 @@
 #include <iterator>
 #include <optional>
 
+#include "arch/x86/acpi/aml.h"
 #include "arch/x86/boot_state.h"
 #include "base/error.h"
 #include "base/log.h"
@@ -19,6 +20,7 @@
 #include "devices/legacy/fw_cfg.h"
 #include "devices/legacy/isa_debug_exit.h"
 #include "devices/legacy/i8042.h"
+#include "devices/legacy/pvpanic.h"
 #include "devices/legacy/serial16550.h"
 #include "devices/pci/pci_acpi.h"
 #include "devices/virtio/virtio_platform.h"
@@ -49,6 +51,7 @@ const char* to_string(ShutdownReason reason) {
     case ShutdownReason::kHalted: return "halted";
     case ShutdownReason::kQuit: return "quit";
     case ShutdownReason::kError: return "error";
+    case ShutdownReason::kPanicked: return "guest panicked";
   }
   return "unknown";
 }
@@ -150,6 +153,8 @@ void Machine::build_devices() {
         for (auto& out : serial_outputs_) out(bytes);
       });
   pio_.add(Serial16550::kCom1Base, Serial16550::kPortCount, serial_);
+  // Linux empties the receiver when its driver starts: input typed while it boots waits on the host.
+  if (config_.test_guest.empty()) serial_->hold_input_until_driver_ready();
 
   i8042_ = std::make_shared<I8042>(*this, IrqLine(irqs, I8042::kKeyboardIrq),
                                    IrqLine(irqs, I8042::kAuxIrq));
@@ -206,6 +211,15 @@ void Machine::build_devices() {
   // too, with the tables (guest_loader.cc), so management tests can press the button.
   acpi_pm_ = std::make_shared<AcpiPm>(*this, IrqLine(irqs, AcpiPm::kSciIrq));
   pio_.add(AcpiPm::kBasePort, AcpiPm::kPortCount, acpi_pm_);
+
+  // pvpanic, described in the DSDT as QEMU describes it, so Linux's pvpanic driver reports panics.
+  pvpanic_ = std::make_shared<PvPanic>(*this);
+  pio_.add(PvPanic::kPort, 1, pvpanic_);
+  namespace aml = x86::acpi::aml;
+  acpi_devices_.push_back(aml::device(
+      "PEVT", {aml::name("_HID", aml::string("QEMU0001")),
+               aml::name("_CRS", aml::ResourceTemplate().io(PvPanic::kPort, PvPanic::kPort, 1, 1).build()),
+               aml::name("_STA", aml::integer(0x0F))}));
 }
 
 void Machine::load_guest() {
@@ -234,6 +248,27 @@ std::vector<long> Machine::vcpu_thread_ids() const {
   std::vector<long> ids = thread_ids_;
   ids.resize(vcpus_.size());
   return ids;
+}
+
+std::vector<x86::CpuState> Machine::vcpu_states() {
+  std::unique_lock lock(mutex_);
+  const bool stop = state_ == MachineState::kRunning;
+  if (stop) {
+    state_ = MachineState::kPaused;
+    for (auto& vcpu : vcpus_) vcpu->kick();
+    changed_.wait(lock, [&] {
+      return state_ != MachineState::kPaused || parked_ + halted_ + exited_ == vcpus_.size();
+    });
+  }
+  std::vector<x86::CpuState> states;
+  if (state_ != MachineState::kShutDown)
+    for (auto& vcpu : vcpus_) states.push_back(vcpu->get_state());
+  if (stop && state_ == MachineState::kPaused && !panicked_) {  // a panic meanwhile stays paused
+    state_ = MachineState::kRunning;
+    lock.unlock();
+    changed_.notify_all();
+  }
+  return states;
 }
 
 void Machine::add_listener(std::function<void(const MachineEvent&)> listener) {
@@ -303,6 +338,7 @@ void Machine::resume() {
     }
     if (state_ != MachineState::kPaused) return;
     state_ = MachineState::kRunning;
+    panicked_ = false;
   }
   changed_.notify_all();
   MachineEvent event{MachineState::kRunning, {}};
@@ -324,8 +360,35 @@ void Machine::shutdown(ShutdownReason reason, std::string detail, bool by_host, 
 }
 
 void Machine::request_stop(StopReason reason, std::string detail) {
-  shutdown(reason == StopReason::kPowerOff ? ShutdownReason::kPowerOff : ShutdownReason::kReset,
-           std::move(detail));
+  switch (reason) {
+    case StopReason::kPowerOff: return shutdown(ShutdownReason::kPowerOff, std::move(detail));
+    case StopReason::kReset: return shutdown(ShutdownReason::kReset, std::move(detail));
+    case StopReason::kPanic:
+      if (config_.on_panic == PanicAction::kPause) return pause_for_panic(std::move(detail));
+      return shutdown(ShutdownReason::kPanicked, std::move(detail));
+  }
+}
+
+// As pause(), but from any thread, a vCPU's included (pvpanic writes come from one): the state
+// changes and every vCPU is kicked; nobody waits for them to park.
+void Machine::pause_for_panic(std::string detail) {
+  {
+    std::lock_guard lock(mutex_);
+    // Paused already: by the user (no vCPU runs, so none can panic) or by vcpu_states(), which
+    // then leaves the machine paused.
+    if ((state_ != MachineState::kRunning && state_ != MachineState::kPaused) || panicked_) return;
+    state_ = MachineState::kPaused;
+    panicked_ = true;
+    for (auto& vcpu : vcpus_) vcpu->kick();
+  }
+  changed_.notify_all();
+  MachineEvent event{MachineState::kPaused, {ShutdownReason::kPanicked, std::move(detail)}, true};
+  for (auto& l : listeners_) l(event);
+}
+
+bool Machine::panicked() const {
+  std::lock_guard lock(mutex_);
+  return panicked_;
 }
 
 ShutdownInfo Machine::wait() {

@@ -47,6 +47,7 @@ class CmosRtc;
 class BootProgress;
 class AcpiPm;
 class PciPlatform;
+class PvPanic;
 class FwCfg;
 
 enum class MachineState { kCreated, kRunning, kPaused, kShutDown };
@@ -58,6 +59,7 @@ enum class ShutdownReason {
   kHalted,       // every vCPU halted with interrupts disabled: nothing can ever run again
   kQuit,         // the host asked: Ctrl-A x, a signal, the control socket's `quit`
   kError,        // the VMM failed (detail names the cause)
+  kPanicked,     // the guest kernel panicked (pvpanic) and VmConfig::on_panic says exit
 };
 
 struct ShutdownInfo {
@@ -73,7 +75,8 @@ const char* to_string(ShutdownReason reason);
 // A lifecycle change, as the control socket reports it (STOP, RESUME, SHUTDOWN, RESET events).
 struct MachineEvent {
   MachineState state;     // the state entered
-  ShutdownInfo shutdown;  // when state == kShutDown
+  ShutdownInfo shutdown;  // when state == kShutDown, or the panic when `panicked`
+  bool panicked = false;  // kPaused because the guest panicked (VmConfig::on_panic kPause)
 };
 
 class Machine final : public PowerControl {
@@ -132,6 +135,9 @@ class Machine final : public PowerControl {
 
   // Host thread id (gettid) of each vCPU's thread, 0 before it started or after it ended.
   std::vector<long> vcpu_thread_ids() const;
+  // Every vCPU's registers. A running machine is stopped for the read and goes on at once,
+  // without lifecycle events (the control socket's `info registers`). Not from a vCPU thread.
+  std::vector<x86::CpuState> vcpu_states();
 
   // Called on every lifecycle change, on the thread that caused it, with no machine lock held.
   // A listener must not block; to act on the main thread it posts to loop(). Add before start().
@@ -151,8 +157,11 @@ class Machine final : public PowerControl {
   // Ends the VM: the first call wins and its reason is the one reported. Never blocks. `by_host`
   // marks a reason the host chose for the guest (a host-requested reset); kQuit is always the host's.
   void shutdown(ShutdownReason reason, std::string detail, bool by_host = false, int exit_status = -1);
-  // PowerControl, for devices: power off or reset ends the VM (keel does not reboot in place).
+  // PowerControl, for devices: power off or reset ends the VM (keel does not reboot in place); a
+  // panic pauses it or ends it (VmConfig::on_panic).
   void request_stop(StopReason reason, std::string detail) override;
+  // True from a panic pause until resume().
+  bool panicked() const;
 
   MachineState state() const;
 
@@ -180,6 +189,7 @@ class Machine final : public PowerControl {
   void load_guest();
   void vcpu_thread(Vcpu& vcpu);
   void set_state(MachineState state, std::unique_lock<std::mutex>& lock);
+  void pause_for_panic(std::string detail);
   void join_vcpus();
 
   const VmConfig config_;
@@ -197,6 +207,7 @@ class Machine final : public PowerControl {
   std::shared_ptr<FwCfg> fw_cfg_;
   std::shared_ptr<BootProgress> boot_progress_;
   std::shared_ptr<AcpiPm> acpi_pm_;
+  std::shared_ptr<PvPanic> pvpanic_;
   // AML for devices under \_SB of the DSDT (PCI0, ...): device families append while building.
   std::vector<std::vector<uint8_t>> acpi_devices_;
   std::unique_ptr<PciPlatform> pci_;  // after engine_ and memory_: its device threads use both
@@ -211,6 +222,7 @@ class Machine final : public PowerControl {
   MachineState state_ = MachineState::kCreated;
   bool start_paused_ = false;
   bool restored_ = false;  // built from a snapshot: start() lets its devices work again
+  bool panicked_ = false;
   ShutdownInfo shutdown_;
   uint32_t parked_ = 0;   // vCPU threads waiting while paused
   uint32_t halted_ = 0;   // vCPU threads that can never run again (kHalted)

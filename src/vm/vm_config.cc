@@ -24,19 +24,33 @@ void VmConfig::validate() const {
 }
 
 void VmConfig::validate_resources() const {
+  validate_memory_size(memory_bytes);
+  validate_vcpu_count(cpus, accel);
+}
+
+void validate_memory_size(uint64_t bytes) {
   constexpr uint64_t kMinMemory = 16ull << 20;
   constexpr uint64_t kMaxMemory = 1ull << 40;
-  if (memory_bytes < kMinMemory)
-    throw UsageError("memory size " + format_size(memory_bytes) + " is below the minimum of " +
+  if (bytes < kMinMemory)
+    throw UsageError("memory size " + format_size(bytes) + " is below the minimum of " +
                      format_size(kMinMemory));
-  if (memory_bytes > kMaxMemory)
-    throw UsageError("memory size " + format_size(memory_bytes) + " is above the maximum of " +
+  if (bytes > kMaxMemory)
+    throw UsageError("memory size " + format_size(bytes) + " is above the maximum of " +
                      format_size(kMaxMemory));
-  if (memory_bytes % kPageSize != 0)
-    throw UsageError("memory size " + std::to_string(memory_bytes) +
-                     " bytes is not a multiple of 4 KiB");
+  if (bytes % kPageSize != 0)
+    throw UsageError("memory size " + std::to_string(bytes) + " bytes is not a multiple of 4 KiB");
+}
+
+void validate_vcpu_count(uint32_t cpus, Accel accel) {
   if (cpus == 0) throw UsageError("the number of vCPUs must be at least 1");
-  if (cpus > 255) throw UsageError("at most 255 vCPUs (xAPIC ids), got " + std::to_string(cpus));
+  uint32_t max = max_vcpus(accel);
+  if (cpus > max)
+    throw UsageError(accel == Accel::kAuto
+                         ? "at most " + std::to_string(max) + " vCPUs (xAPIC ids), got " +
+                               std::to_string(cpus)
+                         : "the " + std::string(to_string(accel)) + " engine runs at most " +
+                               std::to_string(max) + " vCPU" + (max == 1 ? "" : "s") + ", got " +
+                               std::to_string(cpus));
 }
 
 }  // namespace keel

@@ -12,6 +12,10 @@
 
 namespace keel {
 
+// What a guest panic (pvpanic) does: end the VMM (keel run: exit status 1), or pause the vCPUs and
+// report it (GUEST_PANICKED on the control socket) for the daemon's on_crash to decide.
+enum class PanicAction { kExit, kPause };
+
 struct VmConfig {
   // What to boot: a Linux kernel (bzImage or ELF vmlinux) with an optional initramfs and command
   // line, or a purpose-built test guest (a flat binary entered in 64-bit mode, see
@@ -26,6 +30,8 @@ struct VmConfig {
   enum class Boot { kKernel, kDisk } boot = Boot::kKernel;
   std::string boot_entry;
 
+  std::string name;  // the VM's name (QMP query-name); "" for none
+
   uint64_t memory_bytes = 512ull << 20;
   uint32_t cpus = 1;
   Accel accel = Accel::kAuto;
@@ -35,6 +41,7 @@ struct VmConfig {
   std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction
   bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
+  PanicAction on_panic = PanicAction::kExit;
   bool isa_debug_exit = false;           // QEMU's isa-debug-exit at port 0xF4 (test kernels)
   // Boot the Linux kernel through its PVH entry (boot/protected_mode_boot.h): an ELF vmlinux with
   // the Xen PHYS32_ENTRY note, or the vmlinux a bzImage's payload decompresses to.
@@ -49,5 +56,12 @@ struct VmConfig {
   // The part of validate() about sizes and counts only.
   void validate_resources() const;
 };
+
+// The checks of single fields, shared by keel run (its flags) and the daemon (a definition's
+// fields), so `keel define` refuses what `keel start` would, with the same words. Each throws
+// UsageError saying what is wrong with the value (the caller names the flag or field).
+void validate_memory_size(uint64_t bytes);
+// `accel` kAuto: the most either engine runs (the choice comes later).
+void validate_vcpu_count(uint32_t cpus, Accel accel);
 
 }  // namespace keel

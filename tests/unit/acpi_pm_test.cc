@@ -97,6 +97,16 @@ TEST_F(AcpiPmTest, PowerButtonRaisesSciOnlyWhenEnabledAndClearsOnWriteOne) {
   EXPECT_TRUE(stops().empty());
 }
 
+// Linux enables the global-lock and RTC fixed events at boot and reads the bits back; bits that
+// did not stick were two "ACPI Error" lines on every boot. They raise no SCI (no such events).
+TEST_F(AcpiPmTest, GlobalLockAndRtcEnableBitsStickWithoutRaisingSci) {
+  out16(AcpiPm::kPm1EventPort + 2, AcpiPm::kGblEn | AcpiPm::kRtcEn);
+  EXPECT_EQ(in16(AcpiPm::kPm1EventPort + 2), AcpiPm::kGblEn | AcpiPm::kRtcEn);
+  EXPECT_FALSE(irqs.level(AcpiPm::kSciIrq));
+  out16(AcpiPm::kPm1EventPort + 2, 1 << 0);  // TMR_EN: keel has no PM timer
+  EXPECT_EQ(in16(AcpiPm::kPm1EventPort + 2), 0);
+}
+
 TEST_F(AcpiPmTest, ADwordReadCoversStatusAndEnable) {
   out16(AcpiPm::kPm1EventPort + 2, AcpiPm::kPwrBtn);
   pm.press_power_button();

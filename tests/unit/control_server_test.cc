@@ -15,6 +15,7 @@
 #include "control/control_client.h"
 #include "control/control_server.h"
 #include "control/unix_socket.h"
+#include "base/version.h"
 
 namespace keel::control {
 namespace {
@@ -43,6 +44,8 @@ class FakeTarget : public ControlTarget {
   void reset() override { emit(event::kReset, json{{"guest", false}, {"reason", "host-qmp-system-reset"}}); }
   void quit() override { quit_called = true; }
   std::vector<CpuInfo> query_cpus() override { return {{0, 100, false}, {1, 101, true}}; }
+  VmIdentity identity() override { return {"web1", false, true}; }
+  std::string info_registers() override { return "RAX=0000000000000001 RBX=0000000000000002\r\n"; }
   void set_event_callback(EventCallback cb) override {
     std::lock_guard lock(mutex_);
     on_event_ = std::move(cb);
@@ -160,7 +163,9 @@ TEST_F(ControlServerTest, GreetsAndRequiresCapabilitiesNegotiation) {
   json greeting = c.read();
   ASSERT_TRUE(greeting.contains("QMP"));
   EXPECT_TRUE(greeting["QMP"]["capabilities"].is_array());
-  EXPECT_EQ(greeting["QMP"]["version"]["package"], "keel");
+  // The dialect of QEMU 7.2 (clients gate on the version), and which keel serves it.
+  EXPECT_EQ(greeting["QMP"]["version"]["qemu"]["major"], 7);
+  EXPECT_EQ(greeting["QMP"]["version"]["package"], std::string("keel ") + kVersion);
 
   json early = c.request(R"({"execute": "query-status"})");
   EXPECT_EQ(early["error"]["class"], "CommandNotFound");
@@ -206,6 +211,28 @@ TEST_F(ControlServerTest, StatusPauseResumeAndEventsWithTimestamps) {
   EXPECT_EQ(c.execute("query-status")["status"], "running");
 }
 
+// What libvirt, virsh qemu-monitor-command and QMP shells ask first, answered as QEMU 7.2 does.
+TEST_F(ControlServerTest, QemuDialectQueriesAndHumanMonitor) {
+  ControlClient c = ControlClient::connect(path);
+  json version = c.execute("query-version");
+  EXPECT_EQ(version["qemu"], json({{"major", 7}, {"minor", 2}, {"micro", 0}}));
+  EXPECT_EQ(version["package"], std::string("keel ") + kVersion);
+  EXPECT_EQ(c.execute("query-name"), json({{"name", "web1"}}));
+  EXPECT_EQ(c.execute("query-kvm"), json({{"enabled", false}, {"present", true}}));
+  json commands = c.execute("query-commands");
+  for (const char* name : {"query-cpus-fast", "query-version", "query-name", "query-kvm",
+                           "human-monitor-command"})
+    EXPECT_NE(commands.dump().find(std::string("\"") + name + "\""), std::string::npos) << name;
+
+  EXPECT_EQ(c.execute("human-monitor-command", {{"command-line", "info registers"}}),
+            "RAX=0000000000000001 RBX=0000000000000002\r\n");
+  EXPECT_EQ(c.execute("human-monitor-command", {{"command-line", " info status "}}),
+            "VM status: running\r\n");
+  EXPECT_EQ(c.execute("human-monitor-command", {{"command-line", "savevm x"}}),
+            "unknown command: 'savevm'\r\n");
+  EXPECT_THROW(c.execute("human-monitor-command", json::object()), std::exception);
+}
+
 TEST_F(ControlServerTest, PowerdownResetQuitAndCpus) {
   ControlClient c = ControlClient::connect(path);
   c.execute("system_powerdown");
@@ -218,11 +245,14 @@ TEST_F(ControlServerTest, PowerdownResetQuitAndCpus) {
   EXPECT_EQ((*e)["event"], "RESET");
   EXPECT_EQ((*e)["data"]["reason"], "host-qmp-system-reset");
 
-  json cpus = c.execute("query-cpus");
+  // query-cpus-fast as QEMU 7.2 answers it; query-cpus (removed from QEMU in 6.0) is the same.
+  json cpus = c.execute("query-cpus-fast");
   ASSERT_EQ(cpus.size(), 2u);
   EXPECT_EQ(cpus[1]["cpu-index"], 1);
   EXPECT_EQ(cpus[1]["thread-id"], 101);
-  EXPECT_EQ(cpus[1]["halted"], true);
+  EXPECT_EQ(cpus[1]["target"], "x86_64");
+  EXPECT_EQ(cpus[1]["props"]["socket-id"], 1);
+  EXPECT_EQ(c.execute("query-cpus"), cpus);
 
   json commands = c.execute("query-commands");
   EXPECT_GE(commands.size(), 9u);

@@ -174,7 +174,7 @@ TEST_F(ManagerCrashTest, AGuestThatResetsAtOnceIsRestartedWithBackoffAndItsFirst
   while (events.all("r", "started").size() < 4 && Clock::now() < deadline)
     std::this_thread::sleep_for(10ms);
   std::vector<json> starts = events.all("r", "started");
-  ASSERT_GE(starts.size(), 4u);
+  ASSERT_GE(starts.size(), 4u) << json(events.names("r")).dump() << "\n" << read_whole(dir + "/daemon.log");
   auto at = [](const json& e) {
     return std::chrono::microseconds(e["timestamp"]["seconds"].get<int64_t>() * 1000000 +
                                      e["timestamp"]["microseconds"].get<int64_t>());

@@ -3,7 +3,12 @@
 // ControlTarget whose "guest" prints a progress counter on its console. This exercises the
 // daemon, store, supervision, restart safety and the CLI independently of an engine; the same
 // flows with purpose-built guests on the kvm engine live in e2e_manager_guest_test.cc.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include <atomic>
+#include <cstring>
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
@@ -21,8 +26,10 @@ namespace {
 
 class CounterVm : public control::ControlTarget {
  public:
-  // `resets`: the "guest" resets itself as soon as it runs (a crash loop).
-  CounterVm(bool paused, bool resets = false) : running_(!paused), resets_(resets) {
+  // `resets`: the "guest" resets itself as soon as it runs (a crash loop). `panics`: it reports a
+  // kernel panic as soon as it runs, as keel run --on-panic pause does (GUEST_PANICKED, paused).
+  CounterVm(bool paused, bool resets = false, bool panics = false)
+      : running_(!paused), resets_(resets), panics_(panics) {
     counter_ = std::thread([this] { count(); });
   }
   ~CounterVm() override {
@@ -35,6 +42,7 @@ class CounterVm : public control::ControlTarget {
   }
   control::RunStatus query_status() override {
     std::lock_guard lock(mutex_);
+    if (panicked_) return control::RunStatus{control::RunState::kGuestPanicked, "panicked"};
     return running_ ? control::RunStatus{control::RunState::kRunning, "booted"}
                     : control::RunStatus{control::RunState::kPaused, "user"};
   }
@@ -49,6 +57,14 @@ class CounterVm : public control::ControlTarget {
       emit(control::event::kReset, json{{"guest", true}, {"reason", "guest-reset"}});
       emit(control::event::kShutdown, json{{"guest", true}, {"reason", "guest-reset"}});
       finish(0);
+    }
+    if (panics_) {
+      set_running(false);
+      {
+        std::lock_guard lock(mutex_);
+        panicked_ = true;
+      }
+      emit(control::event::kGuestPanicked, json{{"action", "pause"}});
     }
   }
   void powerdown() override {
@@ -123,6 +139,8 @@ class CounterVm : public control::ControlTarget {
   std::condition_variable cv_;
   bool running_;
   bool resets_;
+  bool panics_;
+  bool panicked_ = false;
   bool exiting_ = false;
   bool done_ = false;
   int exit_code_ = 0;
@@ -150,7 +168,17 @@ int fake_vmm_main(const std::vector<std::string>& args) {
     std::fprintf(stderr, "keel: cannot load %s: not a guest\n", guest.c_str());
     return 1;
   }
-  CounterVm vm(paused, content.rfind("reset", 0) == 0);
+  // "ready-error": a VMM that fails before it is ready reports its error on the ready pipe, as
+  // keel run does, and prints a line meant for a terminal that must not reach the API.
+  if (content.rfind("ready-error", 0) == 0 && ready_fd >= 0) {
+    std::fprintf(stderr, "keel: error: cannot lock the disk\nRun 'keel help' for more information.\n");
+    std::string report = "Ecannot lock the disk /x.img: held by another keel";
+    [[maybe_unused]] ssize_t n = ::write(ready_fd, report.data(), report.size());
+    return 1;
+  }
+  // "ignore-term": a VMM that does not end on SIGTERM (destroy must fall back to SIGKILL).
+  if (content.rfind("ignore-term", 0) == 0) ::signal(SIGTERM, SIG_IGN);
+  CounterVm vm(paused, content.rfind("reset", 0) == 0, content.rfind("panic", 0) == 0);
   control::ControlServerOptions options;
   if (const char* token = std::getenv("KEEL_CONTROL_TOKEN")) options.daemon_token = token;
   std::fprintf(stderr, "fake vmm pid %d: %s\n", ::getpid(), content.c_str());
@@ -283,6 +311,184 @@ TEST_F(ManagerDaemonTest, RebootStartsAFreshVmm) {
   EXPECT_EQ(vm["state"], "running");
   EXPECT_NE(vm.value("pid", 0), first);
   read_console_until("r1", [](const std::string& s) { return s.find("count 0\n") != std::string::npos; });
+}
+
+// reboot asks the guest (the power button: it shuts down, and a fresh VMM boots it again), as
+// virsh reboot; reset restarts it without asking, as virsh reset.
+TEST_F(ManagerDaemonTest, RebootAsksTheGuestAndResetDoesNot) {
+  EventWatcher events(socket);
+  define("b1");
+  api().call("POST", "/v1/vms/b1/start");
+  ASSERT_EQ(keel({"reboot", "b1"}).exit_code, 0);
+  events.wait_for("b1", "started", "", 30s, 2);
+  CommandResult r = keel({"reset", "b1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Domain 'b1' was reset"), std::string::npos) << r.out;
+  events.wait_for("b1", "started", "", 30s, 3);
+  EXPECT_EQ(events.names("b1"),
+            (std::vector<std::string>{"defined", "started", "powerdown", "shutdown", "rebooting",
+                                      "started", "reset", "shutdown", "rebooting", "started"}));
+  api().call("POST", "/v1/vms/b1/destroy");
+}
+
+// destroy: SIGTERM first; a VMM that ignores it is killed once the grace period is over.
+class ManagerDestroyTest : public ManagerDaemonTest {
+ protected:
+  std::vector<std::string> daemon_extra_args() override {
+    return {"--vmm", self_exe(), "--test-destroy-grace-ms", "200"};
+  }
+};
+
+TEST_F(ManagerDestroyTest, AVmmThatIgnoresSigtermIsKilledAfterTheGrace) {
+  std::string stubborn = dir + "/stubborn.bin";
+  std::ofstream(stubborn) << "ignore-term";
+  api().call("POST", "/v1/vms", json{{"name", "s1"}, {"test_guest", stubborn}});
+  api().call("POST", "/v1/vms/s1/start");
+  CommandResult r = keel({"destroy", "s1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  wait_state("s1", "shut off", "destroyed");
+  EXPECT_NE(read_whole(dir + "/daemon.log").find("did not end within 200 ms of SIGTERM"),
+            std::string::npos);
+}
+
+// A guest panic (GUEST_PANICKED from the VMM): on_crash preserve keeps the VMM, paused, for
+// inspection; destroy (the default) ends it.
+TEST_F(ManagerDaemonTest, OnCrashPreserveKeepsThePanickedVmAndDestroyEndsIt) {
+  std::string panics = dir + "/panic.bin";
+  std::ofstream(panics) << "panic";
+  api().call("POST", "/v1/vms", json{{"name", "p1"}, {"test_guest", panics}, {"on_crash", "preserve"}});
+  api().call("POST", "/v1/vms", json{{"name", "p2"}, {"test_guest", panics}});
+  api().call("POST", "/v1/vms/p1/start");
+  api().call("POST", "/v1/vms/p2/start");
+  json vm = wait_state("p1", "crashed", "panicked");
+  EXPECT_GT(vm.value("pid", 0), 0);
+  wait_state("p2", "shut off", "crashed");
+  CommandResult r = keel({"list"});
+  EXPECT_NE(r.out.find("crashed (panicked)"), std::string::npos) << r.out;
+  EXPECT_EQ(keel({"suspend", "p1"}).exit_code, 1);
+  ASSERT_EQ(keel({"destroy", "p1"}).exit_code, 0);
+  wait_state("p1", "shut off", "destroyed");
+}
+
+// define of an existing name replaces a shut-off VM's definition (virsh define); while it runs
+// only what needs no restart may change. dumpdef prints what define takes; edit round-trips it.
+TEST_F(ManagerDaemonTest, RedefineDumpdefAndEdit) {
+  write_definition("v1.json", definition("v1"));
+  ASSERT_EQ(keel({"define", dir + "/v1.json"}).exit_code, 0);
+  json changed = definition("v1");
+  changed["vcpus"] = 2;
+  write_definition("v1.json", changed);
+  CommandResult r = keel({"define", dir + "/v1.json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = keel({"dumpdef", "v1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json dumped = json::parse(r.out);
+  EXPECT_EQ(dumped["vcpus"], 2);
+  EXPECT_EQ(dumped["test_guest"], guest);
+
+  // EDITOR is run through the shell with the file as its argument, as git and virsh do.
+  std::string editor = "sed -i 's/\"vcpus\": 2/\"vcpus\": 3/'";
+  ::setenv("EDITOR", editor.c_str(), 1);  // inherited by keel (this test's own process)
+  ::unsetenv("VISUAL");
+  CommandResult edited = keel({"edit", "v1"});
+  ::unsetenv("EDITOR");
+  ASSERT_EQ(edited.exit_code, 0) << edited.err;
+  EXPECT_EQ(info("v1")["definition"]["vcpus"], 3);
+
+  api().call("POST", "/v1/vms/v1/start");
+  changed["vcpus"] = 4;
+  auto put = api().request("PUT", "/v1/vms/v1", changed.dump());
+  EXPECT_EQ(put.status, 409);
+  EXPECT_NE(put.body.find("shut it down to change vcpus"), std::string::npos) << put.body;
+  ASSERT_EQ(keel({"autostart", "v1"}).exit_code, 0);  // needs no restart: allowed while running
+  EXPECT_EQ(info("v1")["definition"]["autostart"], true);
+  CommandResult shown = keel({"info", "v1"});
+  EXPECT_NE(shown.out.find("Autostart:       enable\n"), std::string::npos) << shown.out;
+  EXPECT_NE(shown.out.find("On crash:        destroy\n"), std::string::npos) << shown.out;
+  api().call("POST", "/v1/vms/v1/destroy");
+  // A PUT of a new name defines it; a body naming another VM is refused.
+  EXPECT_EQ(api().request("PUT", "/v1/vms/v2", definition("v2").dump()).status, 201);
+  EXPECT_EQ(api().request("PUT", "/v1/vms/v3", definition("v2").dump()).status, 422);
+}
+
+// autostart VMs start with the daemon once per host boot (a VM shut down by hand stays down
+// across daemon restarts); removing the boot marker stands in for a host reboot.
+TEST_F(ManagerDaemonTest, AutostartVmsStartWhenTheDaemonStartsAfterABoot) {
+  json def = definition("a1");
+  def["autostart"] = true;
+  api().call("POST", "/v1/vms", def);
+  stop_daemon(SIGTERM);
+  std::filesystem::remove(state_dir + "/autostarted");
+  start_daemon();
+  wait_state("a1", "running", "booted");
+  EXPECT_NE(read_whole(dir + "/daemon.log").find("VM 'a1': autostart"), std::string::npos);
+  api().call("POST", "/v1/vms/a1/destroy");
+}
+
+// keel --version, keel version and GET /v1/version agree.
+TEST_F(ManagerDaemonTest, VersionAgreesWithTheDaemon) {
+  CommandResult plain = run_keel({"--version"}, dir);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  CommandResult r = keel({"version"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string version = api().call("GET", "/v1/version")["version"];
+  EXPECT_EQ(plain.out, "keel " + version + "\n");
+  EXPECT_EQ(r.out.rfind(plain.out, 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("daemon: keel " + version + " (API 1)"), std::string::npos) << r.out;
+}
+
+TEST_F(ManagerDaemonTest, AStartFailureReportsTheVmmsMessageAlone) {
+  std::string bad = dir + "/ready-error.bin";
+  std::ofstream(bad) << "ready-error";
+  api().call("POST", "/v1/vms", json{{"name", "re"}, {"test_guest", bad}});
+  auto r = api().request("POST", "/v1/vms/re/start", "");
+  EXPECT_NE(r.status, 200);
+  json body = json::parse(r.body);
+  EXPECT_EQ(body["error"]["message"], "VM 're' failed to start: cannot lock the disk /x.img: held by another keel") << r.body;
+  wait_state("re", "shut off", "failed to start");
+}
+
+// Run by systemd (Type=notify, NOTIFY_SOCKET) with --pidfile: the daemon says READY=1 with its
+// pid once the API serves, keeps its pid in the file while it runs and removes it at exit.
+class ManagerServiceTest : public ManagerDaemonTest {
+ protected:
+  void SetUp() override {
+    DaemonFixture::SetUp();
+    guest = dir + "/guest.bin";
+    std::ofstream(guest) << "counter guest";
+    notify_path = dir + "/notify";
+    notify.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, notify_path.c_str(), sizeof addr.sun_path - 1);
+    ASSERT_EQ(::bind(notify.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    start_daemon();
+  }
+  std::vector<std::string> daemon_extra_args() override {
+    return {"--vmm", self_exe(), "--pidfile", dir + "/keel.pid"};
+  }
+  void daemon_environment() override {
+    ManagerDaemonTest::daemon_environment();
+    ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
+  }
+  std::string notify_path;
+  UniqueFd notify;
+};
+
+TEST_F(ManagerServiceTest, TellsSystemdItIsReadyAndKeepsAPidfile) {
+  pollfd p{notify.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 20000), 1) << "no sd_notify datagram";
+  char buf[256];
+  ssize_t n = ::recv(notify.get(), buf, sizeof buf, 0);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(buf, size_t(n)), "READY=1\nMAINPID=" + std::to_string(daemon_pid));
+  EXPECT_EQ(read_whole(dir + "/keel.pid"), std::to_string(daemon_pid) + "\n");
+  stop_daemon(SIGTERM);
+  n = ::recv(notify.get(), buf, sizeof buf, MSG_DONTWAIT);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(buf, size_t(n)), "STOPPING=1");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/keel.pid"));
+  start_daemon();  // for the fixture's teardown
 }
 
 TEST_F(ManagerDaemonTest, VmmKilledWithSigkillIsCrashed) {

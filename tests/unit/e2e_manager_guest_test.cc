@@ -5,7 +5,9 @@
 // e2e_manager_daemon_test.cc's stand-in VMM, but with a guest that really runs).
 #include <signal.h>
 
+#include <future>
 #include <optional>
+#include <utility>
 
 #include "control/control_client.h"
 #include "e2e_manager_helpers.h"
@@ -100,14 +102,26 @@ TEST_F(ManagerGuestDaemonTest, LifecycleThroughTheCli) {
   // resumed, it goes on from where it stopped.
   expect_suspend_stops_and_resume_continues("c1", 1, 500ms);
 
-  // keel shutdown: the ACPI power button; the guest powers itself off.
+  // keel shutdown: the ACPI power button; the guest powers itself off. A console session open
+  // meanwhile sees it and ends with the VM.
+  std::promise<void> attached;  // the session has replayed the history: it is open
+  auto session = std::async(std::launch::async, [&] {
+    bool first = true;
+    return read_console_until("c1", [&](const std::string& s) {
+      if (std::exchange(first, false)) attached.set_value();
+      return s.find("power button\n") != std::string::npos;
+    });
+  });
+  ASSERT_EQ(attached.get_future().wait_for(30s), std::future_status::ready);
   r = keel({"shutdown", "c1"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   wait_state("c1", "shut off", "shutdown");
   EXPECT_FALSE(info("c1").contains("pid"));
-  read_console_until("c1", [](const std::string& s) {
-    return s.find("power button\n") != std::string::npos;
-  });
+  session.get();
+  // The console of a VM that is off is refused, not a silent session.
+  r = keel({"console", "c1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("domain 'c1' is not running (shut off)"), std::string::npos) << r.err;
 
   // Start again, destroy.
   ASSERT_EQ(keel({"start", "c1"}).exit_code, 0);

@@ -144,14 +144,15 @@ class EventWatcher {
     thread_.join();
   }
 
-  // Waits until an event `event` for `vm` (with `reason`, if given) has arrived; returns it, or
-  // fails the test at the deadline and returns null.
+  // Waits until the `nth` event `event` for `vm` (with `reason`, if given) has arrived; returns
+  // it, or fails the test at the deadline and returns null.
   json wait_for(const std::string& vm, const std::string& event, const std::string& reason = "",
-                std::chrono::milliseconds timeout = 60s) {
+                std::chrono::milliseconds timeout = 60s, size_t nth = 1) {
     auto match = [&]() -> const json* {
+      size_t seen = 0;
       for (const json& e : events_)
         if (e.is_object() && e.value("vm", "") == vm && e.value("event", "") == event &&
-            (reason.empty() || e.value("reason", "") == reason))
+            (reason.empty() || e.value("reason", "") == reason) && ++seen == nth)
           return &e;
       return nullptr;
     };

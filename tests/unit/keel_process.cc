@@ -107,14 +107,23 @@ void KeelProcess::pump(int timeout_ms) {
   }
 }
 
-bool KeelProcess::wait_for_stdout(const std::string& marker, std::chrono::milliseconds deadline) {
+bool KeelProcess::wait_for(std::string ProcessResult::*text, const UniqueFd& fd,
+                           const std::string& marker, std::chrono::milliseconds deadline) {
   auto end = std::chrono::steady_clock::now() + deadline;
-  while (result_.out.find(marker) == std::string::npos) {
+  while ((result_.*text).find(marker) == std::string::npos) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-    if (left.count() <= 0 || !out_) return result_.out.find(marker) != std::string::npos;
+    if (left.count() <= 0 || !fd) return (result_.*text).find(marker) != std::string::npos;
     pump(static_cast<int>(std::min<int64_t>(left.count(), 100)));
   }
   return true;
+}
+
+bool KeelProcess::wait_for_stdout(const std::string& marker, std::chrono::milliseconds deadline) {
+  return wait_for(&ProcessResult::out, out_, marker, deadline);
+}
+
+bool KeelProcess::wait_for_stderr(const std::string& marker, std::chrono::milliseconds deadline) {
+  return wait_for(&ProcessResult::err, err_, marker, deadline);
 }
 
 ProcessResult KeelProcess::wait(std::chrono::milliseconds deadline) {

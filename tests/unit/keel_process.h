@@ -40,6 +40,7 @@ class KeelProcess {
   void close_stdin();
   // Reads output until stdout contains `marker` or the deadline passes; true if seen.
   bool wait_for_stdout(const std::string& marker, std::chrono::milliseconds deadline);
+  bool wait_for_stderr(const std::string& marker, std::chrono::milliseconds deadline);  // the same
   void send_signal(int sig);
   // Waits for the child to exit (killing it with SIGKILL at the deadline) and collects the rest
   // of its output.
@@ -47,6 +48,8 @@ class KeelProcess {
 
  private:
   void pump(int timeout_ms);  // reads what is available from stdout/stderr
+  bool wait_for(std::string ProcessResult::*text, const UniqueFd& fd, const std::string& marker,
+                std::chrono::milliseconds deadline);
 
   pid_t pid_ = -1;
   UniqueFd in_, out_, err_;

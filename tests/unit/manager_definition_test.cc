@@ -96,9 +96,9 @@ TEST_F(DefinitionTest, RefusesBadTypesNamingTheField) {
 TEST_F(DefinitionTest, RefusesOutOfRangeAndBadValues) {
   json doc = valid();
   doc["vcpus"] = 0;
-  EXPECT_EQ(refusal(doc), "field 'vcpus': must be between 1 and 256");
+  EXPECT_EQ(refusal(doc), "field 'vcpus': must be between 1 and 255");
   doc["vcpus"] = -3;
-  EXPECT_EQ(refusal(doc), "field 'vcpus': must be between 1 and 256");
+  EXPECT_EQ(refusal(doc), "field 'vcpus': must be between 1 and 255");
   doc = valid();
   doc["accel"] = "tcg";
   EXPECT_EQ(refusal(doc), "field 'accel': 'tcg' is not one of auto, kvm, emu");
@@ -143,6 +143,67 @@ TEST_F(DefinitionTest, TestGuestExcludesKernel) {
   EXPECT_EQ(refusal(doc), "field 'test_guest': cannot be combined with kernel");
 }
 
+// define refuses what the VMM would refuse at start, with the VMM's own checks, naming the field.
+TEST_F(DefinitionTest, RefusesWhatTheVmmWouldRefuseAtStart) {
+  json doc = valid();
+  doc["nets"][0]["hostfwd"] = {"tcp::70000-:22"};
+  EXPECT_EQ(refusal(doc), "field 'nets[0].hostfwd[0]': hostfwd tcp::70000-:22: port out of range: 70000");
+  doc["nets"][0]["hostfwd"] = {"tcp::2222-10.0.2.99:22"};
+  EXPECT_NE(refusal(doc).find("field 'nets[0].hostfwd[0]': "), std::string::npos);
+  EXPECT_NE(refusal(doc).find("10.0.2.15"), std::string::npos) << refusal(doc);
+  doc["nets"][0]["hostfwd"] = {"tcp::2222-:22", "tcp::2222-:80"};
+  EXPECT_EQ(refusal(doc), "field 'nets[0].hostfwd[1]': host port 2222 is already forwarded by an earlier rule");
+  doc = valid();
+  doc["accel"] = "emu";
+  doc["vcpus"] = 255;
+  EXPECT_EQ(refusal(doc), "field 'vcpus': the emu engine runs at most 254 vCPUs, got 255");
+  doc = valid();
+  doc["memory_mib"] = 8;
+  EXPECT_NE(refusal(doc).find("field 'memory_mib': memory size 8 MiB is below the minimum"),
+            std::string::npos) << refusal(doc);
+}
+
+TEST_F(DefinitionTest, AutostartAndOnCrash) {
+  VmDefinition d = parse_definition(valid());
+  EXPECT_FALSE(d.autostart);
+  EXPECT_EQ(d.on_crash, "destroy");
+  json doc = valid();
+  doc["autostart"] = true;
+  doc["on_crash"] = "preserve";
+  d = parse_definition(doc);
+  EXPECT_TRUE(d.autostart);
+  EXPECT_EQ(d.on_crash, "preserve");
+  EXPECT_EQ(parse_definition(d.to_json()).to_json(), d.to_json());
+  doc["on_crash"] = "coredump-destroy";
+  EXPECT_EQ(refusal(doc), "field 'on_crash': 'coredump-destroy' is not one of destroy, restart, preserve");
+  doc["on_crash"] = "restart";
+  doc["vcpus"] = 4;
+  EXPECT_EQ(parse_definition(doc).changed_fields(d.to_json()),
+            (std::vector<std::string>{"on_crash", "vcpus"}));
+}
+
+// examples/*.json are accepted as written, their relative paths resolved against the folder as
+// `keel define` resolves them (the default guest must be built: scripts/build.sh).
+TEST_F(DefinitionTest, ExamplesAreAccepted) {
+  std::filesystem::path examples = std::filesystem::path(KEEL_SOURCE_DIR) / "examples";
+  if (!std::filesystem::exists(std::filesystem::path(KEEL_DEFAULT_GUEST_DIR) / "vmlinuz"))
+    GTEST_SKIP() << "the default guest is not built";
+  int seen = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(examples)) {
+    if (entry.path().extension() != ".json") continue;
+    ++seen;
+    std::ifstream in(entry.path());
+    json doc = json::parse(in);
+    auto resolve = [&](json& v) { v = (examples / v.get<std::string>()).lexically_normal().string(); };
+    for (const char* key : {"kernel", "initrd"})
+      if (doc.contains(key)) resolve(doc[key]);
+    if (doc.contains("disks"))
+      for (json& disk : doc["disks"]) resolve(disk["path"]);
+    EXPECT_NO_THROW(parse_definition(doc)) << entry.path();
+  }
+  EXPECT_GE(seen, 2);
+}
+
 TEST_F(DefinitionTest, MalformedJsonTextIsRefused) {
   EXPECT_THROW(parse_definition_text("{\"name\": "), DefinitionError);
   EXPECT_THROW(parse_definition_text("\xff\xfe"), DefinitionError);
@@ -151,7 +212,8 @@ TEST_F(DefinitionTest, MalformedJsonTextIsRefused) {
 TEST_F(DefinitionTest, VmmArgumentsStartPausedUnderTheControlSocket) {
   auto args = vmm_arguments(parse_definition(valid()), "/run/x.sock");
   std::vector<std::string> expected{"run", "--control", "/run/x.sock", "--paused", "--cpus", "2",
-                                    "--memory", "512M", "--accel", "auto", "--name", "web1", "--kernel", kernel,
+                                    "--memory", "512M", "--accel", "auto", "--name", "web1", "--on-panic", "pause",
+                                    "--kernel", kernel,
                                     "--cmdline", "console=ttyS0", "--disk", disk, "--net",
                                     "user,hostfwd=tcp:2222-:22"};
   EXPECT_EQ(args, expected);
@@ -173,7 +235,8 @@ TEST_F(DefinitionTest, DiskBootFormatsAndCloudInit) {
   EXPECT_EQ(parse_definition(d.to_json()).to_json(), d.to_json());
   auto args = vmm_arguments(d, "/run/x.sock");
   std::vector<std::string> expected{"run", "--control", "/run/x.sock", "--paused", "--cpus", "2",
-                                    "--memory", "512M", "--accel", "auto", "--name", "web1", "--boot", "disk",
+                                    "--memory", "512M", "--accel", "auto", "--name", "web1", "--on-panic", "pause",
+                                    "--boot", "disk",
                                     "--boot-entry", "1", "--disk", disk + ",format=qcow2",
                                     "--cloud-init", "user-data=" + disk, "--net", "user,hostfwd=tcp:2222-:22"};
   EXPECT_EQ(args, expected);

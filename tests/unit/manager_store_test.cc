@@ -90,6 +90,30 @@ TEST_F(StoreTest, RefusesANewerSchema) {
   EXPECT_THROW(Store{path}, Error);
 }
 
+// A store written by the previous keel (schema 1: no owner, no 'crashed' state) is migrated in
+// place: its VMs stay, owners are root's, and a VM may now be recorded crashed.
+TEST_F(StoreTest, MigratesASchemaOneStore) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, R"(CREATE TABLE vms (
+      name TEXT PRIMARY KEY NOT NULL, definition TEXT NOT NULL, state TEXT NOT NULL,
+      reason TEXT NOT NULL, pid INTEGER NOT NULL DEFAULT 0,
+      pid_start_time INTEGER NOT NULL DEFAULT 0, control_path TEXT NOT NULL DEFAULT '',
+      defined_at INTEGER NOT NULL, state_changed_at INTEGER NOT NULL,
+      CHECK (state IN ('running', 'paused', 'shut off')));
+    INSERT INTO vms VALUES ('old', '{"name":"old"}', 'shut off', 'shutdown', 0, 0, '', 1, 1);
+    PRAGMA user_version = 1;)", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  Store store(path);
+  EXPECT_EQ(store.schema_version(), Store::kSchemaVersion);
+  auto old = store.get("old");
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->definition, json({{"name", "old"}}));
+  EXPECT_EQ(old->reason, "shutdown");
+  store.set_state("old", kStateCrashed, "panicked");
+  EXPECT_EQ(store.get("old")->state, "crashed");
+}
+
 TEST_F(StoreTest, ConcurrentWritersLoseNothing) {
   Store store(path);
   std::vector<std::thread> threads;

@@ -188,7 +188,7 @@ TEST(Sandbox, WithoutRootKeelRunSaysWhatItCouldNotDoAndStillFilters) {
   });
   std::filesystem::remove(guest);
   EXPECT_EQ(out.rfind("status 0\n", 0), 0u) << out;
-  EXPECT_TRUE(contains(out, "keel: sandbox: could not: not root: no mount namespace, no uid of its "
+  EXPECT_TRUE(contains(out, "keel: warning: sandbox: could not: not root: no mount namespace, no uid of its "
                             "own, capabilities unchanged"))
       << out;
   EXPECT_TRUE(contains(out, "Hello from the guest")) << out;

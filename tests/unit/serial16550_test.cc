@@ -38,6 +38,26 @@ TEST_F(Serial16550Test, TransmitGoesToTheOutputAndThrIsAlwaysEmpty) {
   EXPECT_EQ(in(Serial16550::kLsr) & 0x01, 0);     // no data ready
 }
 
+// Input typed while Linux boots waits on the host until its 8250 driver has enabled the receive
+// interrupt and the FIFO (it empties the receiver before): then the space callback asks for it.
+TEST_F(Serial16550Test, InputHeldUntilTheDriverIsReadyThenAskedFor) {
+  int asked = 0;
+  serial.set_input_space_callback([&] { ++asked; });
+  serial.hold_input_until_driver_ready();
+  const uint8_t typed[] = {'l', 's'};
+  EXPECT_EQ(serial.push_input(typed), 0u);
+  outb(Serial16550::kIer, 0x01);  // receive-data interrupt, FIFO still off: not yet
+  EXPECT_EQ(serial.push_input(typed), 0u);
+  EXPECT_EQ(asked, 0);
+  outb(Serial16550::kIirFcr, 0x07);  // FIFO on (and cleared): ready now
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(serial.push_input(typed), 2u);
+  EXPECT_EQ(in(Serial16550::kRbrThr), 'l');
+  EXPECT_EQ(in(Serial16550::kRbrThr), 's');
+  outb(Serial16550::kIirFcr, 0x07);  // later FIFO writes change nothing
+  EXPECT_EQ(asked, 1);
+}
+
 TEST_F(Serial16550Test, ResetValues) {
   EXPECT_EQ(in(Serial16550::kIer), 0);
   EXPECT_EQ(in(Serial16550::kIirFcr), 0x01);  // no interrupt, FIFO off

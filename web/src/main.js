@@ -41,13 +41,14 @@ function confirmAction(text) {
 // ---- actions
 
 const kActions = {
-  running: ['shutdown', 'reboot', 'suspend', 'destroy'],
+  running: ['shutdown', 'reboot', 'reset', 'suspend', 'destroy'],
   paused: ['resume', 'destroy'],
+  crashed: ['reset', 'destroy'],
   'shut off': ['start', 'undefine'],
 };
 const kConfirm = {
-  reboot: (vm) => `Reset ${vm} now? The guest is not asked first.`,
-  destroy: (vm) => `Destroy ${vm}? Its VMM is killed at once, as pulling the plug.`,
+  reset: (vm) => `Reset ${vm} now? The guest is not asked first.`,
+  destroy: (vm) => `Destroy ${vm}? Its VMM is stopped now (SIGTERM, then SIGKILL), as pulling the plug.`,
   undefine: (vm) => `Undefine ${vm}? Its definition is deleted (its disks are kept).`,
 };
 

@@ -73,7 +73,7 @@ test('without the token: the login page, and the API answers 401', async () => {
   await page.close();
 });
 
-test('the page drives VMs: list, start, console, suspend, resume, reboot, load, destroy', async () => {
+test('the page drives VMs: list, start, console, suspend, resume, reset, load, destroy', async () => {
   await daemon.api('POST', '/v1/vms', {
     name: 'echo', vcpus: 1, memory_mib: 16, accel: 'emu',
     test_guest: `${guestDir}/serial_irq_echo.bin`,
@@ -146,13 +146,13 @@ test('the page drives VMs: list, start, console, suspend, resume, reboot, load, 
   await until('running again', async () =>
     (await page.$eval('#vm-state .state', (el) => el.dataset.state)) === 'running');
 
-  // Reboot, behind its confirmation: a fresh VMM, whose output the open console shows on.
-  await page.click('#vm-actions button[data-action="reboot"]');
+  // Reset, behind its confirmation: a fresh VMM, whose output the open console shows on.
+  await page.click('#vm-actions button[data-action="reset"]');
   await page.waitForSelector('#confirm[open]');
   await page.click('#confirm-ok');
-  await until('the rebooted guest to say READY again', async () =>
+  await until('the reset guest to say READY again', async () =>
     ((await terminalText(page)).match(/READY/g) ?? []).length >= 2);
-  await until('running after the reboot', async () =>
+  await until('running after the reset', async () =>
     (await page.$eval('#vm-state .state', (el) => el.dataset.state).catch(() => null)) === 'running');
 
   // Back in the list: the live load column, then destroy behind its confirmation.

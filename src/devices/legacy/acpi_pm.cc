@@ -17,6 +17,10 @@ constexpr uint64_t kResetOffset = AcpiPm::kResetPort - AcpiPm::kBasePort;
 // Status bits keel implements (others read 0 and cannot be set).
 constexpr uint16_t kStatusBits = AcpiPm::kPwrBtn | AcpiPm::kWakSts;
 constexpr uint16_t kEnableBits = AcpiPm::kPwrBtn;
+// Enable bits that read back as written although their events never happen: Linux enables the
+// global-lock and RTC-alarm fixed events and checks that the bit stuck ("ACPI Error: Could not
+// enable GlobalLock event" / "RealTimeClock event" otherwise, on every boot).
+constexpr uint16_t kStoredEnableBits = kEnableBits | AcpiPm::kGblEn | AcpiPm::kRtcEn;
 // Control bits that read back (SLP_EN and GBL_RLS are write-only; SCI_EN is fixed at 1).
 constexpr uint16_t kControlReadable = AcpiPm::kSlpTypMask | (1 << 1) /* BM_RLD */;
 
@@ -56,7 +60,7 @@ void AcpiPm::write(uint64_t offset, std::span<const uint8_t> data) {
   {
     std::lock_guard lock(mutex_);
     if (mask[0]) status_ &= uint16_t(~(value[0] & mask[0] & kStatusBits));  // write 1 to clear
-    if (mask[1]) enable_ = uint16_t((enable_ & ~mask[1]) | (value[1] & mask[1] & kEnableBits));
+    if (mask[1]) enable_ = uint16_t((enable_ & ~mask[1]) | (value[1] & mask[1] & kStoredEnableBits));
     if (mask[2]) {
       const uint16_t written = uint16_t((control_ & ~mask[2]) | (value[2] & mask[2]));
       control_ = uint16_t((written & kControlReadable) | kSciEn);

@@ -39,6 +39,8 @@ class AcpiPm : public BusDevice, public state::Persistent {
 
   // PM1 status/enable bits.
   static constexpr uint16_t kPwrBtn = 1 << 8;
+  static constexpr uint16_t kGblEn = 1 << 5;   // global lock release: the enable bit only
+  static constexpr uint16_t kRtcEn = 1 << 10;  // RTC alarm: the enable bit only
   static constexpr uint16_t kWakSts = 1 << 15;
   // PM1 control bits.
   static constexpr uint16_t kSciEn = 1 << 0;

@@ -30,8 +30,17 @@ void Serial16550::set_input_space_callback(std::function<void()> callback) {
   space_callback_ = std::move(callback);
 }
 
+void Serial16550::hold_input_until_driver_ready() {
+  std::lock_guard lock(mutex_);
+  hold_input_ = true;
+}
+
 size_t Serial16550::push_input(std::span<const uint8_t> bytes) {
   std::lock_guard lock(mutex_);
+  if (hold_input_) {
+    rx_refused_ = rx_refused_ || !bytes.empty();
+    return 0;
+  }
   size_t accepted = 0;
   // In loopback the receiver is wired to the transmitter, not to the line.
   if (!(mcr_ & kMcrLoop)) {
@@ -64,10 +73,19 @@ void Serial16550::write(uint64_t offset, std::span<const uint8_t> data) {
   for (size_t i = 0; i < data.size(); ++i)
     if (offset + i < kPortCount) write_reg(static_cast<uint8_t>(offset + i), data[i], out);
   update_irq();
-  if (out.empty() || !output_) return;
-  std::lock_guard out_lock(output_mutex_);
-  lock.unlock();
-  output_(out);
+  std::function<void()> call_space;
+  if (hold_input_ && (ier_ & kIerRda) && (fcr_ & kFcrEnable)) {
+    hold_input_ = false;  // the driver is ready: what waited on the host may come now
+    if (std::exchange(rx_refused_, false)) call_space = space_callback_;
+  }
+  if (!out.empty() && output_) {
+    std::lock_guard out_lock(output_mutex_);
+    lock.unlock();
+    output_(out);
+  } else {
+    lock.unlock();
+  }
+  if (call_space) call_space();
 }
 
 uint8_t Serial16550::msr_inputs() const {

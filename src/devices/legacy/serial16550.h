@@ -46,6 +46,13 @@ class Serial16550 : public BusDevice, public ConsoleInput, public state::Persist
   void save_state(state::SectionWriter& out) override;
   void restore_state(const state::SectionReader& in) override;
 
+  // Input waits on the host (push_input() takes nothing) until the guest's driver has enabled the
+  // receive-data interrupt and the FIFO: Linux's 8250 driver empties the receiver when it opens
+  // the port and again when it switches the FIFO on, so input typed while the kernel boots would
+  // be lost. Once both happened the space callback runs and input flows for good. For Linux
+  // guests; guests that poll the receiver without interrupts (purpose-built tests) never enable it.
+  void hold_input_until_driver_ready();
+
   // Register offsets.
   enum : uint8_t { kRbrThr = 0, kIer = 1, kIirFcr = 2, kLcr = 3, kMcr = 4, kLsr = 5, kMsr = 6, kScr = 7 };
 
@@ -65,6 +72,7 @@ class Serial16550 : public BusDevice, public ConsoleInput, public state::Persist
   std::mutex output_mutex_;  // taken before mutex_ is released: keeps output in THR order
   std::deque<uint8_t> rx_;
   bool rx_refused_ = false;  // push_input() turned bytes away: call space_callback_ once drained
+  bool hold_input_ = false;  // hold_input_until_driver_ready() and the driver is not ready yet
   uint8_t ier_ = 0;
   uint8_t lcr_ = 0x03;  // 8N1
   uint8_t mcr_ = 0x08;  // OUT2

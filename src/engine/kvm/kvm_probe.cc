@@ -153,6 +153,15 @@ std::string KvmProbeResult::reason() const {
          ": " + first->detail + ")";
 }
 
+std::string KvmProbeResult::verdict() const {
+  if (checks.empty() || !can_run_guests()) return reason();
+  std::string failing;
+  for (const auto& c : checks)
+    if (!c.ok) failing += (failing.empty() ? "" : ", ") + c.description;
+  if (failing.empty()) return reason();
+  return "KVM cannot run a stock kernel on this host (" + failing + " fail)";
+}
+
 KvmProbeResult probe_kvm() {
   KvmProbeResult result;
   result.device = kKvmDevice;

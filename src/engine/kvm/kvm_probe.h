@@ -39,8 +39,11 @@ struct KvmProbeResult {
   bool can_run_guests() const;
   // ...and every probe guest passed.
   bool can_run_stock_kernel() const;
-  // One line: why KVM cannot run a stock kernel, or that it can.
+  // One line: why KVM cannot run a stock kernel (with the first failure's detail), or that it can.
   std::string reason() const;
+  // The same verdict in one short line: which checks fail, without their register dumps
+  // (`keel probe` shows those).
+  std::string verdict() const;
   // The check named `name`, or nullptr.
   const KvmProbeCheck* check(std::string_view name) const;
 };
