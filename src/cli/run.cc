@@ -1,6 +1,7 @@
 // keel run: boots one VM with its serial console on the terminal and exits when it ends.
 #include <CLI/CLI.hpp>
 
+#include <elf.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
@@ -207,14 +208,20 @@ std::string base64(std::string_view bytes) {
   return out;
 }
 
-// Whether `kernel` boots through multiboot (its first 8 KiB decide; boot/multiboot.h).
-bool is_multiboot_kernel(const std::filesystem::path& kernel) {
+// Whether `kernel` is a purpose-built test kernel rather than a stock Linux: multiboot
+// (kvm-unit-tests), or a 32-bit ELF with a PVH entry (its first 8 KiB decide; boot/multiboot.h).
+bool is_test_kernel(const std::filesystem::path& kernel) {
   if (kernel.empty()) return false;
   std::ifstream in(kernel, std::ios::binary);
   std::vector<uint8_t> head(8192);
   in.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
   head.resize(static_cast<size_t>(in.gcount()));
-  return boot::detect_boot_protocol(head) == boot::BootProtocol::kMultiboot;
+  switch (boot::detect_boot_protocol(head)) {
+    case boot::BootProtocol::kMultiboot: return true;
+    case boot::BootProtocol::kPvh: return head.size() > EI_CLASS && head[EI_CLASS] == ELFCLASS32;
+    case boot::BootProtocol::kLinux: return false;
+  }
+  return false;
 }
 
 // The status the guest reported after boot-progress code 2, if it did.
@@ -366,9 +373,10 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
       log::info("{}", choice.reason);
       config.accel = choice.accel;
     } else if (config.accel == Accel::kKvm && config.test_guest.empty() && !options.force &&
-               !is_multiboot_kernel(config.kernel)) {
+               !is_test_kernel(config.kernel)) {
       // A stock kernel on a KVM that cannot run one hangs or dies without a word: refuse first.
-      // (Multiboot kernels, kvm-unit-tests among them, are purpose-built: they are let run.)
+      // (Multiboot and 32-bit PVH kernels, kvm-unit-tests among them, are purpose-built: they
+      // are let run.)
       KvmProbeResult probe = probe_kvm();
       if (!probe.can_run_stock_kernel()) {
         bool terminal = options.ready_fd < 0;  // the daemon's VMMs report to the API, not a user
