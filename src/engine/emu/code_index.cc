@@ -27,22 +27,17 @@ void CodeIndex::add(Block* b) {
 
 std::vector<Block*> CodeIndex::take_page(uint64_t pn) {
   std::vector<Block*> out;
-  uint64_t c = pn >> kChunkBits;
-  if (c >= chunks_.size() || !chunks_[c]) return out;
-  Page& p = chunks_[c]->pages[pn & ((1u << kChunkBits) - 1)];
-  for (const Entry& e : p) {
+  Page* p = page(pn);
+  if (!p) return out;
+  for (const Entry& e : *p) {
     Block* b = e.block;
     out.push_back(b);
     if (b->gpa2 == ~0ull) continue;
     // A crossing block is also listed under its other page: unlist it there.
     uint64_t other = (e.key & kOtherPage) ? b->page : b->gpa2 >> 12;
-    uint64_t oc = other >> kChunkBits;
-    if (oc < chunks_.size() && chunks_[oc]) {
-      Page& op = chunks_[oc]->pages[other & ((1u << kChunkBits) - 1)];
-      std::erase_if(op, [b](const Entry& x) { return x.block == b; });
-    }
+    if (Page* op = page(other)) std::erase_if(*op, [b](const Entry& x) { return x.block == b; });
   }
-  Page().swap(p);
+  Page().swap(*p);
   return out;
 }
 

@@ -60,7 +60,8 @@ class CodeIndex {
   static uint32_t make_key(uint64_t gpa, uint8_t mode, bool crossing) {
     return uint32_t(gpa & 0xFFF) << 4 | (crossing ? 8u : 0u) | mode;
   }
-  const Page* page(uint64_t pn) const {
+  // Page `pn`'s list, or nullptr when its chunk was never allocated.
+  Page* page(uint64_t pn) const {
     uint64_t c = pn >> kChunkBits;
     if (c >= chunks_.size() || !chunks_[c]) return nullptr;
     return &chunks_[c]->pages[pn & ((1u << kChunkBits) - 1)];
