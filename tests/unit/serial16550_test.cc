@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "fake_devices.h"
+#include "state/state_format.h"
 
 namespace keel {
 namespace {
@@ -56,6 +57,30 @@ TEST_F(Serial16550Test, InputHeldUntilTheDriverIsReadyThenAskedFor) {
   EXPECT_EQ(in(Serial16550::kRbrThr), 's');
   outb(Serial16550::kIirFcr, 0x07);  // later FIFO writes change nothing
   EXPECT_EQ(asked, 1);
+}
+
+// A machine built for a restore holds input as at boot; the restored registers show the guest's
+// driver ready (it will not program the UART again), so input flows at once.
+TEST_F(Serial16550Test, RestoredReadyDriverGetsInputWithoutProgrammingTheUartAgain) {
+  outb(Serial16550::kIer, 0x01);
+  outb(Serial16550::kIirFcr, 0x07);
+  state::SectionWriter saved("serial", 1);
+  serial.save_state(saved);
+
+  Serial16550 restored(IrqLine(&irqs, 4), [](std::span<const uint8_t>) {});
+  restored.hold_input_until_driver_ready();
+  restored.restore_state(state::SectionReader("serial", 1, saved.payload()));
+  const uint8_t typed[] = {'l', 's'};
+  EXPECT_EQ(restored.push_input(typed), 2u);
+
+  // A snapshot taken before the driver was ready keeps holding.
+  Serial16550 early(IrqLine(&irqs, 3), [](std::span<const uint8_t>) {});
+  state::SectionWriter at_boot("serial", 1);
+  early.save_state(at_boot);
+  Serial16550 early_restored(IrqLine(&irqs, 3), [](std::span<const uint8_t>) {});
+  early_restored.hold_input_until_driver_ready();
+  early_restored.restore_state(state::SectionReader("serial", 1, at_boot.payload()));
+  EXPECT_EQ(early_restored.push_input(typed), 0u);
 }
 
 TEST_F(Serial16550Test, ResetValues) {

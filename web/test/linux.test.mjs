@@ -46,7 +46,8 @@ test('the Linux guest from the browser: boot, a command in its shell, disk and n
   await page.goto(daemon.loginUrl);
   await page.waitForSelector('tr[data-vm="lin"]');
   await page.click('tr[data-vm="lin"] a.vm-link');
-  await page.click('#vm-actions button[data-action="start"]');
+  // The view opens on the hash change, after the click returns.
+  await (await page.waitForSelector('#vm-actions button[data-action="start"]')).click();
   await until('the guest to boot to its shell', async () =>
     (await terminalText(page)).includes('KEEL-GUEST-READY'), 300000);
 

@@ -246,6 +246,9 @@ void Serial16550::restore_state(const state::SectionReader& in) {
   divisor_ = in.u16("divisor");
   thr_interrupt_ = in.boolean("thr_interrupt");
   irq_level_ = in.boolean("irq_level");
+  // A restored driver does not set up the UART again: if it had, the saved registers show it
+  // ready and input held since the machine was built must flow now.
+  if (hold_input_ && (ier_ & kIerRda) && (fcr_ & kFcrEnable)) hold_input_ = false;
 }
 
 void Serial16550::update_irq() {
