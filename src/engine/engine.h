@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "arch/x86/cpu_state.h"
 #include "bus/io_bus.h"
@@ -78,6 +79,16 @@ class Engine {
   virtual InterruptController& interrupts() = 0;
   // Creates vCPU `index` (its APIC id). vCPU 0 is the bootstrap processor.
   virtual std::unique_ptr<Vcpu> create_vcpu(uint32_t index) = 0;
+
+  // ---- Dirty page log (live migration) ----
+  // Starts logging every guest write to RAM (the vCPUs' and the devices') in the guest memory's
+  // dirty bitmap (GuestMemory::start_dirty_log). Returns "" when it does, else why this engine
+  // cannot (the caller then finds changed pages some other way). From one thread at a time.
+  virtual std::string start_dirty_log() { return "the " + name() + " engine logs no dirty pages"; }
+  // The RAM pages (bit p = RAM offset p * 4096) written since start_dirty_log() or the previous
+  // call, cleared as they are read. Once it returns, every later write sets its bit again.
+  virtual std::vector<uint64_t> take_dirty_log() { return {}; }
+  virtual void stop_dirty_log() {}
 };
 
 }  // namespace keel

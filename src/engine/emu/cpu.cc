@@ -296,6 +296,12 @@ void Cpu::revoke_write(uint64_t page) {
       if (e.gpa == gpa) __atomic_store_n(&e.wtag, kNoTag, __ATOMIC_RELAXED);
 }
 
+void Cpu::revoke_all_writes() {
+  std::lock_guard lock(tlb_mutex_);
+  for (auto& t : tlb_table)
+    for (TlbEntry& e : t) __atomic_store_n(&e.wtag, kNoTag, __ATOMIC_RELAXED);
+}
+
 void Cpu::invalidate_page(uint64_t page) {
   std::vector<Block*> gone = code_.take_page(page);
   if (gone.empty()) return;

@@ -202,6 +202,9 @@ class Cpu : public CpuHot {
   void queue_invalidation(uint64_t page);
   // Thread-safe, for VcpuGroup: stores to guest page `page` must take the slow path.
   void revoke_write(uint64_t page);
+  // Thread-safe, for VcpuGroup while this vCPU is stopped: no store takes the fast path until
+  // its page is walked again (dirty logging).
+  void revoke_all_writes();
   // The architectural state after INIT, then a SIPI with `vector`: real mode at vector << 12.
   void start_at_sipi(uint8_t vector);
   // IRET ends NMI blocking.

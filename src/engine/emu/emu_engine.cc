@@ -115,6 +115,24 @@ EmuEngine::EmuEngine(const EngineContext& ctx, const EngineConfig& config,
 
 EmuEngine::~EmuEngine() { ctx_.memory.set_write_observer(nullptr); }
 
+std::string EmuEngine::start_dirty_log() {
+  ctx_.memory.start_dirty_log();
+  // Write access granted before the log started marked nothing.
+  group_.revoke_all_writes();
+  return {};
+}
+
+std::vector<uint64_t> EmuEngine::take_dirty_log() {
+  // Bits first, then the revocation: a page written through a grant that outlives the take was
+  // marked when it was granted (after the previous revocation), so it is in these bits, and it
+  // is read by the caller only after the revocation returned, with every such store done.
+  std::vector<uint64_t> bits = ctx_.memory.take_dirty();
+  group_.revoke_all_writes();
+  return bits;
+}
+
+void EmuEngine::stop_dirty_log() { ctx_.memory.stop_dirty_log(); }
+
 std::unique_ptr<Vcpu> EmuEngine::create_vcpu(uint32_t index) {
   if (index >= std::max(config_.vcpus, 1u))
     throw UsageError("vCPU " + std::to_string(index) + " of an emu VM with " +

@@ -80,6 +80,12 @@ class EmuEngine : public Engine {
   InterruptController& interrupts() override { return platform_->interrupts(); }
   std::unique_ptr<Vcpu> create_vcpu(uint32_t index) override;
   EmuPlatform& platform() { return *platform_; }
+  // The MMU marks a page dirty when it grants a vCPU write access to it (a write tag in the soft
+  // TLB) and on every slow-path store; taking the log revokes every granted write access, with
+  // the vCPUs stopped at a block boundary, so the next store to any page marks it again.
+  std::string start_dirty_log() override;
+  std::vector<uint64_t> take_dirty_log() override;
+  void stop_dirty_log() override;
 
  private:
   EngineContext ctx_;

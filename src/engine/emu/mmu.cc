@@ -42,7 +42,7 @@ Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
   bool rw = true, us = true, nx = false;
   uint64_t gpa = 0;
   uint8_t* leaf = nullptr;
-  uint64_t leaf_pte = 0;
+  uint64_t leaf_pte = 0, leaf_pte_gpa = 0;
   for (int level = 4; level >= 1; --level) {
     unsigned shift = 12 + 9 * (level - 1);
     uint64_t pte_gpa = table + ((la >> shift) & 0x1FF) * 8;
@@ -66,6 +66,7 @@ Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
       w.large_mask = ~page_mask;
       leaf = p;
       leaf_pte = pte;
+      leaf_pte_gpa = pte_gpa;
       break;
     }
     if (!(pte & kPteA)) {
@@ -73,6 +74,7 @@ Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
       if (!__atomic_compare_exchange_n(entry, &expected, pte | kPteA, false, __ATOMIC_ACQ_REL,
                                        __ATOMIC_ACQUIRE))
         return walk(la, acc, user);  // changed under us: walk again
+      mem_.mark_dirty(pte_gpa, 8);
       pte |= kPteA;
     }
     table = pte & kAddrMask;
@@ -89,6 +91,7 @@ Cpu::Walk Cpu::walk(uint64_t la, Access acc, bool user) {
     if (!__atomic_compare_exchange_n(reinterpret_cast<uint64_t*>(leaf), &expected, upd, false,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
       return walk(la, acc, user);  // changed under us (another vCPU): walk again
+    mem_.mark_dirty(leaf_pte_gpa, 8);
   }
   bool may_write = user ? (rw && us) : (rw || !(cr0 & kCr0Wp));
   w.gpa = gpa;
@@ -133,8 +136,15 @@ void Cpu::fill_tlb(uint64_t la, const Walk& w, Access acc, bool user) {
   e.addend = reinterpret_cast<uintptr_t>(host) - page;
   e.large_mask = w.large_mask;
   e.global = w.global;
-  // A code page (on any vCPU) gets no write tag: stores to it take the slow path.
-  if (w.writable && !group_.holds_code(gpage >> 12)) __atomic_store_n(&e.wtag, page, __ATOMIC_RELAXED);
+  // A code page (on any vCPU) gets no write tag: stores to it take the slow path. While dirty
+  // pages are logged, only a store gets one, and the page is marked before it can be used.
+  if (w.writable && !group_.holds_code(gpage >> 12)) {
+    if (mem_.dirty_logging()) [[unlikely]] {
+      if (acc != Access::kWrite) return;
+      mem_.mark_dirty(gpage, 4096);
+    }
+    __atomic_store_n(&e.wtag, page, __ATOMIC_RELAXED);
+  }
 }
 
 uint64_t Cpu::translate(uint64_t la, Access acc, bool user) {
@@ -224,8 +234,12 @@ void Cpu::write_slow(uint64_t la, const void* src, unsigned len, bool user) {
   }
   uint64_t gpa = translate(la, Access::kWrite, user);
   if (group_.holds_code(gpa >> 12)) code_page_written(gpa >> 12);
-  if (uint8_t* h = mem_.host_ptr(gpa, len)) std::memcpy(h, src, len);
-  else mmio_write(gpa, src, len);
+  if (uint8_t* h = mem_.host_ptr(gpa, len)) {
+    std::memcpy(h, src, len);
+    mem_.mark_dirty(gpa, len);  // code pages get no write tag, so their fill marked nothing
+  } else {
+    mmio_write(gpa, src, len);
+  }
 }
 
 uint8_t* Cpu::wptr_slow(uint64_t la, unsigned len) {
@@ -236,6 +250,9 @@ uint8_t* Cpu::wptr_slow(uint64_t la, unsigned len) {
   }
   uint64_t gpa = translate(la, Access::kWrite, tlb_user_);
   if (group_.holds_code(gpa >> 12)) code_page_written(gpa >> 12);
+  // The caller writes through the pointer after this: marking first is safe, since the log is
+  // only taken with this vCPU stopped at a block boundary.
+  mem_.mark_dirty(gpa, len);
   return mem_.host_ptr(gpa, len);
 }
 

@@ -36,6 +36,20 @@ void VcpuGroup::code_written(uint64_t page, const Cpu* by) {
     if (c != by) c->queue_invalidation(page);
 }
 
+void VcpuGroup::revoke_all_writes() {
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [&] { return !exclusive_; });
+  exclusive_ = true;
+  for (Cpu* c : cpus_) c->request_service();
+  // No vCPU is between a TLB lookup and its store: each is parked at a block boundary, halted
+  // or outside run().
+  changed_.wait(lock, [&] { return running_ == 0; });
+  for (Cpu* c : cpus_) c->revoke_all_writes();
+  exclusive_ = false;
+  lock.unlock();
+  changed_.notify_all();
+}
+
 void VcpuGroup::enter(Cpu& self) {
   std::unique_lock lock(mutex_);
   changed_.wait(lock, [&] { return !exclusive_; });

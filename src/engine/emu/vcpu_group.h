@@ -38,6 +38,11 @@ class VcpuGroup {
   // its code there at its next block boundary. The caller drops its own.
   void code_written(uint64_t page, const Cpu* by);
 
+  // Every vCPU drops the write access its soft TLB grants (its next store to any page walks and
+  // marks the page dirty again). For a thread that is not a vCPU of the group (the migration's):
+  // returns once every vCPU is stopped outside guest code, stripped, and let go again.
+  void revoke_all_writes();
+
   // ---- exclusive execution
   // Runs `fn` on the calling vCPU's thread while every other vCPU of the group is stopped
   // outside guest code (parked at a block boundary, halted, or not running).
