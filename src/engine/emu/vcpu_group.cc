@@ -36,14 +36,29 @@ void VcpuGroup::code_written(uint64_t page, const Cpu* by) {
     if (c != by) c->queue_invalidation(page);
 }
 
+namespace {
+// The vCPU executing guest code on this thread (between enter and leave), so that a device it
+// runs (an I/O exit) may take the dirty log without waiting for its own vCPU to park.
+thread_local const Cpu* t_running = nullptr;
+}  // namespace
+
 void VcpuGroup::revoke_all_writes() {
   std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return !exclusive_; });
+  const Cpu* self =
+      std::find(cpus_.begin(), cpus_.end(), t_running) != cpus_.end() ? t_running : nullptr;
+  const unsigned mine = self ? 1 : 0;
+  while (exclusive_) {  // another exclusive run first; a calling vCPU parks for it
+    running_ -= mine;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return !exclusive_; });
+    running_ += mine;
+  }
   exclusive_ = true;
-  for (Cpu* c : cpus_) c->request_service();
-  // No vCPU is between a TLB lookup and its store: each is parked at a block boundary, halted
-  // or outside run().
-  changed_.wait(lock, [&] { return running_ == 0; });
+  for (Cpu* c : cpus_)
+    if (c != self) c->request_service();
+  // No vCPU is between a TLB lookup and its store: each is parked at a block boundary, halted,
+  // outside run(), or the caller itself inside an I/O access (which stores to no RAM).
+  changed_.wait(lock, [&] { return running_ == mine; });
   for (Cpu* c : cpus_) c->revoke_all_writes();
   exclusive_ = false;
   lock.unlock();
@@ -54,9 +69,11 @@ void VcpuGroup::enter(Cpu& self) {
   std::unique_lock lock(mutex_);
   changed_.wait(lock, [&] { return !exclusive_; });
   ++running_;
+  t_running = &self;
 }
 
 void VcpuGroup::leave(Cpu& self) {
+  t_running = nullptr;
   {
     std::lock_guard lock(mutex_);
     --running_;

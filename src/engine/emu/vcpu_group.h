@@ -39,8 +39,8 @@ class VcpuGroup {
   void code_written(uint64_t page, const Cpu* by);
 
   // Every vCPU drops the write access its soft TLB grants (its next store to any page walks and
-  // marks the page dirty again). For a thread that is not a vCPU of the group (the migration's):
-  // returns once every vCPU is stopped outside guest code, stripped, and let go again.
+  // marks the page dirty again). Returns once every vCPU was stopped outside guest code (or, for
+  // the calling vCPU's own thread in an I/O access, inside it), stripped, and let go again.
   void revoke_all_writes();
 
   // ---- exclusive execution

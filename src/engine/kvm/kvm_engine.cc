@@ -76,15 +76,7 @@ KvmEngine::KvmEngine(EngineContext context, EngineConfig config)
   uint64_t identity = kKvmIdentityMapAddr;
   ioctl_or_throw(vm, KVM_SET_IDENTITY_MAP_ADDR, &identity, "KVM_SET_IDENTITY_MAP_ADDR");
 
-  uint32_t slot = 0;
-  for (const auto& region : context_.memory.regions()) {
-    kvm_userspace_memory_region r{};
-    r.slot = slot++;
-    r.guest_phys_addr = region.gpa;
-    r.memory_size = region.size;
-    r.userspace_addr = reinterpret_cast<uint64_t>(region.host);
-    ioctl_or_throw(vm, KVM_SET_USER_MEMORY_REGION, &r, "KVM_SET_USER_MEMORY_REGION");
-  }
+  set_memory_slots(0);
 
   if (::ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0) throw_errno("KVM_CREATE_IRQCHIP");
   kvm_pit_config pit{};
@@ -95,6 +87,62 @@ KvmEngine::KvmEngine(EngineContext context, EngineConfig config)
 }
 
 KvmEngine::~KvmEngine() = default;
+
+void KvmEngine::set_memory_slots(uint32_t flags) {
+  uint32_t slot = 0;
+  for (const auto& region : context_.memory.regions()) {
+    kvm_userspace_memory_region r{};
+    r.slot = slot++;
+    r.flags = flags;
+    r.guest_phys_addr = region.gpa;
+    r.memory_size = region.size;
+    r.userspace_addr = reinterpret_cast<uint64_t>(region.host);
+    ioctl_or_throw(vm_.get(), KVM_SET_USER_MEMORY_REGION, &r, "KVM_SET_USER_MEMORY_REGION");
+  }
+}
+
+std::string KvmEngine::start_dirty_log() {
+  try {
+    set_memory_slots(KVM_MEM_LOG_DIRTY_PAGES);
+  } catch (const Error& e) {
+    try {
+      set_memory_slots(0);
+    } catch (const Error&) {
+    }
+    return std::string("KVM refuses dirty logging: ") + e.what();
+  }
+  context_.memory.start_dirty_log();
+  dirty_logging_ = true;
+  return {};
+}
+
+std::vector<uint64_t> KvmEngine::take_dirty_log() {
+  GuestMemory& memory = context_.memory;
+  if (dirty_logging_) {
+    uint32_t slot = 0;
+    std::vector<uint64_t> bitmap;
+    for (const auto& region : memory.regions()) {
+      const uint64_t pages = region.size / kPageSize;
+      bitmap.assign((pages + 63) / 64, 0);
+      kvm_dirty_log log{};
+      log.slot = slot++;
+      log.dirty_bitmap = bitmap.data();
+      ioctl_or_throw(vm_.get(), KVM_GET_DIRTY_LOG, &log, "KVM_GET_DIRTY_LOG");
+      const uint64_t first = static_cast<uint64_t>(region.host - memory.ram_base()) / kPageSize;
+      for (uint64_t w = 0; w < bitmap.size(); ++w)
+        for (uint64_t bits = bitmap[w]; bits; bits &= bits - 1)
+          memory.mark_dirty_pages(first + w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits)), 1);
+    }
+  }
+  return memory.take_dirty();
+}
+
+void KvmEngine::stop_dirty_log() {
+  if (!dirty_logging_) return;
+  dirty_logging_ = false;
+  context_.memory.stop_dirty_log();
+  set_memory_slots(0);
+}
 
 std::unique_ptr<Vcpu> KvmEngine::create_vcpu(uint32_t index) {
   if (index >= config_.vcpus)

@@ -42,6 +42,12 @@ class KvmEngine final : public Engine, private InterruptController {
   uint32_t max_vcpus() const override { return max_vcpus_; }
   InterruptController& interrupts() override { return *this; }
   std::unique_ptr<Vcpu> create_vcpu(uint32_t index) override;
+  // KVM_MEM_LOG_DIRTY_PAGES on every RAM slot; take_dirty_log() merges KVM_GET_DIRTY_LOG (which
+  // clears KVM's log and write-protects the pages again) into the guest memory's bitmap, then
+  // takes that. start_dirty_log() returns the reason when KVM refuses the flag.
+  std::string start_dirty_log() override;
+  std::vector<uint64_t> take_dirty_log() override;
+  void stop_dirty_log() override;
 
   int vm_fd() const { return vm_.get(); }
   const KvmSystem& system() const { return kvm_; }
@@ -70,6 +76,8 @@ class KvmEngine final : public Engine, private InterruptController {
   std::unique_ptr<MsiRoute> create_msi_route(const MsiMessage& msg) override;
 
   void commit_routes();  // routes_mutex_ held
+  // KVM_SET_USER_MEMORY_REGION for every RAM region (slot i = region i) with `flags`.
+  void set_memory_slots(uint32_t flags);
   void drop_msi_route(uint32_t gsi);
 
   EngineContext context_;
@@ -81,6 +89,7 @@ class KvmEngine final : public Engine, private InterruptController {
   std::vector<x86::CpuidEntry> supported_cpuid_;
   bool tsc_deadline_ = false;
   bool xsave_ = false;
+  bool dirty_logging_ = false;
 
   struct GsiRoute {
     uint32_t gsi;
