@@ -96,6 +96,40 @@ uint64_t send_changed(int fd, const GuestMemory& memory, std::vector<uint64_t>& 
   return sent;
 }
 
+// Sends the pages whose bit is set in `bits` (one per RAM page), in runs. Returns bytes sent.
+uint64_t send_marked(int fd, const GuestMemory& memory, const std::vector<uint64_t>& bits) {
+  const uint8_t* ram = memory.ram_base();
+  const uint64_t pages = memory.page_count();
+  uint64_t sent = 0, p = 0;
+  while (p < pages) {
+    if (!((bits[p / 64] >> (p % 64)) & 1)) {
+      ++p;
+      continue;
+    }
+    uint64_t run = p;
+    while (p < pages && ((bits[p / 64] >> (p % 64)) & 1)) ++p;
+    sent += send_pages(fd, ram, run, p - run);
+  }
+  return sent;
+}
+
+uint64_t count_marked(const std::vector<uint64_t>& bits) {
+  uint64_t n = 0;
+  for (uint64_t w : bits) n += static_cast<uint64_t>(__builtin_popcountll(w));
+  return n;
+}
+
+// The pages in use (not all zero): what the first pass sends when the engine logs dirty pages.
+std::vector<uint64_t> pages_in_use(const GuestMemory& memory) {
+  static const std::vector<uint8_t> zero(kPageSize);
+  std::vector<uint64_t> bits((memory.page_count() + 63) / 64);
+  const uint8_t* ram = memory.ram_base();
+  for (uint64_t p = 0; p < memory.page_count(); ++p)
+    if (std::memcmp(ram + p * kPageSize, zero.data(), kPageSize) != 0)
+      bits[p / 64] |= uint64_t{1} << (p % 64);
+  return bits;
+}
+
 uint64_t count_changed(const GuestMemory& memory, const std::vector<uint64_t>& hashes) {
   const uint8_t* ram = memory.ram_base();
   uint64_t n = 0;
@@ -211,19 +245,44 @@ void migrate(Machine& machine, const Uri& uri, const Options& options, Status& s
     snapshot::save_config(machine.config(), vm);
     send_record(fd.get(), vm);
 
-    // Pre-copy: pages start as "zero" (the hash of a zero page), so the first pass sends every
-    // page in use and the later ones what changed.
-    std::vector<uint8_t> zero(kPageSize);
-    std::vector<uint64_t> hashes(memory.page_count(), page_hash(zero.data()));
+    // Pre-copy. With the engine's dirty log: the first pass sends every page in use, each later
+    // one the pages written since the previous take. Without it (an engine that cannot log):
+    // pages start as "zero" (the hash of a zero page) and every pass sends the pages whose
+    // content hash changed.
+    Engine& engine = machine.engine();
+    const std::string no_log = engine.start_dirty_log();
+    const bool logged = no_log.empty();
+    struct StopLog {
+      Engine& engine;
+      bool on;
+      ~StopLog() {
+        if (on) engine.stop_dirty_log();
+      }
+    } stop_log{engine, logged};
+    if (!logged) log::info("migration: {}; finding changed pages by content hash", no_log);
+    std::vector<uint64_t> hashes;
+    std::vector<uint64_t> dirty;  // logged: taken, not yet sent
+    if (logged) {
+      dirty = pages_in_use(memory);
+    } else {
+      std::vector<uint8_t> zero(kPageSize);
+      hashes.assign(memory.page_count(), page_hash(zero.data()));
+    }
     update(mutex, [&] { status.total_bytes = memory.ram_size(); });
     double bytes_per_ms = 0;
     uint64_t remaining = 0;
     for (uint32_t pass = 0; pass < kMaxIterations; ++pass) {
       auto t = Clock::now();
-      uint64_t sent = send_changed(fd.get(), memory, hashes);
+      uint64_t sent = logged ? send_marked(fd.get(), memory, dirty)
+                             : send_changed(fd.get(), memory, hashes);
       uint64_t ms = std::max<uint64_t>(1, ms_since(t));
       if (sent) bytes_per_ms = static_cast<double>(sent) / static_cast<double>(ms);
-      remaining = count_changed(memory, hashes) * kPageSize;
+      if (logged) {
+        dirty = engine.take_dirty_log();  // what the guest wrote during this pass
+        remaining = count_marked(dirty) * kPageSize;
+      } else {
+        remaining = count_changed(memory, hashes) * kPageSize;
+      }
       update(mutex, [&] {
         status.transferred_bytes += sent;
         status.remaining_bytes = remaining;
@@ -238,7 +297,15 @@ void migrate(Machine& machine, const Uri& uri, const Options& options, Status& s
     // Stop and copy.
     auto stop = Clock::now();
     machine.stop_and_send([&](std::vector<uint8_t> blob) {
-      uint64_t sent = send_changed(fd.get(), memory, hashes);
+      uint64_t sent = 0;
+      if (logged) {
+        // The pages taken after the last pass and those written since, up to the pause.
+        std::vector<uint64_t> last = engine.take_dirty_log();
+        for (size_t i = 0; i < dirty.size() && i < last.size(); ++i) dirty[i] |= last[i];
+        sent = send_marked(fd.get(), memory, dirty);
+      } else {
+        sent = send_changed(fd.get(), memory, hashes);
+      }
       state::SectionWriter s("state", 1);
       s.bytes("blob", blob);
       send_record(fd.get(), s);
