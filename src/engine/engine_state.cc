@@ -1,6 +1,9 @@
 #include "engine/engine_state.h"
 
+#include "arch/x86/cpu_features.h"
 #include "arch/x86/machine_state.h"
+#include <cstring>
+
 #include "base/error.h"
 #include "engine/emu/emu_engine.h"
 #include "engine/kvm/kvm_state.h"
@@ -11,11 +14,58 @@ namespace keel {
 // knows their snapshot formats: the vCPU sections are shared (x86::VcpuSnapshot), the rest is each
 // engine's own ("emu/...", "kvm/...").
 
+namespace {
+
+// The feature leaves (x86::kFeatureLeaves) vCPU 0 of `engine` shows its guest.
+std::vector<x86::CpuidEntry> guest_features(Engine& engine,
+                                            std::span<const std::unique_ptr<Vcpu>> vcpus) {
+  std::vector<x86::CpuidEntry> out;
+  if (auto* kvm = dynamic_cast<KvmEngine*>(&engine)) {
+    auto all = kvm->guest_cpuid(0);
+    for (uint32_t leaf : x86::kFeatureLeaves)
+      if (auto e = x86::find_cpuid(all, leaf, 0)) out.push_back(*e);
+  } else if (dynamic_cast<emu::EmuEngine*>(&engine) && !vcpus.empty()) {
+    auto& cpu = static_cast<emu::EmuVcpu&>(*vcpus[0]).cpu();
+    for (uint32_t leaf : x86::kFeatureLeaves) {
+      uint32_t r[4];
+      cpu.cpuid(leaf, 0, r);
+      out.push_back({.function = leaf, .eax = r[0], .ebx = r[1], .ecx = r[2], .edx = r[3]});
+    }
+  }
+  return out;
+}
+
+// Section "cpuid": each feature leaf as "leafN" = eax, ebx, ecx, edx (16 bytes, little-endian).
+void save_features(std::span<const x86::CpuidEntry> leaves, state::SectionWriter& out) {
+  for (const auto& e : leaves) {
+    uint32_t regs[4] = {e.eax, e.ebx, e.ecx, e.edx};
+    out.bytes("leaf" + std::to_string(e.function),
+              {reinterpret_cast<const uint8_t*>(regs), sizeof regs});
+  }
+}
+
+std::vector<x86::CpuidEntry> load_features(const state::SectionReader& in) {
+  std::vector<x86::CpuidEntry> out;
+  for (uint32_t leaf : x86::kFeatureLeaves) {
+    std::string field = "leaf" + std::to_string(leaf);
+    if (!in.has(field)) continue;
+    auto b = in.bytes(field, 16);
+    if (b.size() != 16) in.fail("field '" + field + "' is not 16 bytes");
+    uint32_t regs[4];
+    std::memcpy(regs, b.data(), sizeof regs);
+    out.push_back({.function = leaf, .eax = regs[0], .ebx = regs[1], .ecx = regs[2], .edx = regs[3]});
+  }
+  return out;
+}
+
+}  // namespace
+
 void save_engine_state(Engine& engine, std::span<const std::unique_ptr<Vcpu>> vcpus,
                        state::Writer& out) {
   auto& e = out.section("engine");
   e.str("name", engine.name());
   e.u32("vcpus", static_cast<uint32_t>(vcpus.size()));
+  save_features(guest_features(engine, vcpus), out.section("cpuid"));
   auto* emu = dynamic_cast<emu::EmuEngine*>(&engine);
   auto* kvm = dynamic_cast<KvmEngine*>(&engine);
   if (emu)
@@ -38,9 +88,21 @@ void restore_engine_state(Engine& engine, std::span<const std::unique_ptr<Vcpu>>
                           const state::Document& in) {
   const auto& e = in.section("engine");
   std::string name = e.str("name", 16);
-  if (name != engine.name())
+  if (name != engine.name()) {
+    // The features the guest saw must exist here; then the state would need converting.
+    if (in.has("cpuid")) {
+      auto missing = x86::missing_features(load_features(in.section("cpuid")),
+                                           guest_features(engine, vcpus));
+      if (!missing.empty()) {
+        std::string names;
+        for (const auto& m : missing) names += (names.empty() ? "" : ", ") + m;
+        in.section("cpuid").fail("the guest saw " + names + " which " + engine.name() +
+                                 " here lacks: it cannot continue on this engine");
+      }
+    }
     e.fail("the snapshot was taken on the " + name + " engine, this machine runs " +
-           engine.name() + " (restoring across engines is not supported yet)");
+           engine.name() + " (converting its state across engines is not supported yet)");
+  }
   if (e.u32("vcpus") != vcpus.size())
     e.fail("the snapshot has " + std::to_string(e.u32("vcpus")) + " vCPUs, this machine " +
            std::to_string(vcpus.size()));

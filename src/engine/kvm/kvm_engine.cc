@@ -88,6 +88,12 @@ KvmEngine::KvmEngine(EngineContext context, EngineConfig config)
 
 KvmEngine::~KvmEngine() = default;
 
+std::vector<x86::CpuidEntry> KvmEngine::guest_cpuid(uint32_t index) const {
+  return x86::apply_cpuid_policy(
+      supported_cpuid_,
+      {.apic_id = index, .vcpu_count = config_.vcpus, .tsc_deadline = tsc_deadline_});
+}
+
 void KvmEngine::set_memory_slots(uint32_t flags) {
   uint32_t slot = 0;
   for (const auto& region : context_.memory.regions()) {
@@ -152,9 +158,7 @@ std::unique_ptr<Vcpu> KvmEngine::create_vcpu(uint32_t index) {
   if (fd < 0) throw_errno("KVM_CREATE_VCPU " + std::to_string(index));
   UniqueFd vcpu_fd(fd);
 
-  auto entries = x86::apply_cpuid_policy(
-      supported_cpuid_,
-      {.apic_id = index, .vcpu_count = config_.vcpus, .tsc_deadline = tsc_deadline_});
+  auto entries = guest_cpuid(index);
   std::vector<uint8_t> cpuid_buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
   auto* cpuid = reinterpret_cast<kvm_cpuid2*>(cpuid_buf.data());
   cpuid->nent = static_cast<uint32_t>(entries.size());

@@ -49,6 +49,9 @@ class KvmEngine final : public Engine, private InterruptController {
   std::vector<uint64_t> take_dirty_log() override;
   void stop_dirty_log() override;
 
+  // The CPUID entries vCPU `index` gets (apply_cpuid_policy over KVM's supported set).
+  std::vector<x86::CpuidEntry> guest_cpuid(uint32_t index) const;
+
   int vm_fd() const { return vm_.get(); }
   const KvmSystem& system() const { return kvm_; }
 
