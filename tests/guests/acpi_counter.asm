@@ -60,28 +60,7 @@ pressed:
 park:
   HANG
 
-; putc: al -> COM1 once THR is empty. Clobbers edx, ebx.
-putc:
-  mov bl, al
-  mov dx, 0x3FD
-.busy:
-  in al, dx
-  test al, 0x20
-  jz .busy
-  mov al, bl
-  mov dx, 0x3F8
-  out dx, al
-  ret
-
-; puts: the zero-terminated string at rsi. Clobbers rax, rbx, rdx, rsi.
-puts:
-  lodsb
-  test al, al
-  jz .done
-  call putc
-  jmp puts
-.done:
-  ret
+%include "com1_print.inc"
 
 ; put_decimal: eax in decimal. Clobbers rax, rbx, rcx, rdx, rdi.
 put_decimal:
