@@ -88,6 +88,7 @@ class Engine {
   // The RAM pages (bit p = RAM offset p * 4096) written since start_dirty_log() or the previous
   // call, cleared as they are read. Once it returns, every later write sets its bit again.
   virtual std::vector<uint64_t> take_dirty_log() { return {}; }
+  // Never throws: it runs on cleanup paths.
   virtual void stop_dirty_log() {}
 };
 

@@ -96,7 +96,8 @@ void restore_engine_state(Engine& engine, std::span<const std::unique_ptr<Vcpu>>
       if (!missing.empty()) {
         std::string names;
         for (const auto& m : missing) names += (names.empty() ? "" : ", ") + m;
-        in.section("cpuid").fail("the guest saw " + names + " which " + engine.name() +
+        in.section("cpuid").fail("the snapshot was taken on the " + name +
+                                 " engine, whose guest saw " + names + " which " + engine.name() +
                                  " here lacks: it cannot continue on this engine");
       }
     }

@@ -54,7 +54,7 @@ TEST(CpuFeatures, ASnapshotWhoseGuestSawFeaturesEmuLacksIsRefusedNamingThem) {
   std::string error = restore_error(
       m, foreign_snapshot("kvm", {{.function = 1, .ecx = 1u << 26, .edx = 1u << 26},
                                   {.function = 7, .ebx = 1u << 5}}));
-  EXPECT_NE(error.find("the guest saw xsave, avx2 which emu here lacks"), std::string::npos) << error;
+  EXPECT_NE(error.find("the snapshot was taken on the kvm engine, whose guest saw xsave, avx2 which emu here lacks"), std::string::npos) << error;
 }
 
 TEST(CpuFeatures, ASnapshotWhoseFeaturesExistHereGetsPastTheCheck) {

@@ -182,9 +182,12 @@ TEST_P(Snapshot, AnotherEngineIsRefusedByName) {
   VmConfig config = snapshot::read_config(dir.path());
   config.accel = other;
   std::string taken = GetParam() == Accel::kEmu ? "emu" : "kvm";
-  EXPECT_NE(restore_error(dir.path(), config).find("the snapshot was taken on the " + taken + " engine"),
-            std::string::npos)
-      << restore_error(dir.path(), config);
+  // Refused for the CPU features this engine lacks (named), or else for the state conversion.
+  std::string error = restore_error(dir.path(), config);
+  EXPECT_NE(error.find("the snapshot was taken on the " + taken + " engine"), std::string::npos) << error;
+  EXPECT_TRUE(error.find("here lacks") != std::string::npos ||
+              error.find("converting its state across engines is not supported yet") != std::string::npos)
+      << error;
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, Snapshot, ::testing::Values(Accel::kEmu, Accel::kKvm),
