@@ -71,8 +71,18 @@ double restore(bool qemu, Saved& saved) {
   Vm vm(vm_command(true, {"-incoming", "exec:cat " + saved.dir.path(), "-qmp",
                           "unix:" + sock.path() + ",server=on,wait=off"}));
   control::ControlClient client = control::ControlClient::connect(sock.path(), 60s);
-  // The incoming state may be in before the QMP connection (RESUME then went to nobody).
-  while (client.execute("query-status")["status"] != "running") client.next_event(5ms);
+  // The incoming state may be in before the QMP connection (RESUME then went to nobody). The VM
+  // was saved stopped, so QEMU ends the incoming migration paused: `cont` runs it, as keel's
+  // restore runs the VM.
+  for (;;) {
+    std::string status = client.execute("query-status")["status"];
+    if (status == "running") break;
+    if (status == "paused" || status == "postmigrate") {
+      client.execute("cont");
+      continue;
+    }
+    client.next_event(5ms);
+  }
   vm.type(kCommand);
   vm.wait_for(kAnswer, 600s);
   return vm.elapsed();

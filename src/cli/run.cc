@@ -56,6 +56,7 @@ struct RunOptions {
   uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
   bool paused = false;
   bool trace_boot = false;
+  bool verify_memory = false;  // --verify-memory: a restore reads and checks all of RAM first
   bool isa_debug_exit = false;
   bool pvh = false;
   std::vector<std::string> disks, nets;  // --disk, --net (issue 4)
@@ -94,6 +95,7 @@ VmConfig make_config(const RunOptions& o) {
   c.control_socket = o.control;
   c.start_paused = o.paused;
   c.trace_boot = o.trace_boot;
+  c.verify_snapshot_memory = o.verify_memory;
   c.isa_debug_exit = o.isa_debug_exit;
   c.pvh = o.pvh;
   for (const auto& d : o.disks) c.virtio.disks.push_back(parse_disk_option(d));
@@ -340,6 +342,7 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
   std::optional<migration::Incoming> incoming;
   if (!options.restore.empty() && !options.incoming.empty())
     throw UsageError("--restore and --incoming are mutually exclusive");
+  if (options.verify_memory && options.restore.empty()) throw UsageError("--verify-memory goes with --restore");
   if (!options.restore.empty() || !options.incoming.empty()) {
     const char* flag = options.restore.empty() ? "--incoming" : "--restore";
     if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
@@ -359,6 +362,7 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
     saved.control_socket = config.control_socket;
     saved.start_paused = config.start_paused;
     saved.trace_boot = config.trace_boot;
+    saved.verify_snapshot_memory = config.verify_snapshot_memory;
     config = std::move(saved);
   } else {
     if (!config.kernel.empty()) require_file(config.kernel, "kernel");
@@ -506,6 +510,10 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_option("--restore", o->restore,
                   "Continue the VM saved in this snapshot directory (the control socket's "
                   "snapshot-save) instead of booting a new one");
+  sub->add_flag("--verify-memory", o->verify_memory,
+                "With --restore: read the whole memory file and check every page's checksum before "
+                "the VM runs (a restore otherwise maps RAM lazily and checks the file's size and "
+                "identity only)");
   sub->add_option("--log-file", o->log_file,
                   "Append stdout and stderr to this file; past 1 MiB it moves to FILE.1 and a new "
                   "one starts")

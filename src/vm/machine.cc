@@ -98,7 +98,8 @@ Machine::Machine(VmConfig config, const std::filesystem::path& snapshot_dir, Eng
     : config_(std::move(config)) {
   config_.validate();
   state::Document snapshot = snapshot::read_state(snapshot_dir);
-  UniqueFd ram = snapshot::open_memory(snapshot_dir, snapshot, config_.memory_bytes);
+  UniqueFd ram =
+      snapshot::open_memory(snapshot_dir, snapshot, config_.memory_bytes, config_.verify_snapshot_memory);
   build(std::move(engine_factory), std::make_unique<GuestMemory>(config_.memory_bytes, ram.get()),
         &snapshot);
 }

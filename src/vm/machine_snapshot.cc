@@ -105,7 +105,7 @@ void Machine::save_snapshot(const fs::path& dir, bool resume_after) {
     // RAM first, under a temporary name: a VM restored from this very directory maps the old
     // memory file, which must stay intact until it is replaced by rename.
     fs::path memory_tmp = dir / (std::string(snapshot::kMemoryFile) + ".tmp");
-    snapshot::write_memory(*memory_, memory_tmp, out.section("memory"));
+    snapshot::write_memory(*memory_, memory_tmp, out.section("memory", snapshot::kMemoryVersion));
     fs::rename(memory_tmp, dir / snapshot::kMemoryFile);
     snapshot::write_file_atomically(dir / snapshot::kStateFile, out.finish());
   } catch (...) {

@@ -1,10 +1,12 @@
 #include "vm/snapshot.h"
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -50,6 +52,21 @@ void write_all(int fd, const uint8_t* data, size_t len, off_t offset, const fs::
 }
 
 std::string str_path(const fs::path& p) { return p.string(); }
+
+// The memory file's last page starts with this: a magic, the RAM size and the 128-bit id the
+// state file records too. It catches a memory file swapped, truncated or extended without
+// reading RAM; a full read (`--verify-memory`) also checks every page's CRC.
+struct MemoryTrailer {
+  static constexpr size_t kSize = 32;
+  std::array<uint8_t, 16> id{};
+  std::array<uint8_t, kSize> encode(uint64_t ram_bytes) const {
+    std::array<uint8_t, kSize> out{};
+    std::memcpy(out.data(), "KEELRAM2", 8);
+    for (int i = 0; i < 8; ++i) out[8 + i] = static_cast<uint8_t>(ram_bytes >> (8 * i));
+    std::memcpy(out.data() + 16, id.data(), id.size());
+    return out;
+  }
+};
 
 }  // namespace
 
@@ -214,7 +231,7 @@ void write_memory(const GuestMemory& memory, const fs::path& file, state::Sectio
   if (!fd) throw_errno("snapshot: create " + file.string());
   const uint8_t* ram = memory.ram_base();
   const uint64_t size = memory.ram_size();
-  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) throw_errno("snapshot: size " + file.string());
+  if (::ftruncate(fd.get(), static_cast<off_t>(size + kPageSize)) != 0) throw_errno("snapshot: size " + file.string());
   uint32_t crc = 0;
   uint64_t pages = 0;
   // Runs of non-zero pages are written with one pwrite; zero pages stay holes.
@@ -231,14 +248,20 @@ void write_memory(const GuestMemory& memory, const fs::path& file, state::Sectio
     run_len += kPageSize;
   }
   if (run_len) write_all(fd.get(), ram + run, run_len, static_cast<off_t>(run), file);
+  MemoryTrailer trailer;
+  if (::getrandom(trailer.id.data(), trailer.id.size(), 0) != static_cast<ssize_t>(trailer.id.size()))
+    throw_errno("snapshot: getrandom");
+  auto encoded = trailer.encode(size);
+  write_all(fd.get(), encoded.data(), encoded.size(), static_cast<off_t>(size), file);
   if (::fsync(fd.get()) != 0) throw_errno("snapshot: fsync " + file.string());
   out.u64("ram_bytes", size);
   out.u64("pages", pages);
   out.u32("crc", crc);
+  out.bytes("id", trailer.id);
 }
 
-UniqueFd open_memory(const fs::path& dir, const state::Document& st, uint64_t ram_bytes) {
-  const auto& m = st.section("memory");
+UniqueFd open_memory(const fs::path& dir, const state::Document& st, uint64_t ram_bytes, bool verify) {
+  const auto& m = st.section("memory", kMemoryVersion);
   fs::path file = dir / kMemoryFile;
   std::string what = "snapshot memory file " + file.string();
   if (m.u64("ram_bytes") != ram_bytes)
@@ -248,9 +271,27 @@ UniqueFd open_memory(const fs::path& dir, const state::Document& st, uint64_t ra
   if (!fd) throw state::StateError(what + ": " + std::strerror(errno));
   struct stat st_;
   if (::fstat(fd.get(), &st_) != 0) throw_errno(what + ": fstat");
-  if (static_cast<uint64_t>(st_.st_size) != ram_bytes)
+  // Version 1 files are RAM alone and are always read whole; later ones end with a trailer page
+  // that ties them to their state file, so a restore need not read RAM it maps lazily.
+  const bool trailer = m.version() >= 2;
+  const uint64_t expected = ram_bytes + (trailer ? kPageSize : 0);
+  if (static_cast<uint64_t>(st_.st_size) != expected)
     throw state::StateError(what + ": " + std::to_string(st_.st_size) + " bytes, expected " +
-                            std::to_string(ram_bytes) + " (truncated or not this snapshot's)");
+                            std::to_string(expected) + " (truncated or not this snapshot's)");
+  if (trailer) {
+    MemoryTrailer want;
+    m.bytes_exact("id", want.id);
+    auto expect = want.encode(ram_bytes);
+    std::array<uint8_t, MemoryTrailer::kSize> got{};
+    ssize_t n;
+    do n = ::pread(fd.get(), got.data(), got.size(), static_cast<off_t>(ram_bytes));
+    while (n < 0 && errno == EINTR);
+    if (n != static_cast<ssize_t>(got.size())) throw state::StateError(what + ": short read of its trailer");
+    if (got != expect)
+      throw state::StateError(what + ": its trailer does not match the state file (the memory file of "
+                              "another snapshot, or damaged)");
+    if (!verify) return fd;
+  }
   // Walk the file's data (SEEK_DATA/SEEK_HOLE) and checksum its non-zero pages.
   uint32_t crc = 0;
   uint64_t pages = 0;
@@ -263,6 +304,7 @@ UniqueFd open_memory(const fs::path& dir, const state::Document& st, uint64_t ra
       if (errno == ENXIO) break;  // only a hole remains
       throw_errno(what + ": SEEK_DATA");
     }
+    if (data >= end) break;  // the trailer
     off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
     if (hole < 0) throw_errno(what + ": SEEK_HOLE");
     data &= ~static_cast<off_t>(kPageSize - 1);

@@ -3,8 +3,10 @@
 //   DIR/state   the VM's state (state/state_format.h): the configuration ("vm"), the RAM file's
 //               size and checksum ("memory"), the engine and its vCPUs (engine/engine_state.h) and
 //               every device ("dev/..."); checksummed record by record
-//   DIR/memory  guest RAM as one sparse file (RAM offset = file offset, zero pages are holes);
-//               a restore maps it MAP_PRIVATE, so one snapshot serves any number of restores
+//   DIR/memory  guest RAM as one sparse file (RAM offset = file offset, zero pages are holes),
+//               then a trailer page tying it to DIR/state; a restore maps RAM MAP_PRIVATE and
+//               lazily, so one snapshot serves any number of restores in time that does not
+//               grow with RAM
 //
 // Snapshots record disk paths and sizes, not disk contents: a restore refuses a disk whose size
 // changed. Both files are written under temporary names and renamed into place, memory first.
@@ -40,13 +42,18 @@ VmConfig read_config(const std::filesystem::path& dir);
 // The same from a parsed state ("vm" and "engine" sections).
 VmConfig config_of(const state::Document& doc);
 
-// Writes `memory`'s RAM to `file` (sparse) and records its size and CRC-32 in `out` ("memory").
+// The "memory" section's version: 2 adds the memory file's trailer page and its id.
+inline constexpr uint32_t kMemoryVersion = 2;
+
+// Writes `memory`'s RAM to `file` (sparse, then a trailer page) and records its size, CRC-32 and
+// id in `out` ("memory", kMemoryVersion).
 void write_memory(const GuestMemory& memory, const std::filesystem::path& file,
                   state::SectionWriter& out);
-// Opens DIR/memory after checking its size and checksum against the state's "memory" section
-// and `ram_bytes`.
+// Opens DIR/memory after checking it against the state's "memory" section and `ram_bytes`: its
+// size and trailer (the id), without reading RAM; with `verify`, also the CRC-32 of every page in
+// use (always for version 1 files, which have no trailer).
 UniqueFd open_memory(const std::filesystem::path& dir, const state::Document& state,
-                     uint64_t ram_bytes);
+                     uint64_t ram_bytes, bool verify = false);
 
 // Writes `bytes` to `path` through a temporary file and rename(2).
 void write_file_atomically(const std::filesystem::path& path, std::span<const uint8_t> bytes);

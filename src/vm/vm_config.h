@@ -41,6 +41,7 @@ struct VmConfig {
   std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction
   bool trace_boot = false;               // print boot-progress codes with timestamps on stderr
+  bool verify_snapshot_memory = false;   // a restore reads the whole memory file and checks its CRC
   PanicAction on_panic = PanicAction::kExit;
   bool isa_debug_exit = false;           // QEMU's isa-debug-exit at port 0xF4 (test kernels)
   // Boot the Linux kernel through its PVH entry (boot/protected_mode_boot.h): an ELF vmlinux with

@@ -63,6 +63,12 @@ TEST(SnapshotCli, SnapshotSaveThenRunRestoreContinuesTheCount) {
   EXPECT_GT(testing::last_count(second.out), saved_at) << second.describe();
   EXPECT_EQ(second.out.find("count " + std::to_string(saved_at) + "\n"), std::string::npos)
       << second.describe();
+
+  // --verify-memory reads and checks all of RAM first; the same snapshot restores as well.
+  testing::KeelProcess verified({"run", "--restore", snap.string(), "--verify-memory", "--sandbox", "off"});
+  EXPECT_TRUE(verified.wait_for_stdout(next, 60s));
+  verified.send_signal(SIGTERM);
+  verified.wait(30s);
 }
 
 TEST(SnapshotCli, RunRestoreRefusesAMissingOrDamagedSnapshot) {
@@ -87,6 +93,12 @@ TEST(SnapshotCli, RunRestoreRefusesAMissingOrDamagedSnapshot) {
       {"run", "--restore", (dir.path() / "bad").string(), "--test-guest", testing::test_guest("spin")});
   EXPECT_NE(both.status, 0);
   EXPECT_NE(both.err.find("--restore takes"), std::string::npos) << both.describe();
+
+  testing::ProcessResult verify_alone =
+      testing::run_keel({"run", "--verify-memory", "--test-guest", testing::test_guest("spin")});
+  EXPECT_EQ(verify_alone.status, 2) << verify_alone.describe();
+  EXPECT_NE(verify_alone.err.find("--verify-memory goes with --restore"), std::string::npos)
+      << verify_alone.describe();
 }
 
 }  // namespace

@@ -243,20 +243,55 @@ TEST_F(DamagedSnapshot, ATruncatedStateFileIsRefusedAsTruncated) {
   EXPECT_NE(error.find("truncated"), std::string::npos) << error;
 }
 
-TEST_F(DamagedSnapshot, AChangedOrTruncatedMemoryFileIsRefused) {
+// A restore maps RAM lazily: it checks the memory file's size and trailer, not its pages. With
+// verify_snapshot_memory (`--verify-memory`) it reads them all and checks their CRC.
+TEST_F(DamagedSnapshot, AChangedMemoryPageIsRefusedWhenVerified) {
   VmConfig config = snapshot::read_config(copy_.path());
   auto bytes = read("memory");
   // A byte of the guest's code (loaded at 1 MiB) changes.
   bytes[(1 << 20) + 5] ^= 0x01;
   write("memory", bytes);
+  EXPECT_EQ(restore_error(copy_.path(), config), "");
+  config.verify_snapshot_memory = true;
   std::string error = restore_error(copy_.path(), config);
   EXPECT_NE(error.find("memory"), std::string::npos) << error;
   EXPECT_NE(error.find("fails its checksum"), std::string::npos) << error;
+}
 
+TEST_F(DamagedSnapshot, ATruncatedOrExtendedMemoryFileIsRefused) {
+  VmConfig config = snapshot::read_config(copy_.path());
+  auto bytes = read("memory");
+  auto whole = bytes;
   bytes.resize(bytes.size() / 2);
   write("memory", bytes);
+  std::string error = restore_error(copy_.path(), config);
+  EXPECT_NE(error.find("truncated"), std::string::npos) << error;
+  // The trailer page cut off: RAM alone is no longer this snapshot's file.
+  whole.resize(config.memory_bytes);
+  write("memory", whole);
   error = restore_error(copy_.path(), config);
   EXPECT_NE(error.find("truncated"), std::string::npos) << error;
+  whole.resize(config.memory_bytes + 2 * 4096);
+  write("memory", whole);
+  error = restore_error(copy_.path(), config);
+  EXPECT_NE(error.find("not this snapshot's"), std::string::npos) << error;
+}
+
+// Two snapshots of the same machine: the memory file of one next to the other's state.
+TEST_F(DamagedSnapshot, AnotherSnapshotsMemoryFileIsRefused) {
+  VmConfig config = snapshot::read_config(copy_.path());
+  testing::TempDir other;
+  {
+    Machine machine(config, copy_.path());
+    Console console;
+    machine.set_serial_output(console.sink());
+    Running running(machine);
+    ASSERT_TRUE(console.wait_for_lines(1)) << console.text();
+    machine.save_snapshot(other.path(), /*resume=*/false);
+  }
+  fs::copy_file(other.path() / "memory", copy_.path() / "memory", fs::copy_options::overwrite_existing);
+  std::string error = restore_error(copy_.path(), config);
+  EXPECT_NE(error.find("trailer does not match the state file"), std::string::npos) << error;
 }
 
 TEST_F(DamagedSnapshot, AMismatchedConfigurationIsRefusedByName) {

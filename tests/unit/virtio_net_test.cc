@@ -133,6 +133,35 @@ TEST_F(VirtioNetTest, ReportsMacAndLinkUp) {
   EXPECT_TRUE(h->device_features() & virtio::bit(kFeatureMrgRxbuf));
 }
 
+// A restored (or migrated-in) NIC announces its MAC once its network thread starts: one RARP
+// request from it to everyone, before anything the guest sends. A NIC that booted does not.
+TEST_F(VirtioNetTest, ARestoredNicAnnouncesItselfFirst) {
+  auto be = std::make_unique<FakeBackend>();
+  backend = be.get();
+  auto net = std::make_unique<VirtioNet>(std::move(be), default_mac(1));
+  net->restore_device_state(state::SectionReader("dev/virtio0", 1, {}));
+  h = std::make_unique<VirtioHarness>(std::move(net));
+  ASSERT_TRUE(h->init(~0ull) & virtio::kStatusDriverOk);
+  auto announce = backend->wait_sent(1);
+  ASSERT_TRUE(announce);
+  EXPECT_EQ(*announce, announce_frame(default_mac(1)));
+  ASSERT_EQ(announce->size(), 60u);
+  EXPECT_EQ(std::vector<uint8_t>(announce->begin(), announce->begin() + 6), std::vector<uint8_t>(6, 0xFF));
+  EXPECT_EQ((*announce)[12], 0x80);  // RARP
+  EXPECT_EQ((*announce)[13], 0x35);
+  EXPECT_EQ((*announce)[21], 0x03);  // reverse request
+  const auto mac = default_mac(1);
+  EXPECT_TRUE(std::equal(mac.begin(), mac.end(), announce->begin() + 6));
+  EXPECT_TRUE(std::equal(mac.begin(), mac.end(), announce->begin() + 22));
+
+  auto frame = pattern_frame(100, 3);
+  transmit(frame);
+  h->kick(1);
+  auto second = backend->wait_sent(2);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(*second, frame);
+}
+
 TEST_F(VirtioNetTest, TransmitsFramesWithoutTheHeader) {
   start();
   auto frame = pattern_frame(1000, 3);

@@ -3,6 +3,7 @@
 #include <poll.h>
 
 #include <cstring>
+#include <utility>
 
 #include "base/log.h"
 #include "devices/virtio/virtio.h"
@@ -15,6 +16,19 @@ namespace {
 constexpr uint16_t kRx = 0;
 constexpr uint16_t kTx = 1;
 }  // namespace
+
+std::vector<uint8_t> virtio_net::announce_frame(const std::array<uint8_t, 6>& mac) {
+  std::vector<uint8_t> f(60, 0);  // the Ethernet minimum without the FCS
+  std::memset(f.data(), 0xFF, 6);                  // to everyone
+  std::memcpy(f.data() + 6, mac.data(), 6);        // from the NIC
+  const uint8_t rarp[] = {0x80, 0x35,              // EtherType RARP
+                          0x00, 0x01, 0x08, 0x00,  // Ethernet, IPv4
+                          6, 4, 0x00, 0x03};       // address lengths, "reverse request"
+  std::memcpy(f.data() + 12, rarp, sizeof rarp);
+  std::memcpy(f.data() + 22, mac.data(), 6);       // sender hardware address (IP 0)
+  std::memcpy(f.data() + 32, mac.data(), 6);       // target hardware address (IP 0)
+  return f;
+}
 
 std::array<uint8_t, 6> default_mac(unsigned index) {
   return {0x52, 0x54, 0x00, 0x12, 0x34, static_cast<uint8_t>(0x56 + index)};
@@ -44,6 +58,7 @@ class VirtioNet::Worker {
 
   void run() {
     std::vector<pollfd> fds;
+    if (std::exchange(net_.announce_, false)) net_.backend_->send(announce_frame(net_.mac_));
     process_tx();
     flush_rx();
     for (;;) {

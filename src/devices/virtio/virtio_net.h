@@ -34,6 +34,9 @@ inline constexpr uint16_t kStatusLinkUp = 1;
 inline constexpr uint32_t kHeaderBytes = 12;  // virtio_net_hdr_v1
 inline constexpr size_t kMaxFrame = 65536 + 14;
 inline constexpr size_t kMaxPendingFrames = 256;
+// The frame that announces `mac` where it now is (a RARP request from it to everyone, padded to
+// the Ethernet minimum), as QEMU's self-announce: switches on a tap's bridge learn the new port.
+std::vector<uint8_t> announce_frame(const std::array<uint8_t, 6>& mac);
 }  // namespace virtio_net
 
 class VirtioNet : public VirtioDevice {
@@ -57,6 +60,10 @@ class VirtioNet : public VirtioDevice {
 
   NetBackend& backend() { return *backend_; }
 
+  // A restored or migrated-in NIC announces itself (virtio_net::announce_frame) once its network
+  // thread starts: its MAC moved to this host (a tap's bridge) or this process.
+  void restore_device_state(const state::SectionReader& in) override { announce_ = true; }
+
   // Frames that went through (metrics), written by the network thread only.
   struct Counters {
     Counter rx_bytes, rx_packets, tx_bytes, tx_packets;
@@ -70,6 +77,7 @@ class VirtioNet : public VirtioDevice {
   std::array<EventFd, 2> kicks_;  // 0: receive queue refilled, 1: transmit
   std::unique_ptr<Worker> worker_;
   Counters counters_;
+  bool announce_ = false;  // set before activate(); the worker thread takes it when it starts
 };
 
 // The default MAC of the n-th network device: 52:54:00:12:34:(0x56 + n), as QEMU numbers them.

@@ -494,6 +494,20 @@ class Cpu : public CpuHot {
     leave_chain_ = true;
   }
   bool interrupt_shadow() const { return shadow_; }
+  // What lies between instructions besides the registers, for snapshots (cpu_state.cc): HLT,
+  // the STI/MOV SS shadow, NMI blocking (a handler runs) and an NMI held for after its IRET.
+  struct EventFlags {
+    bool halted = false, shadow = false, nmi_blocked = false, nmi_latched = false;
+  };
+  EventFlags event_flags() const { return {halted_, shadow_, nmi_blocked_, nmi_latched_}; }
+  // After set_state(), which clears them.
+  void set_event_flags(const EventFlags& f) {
+    halted_ = f.halted;
+    shadow_ = f.shadow;
+    nmi_blocked_ = f.nmi_blocked;
+    nmi_latched_ = f.nmi_latched;
+    if (shadow_ || nmi_latched_) request_service();
+  }
 
   GuestMemory& memory() { return mem_; }
   LocalApic& apic() { return apic_; }

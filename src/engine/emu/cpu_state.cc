@@ -49,7 +49,13 @@ void EmuVcpu::save_snapshot(x86::VcpuSnapshot& out) {
       // Not served by this Cpu (kvm-clock off): nothing to save.
     }
   }
-  out.mp_state = waiting_for_sipi_ ? x86::MpState::kUninitialized : x86::MpState::kRunnable;
+  Cpu::EventFlags f = cpu_.event_flags();
+  out.mp_state = waiting_for_sipi_ ? x86::MpState::kUninitialized
+                 : f.halted        ? x86::MpState::kHalted
+                                   : x86::MpState::kRunnable;
+  out.events.interrupt_shadow = f.shadow ? 1 : 0;
+  out.events.nmi_masked = f.nmi_blocked;
+  out.events.nmi_pending = f.nmi_latched;
 }
 
 void EmuVcpu::restore_snapshot(const x86::VcpuSnapshot& in) {
@@ -70,6 +76,15 @@ void EmuVcpu::restore_snapshot(const x86::VcpuSnapshot& in) {
     }
   }
   waiting_for_sipi_ = in.mp_state == x86::MpState::kUninitialized;
+  // The emu has no injection in flight between instructions: an event KVM had injected but not
+  // yet delivered cannot be carried over.
+  if (in.events.exception_injected || in.events.interrupt_injected || in.events.nmi_injected)
+    throw Error("vCPU " + std::to_string(index_) +
+                ": the snapshot holds an event being injected, which the emu engine cannot take");
+  cpu_.set_event_flags({.halted = in.mp_state == x86::MpState::kHalted,
+                        .shadow = in.events.interrupt_shadow != 0,
+                        .nmi_blocked = in.events.nmi_masked,
+                        .nmi_latched = in.events.nmi_pending});
 }
 
 }  // namespace keel::emu
