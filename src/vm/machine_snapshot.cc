@@ -8,6 +8,7 @@
 #include "devices/legacy/acpi_pm.h"
 #include "devices/legacy/boot_progress.h"
 #include "devices/legacy/cmos_rtc.h"
+#include "devices/legacy/fw_cfg.h"
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/serial16550.h"
 #include "devices/virtio/virtio_pci.h"
@@ -53,6 +54,7 @@ void Machine::save_state(state::Writer& out) {
   for_each_legacy(
       [&](const char* name, state::Persistent& d) { d.save_state(out.section(name, d.state_version())); },
       *serial_, *i8042_, *rtc_, *boot_progress_, *acpi_pm_);
+  fw_cfg_->save_state(out.section("dev/fw_cfg", fw_cfg_->state_version()));
   const auto& devices = pci_->devices();
   for (size_t i = 0; i < devices.size(); ++i)
     devices[i]->save_state(out.section(virtio_section(i), devices[i]->state_version()));
@@ -63,6 +65,8 @@ void Machine::restore_state(const state::Document& in) {
   for_each_legacy(
       [&](const char* name, state::Persistent& d) { d.restore_state(in.section(name, d.state_version())); },
       *serial_, *i8042_, *rtc_, *boot_progress_, *acpi_pm_);
+  // Snapshots from before fw_cfg was saved have no section: its cursor starts rewound.
+  if (in.has("dev/fw_cfg")) fw_cfg_->restore_state(in.section("dev/fw_cfg", fw_cfg_->state_version()));
   const auto& devices = pci_->devices();
   for (size_t i = 0; i < devices.size(); ++i)
     devices[i]->restore_state(in.section(virtio_section(i), devices[i]->state_version()));

@@ -8,6 +8,7 @@
 #include "devices/legacy/isa_debug_exit.h"
 #include "keel_process.h"
 #include "memory/guest_memory.h"
+#include "state/state_format.h"
 
 namespace keel {
 namespace {
@@ -61,6 +62,31 @@ TEST_F(FwCfgTest, SelectorAndDataPorts) {
   uint8_t sig[8];
   for (int i = 0; i < 8; ++i) fw.read(4 + i, {&sig[i], 1});
   EXPECT_EQ(std::memcmp(sig, "QEMU CFG", 8), 0);
+}
+
+// A snapshot keeps the cursor: a guest halfway through an item reads on where it was after a
+// restore; a wild offset from a damaged snapshot reads zeros.
+TEST_F(FwCfgTest, ASnapshotKeepsTheCursorInTheSelectedItem) {
+  select(FwCfg::kSignature);
+  EXPECT_EQ(read_data(2), (std::vector<uint8_t>{'Q', 'E'}));
+  state::SectionWriter saved("dev/fw_cfg", 1);
+  fw.save_state(saved);
+
+  FwCfg restored{memory, 16 << 20, 3};
+  restored.restore_state(state::SectionReader("dev/fw_cfg", 1, saved.payload()));
+  uint8_t b[2];
+  restored.read(1, {&b[0], 1});
+  restored.read(1, {&b[1], 1});
+  EXPECT_EQ(b[0], 'M');
+  EXPECT_EQ(b[1], 'U');
+
+  state::SectionWriter wild("dev/fw_cfg", 1);
+  wild.u16("selected", FwCfg::kSignature);
+  wild.u64("offset", ~0ull);
+  wild.u32("dma_high", 0);
+  restored.restore_state(state::SectionReader("dev/fw_cfg", 1, wild.payload()));
+  restored.read(1, {&b[0], 1});
+  EXPECT_EQ(b[0], 0);
 }
 
 TEST_F(FwCfgTest, FileDirectorySortedByName) {

@@ -87,6 +87,21 @@ void FwCfg::set_linux(std::span<const uint8_t> kernel, std::span<const uint8_t> 
   items_[kCmdlineData].push_back(0);
 }
 
+void FwCfg::save_state(state::SectionWriter& out) {
+  std::lock_guard lock(mutex_);
+  out.u16("selected", selected_);
+  out.u64("offset", offset_);
+  out.u32("dma_high", dma_high_);
+}
+
+void FwCfg::restore_state(const state::SectionReader& in) {
+  // Any offset is safe: reads past an item's end give zeros.
+  std::lock_guard lock(mutex_);
+  selected_ = in.u16("selected");
+  offset_ = in.u64("offset");
+  dma_high_ = in.u32("dma_high");
+}
+
 void FwCfg::select(uint16_t key) {
   selected_ = key;
   offset_ = 0;

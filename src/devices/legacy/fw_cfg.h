@@ -24,10 +24,13 @@
 
 #include "bus/io_bus.h"
 #include "memory/guest_memory.h"
+#include "state/persistent.h"
 
 namespace keel {
 
-class FwCfg : public BusDevice {
+// Snapshots keep the cursor (the selected item, the offset in it, a DMA address's high half);
+// the items are the machine's, built again from its configuration.
+class FwCfg : public BusDevice, public state::Persistent {
  public:
   static constexpr uint16_t kBasePort = 0x510;
   static constexpr uint16_t kPortCount = 12;  // 0x510-0x51B
@@ -55,6 +58,9 @@ class FwCfg : public BusDevice {
 
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+  void save_state(state::SectionWriter& out) override;
+  void restore_state(const state::SectionReader& in) override;
 
  private:
   void select(uint16_t key);
