@@ -201,9 +201,10 @@ TEST(Migration, AGuestRewriting256MiBMovesOverTcpWithItsPatternIntact) {
   const uint64_t moved_after = before.rbegin()->first;
   for (auto [round, sum] : before) EXPECT_EQ(sum, pattern_sum(round)) << "source, round " << round;
 
-  // Two more rounds on the target, each checked.
+  // Two more rounds on the target, each checked: once round +3 starts its line, round +2's is
+  // complete (the guest prints "round N sum" before it has summed).
   std::ostringstream want;
-  want << "round " << std::hex << std::setw(16) << std::setfill('0') << moved_after + 2 << " sum";
+  want << "round " << std::hex << std::setw(16) << std::setfill('0') << moved_after + 3 << " sum";
   EXPECT_TRUE(target.wait_for_stdout(want.str(), 120s)) << want.str();
   target.send_signal(SIGTERM);
   testing::ProcessResult dst = target.wait(30s);
