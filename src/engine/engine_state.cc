@@ -1,9 +1,10 @@
 #include "engine/engine_state.h"
 
-#include "arch/x86/cpu_features.h"
-#include "arch/x86/machine_state.h"
+#include <array>
 #include <cstring>
 
+#include "arch/x86/cpu_features.h"
+#include "arch/x86/machine_state.h"
 #include "base/error.h"
 #include "engine/emu/emu_engine.h"
 #include "engine/kvm/kvm_state.h"
@@ -49,8 +50,8 @@ std::vector<x86::CpuidEntry> load_features(const state::SectionReader& in) {
   for (uint32_t leaf : x86::kFeatureLeaves) {
     std::string field = "leaf" + std::to_string(leaf);
     if (!in.has(field)) continue;
-    auto b = in.bytes(field, 16);
-    if (b.size() != 16) in.fail("field '" + field + "' is not 16 bytes");
+    std::array<uint8_t, 16> b;
+    in.bytes_exact(field, b);
     uint32_t regs[4];
     std::memcpy(regs, b.data(), sizeof regs);
     out.push_back({.function = leaf, .eax = regs[0], .ebx = regs[1], .ecx = regs[2], .edx = regs[3]});

@@ -43,26 +43,12 @@ thread_local const Cpu* t_running = nullptr;
 }  // namespace
 
 void VcpuGroup::revoke_all_writes() {
-  std::unique_lock lock(mutex_);
-  const Cpu* self =
-      std::find(cpus_.begin(), cpus_.end(), t_running) != cpus_.end() ? t_running : nullptr;
-  const unsigned mine = self ? 1 : 0;
-  while (exclusive_) {  // another exclusive run first; a calling vCPU parks for it
-    running_ -= mine;
-    changed_.notify_all();
-    changed_.wait(lock, [&] { return !exclusive_; });
-    running_ += mine;
-  }
-  exclusive_ = true;
-  for (Cpu* c : cpus_)
-    if (c != self) c->request_service();
   // No vCPU is between a TLB lookup and its store: each is parked at a block boundary, halted,
   // outside run(), or the caller itself inside an I/O access (which stores to no RAM).
-  changed_.wait(lock, [&] { return running_ == mine; });
-  for (Cpu* c : cpus_) c->revoke_all_writes();
-  exclusive_ = false;
-  lock.unlock();
-  changed_.notify_all();
+  with_others_stopped(t_running, [this] {
+    std::lock_guard lock(mutex_);  // the member list
+    for (Cpu* c : cpus_) c->revoke_all_writes();
+  });
 }
 
 void VcpuGroup::enter(Cpu& self) {
@@ -90,35 +76,36 @@ void VcpuGroup::park_if_requested(Cpu& self) {
   ++running_;
 }
 
-void VcpuGroup::run_exclusive(Cpu& self, const std::function<void()>& fn) {
+void VcpuGroup::run_exclusive(Cpu& self, const std::function<void()>& fn) { with_others_stopped(&self, fn); }
+
+void VcpuGroup::with_others_stopped(const Cpu* caller, const std::function<void()>& fn) {
   std::unique_lock lock(mutex_);
-  // Another vCPU's exclusive run goes first: park for it like any other vCPU.
+  // The caller counts as running only if it is one of the group's vCPUs.
+  const Cpu* self = std::find(cpus_.begin(), cpus_.end(), caller) != cpus_.end() ? caller : nullptr;
+  const unsigned mine = self ? 1 : 0;
+  // Another exclusive run goes first: a calling vCPU parks for it like any other vCPU.
   while (exclusive_) {
-    --running_;
+    running_ -= mine;
     changed_.notify_all();
     changed_.wait(lock, [&] { return !exclusive_; });
-    ++running_;
+    running_ += mine;
   }
   exclusive_ = true;
   for (Cpu* c : cpus_)
-    if (c != &self) c->request_service();
-  changed_.wait(lock, [&] { return running_ == 1; });
+    if (c != self) c->request_service();
+  changed_.wait(lock, [&] { return running_ == mine; });
   lock.unlock();
-  try {
-    fn();
-  } catch (...) {
-    {
-      std::lock_guard relock(mutex_);
-      exclusive_ = false;
+  struct Release {
+    VcpuGroup& group;
+    ~Release() {
+      {
+        std::lock_guard relock(group.mutex_);
+        group.exclusive_ = false;
+      }
+      group.changed_.notify_all();
     }
-    changed_.notify_all();
-    throw;
-  }
-  {
-    std::lock_guard relock(mutex_);
-    exclusive_ = false;
-  }
-  changed_.notify_all();
+  } release{*this};
+  fn();
 }
 
 }  // namespace keel::emu

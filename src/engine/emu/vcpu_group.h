@@ -55,6 +55,9 @@ class VcpuGroup {
   void park_if_requested(Cpu& self);
 
  private:
+  // Stops every vCPU of the group but `caller` (when it is one of them) outside guest code, runs
+  // `fn`, and lets them go, also when `fn` throws. Waits for another exclusive run first.
+  void with_others_stopped(const Cpu* caller, const std::function<void()>& fn);
   const uint64_t pages_;
   std::unique_ptr<std::atomic<uint8_t>[]> code_;
 
