@@ -46,6 +46,7 @@ namespace {
 struct RunOptions {
   std::string kernel, initrd, test_guest, control, log_file;
   std::string restore;   // --restore DIR: the VM saved there instead of a new one
+  std::vector<std::string> restore_files;  // --restore-files STATE,MEMORY: the daemon's, one by one
   std::string incoming;  // --incoming URI: the VM a `migrate` sends there
   int ready_fd = -1;  // --ready-fd: told once the control socket listens (the daemon's spawn)
   std::optional<std::string> cmdline;
@@ -340,22 +341,36 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
   if (options.ready_fd >= 0 && config.control_socket.empty())
     throw UsageError("--ready-fd needs --control");
   std::optional<migration::Incoming> incoming;
-  if (!options.restore.empty() && !options.incoming.empty())
+  std::optional<snapshot::Files> restore;
+  if (!options.restore.empty() && !options.restore_files.empty())
+    throw UsageError("--restore and --restore-files are mutually exclusive");
+  if (!options.restore.empty()) restore = snapshot::Files::in(options.restore);
+  if (options.restore_files.size() == 2) restore = snapshot::Files{options.restore_files[0], options.restore_files[1]};
+  if (restore && !options.incoming.empty())
     throw UsageError("--restore and --incoming are mutually exclusive");
-  if (options.verify_memory && options.restore.empty()) throw UsageError("--verify-memory goes with --restore");
-  if (!options.restore.empty() || !options.incoming.empty()) {
-    const char* flag = options.restore.empty() ? "--incoming" : "--restore";
+  if (options.verify_memory && !restore) throw UsageError("--verify-memory goes with --restore");
+  if (restore || !options.incoming.empty()) {
+    const char* flag = restore ? "--restore" : "--incoming";
     if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
         !options.nets.empty() || !options.cloud_init.empty())
       throw UsageError(std::string(flag) + " takes the VM's kernel, disks and networks from the VM it continues");
     VmConfig saved;
     if (!options.incoming.empty()) {
-      UniqueFd listener = migration::listen_on(migration::parse_uri(options.incoming));
-      std::fprintf(stderr, "keel: waiting for the incoming VM on %s\n", options.incoming.c_str());
-      incoming = migration::receive(listener.get(), "migration stream from " + options.incoming);
+      const std::string what = "migration stream from " + options.incoming;
+      if (options.incoming.rfind("fd:", 0) == 0) {
+        // An inherited socket (the daemon's `keel migrate` listens for its VMM): listening, or
+        // already connected to the source.
+        UniqueFd fd(migration::parse_fd_uri(options.incoming));
+        incoming = migration::is_listening(fd.get()) ? migration::receive(fd.get(), what)
+                                                      : migration::receive_connected(std::move(fd), what);
+      } else {
+        UniqueFd listener = migration::listen_on(migration::parse_uri(options.incoming));
+        std::fprintf(stderr, "keel: waiting for the incoming VM on %s\n", options.incoming.c_str());
+        incoming = migration::receive(listener.get(), what);
+      }
       saved = snapshot::config_of(incoming->state);
     } else {
-      saved = snapshot::read_config(options.restore);
+      saved = snapshot::config_of(snapshot::read_state_file(restore->state));
     }
     // The guest's configuration is the one it was saved or sent with; where it is served from is
     // this run's.
@@ -408,8 +423,8 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
     if (::send(incoming->connection.get(), &ack, 1, MSG_NOSIGNAL) != 1)
       throw Error("migration: the source went away before the VM was taken over");
     incoming.reset();
-  } else if (!options.restore.empty()) {
-    owned = std::make_unique<Machine>(config, options.restore);
+  } else if (restore) {
+    owned = std::make_unique<Machine>(config, *restore);
   } else {
     owned = std::make_unique<Machine>(config);
   }
@@ -506,10 +521,16 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_flag("--paused", o->paused, "Start with the vCPUs stopped (resume through --control)");
   sub->add_option("--incoming", o->incoming,
                   "Wait for a VM migrated here from another keel (the control socket's migrate) on "
-                  "unix:PATH or tcp:HOST:PORT, then run it");
+                  "unix:PATH, tcp:HOST:PORT or fd:N (an inherited socket, listening or connected), "
+                  "then run it");
   sub->add_option("--restore", o->restore,
                   "Continue the VM saved in this snapshot directory (the control socket's "
                   "snapshot-save) instead of booting a new one");
+  sub->add_option("--restore-files", o->restore_files,
+                  "The state and memory files of a snapshot, one by one (as the daemon passes them)")
+      ->delimiter(',')
+      ->expected(2)
+      ->group("");  // for the daemon
   sub->add_flag("--verify-memory", o->verify_memory,
                 "With --restore: read the whole memory file and check every page's checksum before "
                 "the VM runs (a restore otherwise maps RAM lazily and checks the file's size and "

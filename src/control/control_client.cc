@@ -101,6 +101,27 @@ UniqueFd ControlClient::attach_console(const std::string& path, std::chrono::mil
 
 void ControlClient::send(const json& message) { write_all(fd_.get(), message.dump() + "\n"); }
 
+void send_with_fd(int socket, std::string_view bytes, int fd) {
+  // The descriptor rides on the message's first byte; the rest follows as a plain write.
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  ssize_t n;
+  do n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) throw_errno("control socket: sending a file descriptor");
+  if (static_cast<size_t>(n) < bytes.size()) write_all(socket, bytes.substr(static_cast<size_t>(n)));
+}
+
 std::vector<json> ControlClient::read_messages() {
   char buf[16384];
   ssize_t n;
@@ -143,11 +164,19 @@ json ControlClient::read_one(Clock::time_point deadline) {
 
 json ControlClient::execute(const std::string& command, json arguments,
                             std::chrono::milliseconds timeout) {
+  return execute_passing(command, std::move(arguments), -1, timeout);
+}
+
+json ControlClient::execute_passing(const std::string& command, json arguments, int fd,
+                                    std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   uint64_t id = next_id_++;
   json request{{"execute", command}, {"id", id}};
   if (!arguments.empty()) request["arguments"] = std::move(arguments);
-  send(request);
+  if (fd >= 0)
+    send_with_fd(fd_.get(), request.dump() + "\n", fd);
+  else
+    send(request);
   for (;;) {
     json message = read_one(deadline);
     if (message.contains("event")) {

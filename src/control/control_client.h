@@ -6,6 +6,7 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -25,6 +26,9 @@ class ControlError : public Error {
  private:
   std::string klass_;
 };
+
+// Writes `bytes` to a connected unix socket with `fd` attached to them (SCM_RIGHTS).
+void send_with_fd(int socket, std::string_view bytes, int fd);
 
 class ControlClient {
  public:
@@ -48,6 +52,9 @@ class ControlClient {
   nlohmann::json execute(const std::string& command,
                          nlohmann::json arguments = nlohmann::json::object(),
                          std::chrono::milliseconds timeout = kDefaultTimeout);
+  // The same with descriptor `fd` sent along (SCM_RIGHTS), as `getfd` expects it.
+  nlohmann::json execute_passing(const std::string& command, nlohmann::json arguments, int fd,
+                                 std::chrono::milliseconds timeout = kDefaultTimeout);
   // The next asynchronous event, waiting up to `timeout`; nullopt if none came.
   std::optional<nlohmann::json> next_event(std::chrono::milliseconds timeout);
 

@@ -9,7 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
+#include <cstring>
 #include <optional>
 
 #include "base/error.h"
@@ -52,11 +54,24 @@ void expect_no_arguments(const std::string& command, const json& args) {
   }
 }
 
+// Descriptors a client may have sent and not named yet, and names held at once.
+constexpr size_t kMaxPassedFds = 4;
+constexpr size_t kMaxNamedFds = 16;
+
+// A descriptor name (getfd's "fdname"): what QEMU accepts, a short identifier.
+bool valid_fd_name(const std::string& name) {
+  if (name.empty() || name.size() > 64 || std::isdigit(static_cast<unsigned char>(name[0]))) return false;
+  for (char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  return true;
+}
+
 const char* const kCommands[] = {
     "qmp_capabilities", "query-status",  "query-cpus-fast", "query-cpus", "query-commands",
     "query-version",    "query-name",    "query-kvm",       "stop",       "cont",
     "system_powerdown", "system_reset",  "quit",            "human-monitor-command",
-    "console-attach",   "query-stats",   "snapshot-save",   "migrate",    "query-migrate"};
+    "console-attach",   "query-stats",   "snapshot-save",   "migrate",    "query-migrate",
+    "getfd",            "closefd"};
 
 // The QMP dialect keel speaks is a subset of QEMU 7.2's (Debian 12's) schema: the commands above
 // with 7.2's names and reply shapes. Clients gate features on the greeting's version, so it
@@ -323,7 +338,28 @@ void ControlServer::handle_readable(uint64_t id) {
     auto it = clients_.find(id);
     if (it == clients_.end()) return;
     Client& client = it->second;
-    ssize_t n = ::recv(client.fd.get(), buf, sizeof(buf), 0);
+    // Descriptors may come with a message (getfd): at most kMaxPassedFds wait per client, more
+    // are closed at once (MSG_CMSG_CLOEXEC: none leaks into a child).
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxPassedFds)];
+    iovec iov{buf, sizeof(buf)};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n = ::recvmsg(client.fd.get(), &msg, MSG_CMSG_CLOEXEC);
+    if (n > 0) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          UniqueFd owned(fd);
+          if (client.passed_fds.size() < kMaxPassedFds) client.passed_fds.push_back(std::move(owned));
+        }
+      }
+    }
     if (n == 0) {
       close_client(id);
       return;
@@ -555,26 +591,44 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
     return json::object();
   }
   if (name == "snapshot-save") {
-    // {"path": DIR, "resume": bool = true}
+    // {"path": DIR, "resume": bool = true}, or instead of "path" the two files as descriptors
+    // named with getfd: {"state-fd": NAME, "memory-fd": NAME} (a confined VMM opens nothing).
     bool resume = true;
-    std::string path;
+    std::string path, state_fd, memory_fd;
     for (const auto& [key, value] : args.items()) {
-      if (key == "path" && value.is_string())
-        path = value.get<std::string>();
+      bool is_string_key = key == "path" || key == "state-fd" || key == "memory-fd";
+      if (is_string_key && value.is_string())
+        (key == "path" ? path : key == "state-fd" ? state_fd : memory_fd) = value.get<std::string>();
       else if (key == "resume" && value.is_boolean())
         resume = value.get<bool>();
-      else if (key == "path" || key == "resume")
+      else if (is_string_key || key == "resume")
         throw CommandError{"GenericError", "Invalid parameter type for '" + key + "', expected: " +
-                                               (key == "path" ? "string" : "boolean")};
+                                               (is_string_key ? "string" : "boolean")};
       else
         throw CommandError{"GenericError", "Parameter '" + key + "' is unexpected for 'snapshot-save'"};
+    }
+    if (!state_fd.empty() || !memory_fd.empty()) {
+      if (!path.empty())
+        throw CommandError{"GenericError", "snapshot-save takes 'path' or 'state-fd' and 'memory-fd', not both"};
+      if (state_fd.empty() || memory_fd.empty())
+        throw CommandError{"GenericError", std::string("Parameter '") +
+                                               (state_fd.empty() ? "state-fd" : "memory-fd") + "' is missing"};
+      if (state_fd == memory_fd)
+        throw CommandError{"GenericError", "'state-fd' and 'memory-fd' name the same descriptor"};
+      if (!named_fds_.count(state_fd) || !named_fds_.count(memory_fd))
+        throw CommandError{"GenericError", "File descriptor named '" +
+                                               (named_fds_.count(state_fd) ? memory_fd : state_fd) +
+                                               "' has not been found"};
+      UniqueFd state = take_named_fd(state_fd), memory = take_named_fd(memory_fd);
+      target_.snapshot_save_to(state.get(), memory.get(), resume);
+      return json::object();
     }
     if (path.empty()) throw CommandError{"GenericError", "Parameter 'path' is missing"};
     target_.snapshot_save(path, resume);
     return json::object();
   }
   if (name == "migrate") {
-    // {"uri": "unix:PATH" | "tcp:HOST:PORT", "downtime-limit": ms = 300}
+    // {"uri": "unix:PATH" | "tcp:HOST:PORT" | "fd:NAME", "downtime-limit": ms = 300}
     std::string uri;
     uint64_t downtime = 300;
     for (const auto& [key, value] : args.items()) {
@@ -586,7 +640,38 @@ json ControlServer::run_command(Client& client, const std::string& name, const j
         throw CommandError{"GenericError", "Parameter '" + key + "' is unexpected or of the wrong type for 'migrate'"};
     }
     if (uri.empty()) throw CommandError{"GenericError", "Parameter 'uri' is missing"};
+    if (uri.rfind("fd:", 0) == 0) {
+      // A connected stream socket the client passed with getfd (QEMU's "fd:" migration).
+      target_.migrate_to_fd(take_named_fd(uri.substr(3)), downtime);
+      return json::object();
+    }
     target_.migrate(uri, downtime);
+    return json::object();
+  }
+  if (name == "getfd") {
+    // {"fdname": NAME}: names the descriptor sent with this message (SCM_RIGHTS).
+    if (!args.contains("fdname") || !args["fdname"].is_string())
+      throw CommandError{"GenericError", "Parameter 'fdname' is missing or not a string"};
+    for (const auto& [key, value] : args.items())
+      if (key != "fdname") throw CommandError{"GenericError", "Parameter '" + key + "' is unexpected for 'getfd'"};
+    std::string fdname = args["fdname"].get<std::string>();
+    if (!valid_fd_name(fdname))
+      throw CommandError{"GenericError", "Parameter 'fdname' expects an identifier (letters, digits, '-', '_', '.'; "
+                                         "not starting with a digit; at most 64 characters)"};
+    if (client.passed_fds.empty())
+      throw CommandError{"GenericError", "No file descriptor supplied via SCM_RIGHTS"};
+    UniqueFd fd = std::move(client.passed_fds.front());
+    client.passed_fds.pop_front();
+    if (!named_fds_.count(fdname) && named_fds_.size() >= kMaxNamedFds)
+      throw CommandError{"GenericError", "too many named file descriptors (" + std::to_string(kMaxNamedFds) +
+                                             "); close some with closefd"};
+    named_fds_[fdname] = std::move(fd);  // a name given again refers to the new descriptor
+    return json::object();
+  }
+  if (name == "closefd") {
+    if (!args.contains("fdname") || !args["fdname"].is_string() || args.size() != 1)
+      throw CommandError{"GenericError", "closefd takes one parameter, 'fdname' (a string)"};
+    take_named_fd(args["fdname"].get<std::string>());
     return json::object();
   }
   if (name == "query-migrate") {
@@ -649,6 +734,15 @@ void ControlServer::update_interest(uint64_t id, Client& client) {
   if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, client.fd.get(), &ev) == 0) client.want_out = want;
 }
 
+UniqueFd ControlServer::take_named_fd(const std::string& name) {
+  auto it = named_fds_.find(name);
+  if (it == named_fds_.end())
+    throw CommandError{"GenericError", "File descriptor named '" + name + "' has not been found"};
+  UniqueFd fd = std::move(it->second);
+  named_fds_.erase(it);
+  return fd;
+}
+
 void ControlServer::close_client(uint64_t id) {
   auto it = clients_.find(id);
   if (it == clients_.end()) return;
@@ -683,7 +777,7 @@ void ControlServer::drain_pending() {
 
 sandbox::AllowList ControlServer::syscalls() {
   return {
-      {"accept4"}, {"recvfrom"}, {"sendto"}, {"shutdown"},
+      {"accept4"}, {"recvfrom"}, {"recvmsg"}, {"sendto"}, {"shutdown"},
       {"epoll_wait"}, {"epoll_ctl"}, {"read"}, {"poll"}, {"timerfd_settime"},
       // Removing the socket file when it closes: a confined VMM's root does not hold it (the
       // daemon removes it), so the call fails harmlessly.

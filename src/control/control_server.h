@@ -8,7 +8,11 @@
 //   server -> {"event": "STOP", "data": {...}, "timestamp": {"seconds": S, "microseconds": U}}
 // Commands: qmp_capabilities, query-status, query-cpus-fast (query-cpus is the same), query-version,
 // query-name, query-kvm, query-stats, query-commands, stop, cont, system_powerdown, system_reset,
-// quit, human-monitor-command (info registers, status, version, name, kvm, cpus), console-attach.
+// quit, human-monitor-command (info registers, status, version, name, kvm, cpus), console-attach,
+// snapshot-save, migrate, query-migrate, getfd, closefd.
+// `getfd` names a descriptor sent with its message (SCM_RIGHTS), as QEMU's: a confined VMM cannot
+// open files or sockets, so the daemon opens a snapshot's files or connects to a migration target
+// and hands the descriptors over (snapshot-save "state-fd"/"memory-fd", migrate "fd:NAME").
 // `console-attach` turns the connection
 // into a raw byte stream of the guest's serial console (output to the client, input to the guest)
 // after its reply line; that is how the daemon relays the console.
@@ -84,6 +88,9 @@ class ControlServer {
     bool closing = false;     // close once `out` is sent
     bool want_out = false;    // EPOLLOUT registered
     bool daemon = false;      // negotiated with the daemon's token
+    // Descriptors that came with this client's messages (SCM_RIGHTS), oldest first, waiting for
+    // the `getfd` that names them.
+    std::deque<UniqueFd> passed_fds;
     std::chrono::steady_clock::time_point accepted;
   };
 
@@ -101,6 +108,8 @@ class ControlServer {
   void drain_pending();
   void expire_unnegotiated();
   void arm_timer();
+  // The descriptor `getfd` named `name`, taken out of the table. Throws CommandError.
+  UniqueFd take_named_fd(const std::string& name);
 
   std::string path_;
   ControlTarget& target_;
@@ -110,6 +119,8 @@ class ControlServer {
   UniqueFd timer_;        // timerfd: the next negotiation deadline
   uint64_t next_id_ = 3;  // 0 = listening socket, 1 = wake eventfd, 2 = timer
   std::map<uint64_t, Client> clients_;
+  // Named with `getfd` (as QEMU's monitor): for snapshot-save's files and `migrate fd:NAME`.
+  std::map<std::string, UniqueFd> named_fds_;
 
   // Handed over from other threads (target callbacks), drained on the server's thread. Shared
   // with the callbacks so that a target calling them after the server is gone stays harmless.

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/fd.h"
 
 namespace keel::control {
 
@@ -81,6 +82,15 @@ class ControlTarget {
   // Starts a live migration to `uri` ("unix:PATH", "tcp:HOST:PORT"; vm/migration.h) and returns;
   // query_migrate() reports its progress as QMP's query-migrate does.
   virtual void migrate(const std::string& uri, uint64_t downtime_limit_ms) {
+    throw Error("this VM cannot migrate");
+  }
+  // The same into two files the client opened (a confined VMM opens none): the state file and
+  // the memory file, written from their start. Renaming them into place is the client's.
+  virtual void snapshot_save_to(int state_fd, int memory_fd, bool resume) {
+    throw Error("this VM cannot save snapshots");
+  }
+  // migrate over a stream socket the client connected to the target ("fd:NAME").
+  virtual void migrate_to_fd(UniqueFd connection, uint64_t downtime_limit_ms) {
     throw Error("this VM cannot migrate");
   }
   virtual nlohmann::json query_migrate() { return nlohmann::json{{"status", "none"}}; }

@@ -1,6 +1,7 @@
 #include "control/machine_target.h"
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include <unistd.h>
 
@@ -131,13 +132,20 @@ void MachineTarget::reset() {
 
 void MachineTarget::quit() { machine_.shutdown(ShutdownReason::kQuit, "quit from the control socket"); }
 
+void MachineTarget::refuse_during_migration() {
+  // Both stop the VM and its devices; the snapshot's resume must not end a migration's stop.
+  std::lock_guard lock(migration_mutex_);
+  if (migration_.status == "active") throw Error("a migration is running: snapshot after it");
+}
+
 void MachineTarget::snapshot_save(const std::string& path, bool resume) {
-  {
-    // Both stop the VM and its devices; the snapshot's resume must not end a migration's stop.
-    std::lock_guard lock(migration_mutex_);
-    if (migration_.status == "active") throw Error("a migration is running: snapshot after it");
-  }
+  refuse_during_migration();
   machine_.save_snapshot(path, resume);
+}
+
+void MachineTarget::snapshot_save_to(int state_fd, int memory_fd, bool resume) {
+  refuse_during_migration();
+  machine_.save_snapshot_to(state_fd, memory_fd, resume);
 }
 
 MachineTarget::~MachineTarget() {
@@ -147,8 +155,21 @@ MachineTarget::~MachineTarget() {
 void MachineTarget::migrate(const std::string& uri, uint64_t downtime_limit_ms) {
   migration::Uri target = migration::parse_uri(uri);
   if (machine_.thread_launcher().confined())
-    throw Error("live migration needs an unconfined VMM (keel run --sandbox off): a confined one "
-                "cannot open sockets");
+    throw Error("a confined VMM cannot open sockets: migrate to a connected socket passed with "
+                "getfd (\"fd:NAME\", as the daemon's `keel migrate` does) or run with --sandbox off");
+  start_migration(std::move(target), UniqueFd(), downtime_limit_ms);
+}
+
+void MachineTarget::migrate_to_fd(UniqueFd connection, uint64_t downtime_limit_ms) {
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(connection.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
+    throw Error("migrate: the descriptor is not a connected stream socket");
+  start_migration(migration::Uri{}, std::move(connection), downtime_limit_ms);
+}
+
+void MachineTarget::start_migration(migration::Uri target, UniqueFd connection,
+                                    uint64_t downtime_limit_ms) {
   {
     std::lock_guard lock(migration_mutex_);
     if (migration_.status == "active") throw Error("a migration is already running");
@@ -157,10 +178,13 @@ void MachineTarget::migrate(const std::string& uri, uint64_t downtime_limit_ms) 
   if (migration_thread_.joinable()) migration_thread_.join();
   migration::Options options{std::chrono::milliseconds(downtime_limit_ms),
                              [this](const std::string& status) { emit(event::kMigration, {{"status", status}}); }};
-  migration_thread_ = std::thread([this, target, options] {
-    pthread_setname_np(pthread_self(), "keel-migrate");
-    migration::migrate(machine_, target, options, migration_, migration_mutex_);
-  });
+  // A main-loop thread: it pauses the VM and saves its state as the main loop's snapshot-save
+  // does, and under the sandbox it gets that filter (the launcher starts confined threads).
+  auto shared = std::make_shared<UniqueFd>(std::move(connection));
+  migration_thread_ = machine_.thread_launcher().start(
+      sandbox::ThreadKind::kMainLoop, "keel-migrate", [this, target, options, shared] {
+        migration::migrate(machine_, target, std::move(*shared), options, migration_, migration_mutex_);
+      });
 }
 
 nlohmann::json MachineTarget::query_migrate() {

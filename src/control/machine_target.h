@@ -40,6 +40,8 @@ class MachineTarget : public ControlTarget {
   void snapshot_save(const std::string& path, bool resume) override;
   // The migration runs on a thread of its own (`keel-migrate`), joined when the target goes.
   void migrate(const std::string& uri, uint64_t downtime_limit_ms) override;
+  void snapshot_save_to(int state_fd, int memory_fd, bool resume) override;
+  void migrate_to_fd(UniqueFd connection, uint64_t downtime_limit_ms) override;
   nlohmann::json query_migrate() override;
   ~MachineTarget() override;
   void set_event_callback(EventCallback callback) override;
@@ -51,6 +53,8 @@ class MachineTarget : public ControlTarget {
  private:
   void on_machine_event(const MachineEvent& event);
   void emit(const char* name, nlohmann::json data);
+  void start_migration(migration::Uri uri, UniqueFd connection, uint64_t downtime_limit_ms);
+  void refuse_during_migration();
 
   Machine& machine_;
   std::mutex mutex_;  // guards the callbacks and last_ (listeners run on any thread)

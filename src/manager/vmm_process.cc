@@ -220,7 +220,7 @@ VmmLink::VmmLink(pid_t pid, UniqueFd pidfd, bool is_child, std::string control_p
 }
 
 json VmmLink::execute(const std::string& command, json arguments,
-                      std::chrono::milliseconds timeout) {
+                      std::chrono::milliseconds timeout, int pass_fd) {
   std::future<json> reply;
   {
     std::lock_guard lock(mutex_);
@@ -230,7 +230,10 @@ json VmmLink::execute(const std::string& command, json arguments,
     if (!arguments.empty()) request["arguments"] = std::move(arguments);
     reply = pending_[id].get_future();
     try {
-      control_.send(request);
+      if (pass_fd >= 0)
+        control::send_with_fd(control_.fd(), request.dump() + "\n", pass_fd);
+      else
+        control_.send(request);
     } catch (...) {
       pending_.erase(id);
       throw;

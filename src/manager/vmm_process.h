@@ -87,7 +87,8 @@ class VmmLink {
   // Throws control::ControlError for an error reply, Error on timeout or when the VMM is gone.
   nlohmann::json execute(const std::string& command,
                          nlohmann::json arguments = nlohmann::json::object(),
-                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                         int pass_fd = -1);  // sent along with the command (getfd)
   // Thread-safe: bytes for the guest's serial input.
   void console_write(std::string_view bytes);
   // Thread-safe: signals the process through its pidfd (immune to pid reuse).

@@ -95,11 +95,14 @@ Machine::Machine(VmConfig config, EngineFactory engine_factory) : config_(std::m
 }
 
 Machine::Machine(VmConfig config, const std::filesystem::path& snapshot_dir, EngineFactory engine_factory)
+    : Machine(std::move(config), snapshot::Files::in(snapshot_dir), std::move(engine_factory)) {}
+
+Machine::Machine(VmConfig config, const snapshot::Files& files, EngineFactory engine_factory)
     : config_(std::move(config)) {
   config_.validate();
-  state::Document snapshot = snapshot::read_state(snapshot_dir);
-  UniqueFd ram =
-      snapshot::open_memory(snapshot_dir, snapshot, config_.memory_bytes, config_.verify_snapshot_memory);
+  state::Document snapshot = snapshot::read_state_file(files.state);
+  UniqueFd ram = snapshot::open_memory_file(files.memory, snapshot, config_.memory_bytes,
+                                            config_.verify_snapshot_memory);
   build(std::move(engine_factory), std::make_unique<GuestMemory>(config_.memory_bytes, ram.get()),
         &snapshot);
 }
@@ -482,6 +485,9 @@ sandbox::SyscallPolicy Machine::syscall_policy() const {
       {"openat"}, {"mkdir"}, {"mkdirat"}, {"pwrite64"}, {"pread64"}, {"fsync"}, {"lseek"},
       {"rename"}, {"renameat"}, {"renameat2"}, {"newfstatat"}, {"fstat"}, {"statx"},
   });
+  // Live migration over a socket the daemon connected and passed (migrate "fd:NAME"): the
+  // migration thread is a main-loop thread that sends RAM and state and waits for the answer.
+  policy.allow(ThreadKind::kMainLoop, {{"sendto"}, {"recvfrom"}, {"getsockopt"}});
   return policy;
 }
 

@@ -32,6 +32,7 @@
 #include "memory/guest_memory.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/thread_launcher.h"
+#include "vm/snapshot.h"
 #include "vm/vm_config.h"
 
 namespace keel {
@@ -95,6 +96,7 @@ class Machine final : public PowerControl {
   // nothing half-restored survives (the exception destroys the machine).
   Machine(VmConfig config, const std::filesystem::path& snapshot_dir,
           EngineFactory engine_factory = nullptr);
+  Machine(VmConfig config, const snapshot::Files& files, EngineFactory engine_factory = nullptr);
   // The same from a migration stream's RAM and state (vm/migration.h).
   Machine(VmConfig config, std::unique_ptr<GuestMemory> memory, const state::Document& state,
           EngineFactory engine_factory = nullptr);
@@ -170,6 +172,9 @@ class Machine final : public PowerControl {
   // and `resume`. Any thread but a vCPU's, while running or paused. Throws Error naming the
   // cause; the VM then goes on as before.
   void save_snapshot(const std::filesystem::path& dir, bool resume = true);
+  // The same into two files the caller opened for writing (a confined VMM opens none): the state
+  // file and the memory file, each written from its start. Renaming them is the caller's.
+  void save_snapshot_to(int state_fd, int memory_fd, bool resume = true);
   // Live migration's last step (vm/migration.cc): pauses the VM, quiesces its devices and calls
   // `send` with the complete non-RAM state (a state file's bytes). If `send` throws, the devices
   // and the VM go on as before and the exception propagates; if it returns, the machine stays
@@ -186,6 +191,9 @@ class Machine final : public PowerControl {
   void save_state(state::Writer& out);
   void restore_state(const state::Document& in);
   void set_devices_quiesced(bool quiesced);
+  // Pauses and quiesces, saves the state into a writer and lets `write` finish it; then the VM
+  // goes on (resumed if it ran and `resume_after`), also when `write` throws.
+  void with_quiesced(bool resume_after, const std::function<void(state::Writer&)>& write);
   void load_guest();
   void vcpu_thread(Vcpu& vcpu);
   void set_state(MachineState state, std::unique_lock<std::mutex>& lock);

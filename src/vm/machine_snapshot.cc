@@ -94,24 +94,38 @@ void Machine::stop_and_send(const std::function<void(std::vector<uint8_t> state)
 }
 
 void Machine::save_snapshot(const fs::path& dir, bool resume_after) {
-  MachineState before = state();
-  if (before != MachineState::kRunning && before != MachineState::kPaused)
-    throw Error(std::string("snapshot: the VM is ") + to_string(before) + ", not running or paused");
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error("snapshot: cannot create " + dir.string() + ": " + ec.message());
-
-  pause();
-  set_devices_quiesced(true);
-  try {
-    state::Writer out;
-    save_state(out);
+  with_quiesced(resume_after, [&](state::Writer& out) {
     // RAM first, under a temporary name: a VM restored from this very directory maps the old
     // memory file, which must stay intact until it is replaced by rename.
     fs::path memory_tmp = dir / (std::string(snapshot::kMemoryFile) + ".tmp");
     snapshot::write_memory(*memory_, memory_tmp, out.section("memory", snapshot::kMemoryVersion));
     fs::rename(memory_tmp, dir / snapshot::kMemoryFile);
     snapshot::write_file_atomically(dir / snapshot::kStateFile, out.finish());
+  });
+  log::info("snapshot saved to {}", dir.string());
+}
+
+void Machine::save_snapshot_to(int state_fd, int memory_fd, bool resume_after) {
+  with_quiesced(resume_after, [&](state::Writer& out) {
+    snapshot::write_memory(*memory_, memory_fd, "the memory file passed", out.section("memory", snapshot::kMemoryVersion));
+    snapshot::write_file(state_fd, out.finish(), "the state file passed");
+  });
+  log::info("snapshot saved to the files passed");
+}
+
+void Machine::with_quiesced(bool resume_after, const std::function<void(state::Writer&)>& write) {
+  MachineState before = state();
+  if (before != MachineState::kRunning && before != MachineState::kPaused)
+    throw Error(std::string("snapshot: the VM is ") + to_string(before) + ", not running or paused");
+  pause();
+  set_devices_quiesced(true);
+  try {
+    state::Writer out;
+    save_state(out);
+    write(out);
   } catch (...) {
     set_devices_quiesced(false);
     if (before == MachineState::kRunning) this->resume();
@@ -119,7 +133,6 @@ void Machine::save_snapshot(const fs::path& dir, bool resume_after) {
   }
   set_devices_quiesced(false);
   if (before == MachineState::kRunning && resume_after) resume();
-  log::info("snapshot saved to {}", dir.string());
 }
 
 }  // namespace keel

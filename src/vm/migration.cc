@@ -1,6 +1,7 @@
 #include "vm/migration.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -226,8 +227,8 @@ UniqueFd listen_on(const Uri& uri) {
   return fd;
 }
 
-void migrate(Machine& machine, const Uri& uri, const Options& options, Status& status,
-             std::mutex& mutex) {
+void migrate(Machine& machine, const Uri& uri, UniqueFd connection, const Options& options,
+             Status& status, std::mutex& mutex) {
   auto start = Clock::now();
   auto announce = [&](const char* s) {
     if (options.on_status) options.on_status(s);
@@ -235,7 +236,7 @@ void migrate(Machine& machine, const Uri& uri, const Options& options, Status& s
   update(mutex, [&] { status = Status{}; status.status = "active"; });
   announce("active");
   try {
-    UniqueFd fd = connect_to(uri, std::chrono::seconds(10));
+    UniqueFd fd = connection ? std::move(connection) : connect_to(uri, std::chrono::seconds(10));
     int one = 1;
     if (uri.kind == Uri::Kind::kTcp) ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     const GuestMemory& memory = machine.memory();
@@ -340,10 +341,38 @@ void migrate(Machine& machine, const Uri& uri, const Options& options, Status& s
   }
 }
 
+int parse_fd_uri(const std::string& text) {
+  std::string number = text.substr(3);
+  char* end = nullptr;
+  long fd = std::strtol(number.c_str(), &end, 10);
+  if (text.rfind("fd:", 0) != 0 || number.empty() || *end != 0 || fd < 3 || fd > 1023)
+    throw UsageError("incoming URI '" + text + "' is not fd:N with N an inherited descriptor (3 or more)");
+  if (::fcntl(static_cast<int>(fd), F_GETFD) < 0)
+    throw UsageError("incoming URI '" + text + "': descriptor " + number + " is not open");
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
+    throw UsageError("incoming URI '" + text + "': descriptor " + number + " is not a stream socket");
+  // Ours from now on: not passed to anything keel might start.
+  ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);
+  return static_cast<int>(fd);
+}
+
+bool is_listening(int fd) {
+  int listening = 0;
+  socklen_t len = sizeof listening;
+  return ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening;
+}
+
 Incoming receive(int listener, const std::string& what) {
+  UniqueFd connection(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+  if (!connection) throw_errno("migration: accept");
+  return receive_connected(std::move(connection), what);
+}
+
+Incoming receive_connected(UniqueFd connection, const std::string& what) {
   Incoming in;
-  in.connection.reset(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
-  if (!in.connection) throw_errno("migration: accept");
+  in.connection = std::move(connection);
   int fd = in.connection.get();
   state::RecordReader reader(
       [fd](std::span<uint8_t> buf) {

@@ -66,11 +66,12 @@ struct Options {
   std::function<void(const std::string& status)> on_status;
 };
 
-// Runs a migration of `machine` to `uri` on the calling thread (the control target's migration
+// Runs a migration of `machine` to `uri` (or over `connection` when it is open: a stream socket
+// someone else connected, "fd:NAME") on the calling thread (the control target's migration
 // thread); `status` is updated under `mutex` as it goes. On success the machine is shut down
-// ("migrated to URI"); on failure it runs on as before and status says why.
-void migrate(Machine& machine, const Uri& uri, const Options& options, Status& status,
-             std::mutex& mutex);
+// ("migrated"); on failure it runs on as before and status says why.
+void migrate(Machine& machine, const Uri& uri, UniqueFd connection, const Options& options,
+             Status& status, std::mutex& mutex);
 
 // What the target receives before it builds its machine.
 struct Incoming {
@@ -82,6 +83,13 @@ struct Incoming {
 // Accepts one connection on `listener` and reads a whole migration stream from it. Throws
 // state::StateError naming what is wrong with the stream.
 Incoming receive(int listener, const std::string& what);
+// The same from a stream that is already connected.
+Incoming receive_connected(UniqueFd connection, const std::string& what);
+
+// `keel run --incoming fd:N`: an inherited descriptor, a listening socket (one connection is
+// accepted, as from the daemon's `keel migrate`) or a connected stream. Throws UsageError.
+int parse_fd_uri(const std::string& text);
+bool is_listening(int fd);
 
 }  // namespace migration
 }  // namespace keel

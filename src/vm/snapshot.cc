@@ -188,10 +188,11 @@ VmConfig load_config(const state::SectionReader& in) {
   return c;
 }
 
-state::Document read_state(const fs::path& dir) {
-  fs::path file = dir / kStateFile;
+state::Document read_state(const fs::path& dir) { return read_state_file(dir / kStateFile); }
+
+state::Document read_state_file(const fs::path& file) {
   UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) throw state::StateError("snapshot " + dir.string() + ": cannot open its state file: " + std::strerror(errno));
+  if (!fd) throw state::StateError("snapshot " + file.parent_path().string() + ": cannot open its state file " + file.filename().string() + ": " + std::strerror(errno));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) throw_errno("snapshot: fstat " + file.string());
   if (!S_ISREG(st.st_mode)) throw state::StateError(file.string() + ": not a regular file");
@@ -229,16 +230,23 @@ VmConfig config_of(const state::Document& doc) {
 void write_memory(const GuestMemory& memory, const fs::path& file, state::SectionWriter& out) {
   UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd) throw_errno("snapshot: create " + file.string());
+  write_memory(memory, fd.get(), file, out);
+}
+
+void write_memory(const GuestMemory& memory, int fd, const fs::path& file,
+                  state::SectionWriter& out) {
   const uint8_t* ram = memory.ram_base();
   const uint64_t size = memory.ram_size();
-  if (::ftruncate(fd.get(), static_cast<off_t>(size + kPageSize)) != 0) throw_errno("snapshot: size " + file.string());
+  // Emptied first: zero pages are holes, which must not keep what a passed file held before.
+  if (::ftruncate(fd, 0) != 0 || ::ftruncate(fd, static_cast<off_t>(size + kPageSize)) != 0)
+    throw_errno("snapshot: size " + file.string());
   uint32_t crc = 0;
   uint64_t pages = 0;
   // Runs of non-zero pages are written with one pwrite; zero pages stay holes.
   uint64_t run = 0, run_len = 0;
   for (uint64_t off = 0; off < size; off += kPageSize) {
     if (zero_page(ram + off)) {
-      if (run_len) write_all(fd.get(), ram + run, run_len, static_cast<off_t>(run), file);
+      if (run_len) write_all(fd, ram + run, run_len, static_cast<off_t>(run), file);
       run_len = 0;
       continue;
     }
@@ -247,13 +255,13 @@ void write_memory(const GuestMemory& memory, const fs::path& file, state::Sectio
     if (!run_len) run = off;
     run_len += kPageSize;
   }
-  if (run_len) write_all(fd.get(), ram + run, run_len, static_cast<off_t>(run), file);
+  if (run_len) write_all(fd, ram + run, run_len, static_cast<off_t>(run), file);
   MemoryTrailer trailer;
   if (::getrandom(trailer.id.data(), trailer.id.size(), 0) != static_cast<ssize_t>(trailer.id.size()))
     throw_errno("snapshot: getrandom");
   auto encoded = trailer.encode(size);
-  write_all(fd.get(), encoded.data(), encoded.size(), static_cast<off_t>(size), file);
-  if (::fsync(fd.get()) != 0) throw_errno("snapshot: fsync " + file.string());
+  write_all(fd, encoded.data(), encoded.size(), static_cast<off_t>(size), file);
+  if (::fsync(fd) != 0) throw_errno("snapshot: fsync " + file.string());
   out.u64("ram_bytes", size);
   out.u64("pages", pages);
   out.u32("crc", crc);
@@ -261,8 +269,11 @@ void write_memory(const GuestMemory& memory, const fs::path& file, state::Sectio
 }
 
 UniqueFd open_memory(const fs::path& dir, const state::Document& st, uint64_t ram_bytes, bool verify) {
+  return open_memory_file(dir / kMemoryFile, st, ram_bytes, verify);
+}
+
+UniqueFd open_memory_file(const fs::path& file, const state::Document& st, uint64_t ram_bytes, bool verify) {
   const auto& m = st.section("memory", kMemoryVersion);
-  fs::path file = dir / kMemoryFile;
   std::string what = "snapshot memory file " + file.string();
   if (m.u64("ram_bytes") != ram_bytes)
     m.fail("RAM is " + std::to_string(m.u64("ram_bytes")) + " bytes, the configuration says " +
@@ -329,6 +340,12 @@ UniqueFd open_memory(const fs::path& dir, const state::Document& st, uint64_t ra
     throw state::StateError(what + ": fails its checksum (" + std::to_string(pages) + " pages in use, " +
                             std::to_string(m.u64("pages")) + " recorded)");
   return fd;
+}
+
+void write_file(int fd, std::span<const uint8_t> bytes, const fs::path& what) {
+  if (::ftruncate(fd, 0) != 0) throw_errno("snapshot: truncate " + what.string());
+  write_all(fd, bytes.data(), bytes.size(), 0, what);
+  if (::fsync(fd) != 0) throw_errno("snapshot: fsync " + what.string());
 }
 
 void write_file_atomically(const fs::path& path, std::span<const uint8_t> bytes) {

@@ -35,8 +35,16 @@ void save_config(const VmConfig& config, state::SectionWriter& out);
 // Throws StateError on a malformed section, or a disk that is missing or changed size.
 VmConfig load_config(const state::SectionReader& in);
 
+// A snapshot's two files: DIR/state and DIR/memory, or files named one by one (the daemon
+// passes a restoring VMM the files it opened as the VM's owner, as /proc/self/fd/N).
+struct Files {
+  std::filesystem::path state, memory;
+  static Files in(const std::filesystem::path& dir) { return {dir / kStateFile, dir / kMemoryFile}; }
+};
+
 // Reads and checks DIR/state.
 state::Document read_state(const std::filesystem::path& dir);
+state::Document read_state_file(const std::filesystem::path& file);
 // The configuration of the VM saved in DIR, its engine included (`keel run --restore`).
 VmConfig read_config(const std::filesystem::path& dir);
 // The same from a parsed state ("vm" and "engine" sections).
@@ -54,8 +62,15 @@ void write_memory(const GuestMemory& memory, const std::filesystem::path& file,
 // use (always for version 1 files, which have no trailer).
 UniqueFd open_memory(const std::filesystem::path& dir, const state::Document& state,
                      uint64_t ram_bytes, bool verify = false);
+UniqueFd open_memory_file(const std::filesystem::path& file, const state::Document& state,
+                          uint64_t ram_bytes, bool verify = false);
 
 // Writes `bytes` to `path` through a temporary file and rename(2).
 void write_file_atomically(const std::filesystem::path& path, std::span<const uint8_t> bytes);
+// The same into descriptors someone else opened (snapshot-save "state-fd"/"memory-fd"), from the
+// start of the file, which ends up holding exactly this; `what` names it in errors.
+void write_memory(const GuestMemory& memory, int fd, const std::filesystem::path& what,
+                  state::SectionWriter& out);
+void write_file(int fd, std::span<const uint8_t> bytes, const std::filesystem::path& what);
 
 }  // namespace keel::snapshot
