@@ -392,6 +392,61 @@ void add_client_verbs(CLI::App& app, Action& action) {
       }
     }));
   }
+  // save NAME DIR, snapshot NAME DIR: the VM's state to DIR (virsh save; snapshot keeps it
+  // running). Paths are made absolute here: the daemon does not share our directory.
+  for (bool keep_running : {false, true}) {
+    auto o = std::make_shared<ClientOptions>();
+    auto dir = std::make_shared<std::string>();
+    CLI::App* cmd = client_verb(app, keep_running ? "snapshot" : "save",
+                                keep_running ? "Save a running VM's state to a directory; it goes on running"
+                                             : "Save a VM's state to a directory and stop it (restore continues it)",
+                                *o);
+    cmd->add_option("dir", *dir, "The directory (created if missing; an older save there is replaced)")
+        ->required()
+        ->type_name("DIR");
+    cmd->callback(defer([o, dir, keep_running] {
+      std::string path = std::filesystem::absolute(*dir).lexically_normal().string();
+      o->api().call("POST", "/v1/vms/" + o->name + (keep_running ? "/snapshot" : "/save"), json{{"dir", path}});
+      std::printf(keep_running ? "Domain '%s' snapshot saved to %s\n" : "Domain '%s' saved to %s\n",
+                  o->name.c_str(), path.c_str());
+    }));
+  }
+  // restore DIR [--name NEW] [--paused]
+  {
+    auto o = std::make_shared<ClientOptions>();
+    auto dir = std::make_shared<std::string>();
+    auto name = std::make_shared<std::string>();
+    auto paused = std::make_shared<bool>(false);
+    CLI::App* cmd = client_verb(app, "restore", "Continue a VM saved with save or snapshot", *o, false);
+    cmd->add_option("dir", *dir, "The directory it was saved to")->required()->type_name("DIR");
+    cmd->add_option("--name", *name, "Restore it as a new VM of this name (the saved one's name by default)");
+    cmd->add_flag("--paused", *paused, "Leave its vCPUs stopped");
+    cmd->callback(defer([o, dir, name, paused] {
+      std::string path = std::filesystem::absolute(*dir).lexically_normal().string();
+      json body{{"dir", path}, {"paused", *paused}};
+      if (!name->empty()) body["name"] = *name;
+      json vm = o->api().call("POST", "/v1/restore", body);
+      std::printf("Domain '%s' restored from %s%s\n", vm.value("name", "?").c_str(), path.c_str(),
+                  *paused ? " (paused)" : "");
+    }));
+  }
+  // migrate NAME --to SOCKET [--downtime-limit MS]
+  {
+    auto o = std::make_shared<ClientOptions>();
+    auto to = std::make_shared<std::string>();
+    auto downtime = std::make_shared<uint64_t>(300);
+    CLI::App* cmd = client_verb(app, "migrate", "Live-migrate a running VM to another keel daemon", *o);
+    cmd->add_option("--to", *to, "The other daemon's API socket")->required()->type_name("SOCKET");
+    cmd->add_option("--downtime-limit", *downtime, "The longest pause allowed at the switch-over, in ms")
+        ->capture_default_str()
+        ->check(CLI::Range(uint64_t{1}, uint64_t{3'600'000}));
+    cmd->callback(defer([o, to, downtime] {
+      std::string target = std::filesystem::absolute(*to).lexically_normal().string();
+      o->api().call("POST", "/v1/vms/" + o->name + "/migrate",
+                    json{{"to", target}, {"downtime_limit_ms", *downtime}});
+      std::printf("Domain '%s' migrated to %s\n", o->name.c_str(), target.c_str());
+    }));
+  }
   // shutdown / reboot / destroy / suspend / resume NAME
   struct Simple {
     const char* verb;

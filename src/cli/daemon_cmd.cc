@@ -45,6 +45,9 @@ void add_daemon_verb(CLI::App& app, Action& action) {
   cmd->add_option("--vmm", options->vmm_binary, "The VMM executable (default: this keel)")
       ->group("");
   // Fault injection and shorter timings for the crash-safety tests; hidden from --help.
+  cmd->add_option("--migration-address", options->domains.migration_address,
+                  "The IPv4 address VMs migrated here from another daemon are received on")
+      ->capture_default_str();
   cmd->add_option("--test-kill-point", options->domains.test_kill_point)->group("");
   cmd->add_flag("--test-fail-start-record", options->domains.test_fail_start_record)->group("");
   cmd->add_option("--test-destroy-grace-ms", *destroy_grace_ms)->group("");

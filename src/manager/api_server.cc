@@ -293,6 +293,70 @@ void ApiServer::routes() {
     });
   }
 
+  // VM state (domains_state.cc): save, snapshot, restore, migrate and a migration's target.
+  auto fields = [](const json& body, std::initializer_list<const char*> known) {
+    for (auto& [key, value] : body.items()) {
+      bool ok = false;
+      for (const char* k : known) ok = ok || key == k;
+      if (!ok) throw UsageError("field '" + key + "': unknown field");
+    }
+  };
+  auto string_field = [](const json& body, const char* key, bool required) {
+    if (!body.contains(key)) {
+      if (required) throw UsageError(std::string("field '") + key + "': missing");
+      return std::string();
+    }
+    if (!body[key].is_string()) throw UsageError(std::string("field '") + key + "': expected a string");
+    return body[key].get<std::string>();
+  };
+  for (const char* verb : {"save", "snapshot"}) {
+    bool keep_running = std::string(verb) == "snapshot";
+    s.route("POST", std::string(R"(/v1/vms/([^/]+)/)") + verb, [=, this](Req req, Res res) {
+      guarded(res, [&] {
+        json body = body_object(req, false);
+        fields(body, {"dir"});
+        reply(res, 200, domains_.save(vm_name(req), string_field(body, "dir", true), req.peer, keep_running));
+      });
+    });
+  }
+  s.route("POST", "/v1/restore", [=, this](Req req, Res res) {
+    guarded(res, [&] {
+      json body = body_object(req, false);
+      fields(body, {"dir", "name", "paused"});
+      std::string name = string_field(body, "name", false);
+      if (!name.empty() && !valid_vm_name(name)) throw UsageError("field 'name': '" + name + "' is not a valid VM name");
+      if (body.contains("paused") && !body["paused"].is_boolean())
+        throw UsageError("field 'paused': expected a boolean");
+      reply(res, 200, domains_.restore(string_field(body, "dir", true), name, body.value("paused", false), req.peer));
+    });
+  });
+  s.route("POST", R"(/v1/vms/([^/]+)/migrate)", [=, this](Req req, Res res) {
+    guarded(res, [&] {
+      json body = body_object(req, false);
+      fields(body, {"to", "downtime_limit_ms"});
+      uint64_t downtime = 300;
+      if (body.contains("downtime_limit_ms")) {
+        if (!body["downtime_limit_ms"].is_number_unsigned() || body["downtime_limit_ms"].get<uint64_t>() > 3'600'000)
+          throw UsageError("field 'downtime_limit_ms': expected milliseconds, at most 3600000");
+        downtime = body["downtime_limit_ms"].get<uint64_t>();
+      }
+      // Only root moves a VM away: the target daemon defines it with the source's credentials.
+      if (!req.peer.is_root()) throw ConflictError("only root may migrate a VM to another daemon");
+      reply(res, 200, domains_.migrate(vm_name(req), string_field(body, "to", true), downtime));
+    });
+  });
+  s.route("POST", R"(/v1/vms/([^/]+)/incoming)", [=, this](Req req, Res res) {
+    guarded(res, [&] {
+      json body = body_object(req, false);
+      fields(body, {"definition"});
+      if (!body.contains("definition") || !body["definition"].is_object())
+        throw UsageError("field 'definition': expected the VM's definition (an object)");
+      std::string name = req.matches.at(0);
+      if (!valid_vm_name(name)) throw UsageError("'" + name + "' is not a valid VM name");
+      reply(res, 200, domains_.incoming(name, body["definition"], req.peer));
+    });
+  });
+
   // The console: GET streams the guest's output (chunked), POST sends the body as input.
   s.route("GET", R"(/v1/vms/([^/]+)/console)", [this](Req req, Res res) {
     guarded(res, [&] {

@@ -1,5 +1,6 @@
 #include "manager/domains.h"
 
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include "base/log.h"
 #include "control/control_client.h"
 #include "control/unix_socket.h"
+#include "manager/domain.h"
 #include "manager/vm_definition.h"
 #include "engine/engine_factory.h"
 #include "vm/vm_config.h"
@@ -25,34 +27,6 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-struct Domains::Domain {
-  explicit Domain(std::string n) : name(std::move(n)) {}
-  const std::string name;
-  std::mutex op;  // the per-VM command lock
-
-  std::mutex mutex;  // guards everything below
-  std::condition_variable changed;
-  std::string state = kStateShutOff;
-  std::string reason = "unknown";
-  bool removed = false;  // undefined while a command waited for `op`
-  std::shared_ptr<VmmLink> link;
-  uint64_t generation = 0;  // one per VMM process, so a late exit of an old one is ignored
-  bool destroy_requested = false;
-  bool reset_seen = false;     // RESET, or SHUTDOWN for a reset: restart after the exit
-  bool guest_reset = false;    // ... and the guest asked for it (crash-loop backoff applies)
-  bool shutdown_seen = false;  // SHUTDOWN: the exit is a clean shutdown
-  bool reboot_requested = false;  // `reboot`: once the guest powered off, boot it again
-  bool panicked = false;          // GUEST_PANICKED: on_crash decides what the exit means
-  bool start_failed = false;
-  Clock::time_point started_at;  // when the current VMM was let run
-  // Crash-loop backoff: the delay of the next quick restart (0: not in a loop); a restart
-  // waiting in the job queue is the one whose ticket matches while restart_pending.
-  std::chrono::milliseconds backoff{0};
-  bool keep_first_failure_log = false;
-  bool restart_pending = false;
-  uint64_t restart_ticket = 0;
-  std::shared_ptr<ByteHistory> console = std::make_shared<ByteHistory>();
-};
 
 namespace {
 
@@ -174,6 +148,10 @@ Domains::Domains(Store& store, DomainsOptions options)
 }
 
 Domains::~Domains() {
+  {
+    std::lock_guard lock(incoming_mutex_);
+    for (auto& t : incoming_threads_) t.join();
+  }
   {
     std::lock_guard lock(jobs_mutex_);
     jobs_stop_ = true;
@@ -443,6 +421,11 @@ std::pair<bool, json> Domains::put(const std::string& name, json document,
 void Domains::undefine(const std::string& name) {
   auto d = find(name);
   std::lock_guard op(d->op);
+  undefine_locked(d);
+}
+
+void Domains::undefine_locked(const std::shared_ptr<Domain>& d) {
+  const std::string& name = d->name;
   std::lock_guard lock(d->mutex);
   if (d->removed) throw NotFoundError("no VM named '" + name + "'");
   if (d->link || d->state != kStateShutOff) {
@@ -475,7 +458,8 @@ json Domains::start(const std::string& name, bool paused) {
 // A start, crash-safe: the VMM is recorded (pidfile) before it can run, and recorded in the store
 // before it is let run the guest; every failure on the way kills it. The numbered kill points are
 // where the tests SIGKILL the daemon (DomainsOptions::test_kill_point).
-void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
+void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused, const StartFrom* from_ptr) {
+  const StartFrom from = from_ptr ? *from_ptr : StartFrom{};
   bool first_failure_log = false;
   {
     std::lock_guard lock(d->mutex);
@@ -493,7 +477,11 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   const std::string pidfile = path_of(d->name, "pidfile");
   const std::string cgroup_path = path_of(d->name, "cgroup");
 
-  auto fail = [&](const std::string& why) {
+  // The descriptors a restoring VMM reads are named by their paths in what it reports.
+  std::vector<std::pair<std::string, std::string>> renames;
+  auto fail = [&](std::string why) {
+    for (const auto& [from_name, to_name] : renames)
+      for (size_t at; (at = why.find(from_name)) != std::string::npos;) why.replace(at, from_name.size(), to_name);
     std::filesystem::remove(pidfile);
     if (!cgroup_path.empty()) sandbox::Cgroup(cgroup_path).remove();
     std::lock_guard lock(d->mutex);
@@ -554,6 +542,26 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     for (const auto& note : notes) log::info("daemon: VM {}: {}", d->name, note);
   }
   std::vector<std::string> args = vmm_arguments(passed, control_path, log_path);
+  std::string started_reason = "booted";
+  if (from.state_fd >= 0 || from.listener >= 0) {
+    // The VM the VMM continues brings its configuration; its files keep the descriptor numbers
+    // they had when it was saved or sent (a definition opens them in one order), the snapshot's
+    // files or the listening socket come after them.
+    args = {"run", "--control", control_path, "--paused", "--log-file", log_path};
+    if (from.state_fd >= 0) {
+      spawn.fds.emplace_back(from.state_fd, next_fd);
+      spawn.fds.emplace_back(from.memory_fd, next_fd + 1);
+      std::string state_path = "/proc/self/fd/" + std::to_string(next_fd);
+      std::string memory_path = "/proc/self/fd/" + std::to_string(next_fd + 1);
+      args.insert(args.end(), {"--restore-files", state_path + "," + memory_path});
+      renames = {{state_path, from.state_name}, {memory_path, from.memory_name}};
+      started_reason = "restored";
+    } else {
+      spawn.fds.emplace_back(from.listener, next_fd);
+      args.insert(args.end(), {"--incoming", "fd:" + std::to_string(next_fd)});
+      started_reason = "migrated";
+    }
+  }
   args.insert(args.end(), {"--ready-fd", "3", "--sandbox-uid", std::to_string(vmm_uid(d->name))});
   args.insert(args.end(), options_.vmm_extra_args.begin(), options_.vmm_extra_args.end());
   SpawnedProcess vmm = spawn_process(options_.vmm_binary, args, log_path, spawn,
@@ -598,7 +606,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
 
   // Wait for the readiness byte, watching the pidfd: a VMM that fails early (a bad kernel, no
   // /dev/kvm) exits instead of listening.
-  auto deadline = Clock::now() + options_.start_timeout;
+  auto deadline = Clock::now() + (from.timeout.count() > 0 ? from.timeout : options_.start_timeout);
   switch (ready.wait(vmm.pidfd.get(), deadline)) {
     case ReadinessPipe::kReady: break;
     case ReadinessPipe::kFailed:  // the VMM's own message, without a log meant for a terminal
@@ -633,7 +641,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
   // it runs, so a daemon that dies from here on adopts it (and asks it for its real state). A
   // store that cannot record it (a full disk) ends the start: an unrecorded VMM must not run.
   std::string state = paused ? kStatePaused : kStateRunning;
-  std::string reason = paused ? "user" : "booted";
+  std::string reason = paused ? "user" : started_reason;
   try {
     if (options_.test_fail_start_record) throw Error("store: database or disk is full (injected)");
     store_.set_running(d->name, state, reason, vmm.pid, start_time, control_path);
@@ -648,7 +656,8 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused) {
     d->link = link;
     uint64_t generation = ++d->generation;
     d->destroy_requested = d->reset_seen = d->guest_reset = d->shutdown_seen = d->start_failed =
-        d->reboot_requested = d->panicked = false;
+        d->reboot_requested = d->panicked = d->saved = false;
+    d->migration.clear();
     d->state = state;
     d->reason = reason;
     d->started_at = Clock::now();
@@ -727,6 +736,9 @@ void Domains::on_event(const std::shared_ptr<Domain>& d, uint64_t generation, co
       publish("reset", *d);
     } else if (name == "POWERDOWN") {
       publish("powerdown", *d);
+    } else if (name == "MIGRATION") {
+      d->migration = data.is_object() ? data.value("status", "") : "";
+      d->changed.notify_all();
     } else if (name == "GUEST_PANICKED") {
       // The VMM paused the guest (keel run --on-panic pause); on_crash decides what follows.
       d->panicked = true;
@@ -756,6 +768,10 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
     std::string reason;
     if (d->start_failed) {
       reason = "failed to start";
+    } else if (d->saved) {
+      reason = "saved";
+    } else if (d->migration == "completed") {
+      reason = "migrated";
     } else if (d->destroy_requested) {
       reason = "destroyed";
     } else if (d->panicked && on_crash(d->name) != "restart") {
@@ -947,6 +963,7 @@ json Domains::info_of(Domain& d) {
   json j{{"name", d.name}, {"state", d.state}, {"reason", d.reason}};
   if (record) {
     j["definition"] = record->definition;
+    if (!record->location.empty()) j["location"] = record->location;
     j["defined_at"] = record->defined_at;
     j["state_changed_at"] = record->state_changed_at;
     if (record->pid > 0) {

@@ -58,6 +58,11 @@ struct DomainsOptions {
   // start_locked), or fail the store write that records a start.
   int test_kill_point = 0;
   bool test_fail_start_record = false;
+  // VM state (domains_state.cc): a `save` or `snapshot` may take this long; an incoming
+  // migration's VMM this long to have received the VM; the address it listens on.
+  std::chrono::milliseconds save_timeout{600000};
+  std::chrono::milliseconds migration_timeout{600000};
+  std::string migration_address = "127.0.0.1";
 };
 
 class Domains {
@@ -90,6 +95,25 @@ class Domains {
   void autostart();
   void suspend(const std::string& name);
   void resume(const std::string& name);
+  // VM state (domains_state.cc), as virsh save/restore/snapshot/migrate. Directories are
+  // opened, created and written as `who` (who asks), never as the daemon.
+  // save: the VM's state to DIR, then its VMM ends ("shut off", reason "saved").
+  // snapshot: the same, and the VM goes on.
+  nlohmann::json save(const std::string& name, const std::string& dir, const PeerCredentials& who,
+                      bool keep_running);
+  // Continues the VM saved in DIR as `new_name` (empty: the name it was saved under), defining
+  // it if it is not defined. Nothing is left behind when it fails.
+  nlohmann::json restore(const std::string& dir, const std::string& new_name, bool paused,
+                         const PeerCredentials& who);
+  // Live-migrates `name` to the keel daemon at API socket `to`; the VM ends here ("shut off",
+  // reason "migrated") and runs there. On failure it goes on here.
+  nlohmann::json migrate(const std::string& name, const std::string& to,
+                         uint64_t downtime_limit_ms);
+  // The target's half: defines `name` (or checks the definition matches one shut off here),
+  // starts a VMM that waits for the stream, and returns {"uri": "tcp:ADDRESS:PORT"} at once.
+  nlohmann::json incoming(const std::string& name, const nlohmann::json& definition,
+                          const PeerCredentials& who);
+
   nlohmann::json info(const std::string& name);
   nlohmann::json list();
 
@@ -110,7 +134,18 @@ class Domains {
  private:
   struct Domain;
   std::shared_ptr<Domain> find(const std::string& name);
-  void start_locked(const std::shared_ptr<Domain>& d, bool paused);
+  // How a VMM starts: booting, restoring a snapshot's files, or receiving a migration stream
+  // on a listening socket. The descriptors stay the caller's.
+  struct StartFrom {
+    int state_fd = -1, memory_fd = -1;  // restore
+    std::string state_name, memory_name;  // their paths, for the VMM's errors
+    int listener = -1;                  // incoming
+    std::chrono::milliseconds timeout{0};  // 0: options_.start_timeout
+  };
+  void start_locked(const std::shared_ptr<Domain>& d, bool paused, const StartFrom* from = nullptr);
+  void quit_for(const std::shared_ptr<Domain>& d, const std::shared_ptr<VmmLink>& link,
+                const char* why);
+  void undefine_locked(const std::shared_ptr<Domain>& d);
   void adopt(const std::shared_ptr<Domain>& d, const VmRecord& record, const std::string& token);
   void recover_one(const std::shared_ptr<Domain>& d, const VmRecord& record);
   bool cancel_restart(Domain& d, const std::string& reason);
@@ -143,6 +178,9 @@ class Domains {
   std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> jobs_;
   bool jobs_stop_ = false;
   std::thread worker_;
+
+  std::mutex incoming_mutex_;
+  std::vector<std::thread> incoming_threads_;  // incoming migrations' starts, joined at the end
 
   std::once_flag probe_once_;  // the KVM probe, for definitions that need it
   KvmProbeResult probe_;

@@ -74,14 +74,34 @@ int as_user(const PeerCredentials& who, const std::function<bool()>& fn) {
 
 }  // namespace
 
-UniqueFd open_as(const PeerCredentials& who, const std::string& path, int flags) {
+UniqueFd open_as(const PeerCredentials& who, const std::string& path, int flags, mode_t mode) {
   UniqueFd fd;
   int err = as_user(who, [&] {
-    fd.reset(::open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY));
+    fd.reset(::open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY, mode));
     return fd.valid();
   });
   errno = err;
   return fd;
+}
+
+bool mkdir_as(const PeerCredentials& who, const std::string& path, mode_t mode) {
+  int err = as_user(who, [&] {
+    // Each missing component in turn, as `mkdir -p`.
+    for (size_t at = path.find('/', 1);; at = path.find('/', at + 1)) {
+      std::string part = path.substr(0, at);
+      struct stat st {};
+      if (::mkdir(part.c_str(), mode) != 0) {
+        if (errno != EEXIST || ::stat(part.c_str(), &st) != 0) return false;
+        if (!S_ISDIR(st.st_mode)) {
+          errno = ENOTDIR;
+          return false;
+        }
+      }
+      if (at == std::string::npos) return true;
+    }
+  });
+  errno = err;
+  return err == 0;
 }
 
 bool stat_as(const PeerCredentials& who, const std::string& path, struct stat& st) {

@@ -32,7 +32,9 @@ PeerCredentials peer_credentials(int fd);
 // open(2) of `path` with `flags` as `who` would: on a short-lived thread of its own that takes
 // who's file-system uid, gid and groups (per-thread raw syscalls, so the daemon's other threads
 // keep theirs). Root opens directly. Returns the fd, or an invalid one with errno set.
-UniqueFd open_as(const PeerCredentials& who, const std::string& path, int flags);
+UniqueFd open_as(const PeerCredentials& who, const std::string& path, int flags, mode_t mode = 0);
+// `mkdir -p` the same way (existing directories are fine); false with errno set when it fails.
+bool mkdir_as(const PeerCredentials& who, const std::string& path, mode_t mode);
 // stat(2) the same way; false with errno set when it fails.
 bool stat_as(const PeerCredentials& who, const std::string& path, struct stat& st);
 

@@ -58,7 +58,7 @@ int64_t now_seconds() { return static_cast<int64_t>(std::time(nullptr)); }
 
 constexpr const char* kSelect =
     "SELECT name, definition, state, reason, pid, pid_start_time, control_path, defined_at, "
-    "state_changed_at, owner FROM vms";
+    "state_changed_at, owner, location FROM vms";
 
 VmRecord read_record(Statement& s) {
   VmRecord r;
@@ -72,6 +72,8 @@ VmRecord read_record(Statement& s) {
   r.defined_at = s.integer(7);
   r.state_changed_at = s.integer(8);
   r.owner = PeerCredentials::from_json(json::parse(s.text(9), nullptr, false));
+  r.location = json::parse(s.text(10), nullptr, false);
+  if (!r.location.is_object()) r.location = json::object();
   return r;
 }
 
@@ -117,7 +119,7 @@ int Store::schema_version() {
 
 namespace {
 
-// The vms table of the current schema (version 3), named `name`.
+// The vms table of the current schema (version 4), named `name`.
 std::string vms_table(const std::string& name) {
   return "CREATE TABLE " + name + R"( (
             name             TEXT PRIMARY KEY NOT NULL,
@@ -130,6 +132,7 @@ std::string vms_table(const std::string& name) {
             defined_at       INTEGER NOT NULL,
             state_changed_at INTEGER NOT NULL,
             owner            TEXT NOT NULL DEFAULT '',
+            location         TEXT NOT NULL DEFAULT '{}',
             CHECK (state IN ('running', 'paused', 'shut off', 'crashed'))))";
 }
 
@@ -161,13 +164,17 @@ void Store::migrate() {
         // State 'crashed' (a panicked guest kept for inspection). SQLite cannot change a CHECK
         // constraint in place: the table is copied into one with the new constraint.
         exec(vms_table("vms_v3").c_str());
-        exec("INSERT INTO vms_v3 SELECT name, definition, state, reason, pid, pid_start_time, "
-             "control_path, defined_at, state_changed_at, owner FROM vms");
+        const char* columns = "name, definition, state, reason, pid, pid_start_time, control_path, "
+                              "defined_at, state_changed_at, owner";
+        exec(("INSERT INTO vms_v3 (" + std::string(columns) + ") SELECT " + columns + " FROM vms").c_str());
         exec("DROP TABLE vms");
         exec("ALTER TABLE vms_v3 RENAME TO vms");
+      } else if (version < 4) {
+        // Where a VM's state went (saved, restored, migrated): a column of its own.
+        exec("ALTER TABLE vms ADD COLUMN location TEXT NOT NULL DEFAULT '{}'");
       }
     }
-    exec("PRAGMA user_version = 3");
+    exec(("PRAGMA user_version = " + std::to_string(kSchemaVersion)).c_str());
     exec("COMMIT");
   } catch (...) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -239,6 +246,14 @@ void Store::set_state(const std::string& name, const std::string& state,
                        : "UPDATE vms SET state = ?2, reason = ?3, state_changed_at = ?4 "
                          "WHERE name = ?1");
   s.bind(1, name).bind(2, state).bind(3, reason).bind(4, now_seconds());
+  s.step();
+  if (sqlite3_changes(db_) == 0) throw NotFoundError("no VM named '" + name + "'");
+}
+
+void Store::set_location(const std::string& name, const json& location) {
+  std::lock_guard lock(mutex_);
+  Statement s(db_, "UPDATE vms SET location = ?2 WHERE name = ?1");
+  s.bind(1, name).bind(2, location.dump());
   s.step();
   if (sqlite3_changes(db_) == 0) throw NotFoundError("no VM named '" + name + "'");
 }

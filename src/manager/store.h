@@ -38,6 +38,9 @@ struct VmRecord {
   int64_t defined_at = 0;      // unix seconds
   int64_t state_changed_at = 0;
   PeerCredentials owner;       // who defined it (root for definitions older than schema 2)
+  // Where its state went or came from ({} when nothing moved it; schema 4): {"saved_to": DIR},
+  // {"restored_from": DIR}, {"migrated_to": SOCKET}, {"migrated_in": true}, with "at" (unix s).
+  nlohmann::json location = nlohmann::json::object();
 };
 
 // A definition with that name exists already.
@@ -53,7 +56,7 @@ class NotFoundError : public Error {
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens (creating if needed) `path`; migrates an older schema; refuses a newer one.
   explicit Store(const std::string& path);
@@ -74,6 +77,9 @@ class Store {
                    int64_t pid, int64_t pid_start_time, const std::string& control_path);
   // Records a state change; "shut off" also forgets the process.
   void set_state(const std::string& name, const std::string& state, const std::string& reason);
+
+  // Records where the VM's state went (VmRecord::location).
+  void set_location(const std::string& name, const nlohmann::json& location);
 
   // PRAGMA integrity_check: "ok" when the database is sound.
   std::string integrity_check();
