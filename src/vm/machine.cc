@@ -488,6 +488,9 @@ sandbox::SyscallPolicy Machine::syscall_policy() const {
   // Live migration over a socket the daemon connected and passed (migrate "fd:NAME"): the
   // migration thread is a main-loop thread that sends RAM and state and waits for the answer.
   policy.allow(ThreadKind::kMainLoop, {{"sendto"}, {"recvfrom"}, {"getsockopt"}});
+  // A snapshot or a failed migration lets the quiesced virtio devices go on from the main loop
+  // or the migration thread: activation, as on a vCPU (eventfds, worker threads).
+  policy.allow(ThreadKind::kMainLoop, PciPlatform::vcpu_syscalls());
   return policy;
 }
 

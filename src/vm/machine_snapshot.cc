@@ -49,7 +49,7 @@ void Machine::set_devices_quiesced(bool quiesced) {
 }
 
 void Machine::save_state(state::Writer& out) {
-  snapshot::save_config(config_, out.section("vm"));
+  snapshot::save_config(config_, out.section("vm"), pci_->disk_file_sizes());
   save_engine_state(*engine_, vcpus_, out);
   for_each_legacy(
       [&](const char* name, state::Persistent& d) { d.save_state(out.section(name, d.state_version())); },

@@ -243,7 +243,7 @@ void migrate(Machine& machine, const Uri& uri, UniqueFd connection, const Option
     auto header = state::encode_header();
     send_all(fd.get(), header.data(), header.size());
     state::SectionWriter vm("vm", 1);
-    snapshot::save_config(machine.config(), vm);
+    snapshot::save_config(machine.config(), vm, machine.pci().disk_file_sizes());
     send_record(fd.get(), vm);
 
     // Pre-copy. With the engine's dirty log: the first pass sends every page in use, each later

@@ -70,7 +70,7 @@ struct MemoryTrailer {
 
 }  // namespace
 
-void save_config(const VmConfig& c, state::SectionWriter& out) {
+void save_config(const VmConfig& c, state::SectionWriter& out, std::span<const uint64_t> disk_sizes) {
   out.str("kernel", str_path(c.kernel));
   out.str("initrd", str_path(c.initrd));
   out.str("cmdline", c.cmdline);
@@ -88,9 +88,9 @@ void save_config(const VmConfig& c, state::SectionWriter& out) {
     std::string p = "disk" + std::to_string(i) + "_";
     const DiskConfig& d = v.disks[i];
     std::error_code ec;
-    uint64_t size = fs::file_size(d.path, ec);
+    uint64_t size = i < disk_sizes.size() ? disk_sizes[i] : fs::file_size(d.path, ec);
     if (ec) throw Error("snapshot: disk " + d.path.string() + ": " + ec.message());
-    out.str(p + "path", str_path(fs::absolute(d.path)));
+    out.str(p + "path", str_path(d.path.is_absolute() ? d.path : fs::absolute(d.path)));
     out.str(p + "format", to_string(d.format));
     out.boolean(p + "readonly", d.readonly);
     out.u64(p + "size", size);

@@ -31,7 +31,10 @@ inline constexpr const char* kMemoryFile = "memory";
 inline constexpr uint64_t kMaxStateFile = 256ull << 20;
 
 // The configuration a VM was built from (section "vm"); disks also record their current size.
-void save_config(const VmConfig& config, state::SectionWriter& out);
+// `disk_sizes`: each disk's file size, from its open descriptor (a confined VMM cannot stat
+// paths); empty: stat'ed by path.
+void save_config(const VmConfig& config, state::SectionWriter& out,
+                 std::span<const uint64_t> disk_sizes = {});
 // Throws StateError on a malformed section, or a disk that is missing or changed size.
 VmConfig load_config(const state::SectionReader& in);
 

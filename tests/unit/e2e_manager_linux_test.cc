@@ -115,5 +115,51 @@ TEST_F(ManagerLinuxTest, DefaultGuestOnEmuStartsTakesConsoleInputAndShutsDownWit
   EXPECT_EQ(def["accel"], "emu") << def.dump();
 }
 
+// keel save stops the booted guest with its state in a directory; keel restore continues it:
+// its shell answers a command typed after the restore, and the file it wrote to its disk
+// before the save is there.
+TEST_F(ManagerLinuxTest, SaveAndRestoreContinueTheShellAndTheDisk) {
+  SKIP_WITHOUT_LINUX();
+  const auto& guest = testing::default_guest();
+  std::string disk = dir + "/data.ext4";
+  std::filesystem::copy_file(guest.disk(), disk);
+  api().call("POST", "/v1/vms", json{{"name", "lin"},
+                                     {"vcpus", 1},
+                                     {"memory_mib", 512},
+                                     {"accel", "emu"},
+                                     {"kernel", guest.kernel().string()},
+                                     {"initrd", guest.initrd().string()},
+                                     {"disks", json::array({json{{"path", disk}}})}});
+  testing::Budget budget(480s);
+  ASSERT_EQ(keel({"start", "lin"}).exit_code, 0);
+  read_console_until("lin", [](const std::string& s) { return s.find("KEEL-GUEST-READY") != std::string::npos; },
+                     budget.at_most(300s));
+  auto type = [&](const std::string& line) {
+    auto r = api().request("POST", "/v1/vms/lin/console", line, "application/octet-stream");
+    ASSERT_EQ(r.status, 200) << r.body;
+  };
+  // Written before the save; the shell echoes the line, so the marker is the command's output.
+  type("echo written-before-the-save >/mnt/data/saved; sync; echo wrote-$((40+2))\n");
+  read_console_until("lin", [](const std::string& s) { return s.find("wrote-42") != std::string::npos; },
+                     budget.at_most(120s));
+
+  std::string save_dir = dir + "/lin-save";
+  CommandResult r = keel({"save", "lin", save_dir});
+  ASSERT_EQ(r.exit_code, 0) << r.err << "\nVMM log:\n" << read_whole(state_dir + "/log/lin.log");
+  wait_state("lin", "shut off", "saved");
+  r = keel({"restore", save_dir});
+  ASSERT_EQ(r.exit_code, 0) << r.err << "\nVMM log:\n" << read_whole(state_dir + "/log/lin.log");
+  wait_state("lin", "running", "restored");
+  // The page cache dropped first: the file comes from the disk the restored VMM opened.
+  type("echo 3 >/proc/sys/vm/drop_caches; cat /mnt/data/saved; echo answer-$((6*7))\n");
+  std::string console = read_console_until("lin", [](const std::string& s) {
+    return s.find("answer-42") != std::string::npos;
+  }, budget.at_most(120s), false);
+  EXPECT_NE(console.find("written-before-the-save"), std::string::npos) << console;
+  // The restored guest did not boot again.
+  EXPECT_EQ(console.find("Linux version"), std::string::npos) << console;
+  ASSERT_EQ(keel({"destroy", "lin"}).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace keel::e2e

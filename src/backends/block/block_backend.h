@@ -32,6 +32,9 @@ class BlockBackend {
   virtual ImageFormat format() const = 0;
   virtual uint64_t size() const = 0;  // guest-visible bytes
   virtual bool readonly() const = 0;
+  // The image file's descriptor (its top layer's, for qcow2), for fstat: snapshots record the
+  // file's size from it, as a confined VMM cannot stat the path.
+  virtual int file_fd() const { return -1; }
 
   // A descriptor whose bytes at [offset, offset + length) are the disk's own bytes at the same
   // offsets, or -1 when this range must go through read()/write().

@@ -68,6 +68,7 @@ class Qcow2Image : public BlockBackend {
   ImageFormat format() const override { return ImageFormat::kQcow2; }
   uint64_t size() const override { return header_.size; }
   bool readonly() const override { return readonly_; }
+  int file_fd() const override { return file_.fd.get(); }
   void read(uint64_t offset, std::span<const iovec> iov) override;
   void write(uint64_t offset, std::span<const iovec> iov) override;
   void flush() override;

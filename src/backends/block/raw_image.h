@@ -31,6 +31,7 @@ class RawImage : public BlockBackend {
   ImageFormat format() const override { return ImageFormat::kRaw; }
   uint64_t size() const override { return size_; }
   bool readonly() const override { return readonly_; }
+  int file_fd() const override { return fd_.get(); }
   int direct_fd(uint64_t offset, uint64_t length) const override;
   void read(uint64_t offset, std::span<const iovec> iov) override;
   void write(uint64_t offset, std::span<const iovec> iov) override;

@@ -1,5 +1,7 @@
 #include "devices/virtio/virtio_platform.h"
 
+#include <sys/stat.h>
+
 #include "backends/block/block_backend.h"
 #include "backends/net/slirp_backend.h"
 #include "backends/net/tap_backend.h"
@@ -154,6 +156,17 @@ void PciPlatform::update_notifications(uint8_t slot) {
 
 void PciPlatform::set_thread_launcher(sandbox::ThreadLauncher* launcher) {
   for (auto& d : devices_) d->set_thread_launcher(launcher);
+}
+
+std::vector<uint64_t> PciPlatform::disk_file_sizes() const {
+  std::vector<uint64_t> sizes;
+  for (VirtioBlk* disk : disks_) {
+    struct stat st {};
+    int fd = disk->backend().file_fd();
+    if (fd < 0 || ::fstat(fd, &st) != 0) throw_errno("disk " + disk->backend().path() + ": fstat");
+    sizes.push_back(static_cast<uint64_t>(st.st_size));
+  }
+  return sizes;
 }
 
 sandbox::AllowList PciPlatform::vcpu_syscalls() {

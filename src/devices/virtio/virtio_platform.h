@@ -85,6 +85,8 @@ class PciPlatform {
   // The system calls of the device code that runs on vCPU threads (register writes, kicks,
   // activation) and of the device worker threads, for the machine's seccomp policy.
   static sandbox::AllowList vcpu_syscalls();
+  // Each disk's image file size now (fstat of its open descriptor), in disk order.
+  std::vector<uint64_t> disk_file_sizes() const;
   sandbox::AllowList worker_syscalls() const;
   // What tearing the devices down on the main loop needs: a disk image's last flush and trim
   // (qcow2 writes its refcounts and trims its free tail when it closes).
