@@ -114,6 +114,32 @@ TEST_F(StoreTest, MigratesASchemaOneStore) {
   EXPECT_EQ(store.get("old")->state, "crashed");
 }
 
+// A schema 3 store (before locations) gains the column in place: its VMs have none recorded,
+// and where a VM's state went can be recorded from then on.
+TEST_F(StoreTest, MigratesASchemaThreeStoreAndRecordsLocations) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, R"(CREATE TABLE vms (
+      name TEXT PRIMARY KEY NOT NULL, definition TEXT NOT NULL, state TEXT NOT NULL,
+      reason TEXT NOT NULL, pid INTEGER NOT NULL DEFAULT 0,
+      pid_start_time INTEGER NOT NULL DEFAULT 0, control_path TEXT NOT NULL DEFAULT '',
+      defined_at INTEGER NOT NULL, state_changed_at INTEGER NOT NULL,
+      owner TEXT NOT NULL DEFAULT '',
+      CHECK (state IN ('running', 'paused', 'shut off', 'crashed')));
+    INSERT INTO vms VALUES ('v3', '{"name":"v3"}', 'shut off', 'shutdown', 0, 0, '', 1, 1, '');
+    PRAGMA user_version = 3;)", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  Store store(path);
+  EXPECT_EQ(store.schema_version(), Store::kSchemaVersion);
+  auto v3 = store.get("v3");
+  ASSERT_TRUE(v3);
+  EXPECT_EQ(v3->location, json::object());
+  store.set_location("v3", json{{"migrated_to", "/run/other/keel.sock"}, {"at", 5}});
+  EXPECT_EQ(store.get("v3")->location["migrated_to"], "/run/other/keel.sock");
+  EXPECT_THROW(store.set_location("nope", json::object()), NotFoundError);
+  EXPECT_EQ(store.integrity_check(), "ok");
+}
+
 TEST_F(StoreTest, ConcurrentWritersLoseNothing) {
   Store store(path);
   std::vector<std::thread> threads;
