@@ -351,8 +351,11 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
   if (options.verify_memory && !restore) throw UsageError("--verify-memory goes with --restore");
   if (restore || !options.incoming.empty()) {
     const char* flag = restore ? "--restore" : "--incoming";
-    if (!options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
-        !options.nets.empty() || !options.cloud_init.empty())
+    // Naming the VM as well (the daemon's VMMs do, from the definition it checked): the VM that
+    // comes must be that one, whatever the snapshot or stream says.
+    const bool names_vm = !options.kernel.empty() || !options.test_guest.empty() || !options.disks.empty() ||
+                          !options.nets.empty() || !options.cloud_init.empty() || options.boot == "disk";
+    if (names_vm && options.restore_files.empty() && options.incoming.rfind("fd:", 0) != 0)
       throw UsageError(std::string(flag) + " takes the VM's kernel, disks and networks from the VM it continues");
     VmConfig saved;
     if (!options.incoming.empty()) {
@@ -371,6 +374,10 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
       saved = snapshot::config_of(incoming->state);
     } else {
       saved = snapshot::config_of(snapshot::read_state_file(restore->state));
+    }
+    if (names_vm) {
+      snapshot::check_same_vm(saved, config);
+      saved.on_panic = config.on_panic;  // the daemon's policy (--on-panic pause), not the saved one
     }
     // The guest's configuration is the one it was saved or sent with; where it is served from is
     // this run's.

@@ -348,12 +348,14 @@ void ApiServer::routes() {
   s.route("POST", R"(/v1/vms/([^/]+)/incoming)", [=, this](Req req, Res res) {
     guarded(res, [&] {
       json body = body_object(req, false);
-      fields(body, {"definition"});
+      fields(body, {"definition", "paused"});
       if (!body.contains("definition") || !body["definition"].is_object())
         throw UsageError("field 'definition': expected the VM's definition (an object)");
+      if (body.contains("paused") && !body["paused"].is_boolean())
+        throw UsageError("field 'paused': expected a boolean");
       std::string name = req.matches.at(0);
       if (!valid_vm_name(name)) throw UsageError("'" + name + "' is not a valid VM name");
-      reply(res, 200, domains_.incoming(name, body["definition"], req.peer));
+      reply(res, 200, domains_.incoming(name, body["definition"], body.value("paused", false), req.peer));
     });
   });
 

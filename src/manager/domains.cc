@@ -547,7 +547,8 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused, const 
     // The VM the VMM continues brings its configuration; its files keep the descriptor numbers
     // they had when it was saved or sent (a definition opens them in one order), the snapshot's
     // files or the listening socket come after them.
-    args = {"run", "--control", control_path, "--paused", "--log-file", log_path};
+    // The VMM is told the VM as the definition says, and refuses a snapshot or stream that brings
+    // another (snapshot::check_same_vm): what it opens is what the daemon checked.
     if (from.state_fd >= 0) {
       spawn.fds.emplace_back(from.state_fd, next_fd);
       spawn.fds.emplace_back(from.memory_fd, next_fd + 1);

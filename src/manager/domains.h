@@ -111,7 +111,8 @@ class Domains {
                          uint64_t downtime_limit_ms);
   // The target's half: defines `name` (or checks the definition matches one shut off here),
   // starts a VMM that waits for the stream, and returns {"uri": "tcp:ADDRESS:PORT"} at once.
-  nlohmann::json incoming(const std::string& name, const nlohmann::json& definition,
+  // `paused`: the VM was paused on the source, and stays so here.
+  nlohmann::json incoming(const std::string& name, const nlohmann::json& definition, bool paused,
                           const PeerCredentials& who);
 
   nlohmann::json info(const std::string& name);

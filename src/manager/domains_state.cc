@@ -257,7 +257,8 @@ json Domains::restore(const std::string& dir_arg, const std::string& new_name, b
   return info_of(*d);
 }
 
-json Domains::incoming(const std::string& name, const json& document, const PeerCredentials& who) {
+json Domains::incoming(const std::string& name, const json& document, bool paused,
+                       const PeerCredentials& who) {
   if (!document.is_object()) throw DefinitionError("the definition must be a JSON object");
   json definition = document;
   definition["name"] = name;
@@ -326,13 +327,13 @@ json Domains::incoming(const std::string& name, const json& document, const Peer
   // The start waits for the stream: on a thread of its own, so that this answer goes out now.
   auto shared_listener = std::make_shared<UniqueFd>(std::move(listener));
   std::lock_guard lock(incoming_mutex_);
-  incoming_threads_.emplace_back([this, d, created, shared_listener] {
+  incoming_threads_.emplace_back([this, d, created, paused, shared_listener] {
     std::lock_guard op(d->op);
     StartFrom from;
     from.listener = shared_listener->get();
     from.timeout = options_.migration_timeout;
     try {
-      start_locked(d, false, &from);
+      start_locked(d, paused, &from);
       store_.set_location(d->name, json{{"migrated_in", true}, {"at", timestamp()}});
     } catch (const std::exception& e) {
       log::warn("daemon: VM {}: incoming migration: {}", d->name, e.what());
@@ -353,12 +354,14 @@ json Domains::migrate(const std::string& name, const std::string& to, uint64_t d
   auto d = find(name);
   std::lock_guard op(d->op);
   std::shared_ptr<VmmLink> link;
+  bool paused = false;
   {
     std::lock_guard lock(d->mutex);
     link = live_link(*d, "migrate");
     if (d->state == kStateCrashed)
       throw ConflictError("VM '" + name + "' crashed (panicked); destroy or reset it first");
     d->migration.clear();
+    paused = d->state == kStatePaused;
   }
   auto record = store_.get(name);
   if (!record) throw NotFoundError("no VM named '" + name + "'");
@@ -366,7 +369,7 @@ json Domains::migrate(const std::string& name, const std::string& to, uint64_t d
   json answer;
   try {
     ApiClient target(to, std::chrono::seconds(30));
-    answer = target.call("POST", "/v1/vms/" + name + "/incoming", json{{"definition", record->definition}});
+    answer = target.call("POST", "/v1/vms/" + name + "/incoming", json{{"definition", record->definition}, {"paused", paused}});
   } catch (const std::exception& e) {
     throw Error("migration of VM '" + name + "': the daemon at " + to + " refused it: " + e.what());
   }

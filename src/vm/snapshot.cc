@@ -188,6 +188,44 @@ VmConfig load_config(const state::SectionReader& in) {
   return c;
 }
 
+void check_same_vm(const VmConfig& saved, const VmConfig& wanted) {
+  auto differ = [](const std::string& what, const std::string& was, const std::string& want) {
+    throw state::StateError("the saved VM's " + what + " is '" + was + "', the VM to run has '" + want +
+                            "': a snapshot or migration continues only the VM it was taken from");
+  };
+  auto same = [&](const std::string& what, const std::string& was, const std::string& want) {
+    if (was != want) differ(what, was, want);
+  };
+  same("kernel", saved.kernel.string(), wanted.kernel.string());
+  same("initrd", saved.initrd.string(), wanted.initrd.string());
+  same("test guest", saved.test_guest.string(), wanted.test_guest.string());
+  same("RAM size", std::to_string(saved.memory_bytes), std::to_string(wanted.memory_bytes));
+  same("vCPU count", std::to_string(saved.cpus), std::to_string(wanted.cpus));
+  const VirtioConfig &s = saved.virtio, &w = wanted.virtio;
+  same("disk count", std::to_string(s.disks.size()), std::to_string(w.disks.size()));
+  for (size_t i = 0; i < s.disks.size(); ++i) {
+    std::string d = "disk " + std::to_string(i);
+    same(d + " path", s.disks[i].path.string(), w.disks[i].path.string());
+    same(d + " access", s.disks[i].readonly ? "readonly" : "read-write", w.disks[i].readonly ? "readonly" : "read-write");
+    if (w.disks[i].format != ImageFormat::kAuto)
+      same(d + " format", to_string(s.disks[i].format), to_string(w.disks[i].format));
+  }
+  auto seed = [](const std::optional<CloudInitConfig>& c) {
+    return c ? c->user_data.string() + "," + c->meta_data.string() + "," + c->network_config.string() : std::string();
+  };
+  same("cloud-init seed", seed(s.cloud_init), seed(w.cloud_init));
+  same("network count", std::to_string(s.nets.size()), std::to_string(w.nets.size()));
+  for (size_t i = 0; i < s.nets.size(); ++i) {
+    auto describe = [](const NetConfig& n) {
+      std::string out = n.kind == NetConfig::Kind::kTap ? "tap:" + n.tap : "user";
+      for (const auto& rule : n.hostfwd) out += ",hostfwd=" + rule;
+      if (n.host_loopback) out += ",host-loopback=on";
+      return out;
+    };
+    same("network " + std::to_string(i), describe(s.nets[i]), describe(w.nets[i]));
+  }
+}
+
 state::Document read_state(const fs::path& dir) { return read_state_file(dir / kStateFile); }
 
 state::Document read_state_file(const fs::path& file) {

@@ -45,6 +45,12 @@ struct Files {
   static Files in(const std::filesystem::path& dir) { return {dir / kStateFile, dir / kMemoryFile}; }
 };
 
+// Throws StateError naming the first difference between the VM a snapshot or migration stream
+// brings (`saved`) and the one the command line names (`wanted`, the daemon's definition): its
+// guest files, disks, networks, RAM and vCPUs. What the VMM opens for a restored VM is then what
+// the daemon checked, not what the (untrusted) snapshot names.
+void check_same_vm(const VmConfig& saved, const VmConfig& wanted);
+
 // Reads and checks DIR/state.
 state::Document read_state(const std::filesystem::path& dir);
 state::Document read_state_file(const std::filesystem::path& file);

@@ -251,10 +251,14 @@ TEST_F(ManagerStateTest, MigrateMovesARunningVmToAnotherDaemon) {
   EXPECT_GE(last_count(seen), moved_at + 3) << seen;
   EXPECT_EQ(seen.find("count 0\n"), std::string::npos) << seen;
 
-  // Moving it back the same way: the definition here matches, so it is taken in again.
+  // Moving it back, paused: the definition here matches, so it is taken in again, and stays
+  // paused as it was.
+  ASSERT_EQ(run_keel({"suspend", "c1", "--socket", target.socket}, dir).exit_code, 0);
   CommandResult back = run_keel({"migrate", "c1", "--to", socket, "--socket", target.socket}, dir);
   ASSERT_EQ(back.exit_code, 0) << back.err;
-  wait_state("c1", "running", "migrated");
+  wait_state("c1", "paused");
+  ASSERT_EQ(keel({"resume", "c1"}).exit_code, 0);
+  wait_state("c1", "running");
   target.wait_state("c1", "shut off", "migrated");
   ASSERT_EQ(keel({"destroy", "c1"}).exit_code, 0);
 }

@@ -9,6 +9,8 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -170,6 +172,54 @@ TEST(ConfinedMigration, IncomingFdRefusesWhatIsNoInheritedSocket) {
   testing::KeelProcess low({"run", "--incoming", "fd:1", "--sandbox", "off"});
   testing::ProcessResult l = low.wait(30s);
   EXPECT_NE(l.err.find("is not fd:N"), std::string::npos) << l.describe();
+}
+
+}  // namespace
+}  // namespace keel
+
+namespace keel {
+namespace {
+
+// A restoring or incoming VMM told which VM to run (as the daemon's are) refuses a snapshot that
+// brings another one: a user's snapshot cannot make a root VMM open a file its definition does
+// not name.
+TEST(ConfinedSnapshot, AVmmToldItsVmRefusesASnapshotOfAnother) {
+  testing::TempDir dir;
+  std::string sock = (dir.path() / "vm.sock").string();
+  fs::path snap = dir.path() / "snap";
+  fs::path disk = dir.path() / "disk.img", other = dir.path() / "other.img";
+  for (const fs::path& p : {disk, other}) {
+    std::ofstream(p) << std::string(1 << 20, '\0');
+  }
+  std::string guest = testing::test_guest("acpi_counter");
+  testing::KeelProcess vmm({"run", "--accel", "emu", "--memory", "32M", "--sandbox", "off", "--test-guest",
+                            guest, "--disk", disk.string(), "--control", sock});
+  ASSERT_TRUE(vmm.wait_for_stdout("count 1\n", 60s)) << vmm.wait(10s).describe();
+  control::ControlClient client = control::ControlClient::connect(sock);
+  client.execute("snapshot-save", json{{"path", snap.string()}, {"resume", false}}, 60s);
+  client.execute("quit");
+  vmm.wait(30s);
+  std::string files = (snap / "state").string() + "," + (snap / "memory").string();
+
+  testing::KeelProcess wrong({"run", "--restore-files", files, "--sandbox", "off", "--memory", "32M",
+                              "--test-guest", guest, "--disk", other.string()});
+  testing::ProcessResult r = wrong.wait(30s);
+  EXPECT_FALSE(r.exited && r.status == 0) << r.describe();
+  EXPECT_NE(r.err.find("the saved VM's disk 0 path is '" + disk.string() + "', the VM to run has '" +
+                       other.string() + "'"),
+            std::string::npos)
+      << r.describe();
+  testing::KeelProcess more_ram({"run", "--restore-files", files, "--sandbox", "off", "--memory", "64M",
+                                 "--test-guest", guest, "--disk", disk.string()});
+  testing::ProcessResult m = more_ram.wait(30s);
+  EXPECT_NE(m.err.find("the saved VM's RAM size"), std::string::npos) << m.describe();
+
+  // The same VM named: it continues.
+  testing::KeelProcess right({"run", "--restore-files", files, "--sandbox", "off", "--memory", "32M",
+                              "--test-guest", guest, "--disk", disk.string()});
+  EXPECT_TRUE(right.wait_for_stdout("count ", 60s));
+  right.send_signal(SIGTERM);
+  right.wait(30s);
 }
 
 }  // namespace
