@@ -32,6 +32,10 @@ struct Domains::Domain {
   bool panicked = false;          // GUEST_PANICKED: on_crash decides what the exit means
   bool saved = false;             // `save` wrote its state: the exit is "saved"
   std::string migration;          // the VMM's last MIGRATION status ("" before any)
+  std::string migrating_to;       // the daemon socket a `migrate` sends it to
+  // STOP/RESUME events a save, snapshot or migration makes the VMM send (it pauses the VM to
+  // save it): not the user's, so not state changes.
+  int internal_stops = 0;
   bool start_failed = false;
   std::chrono::steady_clock::time_point started_at;  // when the current VMM was let run
   // Crash-loop backoff: the delay of the next quick restart (0: not in a loop); a restart

@@ -46,7 +46,7 @@ std::chrono::milliseconds left_until(Clock::time_point deadline) {
 // waits on the read end and the child's pidfd at once.
 class ReadinessPipe {
  public:
-  enum Outcome { kReady, kFailed, kExited, kTimeout };
+  enum Outcome { kReady, kFailed, kExited, kTimeout, kStopping };
   ReadinessPipe() {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe2");
@@ -64,15 +64,17 @@ class ReadinessPipe {
   // kReady once "R" came; kFailed once "E" and the VMM's error came (message()); kExited when the
   // process ended. A pipe closed without a byte means the VMM is on its way out: then only its
   // exit (or the deadline) is waited for.
-  Outcome wait(int pidfd, Clock::time_point deadline) {
+  // kStopping when `stop` (an eventfd) is signalled first.
+  Outcome wait(int pidfd, Clock::time_point deadline, int stop) {
     bool pipe_open = true;
     for (;;) {
-      pollfd p[2] = {{pidfd, POLLIN, 0}, {read_.get(), POLLIN, 0}};
-      int r = ::poll(p, pipe_open ? 2 : 1, static_cast<int>(left_until(deadline).count()));
+      pollfd p[3] = {{pidfd, POLLIN, 0}, {stop, POLLIN, 0}, {read_.get(), POLLIN, 0}};
+      int r = ::poll(p, pipe_open ? 3 : 2, static_cast<int>(left_until(deadline).count()));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) throw_errno("poll");
       if (r == 0) return kTimeout;
-      if (pipe_open && p[1].revents) {
+      if (p[1].revents) return kStopping;
+      if (pipe_open && p[2].revents) {
         char byte;
         ssize_t n = ::read(read_.get(), &byte, 1);
         if (n == 1 && byte == 'E') {
@@ -148,6 +150,7 @@ Domains::Domains(Store& store, DomainsOptions options)
 }
 
 Domains::~Domains() {
+  stopping_.signal();  // an incoming migration still waiting for its stream gives up
   {
     std::lock_guard lock(incoming_mutex_);
     for (auto& t : incoming_threads_) t.join();
@@ -608,7 +611,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused, const 
   // Wait for the readiness byte, watching the pidfd: a VMM that fails early (a bad kernel, no
   // /dev/kvm) exits instead of listening.
   auto deadline = Clock::now() + (from.timeout.count() > 0 ? from.timeout : options_.start_timeout);
-  switch (ready.wait(vmm.pidfd.get(), deadline)) {
+  switch (ready.wait(vmm.pidfd.get(), deadline, stopping_.fd())) {
     case ReadinessPipe::kReady: break;
     case ReadinessPipe::kFailed:  // the VMM's own message, without a log meant for a terminal
       reap();
@@ -616,6 +619,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused, const 
       break;
     case ReadinessPipe::kExited: exited(); break;
     case ReadinessPipe::kTimeout: abandon("its control socket did not come up in time"); break;
+    case ReadinessPipe::kStopping: abandon("the daemon is stopping"); break;
   }
   kill_point(4);
   std::optional<control::ControlClient> control;
@@ -645,6 +649,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused, const 
   std::string reason = paused ? "user" : started_reason;
   try {
     if (options_.test_fail_start_record) throw Error("store: database or disk is full (injected)");
+    if (!from.location.is_null()) store_.set_location(d->name, from.location);
     store_.set_running(d->name, state, reason, vmm.pid, start_time, control_path);
   } catch (const std::exception& e) {
     abandon(std::string("cannot record the start: ") + e.what());
@@ -658,6 +663,7 @@ void Domains::start_locked(const std::shared_ptr<Domain>& d, bool paused, const 
     uint64_t generation = ++d->generation;
     d->destroy_requested = d->reset_seen = d->guest_reset = d->shutdown_seen = d->start_failed =
         d->reboot_requested = d->panicked = d->saved = false;
+    d->internal_stops = 0;
     d->migration.clear();
     d->state = state;
     d->reason = reason;
@@ -712,7 +718,9 @@ void Domains::on_event(const std::shared_ptr<Domain>& d, uint64_t generation, co
   try {
     // Published only as a change: `start` records the running state before its own `cont`, and
     // `suspend`/`resume` publish the change themselves if their event has not come yet.
-    if (name == "STOP") {
+    if ((name == "STOP" || name == "RESUME") && d->internal_stops > 0) {
+      --d->internal_stops;
+    } else if (name == "STOP") {
       if (d->state == kStateRunning) {
         set_state(*d, kStatePaused, "user");
         publish("suspended", *d);
@@ -773,6 +781,12 @@ void Domains::on_exit(const std::shared_ptr<Domain>& d, uint64_t generation, int
       reason = "saved";
     } else if (d->migration == "completed") {
       reason = "migrated";
+      try {  // recorded before the state, so whoever sees it shut off sees where it went
+        store_.set_location(d->name, json{{"migrated_to", d->migrating_to},
+                                          {"at", static_cast<int64_t>(::time(nullptr))}});
+      } catch (const std::exception& e) {
+        log::error("daemon: VM {}: {}", d->name, e.what());
+      }
     } else if (d->destroy_requested) {
       reason = "destroyed";
     } else if (d->panicked && on_crash(d->name) != "restart") {

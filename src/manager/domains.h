@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/eventfd.h"
 #include "manager/broadcast.h"
 #include "manager/store.h"
 #include "manager/supervisor.h"
@@ -140,6 +141,7 @@ class Domains {
   struct StartFrom {
     int state_fd = -1, memory_fd = -1;  // restore
     std::string state_name, memory_name;  // their paths, for the VMM's errors
+    nlohmann::json location;              // recorded (Store::set_location) as the start is
     int listener = -1;                  // incoming
     std::chrono::milliseconds timeout{0};  // 0: options_.start_timeout
   };
@@ -180,6 +182,7 @@ class Domains {
   bool jobs_stop_ = false;
   std::thread worker_;
 
+  EventFd stopping_;  // signalled when Domains goes: starts still waiting give up
   std::mutex incoming_mutex_;
   std::vector<std::thread> incoming_threads_;  // incoming migrations' starts, joined at the end
 

@@ -131,6 +131,8 @@ json Domains::save(const std::string& name, const std::string& dir_arg, const Pe
     link = live_link(*d, verb);
     if (d->state == kStateCrashed)
       throw ConflictError("VM '" + name + "' crashed (panicked); destroy or reset it first");
+    // A running VM is paused to be saved (STOP) and, for a snapshot, resumed (RESUME).
+    if (d->state == kStateRunning) d->internal_stops = keep_running ? 2 : 1;
   }
   auto record = store_.get(name);
   if (!record) throw NotFoundError("no VM named '" + name + "'");
@@ -161,6 +163,10 @@ json Domains::save(const std::string& name, const std::string& dir_arg, const Pe
     rename_in(dirfd.get(), dir, "vm.json.tmp", kVmFile);
     ::fsync(dirfd.get());
   } catch (const std::exception& e) {
+    {
+      std::lock_guard lock(d->mutex);
+      d->internal_stops = 0;  // whatever the VMM did, it runs as before
+    }
     discard();
     for (const char* fdname : {"keel-save-state", "keel-save-memory"}) {
       try {
@@ -240,6 +246,7 @@ json Domains::restore(const std::string& dir_arg, const std::string& new_name, b
   from.memory_fd = memory.get();
   from.state_name = join(dir, "state");
   from.memory_name = join(dir, "memory");
+  from.location = json{{"restored_from", dir}, {"at", timestamp()}};
   try {
     start_locked(d, paused, &from);
   } catch (...) {
@@ -252,7 +259,6 @@ json Domains::restore(const std::string& dir_arg, const std::string& new_name, b
     }
     throw;
   }
-  store_.set_location(name, json{{"restored_from", dir}, {"at", timestamp()}});
   std::lock_guard lock(d->mutex);
   return info_of(*d);
 }
@@ -332,9 +338,9 @@ json Domains::incoming(const std::string& name, const json& document, bool pause
     StartFrom from;
     from.listener = shared_listener->get();
     from.timeout = options_.migration_timeout;
+    from.location = json{{"migrated_in", true}, {"at", timestamp()}};
     try {
       start_locked(d, paused, &from);
-      store_.set_location(d->name, json{{"migrated_in", true}, {"at", timestamp()}});
     } catch (const std::exception& e) {
       log::warn("daemon: VM {}: incoming migration: {}", d->name, e.what());
       if (created) {
@@ -361,7 +367,9 @@ json Domains::migrate(const std::string& name, const std::string& to, uint64_t d
     if (d->state == kStateCrashed)
       throw ConflictError("VM '" + name + "' crashed (panicked); destroy or reset it first");
     d->migration.clear();
+    d->migrating_to = to;
     paused = d->state == kStatePaused;
+    if (!paused) d->internal_stops = 1;  // the stop-and-copy's pause; it ends here
   }
   auto record = store_.get(name);
   if (!record) throw NotFoundError("no VM named '" + name + "'");
@@ -391,18 +399,13 @@ json Domains::migrate(const std::string& name, const std::string& to, uint64_t d
     return d->link != link || d->migration == "completed" || d->migration == "failed";
   });
   if (d->migration == "completed") {
-    lock.unlock();
-    store_.set_location(name, json{{"migrated_to", to}, {"at", timestamp()}});
-    // The VMM ends by itself once the target has the VM.
-    std::unique_lock wait(d->mutex);
-    if (!d->changed.wait_for(wait, options_.stop_timeout, [&] { return d->link != link; })) {
-      wait.unlock();
+    // The VMM ends by itself once the target has the VM; its exit records where it went.
+    if (!d->changed.wait_for(lock, options_.stop_timeout, [&] { return d->link != link; })) {
+      lock.unlock();
       quit_for(d, link, "the migration");
-      wait.lock();
+      lock.lock();
     }
-    json info = info_of(*d);
-    info["migrated_to"] = to;
-    return info;
+    return info_of(*d);
   }
   lock.unlock();
   std::string why = ended ? "the VMM ended" : "it did not finish in time";

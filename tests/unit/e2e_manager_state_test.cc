@@ -168,10 +168,11 @@ TEST_F(ManagerStateTest, BadSavesAndRestoresAreRefusedAndLeaveNothingBehind) {
 // A second daemon on this host: its own state directory and API socket.
 class SecondDaemon {
  public:
-  explicit SecondDaemon(const std::string& dir) : state_dir(dir + "/state2"), socket(dir + "/api2.sock") {
+  explicit SecondDaemon(const std::string& dir, const std::string& suffix = "2")
+      : state_dir(dir + "/state" + suffix), socket(dir + "/api" + suffix + ".sock") {
     pid_ = ::fork();
     if (pid_ == 0) {
-      std::string log = dir + "/daemon2.log";
+      std::string log = dir + "/daemon" + suffix + ".log";
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
@@ -190,14 +191,22 @@ class SecondDaemon {
     ADD_FAILURE() << "the second daemon did not come up";
   }
   ~SecondDaemon() {
+    if (pid_ < 0) return;
     try {
       for (auto& vm : api().call("GET", "/v1/vms"))
         if (vm.contains("pid")) ::kill(vm["pid"].get<pid_t>(), SIGKILL);
     } catch (...) {
     }
+    stop();
+  }
+  // SIGTERM; returns how long the daemon took to exit.
+  std::chrono::milliseconds stop() {
+    auto start = Clock::now();
     ::kill(pid_, SIGTERM);
     int status;
     ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   }
   manager::ApiClient api() { return manager::ApiClient(socket, 30s); }
   json wait_state(const std::string& name, const std::string& state, const std::string& reason) {
@@ -261,6 +270,33 @@ TEST_F(ManagerStateTest, MigrateMovesARunningVmToAnotherDaemon) {
   wait_state("c1", "running");
   target.wait_state("c1", "shut off", "migrated");
   ASSERT_EQ(keel({"destroy", "c1"}).exit_code, 0);
+}
+
+// A target whose stream never comes: the daemon's stop does not wait for it, and the VM it
+// defined for the migration is not left behind.
+TEST_F(ManagerStateTest, AnIncomingMigrationThatNeverComesLeavesNothingBehind) {
+  auto target = std::make_unique<SecondDaemon>(dir);
+  json answer = target->api().call("POST", "/v1/vms/c9/incoming", json{{"definition", definition("c9")}});
+  ASSERT_TRUE(answer.contains("uri")) << answer.dump();
+  EXPECT_EQ(answer["uri"].get<std::string>().rfind("tcp:127.0.0.1:", 0), 0u) << answer.dump();
+  // Defined and shut off while it waits; a second incoming for it is refused only once it runs.
+  EXPECT_EQ(target->api().call("GET", "/v1/vms/c9")["state"], "shut off");
+  auto took = target->stop();
+  EXPECT_LT(took, 20s);
+  target = std::make_unique<SecondDaemon>(dir);
+  try {
+    target->api().call("GET", "/v1/vms/c9");
+    ADD_FAILURE() << "c9 is still defined";
+  } catch (const manager::ApiError& e) {
+    EXPECT_EQ(e.status(), 404) << e.what();
+  }
+  // A definition it cannot take is refused before anything listens.
+  try {
+    target->api().call("POST", "/v1/vms/c8/incoming", json{{"definition", json{{"vcpus", 1}}}});
+    ADD_FAILURE() << "an incomplete definition was taken";
+  } catch (const manager::ApiError& e) {
+    EXPECT_EQ(e.status(), 422) << e.what();
+  }
 }
 
 }  // namespace
