@@ -67,9 +67,9 @@ UniqueFd open_in(const PeerCredentials& who, const std::string& dir, const std::
   return fd;
 }
 
-void rename_in(int dirfd, const std::string& dir, const std::string& from, const std::string& to) {
-  if (::renameat(dirfd, from.c_str(), dirfd, to.c_str()) != 0)
-    throw_errno("rename " + dir + "/" + from);
+void rename_in(const PeerCredentials& who, int dirfd, const std::string& dir, const std::string& from,
+               const std::string& to) {
+  if (!renameat_as(who, dirfd, from, to)) throw_errno("rename " + dir + "/" + from);
 }
 
 void write_whole(int fd, const std::string& text, const std::string& what) {
@@ -146,7 +146,7 @@ json Domains::save(const std::string& name, const std::string& dir_arg, const Pe
   UniqueFd memory = open_in(who, dir, "memory.tmp", true);
   UniqueFd vm = open_in(who, dir, "vm.json.tmp", true);
   auto discard = [&] {
-    for (const char* tmp : {"state.tmp", "memory.tmp", "vm.json.tmp"}) ::unlinkat(dirfd.get(), tmp, 0);
+    for (const char* tmp : {"state.tmp", "memory.tmp", "vm.json.tmp"}) unlinkat_as(who, dirfd.get(), tmp);
   };
   try {
     write_whole(vm.get(), json{{"name", name}, {"definition", record->definition},
@@ -158,9 +158,9 @@ json Domains::save(const std::string& name, const std::string& dir_arg, const Pe
                        {"resume", keep_running}},
                   options_.save_timeout);
     // The memory file first: a state file is only ever next to the memory file it describes.
-    rename_in(dirfd.get(), dir, "memory.tmp", "memory");
-    rename_in(dirfd.get(), dir, "state.tmp", "state");
-    rename_in(dirfd.get(), dir, "vm.json.tmp", kVmFile);
+    rename_in(who, dirfd.get(), dir, "memory.tmp", "memory");
+    rename_in(who, dirfd.get(), dir, "state.tmp", "state");
+    rename_in(who, dirfd.get(), dir, "vm.json.tmp", kVmFile);
     ::fsync(dirfd.get());
   } catch (const std::exception& e) {
     {

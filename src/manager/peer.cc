@@ -84,6 +84,18 @@ UniqueFd open_as(const PeerCredentials& who, const std::string& path, int flags,
   return fd;
 }
 
+bool renameat_as(const PeerCredentials& who, int dirfd, const std::string& from, const std::string& to) {
+  int err = as_user(who, [&] { return ::renameat(dirfd, from.c_str(), dirfd, to.c_str()) == 0; });
+  errno = err;
+  return err == 0;
+}
+
+bool unlinkat_as(const PeerCredentials& who, int dirfd, const std::string& name) {
+  int err = as_user(who, [&] { return ::unlinkat(dirfd, name.c_str(), 0) == 0; });
+  errno = err;
+  return err == 0;
+}
+
 bool mkdir_as(const PeerCredentials& who, const std::string& path, mode_t mode) {
   int err = as_user(who, [&] {
     // Each missing component in turn, as `mkdir -p`.

@@ -33,6 +33,10 @@ PeerCredentials peer_credentials(int fd);
 // who's file-system uid, gid and groups (per-thread raw syscalls, so the daemon's other threads
 // keep theirs). Root opens directly. Returns the fd, or an invalid one with errno set.
 UniqueFd open_as(const PeerCredentials& who, const std::string& path, int flags, mode_t mode = 0);
+// renameat(2) and unlinkat(2) inside directory `dirfd` the same way (a root daemon renaming in
+// a shared sticky directory could replace another user's file); false with errno set.
+bool renameat_as(const PeerCredentials& who, int dirfd, const std::string& from, const std::string& to);
+bool unlinkat_as(const PeerCredentials& who, int dirfd, const std::string& name);
 // `mkdir -p` the same way (existing directories are fine); false with errno set when it fails.
 bool mkdir_as(const PeerCredentials& who, const std::string& path, mode_t mode);
 // stat(2) the same way; false with errno set when it fails.

@@ -169,6 +169,39 @@ TEST_F(ManagerSecurityTest, FilesAreCheckedAgainAtStartWithTheOwnersCredentials)
   EXPECT_EQ(info("later")["state"], "shut off");
 }
 
+// Save directories are created, written and read as the member who asks, never as the daemon;
+// moving a VM to another daemon is root's.
+TEST_F(ManagerSecurityTest, AMemberSavesAndRestoresOnlyWhereItMayAndCannotMigrate) {
+  ASSERT_EQ(define_as_member(definition("mine", guest)).substr(0, 3), "201");
+  ASSERT_EQ(api().request("POST", "/v1/vms/mine/start", "").status, 200);
+  std::string root_only = dir + "/root-only";
+  ASSERT_EQ(::mkdir(root_only.c_str(), 0700), 0);
+  auto post_as_member = [&](const std::string& path, const json& body) {
+    return as_user(kNobody, kNogroup, [&] {
+      auto r = manager::ApiClient(socket, 10s).request("POST", path, body.dump());
+      return std::to_string(r.status) + " " + r.body;
+    });
+  };
+  std::string out = post_as_member("/v1/vms/mine/save", json{{"dir", root_only + "/s"}});
+  EXPECT_EQ(out.substr(0, 3), "500") << out;
+  EXPECT_NE(out.find("uid 65534 cannot create the directory '" + root_only + "/s'"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(root_only + "/s"));
+  // A save root made: the member may not read it back.
+  std::filesystem::create_directories(root_only + "/saved");
+  std::ofstream(root_only + "/saved/vm.json") << json{{"name", "x"}, {"definition", definition("x", guest)}}.dump();
+  out = post_as_member("/v1/restore", json{{"dir", root_only + "/saved"}});
+  EXPECT_EQ(out.substr(0, 3), "500") << out;
+  EXPECT_NE(out.find("uid 65534 cannot open '" + root_only + "/saved/vm.json'"), std::string::npos) << out;
+  EXPECT_EQ(api().request("GET", "/v1/vms/x").status, 404);
+  out = post_as_member("/v1/vms/mine/migrate", json{{"to", dir + "/other.sock"}});
+  EXPECT_EQ(out.substr(0, 3), "409") << out;
+  EXPECT_NE(out.find("only root may migrate"), std::string::npos) << out;
+  out = post_as_member("/v1/vms/mine/save", json{{"dir", "relative/dir"}});
+  EXPECT_EQ(out.substr(0, 3), "400") << out;
+  EXPECT_NE(out.find("is not an absolute path"), std::string::npos) << out;
+  EXPECT_EQ(info("mine")["state"], "running");
+}
+
 TEST_F(ManagerSecurityTest, TwoHundredAbandonedEventStreamsThenListAnswersWithinASecond) {
   // Each stream is opened, then its client goes away without a word. The daemon allows 32
   // streams per user at a time, so every one must have been released for the next to open.
