@@ -149,6 +149,9 @@ VmConfig load_config(const state::SectionReader& in) {
     uint64_t size = in.u64(p + "size");
     std::error_code ec;
     uint64_t now = fs::file_size(d.path, ec);
+    if (ec && d.path.string().rfind("/proc/self/fd/", 0) == 0)
+      in.fail("disk " + d.path.string() + " is a descriptor the keel daemon passed its VMM: restore this "
+              "snapshot through the daemon (keel restore DIR)");
     if (ec) in.fail("disk " + d.path.string() + ": " + ec.message());
     if (now != size)
       in.fail("disk " + d.path.string() + " is " + std::to_string(now) + " bytes, it was " +

@@ -147,6 +147,11 @@ TEST_F(ManagerLinuxTest, SaveAndRestoreContinueTheShellAndTheDisk) {
   CommandResult r = keel({"save", "lin", save_dir});
   ASSERT_EQ(r.exit_code, 0) << r.err << "\nVMM log:\n" << read_whole(state_dir + "/log/lin.log");
   wait_state("lin", "shut off", "saved");
+  // The daemon's VMM had its disk as a descriptor: `keel run --restore` says where to go instead.
+  testing::KeelProcess direct({"run", "--restore", save_dir, "--sandbox", "off"});
+  testing::ProcessResult refused = direct.wait(60s);
+  EXPECT_NE(refused.err.find("restore this snapshot through the daemon (keel restore DIR)"), std::string::npos)
+      << refused.describe();
   r = keel({"restore", save_dir});
   ASSERT_EQ(r.exit_code, 0) << r.err << "\nVMM log:\n" << read_whole(state_dir + "/log/lin.log");
   wait_state("lin", "running", "restored");
