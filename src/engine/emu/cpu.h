@@ -170,7 +170,7 @@ class Cpu : public CpuHot {
     bool tsc_deadline = false;  // the platform implements the TSC-deadline timer
     bool kvm_clock = true;      // advertise kvm-clock (the CPU serves its MSRs)
     EmuTier tier = EmuTier::kJit;
-    uint32_t hot_threshold = 16;  // executions of a block before it is translated (0: at once)
+    uint32_t hot_threshold = 64;  // executions of a block before it is translated (0: at once)
     // Translated code counts the instructions it retires (instructions()): a memory add per
     // block, so only when someone reads the figure (KEEL_EMU_STATS).
     bool count_instructions = true;
