@@ -53,6 +53,7 @@ struct RunOptions {
   std::string memory = "512M";
   uint32_t cpus = 1;
   std::string accel = "auto";
+  std::string cpu = "host";  // --cpu: the CPU model the guest is shown
   std::string emu_tier = "jit";
   uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
   bool paused = false;
@@ -89,6 +90,10 @@ VmConfig make_config(const RunOptions& o) {
   }
   c.cpus = o.cpus;
   c.accel = parse_accel(o.accel);
+  if (auto model = x86::parse_cpu_model(o.cpu))
+    c.cpu_model = *model;
+  else
+    throw UsageError("--cpu: '" + o.cpu + "' is not a CPU model (host, baseline)");
   c.emu_tier = o.emu_tier == "interp" ? EmuTier::kInterp : EmuTier::kJit;
   c.emu_hot_threshold = o.emu_hot_threshold;
   c.name = o.name;
@@ -375,6 +380,9 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
     } else {
       saved = snapshot::config_of(snapshot::read_state_file(restore->state));
     }
+    // --accel names the engine to continue on (the saved one by default): another engine is
+    // refused with the reason (engine/engine_state.h) unless it can take the state.
+    if (options.accel != "auto") saved.accel = config.accel;
     if (names_vm) {
       snapshot::check_same_vm(saved, config);
       saved.on_panic = config.on_panic;  // the daemon's policy (--on-panic pause), not the saved one
@@ -505,6 +513,10 @@ void add_run_verb(CLI::App& app, Action& action) {
   sub->add_option("--cpus", o->cpus, "Number of vCPUs")
       ->capture_default_str()
       ->check(CLI::Range(1u, 255u));
+  sub->add_option("--cpu", o->cpu,
+                  "CPU model the guest is shown: host (all the engine runs) or baseline (the first "
+                  "x86-64 CPUs' features: a guest saved on one engine or host finds them on another)")
+      ->capture_default_str();
   sub->add_option("--accel", o->accel, "Engine: auto (probe KVM, else emu), kvm or emu")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "kvm", "emu"}));

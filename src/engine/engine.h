@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "arch/x86/cpuid_policy.h"
 #include "arch/x86/cpu_state.h"
 #include "bus/io_bus.h"
 #include "irq/interrupts.h"
@@ -69,6 +70,7 @@ struct EngineConfig {
   // 16: a restored guest answering its shell translated 6809 blocks in 39 ms of a 71 ms restore at
   // 16, 2086 in 13 ms at 64 (55 ms); boot and compute were no slower (docs/architecture.md).
   uint32_t emu_hot_threshold = 64;
+  x86::CpuModel cpu_model = x86::CpuModel::kHost;  // what the guest's CPUID shows
   // emu: bytes of translated code per vCPU before the cache is emptied (0: the default, 64 MiB).
   size_t emu_code_cache_bytes = 0;
 };

@@ -9,6 +9,7 @@
 #include <regex>
 #include <set>
 
+#include "arch/x86/cpuid_policy.h"
 #include "backends/net/slirp_backend.h"
 #include "boot/linux_loader.h"
 #include "engine/engine_factory.h"
@@ -154,7 +155,7 @@ bool valid_vm_name(const std::string& name) {
 }
 
 VmDefinition parse_definition(const json& doc) {
-  check_object(doc, "", {"name", "vcpus", "memory_mib", "accel", "kernel", "initrd", "cmdline",
+  check_object(doc, "", {"name", "vcpus", "memory_mib", "accel", "cpu", "kernel", "initrd", "cmdline",
                          "test_guest", "disks", "nets", "boot", "boot_entry", "cloud_init",
                          "autostart", "on_crash"});
   VmDefinition d;
@@ -170,6 +171,10 @@ VmDefinition parse_definition(const json& doc) {
     if (d.accel != "auto" && d.accel != "kvm" && d.accel != "emu") {
       refuse("accel", "'" + d.accel + "' is not one of auto, kvm, emu");
     }
+  }
+  if (const json* v = member(doc, "cpu")) {
+    d.cpu = get_string(*v, "cpu");
+    if (!x86::parse_cpu_model(d.cpu)) refuse("cpu", "'" + d.cpu + "' is not one of host, baseline");
   }
   if (const json* v = member(doc, "vcpus")) {
     d.vcpus = static_cast<uint32_t>(get_integer(*v, "vcpus", 1, 255));
@@ -338,6 +343,7 @@ DefinitionFiles open_definition_files(const VmDefinition& d, const PeerCredentia
 
 json VmDefinition::to_json() const {
   json j{{"name", name}, {"vcpus", vcpus}, {"memory_mib", memory_mib}, {"accel", accel}};
+  if (cpu != "host") j["cpu"] = cpu;
   if (!kernel.empty()) j["kernel"] = kernel;
   if (!initrd.empty()) j["initrd"] = initrd;
   if (!cmdline.empty()) j["cmdline"] = cmdline;
@@ -392,6 +398,7 @@ std::vector<std::string> vmm_arguments(const VmDefinition& d, const std::string&
                                 "--accel", d.accel};
   if (!log_path.empty()) args.insert(args.end(), {"--log-file", log_path});
   args.insert(args.end(), {"--name", d.name});
+  if (d.cpu != "host") args.insert(args.end(), {"--cpu", d.cpu});
   // A panic pauses the guest and is reported: the daemon applies on_crash.
   args.insert(args.end(), {"--on-panic", "pause"});
   if (d.boot == "disk") {

@@ -45,6 +45,7 @@ struct VmDefinition {
   uint32_t vcpus = 1;
   uint64_t memory_mib = 512;
   std::string accel = "auto";
+  std::string cpu = "host";  // the CPU model (keel run --cpu): host or baseline
   std::string kernel;      // a Linux kernel (bzImage / ELF vmlinux) ...
   std::string initrd;
   std::string cmdline;

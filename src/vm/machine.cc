@@ -128,7 +128,8 @@ void Machine::build(EngineFactory engine_factory, std::unique_ptr<GuestMemory> m
   engine_ = engine_factory(config_.accel, EngineContext{*memory_, pio_, mmio_},
                            EngineConfig{.vcpus = config_.cpus,
                                         .emu_tier = config_.emu_tier,
-                                        .emu_hot_threshold = config_.emu_hot_threshold});
+                                        .emu_hot_threshold = config_.emu_hot_threshold,
+                                        .cpu_model = config_.cpu_model});
   if (config_.cpus > engine_->max_vcpus())
     throw Error("the " + engine_->name() + " engine runs at most " +
                 std::to_string(engine_->max_vcpus()) + " vCPUs, " + std::to_string(config_.cpus) +

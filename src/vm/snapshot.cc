@@ -81,6 +81,7 @@ void save_config(const VmConfig& c, state::SectionWriter& out, std::span<const u
   out.u32("cpus", c.cpus);
   out.u8("emu_tier", static_cast<uint8_t>(c.emu_tier));
   out.u32("emu_hot_threshold", c.emu_hot_threshold);
+  out.u8("cpu_model", static_cast<uint8_t>(c.cpu_model));
   out.boolean("isa_debug_exit", c.isa_debug_exit);
   const VirtioConfig& v = c.virtio;
   out.u32("disks", static_cast<uint32_t>(v.disks.size()));
@@ -132,6 +133,11 @@ VmConfig load_config(const state::SectionReader& in) {
   if (tier > static_cast<uint8_t>(EmuTier::kJit)) in.fail("field 'emu_tier' is not an emu tier");
   c.emu_tier = static_cast<EmuTier>(tier);
   c.emu_hot_threshold = in.u32("emu_hot_threshold");
+  if (in.has("cpu_model")) {  // snapshots from before CPU models showed the host model
+    uint8_t model = in.u8("cpu_model");
+    if (model > static_cast<uint8_t>(x86::CpuModel::kBaseline)) in.fail("field 'cpu_model' is not a CPU model");
+    c.cpu_model = static_cast<x86::CpuModel>(model);
+  }
   c.isa_debug_exit = in.boolean("isa_debug_exit");
   VirtioConfig& v = c.virtio;
   uint32_t disks = in.u32("disks");
@@ -204,6 +210,7 @@ void check_same_vm(const VmConfig& saved, const VmConfig& wanted) {
   same("test guest", saved.test_guest.string(), wanted.test_guest.string());
   same("RAM size", std::to_string(saved.memory_bytes), std::to_string(wanted.memory_bytes));
   same("vCPU count", std::to_string(saved.cpus), std::to_string(wanted.cpus));
+  same("CPU model", x86::to_string(saved.cpu_model), x86::to_string(wanted.cpu_model));
   const VirtioConfig &s = saved.virtio, &w = wanted.virtio;
   same("disk count", std::to_string(s.disks.size()), std::to_string(w.disks.size()));
   for (size_t i = 0; i < s.disks.size(); ++i) {

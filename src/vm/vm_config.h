@@ -37,6 +37,7 @@ struct VmConfig {
   Accel accel = Accel::kAuto;
   EmuTier emu_tier = EmuTier::kJit;  // emu only: the interpreter alone, or with translation
   uint32_t emu_hot_threshold = EngineConfig{}.emu_hot_threshold;
+  x86::CpuModel cpu_model = x86::CpuModel::kHost;  // --cpu
 
   std::filesystem::path control_socket;  // empty: none (served by control/, issue 5)
   bool start_paused = false;             // vCPUs wait for resume() before their first instruction

@@ -65,5 +65,52 @@ TEST(CpuFeatures, ASnapshotWhoseFeaturesExistHereGetsPastTheCheck) {
       << error;
 }
 
+TEST(CpuModel, BaselineKeepsTheFirstX8664FeaturesOnly) {
+  uint32_t leaf1[4] = {0x306A9, 0x0801'0800, ~0u, ~0u};
+  x86::apply_cpu_model(x86::CpuModel::kBaseline, 1, 0, leaf1);
+  EXPECT_EQ(leaf1[0], 0x306A9u);  // signature and APIC id untouched
+  EXPECT_EQ(leaf1[1], 0x0801'0800u);
+  EXPECT_EQ(leaf1[2], (1u << 0) | (1u << 13) | (1u << 31));  // sse3, cx16, hypervisor
+  EXPECT_EQ(leaf1[3], 0x078B'FBFFu | (1u << 28));              // fpu ... sse2, htt
+  uint32_t leaf7[4] = {2, ~0u, ~0u, ~0u};
+  x86::apply_cpu_model(x86::CpuModel::kBaseline, 7, 0, leaf7);
+  EXPECT_EQ(leaf7[0] | leaf7[1] | leaf7[2] | leaf7[3], 0u);
+  uint32_t ext[4] = {0, 0, ~0u, ~0u};
+  x86::apply_cpu_model(x86::CpuModel::kBaseline, 0x8000'0001, 0, ext);
+  EXPECT_EQ(ext[2], 1u);
+  EXPECT_EQ(ext[3], (1u << 11) | (1u << 20) | (1u << 29));
+  uint32_t host[4] = {1, 2, ~0u, ~0u};
+  x86::apply_cpu_model(x86::CpuModel::kHost, 1, 0, host);
+  EXPECT_EQ(host[2], ~0u);
+  EXPECT_EQ(x86::parse_cpu_model("baseline"), x86::CpuModel::kBaseline);
+  EXPECT_FALSE(x86::parse_cpu_model("max"));
+  // Whatever two engines offer, under the baseline model neither lacks what the other shows, as
+  // long as both have the baseline features themselves.
+  std::vector<CpuidEntry> emu_like = {{.function = 1, .ecx = (1u << 13) | (1u << 23), .edx = 0x078B'FBFFu},
+                                      {.function = 7, .ecx = 1u << 22}};
+  std::vector<CpuidEntry> kvm_like = {{.function = 1, .ecx = (1u << 13) | (1u << 21), .edx = 0x078B'FBFFu},
+                                      {.function = 7, .ebx = 1u << 9}};
+  EXPECT_FALSE(x86::missing_features(emu_like, kvm_like).empty());
+  for (auto* side : {&emu_like, &kvm_like})
+    for (CpuidEntry& e : *side) {
+      uint32_t r[4] = {e.eax, e.ebx, e.ecx, e.edx};
+      x86::apply_cpu_model(x86::CpuModel::kBaseline, e.function, e.index, r);
+      e = {.function = e.function, .eax = r[0], .ebx = r[1], .ecx = r[2], .edx = r[3]};
+    }
+  EXPECT_TRUE(x86::missing_features(emu_like, kvm_like).empty());
+  EXPECT_TRUE(x86::missing_features(kvm_like, emu_like).empty());
+}
+
+TEST(CpuModel, TheKvmPolicyAppliesTheModel) {
+  std::vector<CpuidEntry> supported = {{.function = 0, .eax = 7},
+                                       {.function = 1, .ecx = (1u << 23) | (1u << 21), .edx = 0x078B'FBFFu},
+                                       {.function = 7, .ebx = 1u << 5}};
+  auto host = x86::apply_cpuid_policy(supported, {.model = x86::CpuModel::kHost});
+  auto base = x86::apply_cpuid_policy(supported, {.model = x86::CpuModel::kBaseline});
+  EXPECT_NE(x86::find_cpuid(host, 1)->ecx & (1u << 23), 0u);  // popcnt
+  EXPECT_EQ(x86::find_cpuid(base, 1)->ecx & ((1u << 23) | (1u << 21)), 0u);  // popcnt, x2apic
+  EXPECT_EQ(x86::find_cpuid(base, 7)->ebx, 0u);
+}
+
 }  // namespace
 }  // namespace keel

@@ -222,6 +222,22 @@ TEST_F(DefinitionTest, VmmArgumentsStartPausedUnderTheControlSocket) {
   EXPECT_EQ(logged, expected);
 }
 
+TEST_F(DefinitionTest, TheCpuModelIsCheckedKeptAndPassedToTheVmm) {
+  json doc = valid();
+  doc["cpu"] = "baseline";
+  VmDefinition d = parse_definition(doc);
+  EXPECT_EQ(d.to_json()["cpu"], "baseline");
+  auto args = vmm_arguments(d, "/run/x.sock");
+  auto at = std::find(args.begin(), args.end(), "--cpu");
+  ASSERT_NE(at, args.end());
+  EXPECT_EQ(*(at + 1), "baseline");
+  // The default is not written, so definitions from before the field compare equal.
+  EXPECT_FALSE(parse_definition(valid()).to_json().contains("cpu"));
+  EXPECT_TRUE(parse_definition(valid()).changed_fields(valid()).empty());
+  doc["cpu"] = "pentium";
+  EXPECT_EQ(refusal(doc), "field 'cpu': 'pentium' is not one of host, baseline");
+}
+
 TEST_F(DefinitionTest, DiskBootFormatsAndCloudInit) {
   json doc = valid();
   doc.erase("kernel");

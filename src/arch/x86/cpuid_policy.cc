@@ -37,6 +37,36 @@ std::optional<CpuidEntry> find_cpuid(std::span<const CpuidEntry> entries, uint32
   return std::nullopt;
 }
 
+const char* to_string(CpuModel model) { return model == CpuModel::kBaseline ? "baseline" : "host"; }
+
+std::optional<CpuModel> parse_cpu_model(std::string_view name) {
+  if (name == "host") return CpuModel::kHost;
+  if (name == "baseline") return CpuModel::kBaseline;
+  return std::nullopt;
+}
+
+void apply_cpu_model(CpuModel model, uint32_t function, uint32_t index, uint32_t r[4]) {
+  if (model == CpuModel::kHost) return;
+  switch (function) {
+    case 0x1:
+      // EDX: FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36 CLFLUSH MMX
+      // FXSR SSE SSE2, and HTT (topology, set by the policy). ECX: SSE3, CX16, the hypervisor bit.
+      r[3] &= 0x07'8B'FB'FFu | kCpuid1EdxHtt;
+      r[2] &= (1u << 0) | (1u << 13) | kCpuid1EcxHypervisor;
+      break;
+    case 0x7:
+      if (index == 0) r[0] = 0;  // no sub-leaves beyond 0
+      r[1] = r[2] = r[3] = 0;
+      break;
+    case 0x8000'0001:
+      r[3] &= (1u << 11) | (1u << 20) | (1u << 29);  // SYSCALL, NX, LM
+      r[2] &= 1u << 0;                                 // LAHF/SAHF in long mode
+      break;
+    default:
+      break;
+  }
+}
+
 std::vector<CpuidEntry> apply_cpuid_policy(std::span<const CpuidEntry> supported,
                                            const CpuidPolicy& p) {
   std::vector<CpuidEntry> out;
@@ -83,6 +113,11 @@ std::vector<CpuidEntry> apply_cpuid_policy(std::span<const CpuidEntry> supported
     out.push_back(e);
   }
 
+  for (CpuidEntry& e : out) {
+    uint32_t r[4] = {e.eax, e.ebx, e.ecx, e.edx};
+    apply_cpu_model(p.model, e.function, e.index, r);
+    e.eax = r[0], e.ebx = r[1], e.ecx = r[2], e.edx = r[3];
+  }
   // The topology leaf exists whenever the basic range reaches it.
   if (auto leaf0 = find_cpuid(out, 0); leaf0 && leaf0->eax >= 0xB) add_topology_leaf(out, p);
   if (!has_kvm_signature) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 namespace keel::x86 {
@@ -31,10 +32,22 @@ inline constexpr uint32_t kCpuid1EdxHtt = 1u << 28;
 inline constexpr uint32_t kCpuidKvmSignature = 0x4000'0000;
 inline constexpr uint32_t kCpuidKvmFeatures = 0x4000'0001;
 
+// The CPU model a guest is shown (keel run --cpu, as QEMU's -cpu): `host` is everything the
+// engine runs; `baseline` keeps only features of the first x86-64 CPUs (SSE2, CX16, NX, LM, ...)
+// in leaves 1, 7 and 0x80000001, which every engine and x86-64 host has, so a guest saved on one
+// engine or host finds its features on another. Snapshots record the model.
+enum class CpuModel : uint8_t { kHost, kBaseline };
+const char* to_string(CpuModel model);
+std::optional<CpuModel> parse_cpu_model(std::string_view name);
+
+// Applies `model` to one CPUID leaf's output (eax, ebx, ecx, edx) in place.
+void apply_cpu_model(CpuModel model, uint32_t function, uint32_t index, uint32_t regs[4]);
+
 struct CpuidPolicy {
   uint32_t apic_id = 0;       // this vCPU (keel: APIC id == vCPU index)
   uint32_t vcpu_count = 1;    // one package, one core per vCPU, one thread per core
   bool tsc_deadline = false;  // the engine's LAPIC emulates the TSC-deadline timer
+  CpuModel model = CpuModel::kHost;
 };
 
 // The entries for one vCPU. `supported` is what the engine can run.

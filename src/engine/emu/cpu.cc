@@ -46,6 +46,7 @@ Cpu::Cpu(const Deps& d)
                                                          : jit::Jit::kDefaultCacheBytes);
     hot_threshold_ = d.hot_threshold;
   }
+  cpu_model_ = d.cpu_model;
   decoder_ = new Decoder();
   // Debugging aid: KEEL_EMU_TRACE_FAULTS=1 logs every exception the CPU raises.
   if (const char* t = std::getenv("KEEL_EMU_TRACE_FAULTS")) trace_faults_ = *t == '1';

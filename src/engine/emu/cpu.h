@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "arch/x86/cpuid_policy.h"
 #include "arch/x86/cpu_state.h"
 #include "bus/io_bus.h"
 #include "engine/emu/code_index.h"
@@ -178,6 +179,7 @@ class Cpu : public CpuHot {
     // The VM's vCPUs (shared code pages, exclusive execution); the Cpu adds itself.
     VcpuGroup* group = nullptr;
     bool smp = false;  // other vCPUs exist: TLB fills lock against their revocations
+    x86::CpuModel cpu_model = x86::CpuModel::kHost;  // what CPUID shows (keel run --cpu)
   };
   explicit Cpu(const Deps& deps);
   ~Cpu();
@@ -477,6 +479,7 @@ class Cpu : public CpuHot {
   void write_efer(uint64_t v);
   uint64_t read_msr(uint32_t index);  // raises #GP(0) for unknown MSRs
   void write_msr(uint32_t index, uint64_t value);
+  // What the guest's CPUID returns: everything the emu implements, under the CPU model.
   void cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
   uint64_t read_tsc() const { return clock_.read_tsc() + uint64_t(tsc_offset); }
 
@@ -631,6 +634,8 @@ class Cpu : public CpuHot {
   // Translation tier; null when the interpreter runs alone (EmuTier::kInterp).
   std::unique_ptr<jit::Jit> jit_;
   uint32_t hot_threshold_ = 0;
+  x86::CpuModel cpu_model_ = x86::CpuModel::kHost;
+  void implemented_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
   GuestFault jit_fault_{};
   std::exception_ptr jit_error_;
   uint64_t interpreted_ = 0;  // instructions run by the interpreter's block loop

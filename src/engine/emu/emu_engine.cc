@@ -140,7 +140,7 @@ std::unique_ptr<Vcpu> EmuEngine::create_vcpu(uint32_t index) {
   Cpu::Deps deps{ctx_.memory, ctx_.pio, ctx_.mmio, platform_->local_apic(index),
                  platform_->clock(), index, platform_->tsc_deadline_supported(), true,
                  config_.emu_tier, config_.emu_hot_threshold, count_instructions_,
-                 config_.emu_code_cache_bytes, &group_, config_.vcpus > 1};
+                 config_.emu_code_cache_bytes, &group_, config_.vcpus > 1, config_.cpu_model};
   return std::make_unique<EmuVcpu>(index, deps, this);
 }
 

@@ -929,6 +929,11 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
 }
 
 void Cpu::cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
+  implemented_cpuid(leaf, sub, o);
+  x86::apply_cpu_model(cpu_model_, leaf, sub, o);
+}
+
+void Cpu::implemented_cpuid(uint32_t leaf, uint32_t sub, uint32_t o[4]) {
   o[0] = o[1] = o[2] = o[3] = 0;
   auto str = [&](const char* s, int a, int b, int c2) {
     std::memcpy(&o[a], s, 4);

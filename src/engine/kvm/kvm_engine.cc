@@ -91,7 +91,8 @@ KvmEngine::~KvmEngine() = default;
 std::vector<x86::CpuidEntry> KvmEngine::guest_cpuid(uint32_t index) const {
   return x86::apply_cpuid_policy(
       supported_cpuid_,
-      {.apic_id = index, .vcpu_count = config_.vcpus, .tsc_deadline = tsc_deadline_});
+      {.apic_id = index, .vcpu_count = config_.vcpus, .tsc_deadline = tsc_deadline_,
+       .model = config_.cpu_model});
 }
 
 void KvmEngine::set_memory_slots(uint32_t flags) {
