@@ -8,6 +8,7 @@
 
 #include "arch/x86/machine_state.h"
 #include "base/error.h"
+#include "engine/engine_convert.h"
 #include "state/state_format.h"
 #include "vm/snapshot.h"
 
@@ -33,6 +34,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (data[0] & 1) {
       keel::state::Document doc = keel::state::Document::parse(rest, "fuzz");
       for (const auto& name : doc.names()) load_all(doc.section(name, UINT32_MAX));
+      // A snapshot restored on the other engine is converted first (engine/engine_convert.h).
+      try {
+        keel::convert_engine_state(doc, "emu", "kvm", 1 + (data[0] >> 7), 0);
+      } catch (const keel::Error&) {
+      }
+      keel::convert_engine_state(doc, "kvm", "emu", 1 + (data[0] >> 7), 2'000'000'000);
     } else {
       load_all(keel::state::SectionReader("fuzz", 1, std::vector<uint8_t>(rest.begin(), rest.end())));
     }

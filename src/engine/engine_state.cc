@@ -7,6 +7,7 @@
 #include "arch/x86/machine_state.h"
 #include "base/error.h"
 #include "engine/emu/emu_engine.h"
+#include "engine/engine_convert.h"
 #include "engine/kvm/kvm_state.h"
 
 namespace keel {
@@ -102,8 +103,16 @@ void restore_engine_state(Engine& engine, std::span<const std::unique_ptr<Vcpu>>
                                  " here lacks: it cannot continue on this engine");
       }
     }
-    e.fail("the snapshot was taken on the " + name + " engine, this machine runs " +
-           engine.name() + " (converting its state across engines is not supported yet)");
+    if (e.u32("vcpus") != vcpus.size())
+      e.fail("the snapshot has " + std::to_string(e.u32("vcpus")) + " vCPUs, this machine " +
+             std::to_string(vcpus.size()));
+    // The other engine's sections, converted (engine/engine_convert.h); then restored as ever.
+    auto* emu_here = dynamic_cast<emu::EmuEngine*>(&engine);
+    uint64_t tsc_hz = emu_here ? emu_here->platform().clock().tsc_hz() : 0;
+    state::Document converted =
+        convert_engine_state(in, name, engine.name(), static_cast<uint32_t>(vcpus.size()), tsc_hz);
+    restore_engine_state(engine, vcpus, converted);
+    return;
   }
   if (e.u32("vcpus") != vcpus.size())
     e.fail("the snapshot has " + std::to_string(e.u32("vcpus")) + " vCPUs, this machine " +

@@ -4,9 +4,8 @@
 // keeps its local APIC in its platform's sections).
 //
 // The layouts follow KVM's where one exists (the local APIC register page is kvm_lapic_state's,
-// pending events are kvm_vcpu_events', MP states are KVM_MP_STATE_*). A snapshot restores on the
-// engine that took it (engine/engine_state.h); this shared shape is the start of restoring across
-// engines, which is not done yet.
+// pending events are kvm_vcpu_events', MP states are KVM_MP_STATE_*), so a snapshot restores on
+// either engine (engine/engine_convert.h rewrites the engine-specific parts).
 //
 // load_vcpu() checks every field (widths, ranges) and throws state::StateError naming it.
 #pragma once
