@@ -270,5 +270,27 @@ TEST(CrossEngine, TheCounterSavedOnEmuGoesOnOnKvmAndTheReverse) {
   expect_continues(dir.path() / "from-kvm", "emu", on_kvm);
 }
 
+// Live migration across engines: the target names its engine with --accel.
+TEST(CrossEngine, TheCounterMigratesLiveFromEmuToKvm) {
+  if (auto why = guest_test::engine_unavailable(Accel::kKvm)) GTEST_SKIP() << *why;
+  testing::TempDir dir;
+  std::string uri = "unix:" + (dir.path() / "in.sock").string();
+  std::string sock = (dir.path() / "src.sock").string();
+  testing::KeelProcess target({"run", "--incoming", uri, "--accel", "kvm", "--sandbox", "off"});
+  testing::KeelProcess source({"run", "--accel", "emu", "--cpu", "baseline", "--memory", "32M", "--sandbox", "off",
+                               "--test-guest", testing::test_guest("acpi_counter"), "--control", sock});
+  ASSERT_TRUE(source.wait_for_stdout("count 3\n", 60s)) << source.wait(10s).describe();
+  control::ControlClient client = control::ControlClient::connect(sock);
+  client.execute("migrate", json{{"uri", uri}});
+  testing::ProcessResult src = source.wait(120s);
+  EXPECT_NE((src.out + src.err).find("migrated to the target"), std::string::npos) << src.describe();
+  int moved_at = testing::last_count(src.out);
+  ASSERT_GE(moved_at, 3) << src.describe();
+  EXPECT_TRUE(target.wait_for_stdout("count " + std::to_string(moved_at + 3) + "\n", 60s));
+  target.send_signal(SIGTERM);
+  testing::ProcessResult dst = target.wait(30s);
+  EXPECT_EQ(dst.out.find("count " + std::to_string(moved_at) + "\n"), std::string::npos) << dst.describe();
+}
+
 }  // namespace
 }  // namespace keel
