@@ -149,7 +149,7 @@ TEST_P(Snapshot, OneSnapshotRestoresManyTimesIndependently) {
   testing::TempDir dir;
   std::string before = save_counter(dir.path(), 3, GetParam());
   std::string first;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < 100; ++i) {
     std::string after = restore_counter(dir.path(), 4);
     ASSERT_GT(check_count_sequence(before + after), 0) << "restore " << i;
     // Each restore starts from the same state, not from the previous restore's.
@@ -174,7 +174,7 @@ TEST_P(Snapshot, ARunningVmKeepsRunningAfterASnapshot) {
   EXPECT_GT(check_count_sequence(console.text()), 2);
 }
 
-TEST_P(Snapshot, AnotherEngineIsRefusedByName) {
+TEST_P(Snapshot, AnotherEngineLackingFeaturesIsRefusedByName) {
   testing::TempDir dir;
   save_counter(dir.path(), 1, GetParam());
   Accel other = GetParam() == Accel::kEmu ? Accel::kKvm : Accel::kEmu;
@@ -182,12 +182,14 @@ TEST_P(Snapshot, AnotherEngineIsRefusedByName) {
   VmConfig config = snapshot::read_config(dir.path());
   config.accel = other;
   std::string taken = GetParam() == Accel::kEmu ? "emu" : "kvm";
-  // Refused for the CPU features this engine lacks (named), or else for the state conversion.
+  // Under the host CPU model, refused for the CPU features the other engine lacks (named), where
+  // it lacks any (on this kvm_pvm host both ways do); else the state is converted and it restores
+  // (cross_engine_test.cc follows the guest there).
   std::string error = restore_error(dir.path(), config);
-  EXPECT_NE(error.find("the snapshot was taken on the " + taken + " engine"), std::string::npos) << error;
-  EXPECT_TRUE(error.find("here lacks") != std::string::npos ||
-              error.find("converting its state across engines is not supported yet") != std::string::npos)
-      << error;
+  if (!error.empty()) {
+    EXPECT_NE(error.find("the snapshot was taken on the " + taken + " engine"), std::string::npos) << error;
+    EXPECT_NE(error.find("here lacks"), std::string::npos) << error;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, Snapshot, ::testing::Values(Accel::kEmu, Accel::kKvm),
