@@ -414,9 +414,10 @@ int run_vm(const RunOptions& options, ReadyPipe& ready) {
       KvmProbeResult probe = probe_kvm();
       if (!probe.can_run_stock_kernel()) {
         bool terminal = options.ready_fd < 0;  // the daemon's VMMs report to the API, not a user
-        throw Error(probe.verdict() + (terminal ? "; use --accel emu (or auto), or --force to try "
-                                                  "KVM anyway"
-                                                : ""));
+        // --force only helps where there is a KVM to try.
+        std::string hint = probe.device_ok ? "; use --accel emu (or auto), or --force to try KVM anyway"
+                                           : "; use --accel emu (or auto)";
+        throw Error(probe.verdict() + (terminal ? hint : ""));
       }
     }
     // --console virtio: the default command line's console moves from ttyS0 to hvc0.

@@ -25,6 +25,12 @@ constexpr uint32_t kKvmMsrs[] = {0x10, 0x174, 0x175, 0x176, 0x277, 0x1A0, 0xC000
 
 using Page = std::array<uint8_t, x86::kLapicPageSize>;
 
+// emu's clock TSC at guest time `ns` (emu/platform/guest_clock.h); the vCPU's TSC MSR runs ahead of
+// it by its offset, and emu's APIC holds a TSC deadline in the clock's TSC, KVM's MSR in the vCPU's.
+uint64_t clock_tsc(uint64_t ns, uint64_t tsc_hz) {
+  return static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tsc_hz / 1'000'000'000);
+}
+
 uint32_t reg(const Page& p, uint32_t offset) {
   uint32_t v;
   std::memcpy(&v, p.data() + offset, 4);
@@ -122,7 +128,7 @@ kvm_pit_channel_state pit_channel_to_kvm(const state::SectionReader& s, int i) {
 
 void emu_to_kvm(const state::Document& in, uint32_t vcpus, state::Writer& out) {
   const auto& clock = in.section("emu/clock");
-  const uint64_t now = clock.u64("guest_ns");
+  const uint64_t now = clock.u64("guest_ns"), tsc_hz = clock.u64("tsc_hz");
   const auto& pic = in.section("emu/pic");
   for (uint32_t chip = 0; chip < 2; ++chip) {
     kvm_irqchip c{};
@@ -185,7 +191,10 @@ void emu_to_kvm(const state::Document& in, uint32_t vcpus, state::Writer& out) {
     std::vector<x86::MsrEntry> msrs;
     for (const auto& m : v.msrs)
       if (std::find(std::begin(kKvmMsrs), std::end(kKvmMsrs), m.index) != std::end(kKvmMsrs)) msrs.push_back(m);
-    if (uint64_t deadline = a.u64("tsc_deadline")) msrs.push_back({kMsrTscDeadline, deadline});
+    if (uint64_t deadline = a.u64("tsc_deadline")) {
+      uint64_t offset = x86::find_msr(v.msrs, kMsrTsc).value_or(0) - clock_tsc(now, tsc_hz);  // mod 2^64
+      msrs.push_back({kMsrTscDeadline, deadline + offset});
+    }
     v.msrs = std::move(msrs);
     x86::save_vcpu(v, out.section("cpu" + std::to_string(i)));
   }
@@ -296,7 +305,12 @@ void kvm_to_emu(const state::Document& in, uint32_t vcpus, uint64_t tsc_hz, stat
     a.boolean("counting", counting);
     a.u64("count_start_ns", now);
     a.u32("count_start_value", counting ? current : 0);
-    a.u64("tsc_deadline", mode == (2u << 17) ? deadline_msr : 0);
+    uint64_t raw_deadline = 0;  // in emu's clock TSC: the same distance ahead of it
+    if (mode == (2u << 17) && deadline_msr) {
+      uint64_t tsc = x86::find_msr(v.msrs, kMsrTsc).value_or(0), at = clock_tsc(now, tsc_hz);
+      raw_deadline = deadline_msr > tsc ? at + (deadline_msr - tsc) : std::max<uint64_t>(at, 1);
+    }
+    a.u64("tsc_deadline", raw_deadline);
     a.u64("timer_deadline_ns", timer_deadline);
     a.u8("nmi_pending", 0);
     a.boolean("init_pending", false);

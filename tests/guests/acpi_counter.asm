@@ -62,34 +62,7 @@ park:
 
 %include "com1_print.inc"
 
-; put_decimal: eax in decimal. Clobbers rax, rbx, rcx, rdx, rdi.
-put_decimal:
-  lea rdi, [rel digits_end]
-  mov ecx, 10
-.next:
-  xor edx, edx
-  div ecx
-  add dl, '0'
-  dec rdi
-  mov [rdi], dl
-  test eax, eax
-  jnz .next
-.print:
-  lea rax, [rel digits_end]
-  cmp rdi, rax
-  jae .done
-  mov al, [rdi]
-  push rdi
-  call putc
-  pop rdi
-  inc rdi
-  jmp .print
-.done:
-  ret
-
 count_text: db "count ", 0
 button_text: db "power button", 10, 0
-digits: times 12 db 0
-digits_end:
 
 %include "acpi_tables.inc"

@@ -4,6 +4,7 @@
 #include "engine/engine_convert.h"
 
 #include <array>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -28,9 +29,10 @@ using nlohmann::json;
 constexpr uint64_t kTscHz = 2'000'000'000;
 constexpr uint64_t kNow = 5'000'000'000;  // guest ns at the save
 
-// An emu snapshot's engine sections with a guest's worth of programming in them.
-std::vector<uint8_t> emu_state(uint32_t xcr0_unused = 0) {
-  (void)xcr0_unused;
+// An emu snapshot's engine sections with a guest's worth of programming in them: a periodic LAPIC
+// timer, or with `tsc_deadline` (in emu's clock TSC) one armed in TSC-deadline mode.
+constexpr uint64_t kGuestTsc = 123456789;  // the vCPU's TSC MSR: far behind emu's clock TSC
+std::vector<uint8_t> emu_state(uint64_t tsc_deadline = 0) {
   state::Writer w;
   auto& e = w.section("engine");
   e.str("name", "emu");
@@ -51,6 +53,7 @@ std::vector<uint8_t> emu_state(uint32_t xcr0_unused = 0) {
   a.u32("icr_low", 0x4'00FD);
   a.u32("icr_high", 0x0100'0000);
   std::array<uint32_t, 6> lvt = {0x2'00EC, 0x1'0000, 0x400, 0x700, 0x400, 0xFE};  // periodic timer on 0xEC
+  if (tsc_deadline) lvt[0] = 0x4'00EC;
   a.u32s("lvt", lvt);
   std::array<uint64_t, 4> isr = {0, 0, 0, 1ull << (0xEC - 192)}, tmr = {0, 0, 0, 0}, irr = {0, 0, 1ull << (0x61 - 128), 0};
   a.u64s("isr", isr);
@@ -58,11 +61,11 @@ std::vector<uint8_t> emu_state(uint32_t xcr0_unused = 0) {
   a.u64s("irr", irr);
   a.u32("divide_conf", 0x3);  // divide by 16
   a.u32("initial_count", 62500);
-  a.boolean("counting", true);
+  a.boolean("counting", tsc_deadline == 0);
   a.u64("count_start_ns", kNow - 16 * 1000);  // 1000 ticks ago
   a.u32("count_start_value", 62500);
-  a.u64("tsc_deadline", 0);
-  a.u64("timer_deadline_ns", kNow + 16 * 61500);
+  a.u64("tsc_deadline", tsc_deadline);
+  a.u64("timer_deadline_ns", tsc_deadline ? kNow + 1'000'000 : kNow + 16 * 61500);
   a.u8("nmi_pending", 0);
   a.boolean("init_pending", false);
   a.boolean("sipi_pending", false);
@@ -114,7 +117,7 @@ std::vector<uint8_t> emu_state(uint32_t xcr0_unused = 0) {
   pit.u64("next_edge_ns", kNow + 500'000);
   x86::VcpuSnapshot v;
   v.regs.rip = 0x1234;
-  v.msrs = {{0x10, 123456789}, {0x48, 1}, {0x174, 0x10}};
+  v.msrs = {{0x10, kGuestTsc}, {0x48, 1}, {0x174, 0x10}};
   x86::save_vcpu(v, w.section("cpu0"));
   return w.finish();
 }
@@ -184,6 +187,21 @@ TEST(CrossEngine, EmuPlatformStateRoundTripsThroughKvmsLayout) {
   EXPECT_EQ(back.section("emu/clock").u64("guest_ns"), kNow);
 }
 
+// emu's APIC holds a TSC deadline in its clock's TSC, KVM's MSR is in the vCPU's TSC: the deadline
+// stays the same distance ahead of the TSC the guest reads, both ways.
+TEST(CrossEngine, ATscDeadlineStaysAsFarAheadOfTheGuestsTsc) {
+  const uint64_t clock_tsc = kNow * (kTscHz / 1'000'000'000);  // emu's clock TSC at the save
+  const uint64_t ahead = 2'000'000;                          // 1 ms at 2 GHz
+  auto bytes = emu_state(clock_tsc + ahead);
+  state::Document kvm = convert_engine_state(state::Document::parse(bytes, "emu"), "emu", "kvm", 1, 0);
+  x86::VcpuSnapshot v = x86::load_vcpu(kvm.section("cpu0"));
+  EXPECT_EQ(x86::find_msr(v.msrs, 0x6E0), kGuestTsc + ahead);
+  EXPECT_EQ(x86::find_msr(v.msrs, 0x10), kGuestTsc);
+  state::Document back = convert_engine_state(kvm, "kvm", "emu", 1, kTscHz);
+  EXPECT_EQ(back.section("emu/lapic0").u64("tsc_deadline"), clock_tsc + ahead);
+  EXPECT_EQ(back.section("emu/lapic0").u64("timer_deadline_ns"), kNow + 1'000'000);
+}
+
 std::string conversion_error(const state::Document& kvm) {
   try {
     convert_engine_state(kvm, "kvm", "emu", 1, kTscHz);
@@ -239,10 +257,12 @@ TEST(CrossEngine, WhatTheEmuCannotHoldIsRefusedByName) {
   EXPECT_TRUE(x86::load_vcpu(emu.section("cpu0")).xsave.empty());
 }
 
-// Saves the counter guest on `engine` under the baseline CPU model; returns the last count.
-int save_counter(const std::string& engine, const fs::path& dir, const fs::path& sock) {
+// Saves a counting guest (acpi_counter, timer_counter) on `engine` under the baseline CPU model;
+// returns the last count.
+int save_counter(const std::string& engine, const fs::path& dir, const fs::path& sock,
+                 const std::string& guest = "acpi_counter") {
   testing::KeelProcess vmm({"run", "--accel", engine, "--cpu", "baseline", "--memory", "32M", "--sandbox", "off",
-                            "--test-guest", testing::test_guest("acpi_counter"), "--control", sock.string()});
+                            "--test-guest", testing::test_guest(guest), "--control", sock.string()});
   EXPECT_TRUE(vmm.wait_for_stdout("count 3\n", 60s)) << "the guest never counted";
   control::ControlClient client = control::ControlClient::connect(sock.string());
   client.execute("snapshot-save", json{{"path", dir.string()}, {"resume", false}}, 60s);
@@ -250,13 +270,15 @@ int save_counter(const std::string& engine, const fs::path& dir, const fs::path&
   return testing::last_count(vmm.wait(30s).out);
 }
 
-void expect_continues(const fs::path& dir, const std::string& engine, int saved_at) {
+// Restores `dir` on `engine` until the count is 3 past `saved_at`; returns the console output.
+std::string expect_continues(const fs::path& dir, const std::string& engine, int saved_at) {
   testing::KeelProcess restored({"run", "--restore", dir.string(), "--accel", engine, "--sandbox", "off"});
   EXPECT_TRUE(restored.wait_for_stdout("count " + std::to_string(saved_at + 3) + "\n", 60s));
   restored.send_signal(SIGTERM);
   testing::ProcessResult r = restored.wait(30s);
   EXPECT_EQ(r.out.find("count " + std::to_string(saved_at) + "\n"), std::string::npos) << r.describe();
   EXPECT_EQ(r.out.find("count 0\n"), std::string::npos) << r.describe();
+  return r.out;
 }
 
 TEST(CrossEngine, TheCounterSavedOnEmuGoesOnOnKvmAndTheReverse) {
@@ -268,6 +290,42 @@ TEST(CrossEngine, TheCounterSavedOnEmuGoesOnOnKvmAndTheReverse) {
   int on_kvm = save_counter("kvm", dir.path() / "from-kvm", dir.path() / "b.sock");
   ASSERT_GE(on_kvm, 3);
   expect_continues(dir.path() / "from-kvm", "emu", on_kvm);
+}
+
+// The "lapic L pit P" reports of timer_counter: each timer's interrupts so far.
+std::vector<std::pair<int, int>> timer_reports(const std::string& out) {
+  std::vector<std::pair<int, int>> r;
+  size_t at = 0;
+  while ((at = out.find("lapic ", at)) != std::string::npos) {
+    int lapic = 0, pit = 0;
+    if (std::sscanf(out.c_str() + at, "lapic %d pit %d\n", &lapic, &pit) == 2) r.emplace_back(lapic, pit);
+    at += 6;
+  }
+  return r;
+}
+
+// Interrupts that are in flight at the save: the LAPIC timer (periodic) and the PIT through the
+// IOAPIC both go on interrupting after the restore on `to`, counting on from where they were.
+void expect_timers_go_on(const std::string& from, const std::string& to) {
+  SCOPED_TRACE(from + " -> " + to);
+  testing::TempDir dir;
+  int saved_at = save_counter(from, dir.path() / "snap", dir.path() / "vmm.sock", "timer_counter");
+  ASSERT_GE(saved_at, 3);
+  auto reports = timer_reports(expect_continues(dir.path() / "snap", to, saved_at));
+  ASSERT_GE(reports.size(), 3u);
+  auto [lapic0, pit0] = reports.front();
+  auto [lapic1, pit1] = reports.back();
+  EXPECT_GE(pit0, 10 * (saved_at + 1));  // 10 PIT interrupts a report: not from zero
+  EXPECT_GE(pit1 - pit0, 20);
+  EXPECT_GT(lapic1 - lapic0, 10);  // every 7 ms against the PIT's 10
+}
+
+TEST(CrossEngine, BothTimersGoOnInterruptingAfterARestoreOnTheSameEngine) { expect_timers_go_on("emu", "emu"); }
+
+TEST(CrossEngine, BothTimersGoOnInterruptingOnTheOtherEngine) {
+  if (auto why = guest_test::engine_unavailable(Accel::kKvm)) GTEST_SKIP() << *why;
+  expect_timers_go_on("emu", "kvm");
+  expect_timers_go_on("kvm", "emu");
 }
 
 // Live migration across engines: the target names its engine with --accel.

@@ -215,7 +215,7 @@ class DaemonFixture : public ::testing::Test {
       stop_daemon(SIGTERM);
     }
     for (pid_t pid : vmm_pids) ::kill(pid, SIGKILL);
-    EXPECT_EQ(integrity_check(state_dir + "/keel.db"), "ok");
+    if (daemon_started) EXPECT_EQ(integrity_check(state_dir + "/keel.db"), "ok");  // not when skipped first
     std::filesystem::remove_all(dir);
   }
 
@@ -224,6 +224,7 @@ class DaemonFixture : public ::testing::Test {
   virtual void daemon_environment() {}
 
   void start_daemon() {
+    daemon_started = true;
     daemon_pid = ::fork();
     if (daemon_pid == 0) {
       daemon_environment();
@@ -352,6 +353,7 @@ class DaemonFixture : public ::testing::Test {
 
   std::string dir, state_dir, socket;
   pid_t daemon_pid = -1;
+  bool daemon_started = false;  // the store exists only once a daemon ran
   std::vector<pid_t> vmm_pids;
 };
 

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "emu_harness.h"
+#include "engine/emu/platform/kvm_clock.h"
 
 namespace keel::emu::test {
 namespace {
@@ -779,6 +780,62 @@ TEST_P(EmuCpu, KvmClockIsWrittenOnEnable) {
   EXPECT_EQ(m.mem.read_obj<uint32_t>(0x300000), 2u);            // version (even)
   EXPECT_NE(m.mem.read_obj<uint32_t>(0x300000 + 24), 0u);       // tsc_to_system_mul
   EXPECT_EQ(m.mem.read_obj<uint8_t>(0x300000 + 29), 1u);        // TSC stable
+}
+
+// The TSC deadline MSR is in the guest's TSC, which WRMSR TSC moves away from the clock's: the
+// APIC is armed in the clock's TSC (the same distance ahead) and the guest reads back what it wrote.
+TEST_P(EmuCpu, TscDeadlineFollowsAWrittenTsc) {
+  EmuMachine m(GetParam());
+  uint64_t before = m.platform->clock().read_tsc();
+  ASSERT_EQ(m.run(R"(
+    mov ecx, 0x10
+    mov edx, 0x10000
+    xor eax, eax
+    wrmsr
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r10, 4000000000
+    add rax, r10
+    mov r9, rax
+    mov rdx, rax
+    shr rdx, 32
+    mov ecx, 0x6E0
+    wrmsr
+    rdmsr
+    shl rdx, 32
+    or rax, rdx
+    mov r8, rax
+    hlt)"), VcpuExit::kHalted);
+  uint64_t after = m.platform->clock().read_tsc();
+  auto st = m.vcpu->get_state();
+  EXPECT_EQ(st.gpr[R8], st.gpr[R9]);  // read back as written
+  uint64_t armed = m.apic().tsc_deadline();
+  EXPECT_GE(armed, before + 4'000'000'000u);  // 2 s ahead of the clock, not 2^48 ticks
+  EXPECT_LE(armed, after + 4'000'000'000u);
+}
+
+TEST_P(EmuCpu, KvmClockFollowsAWrittenTsc) {
+  EmuMachine m(GetParam());
+  ASSERT_EQ(m.run(R"(
+    mov ecx, 0x10
+    mov edx, 0x10000
+    xor eax, eax
+    wrmsr
+    mov ecx, 0x4b564d01
+    mov eax, 0x300001
+    xor edx, edx
+    wrmsr
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r8, rax
+    hlt)"), VcpuExit::kHalted);
+  uint64_t now = m.platform->clock().now_ns();
+  auto info = m.mem.read_obj<PvclockVcpuTimeInfo>(0x300000);
+  uint64_t guest_ns = pvclock_ns(info, m.vcpu->get_state().gpr[R8]);
+  EXPECT_LE(guest_ns, now);
+  EXPECT_GT(guest_ns + 1'000'000'000, now);  // within a second, not 2^48 ticks off
 }
 
 }  // namespace

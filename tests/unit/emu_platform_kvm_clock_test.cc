@@ -83,6 +83,24 @@ TEST_F(EmuPlatformKvmClockTest, GuestComputedTimeTracksHostClock) {
   }
 }
 
+// A vCPU whose TSC was written (or restored from another engine) runs ahead of the clock's: the
+// guest evaluates the structure with the TSC it reads, so the time it gets must not move.
+TEST_F(EmuPlatformKvmClockTest, AnOffsetTscLeavesTheGuestsTimeWhereItWas) {
+  const int64_t offset = int64_t{1} << 50;
+  kvmclock.set_tsc_offset(offset);
+  ASSERT_TRUE(kvmclock.write_msr(kMsrKvmSystemTimeNew, 0x5000 | 1));
+  PvclockVcpuTimeInfo i = info(0x5000);
+  EXPECT_EQ(i.tsc_timestamp, clock.read_tsc() + uint64_t(offset));
+  EXPECT_EQ(pvclock_ns(i, clock.read_tsc() + uint64_t(offset)), clock.now_ns());
+  clock.advance(1'000'000);
+  EXPECT_EQ(pvclock_ns(i, clock.read_tsc() + uint64_t(offset)), clock.now_ns());
+  // A new offset rewrites the enabled structure at once (KVM's clock update on a TSC write).
+  kvmclock.set_tsc_offset(-int64_t(clock.read_tsc()) + 7);
+  PvclockVcpuTimeInfo j = info(0x5000);
+  EXPECT_GT(j.version, i.version);
+  EXPECT_EQ(pvclock_ns(j, 7), clock.now_ns());
+}
+
 TEST_F(EmuPlatformKvmClockTest, GuestTimeTracksHostClockAtAnOddFrequency) {
   testing::FakeClock odd(7'000'000'000, 2'394'567'123);
   KvmClock kc(memory, odd, [] { return kRealtime; });

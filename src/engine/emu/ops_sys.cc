@@ -849,7 +849,9 @@ uint64_t Cpu::read_msr(uint32_t i) {
     case 0x2FF: return 0;  // MTRR_DEF_TYPE: MTRRs disabled
     case 0x6E0:
       if (!tsc_deadline_) raise_fault(kGP, 0);
-      return apic_.tsc_deadline();
+      // The APIC counts in the clock's TSC, the guest in its own (offset by WRMSR TSC, a restore).
+      if (uint64_t d = apic_.tsc_deadline()) return d + uint64_t(tsc_offset);
+      return 0;
     case 0xC0000080: return efer;
     case 0xC0000081: return star;
     case 0xC0000082: return lstar;
@@ -873,7 +875,10 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
     return;
   }
   switch (i) {
-    case 0x10: tsc_offset = int64_t(v - clock_.read_tsc()); return;
+    case 0x10:
+      tsc_offset = int64_t(v - clock_.read_tsc());
+      kvmclock_.set_tsc_offset(tsc_offset);
+      return;
     case 0x1B:
       if (v & ~(0x000F'FFFF'FFFF'F000ull | (1ull << 11) | (1ull << 8))) raise_fault(kGP, 0);
       apic_.set_base_msr(v);
@@ -901,7 +906,17 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
     case 0x2FF: return;  // MTRRs stay disabled
     case 0x6E0:
       if (!tsc_deadline_) raise_fault(kGP, 0);
-      apic_.set_tsc_deadline(v);
+      if (v == 0) {
+        apic_.set_tsc_deadline(0);  // disarms
+      } else {
+        // In the clock's TSC; one before the clock's TSC 1 is due at once, one past its end never.
+        uint64_t raw;
+        if (tsc_offset >= 0)
+          raw = v > uint64_t(tsc_offset) ? v - uint64_t(tsc_offset) : 1;
+        else
+          raw = v > UINT64_MAX - (0 - uint64_t(tsc_offset)) ? UINT64_MAX : v + (0 - uint64_t(tsc_offset));
+        apic_.set_tsc_deadline(raw);
+      }
       return;
     case 0xC0000080: write_efer(v); return;
     case 0xC0000081: star = v; return;

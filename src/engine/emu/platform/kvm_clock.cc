@@ -88,6 +88,11 @@ bool KvmClock::write_msr(uint32_t msr, uint64_t value) {
   }
 }
 
+void KvmClock::set_tsc_offset(int64_t offset) {
+  tsc_offset_ = offset;
+  refresh();
+}
+
 void KvmClock::refresh() {
   if (system_time_msr_ & 1) write_system_time(system_time_msr_ & ~uint64_t{1});
 }
@@ -120,8 +125,9 @@ void KvmClock::write_system_time(uint64_t gpa) {
   uint8_t* p = memory_.host_ptr(gpa, sizeof(PvclockVcpuTimeInfo));
   if (!p) return;
   PvclockVcpuTimeInfo info{};
-  info.tsc_timestamp = clock_.read_tsc();
-  info.system_time = mul_div(info.tsc_timestamp, kNsPerSec, clock_.tsc_hz());
+  uint64_t clock_tsc = clock_.read_tsc();
+  info.tsc_timestamp = clock_tsc + uint64_t(tsc_offset_);
+  info.system_time = mul_div(clock_tsc, kNsPerSec, clock_.tsc_hz());
   info.tsc_to_system_mul = scale_.mul;
   info.tsc_shift = scale_.shift;
   info.flags = kPvclockTscStableBit;

@@ -69,6 +69,9 @@ class KvmClock {
 
   // Rewrites the time structure if enabled (after a restore; harmless at any time).
   void refresh();
+  // The vCPU's TSC runs `offset` ticks from the clock's (WRMSR TSC, a restore): the structure's
+  // tsc_timestamp is in the vCPU's TSC, as RDTSC reads it, so the guest's time does not move.
+  void set_tsc_offset(int64_t offset);
 
  private:
   void write_wall_clock(uint64_t gpa);
@@ -81,6 +84,7 @@ class KvmClock {
   uint64_t wall_clock_msr_ = 0;
   uint64_t system_time_msr_ = 0;
   uint32_t system_time_version_ = 0;
+  int64_t tsc_offset_ = 0;
 };
 
 }  // namespace keel::emu
