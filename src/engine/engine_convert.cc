@@ -6,13 +6,14 @@
 #include <span>
 
 #include "arch/x86/machine_state.h"
+#include "engine/emu/platform/guest_clock.h"
 #include "engine/kvm/kvm_uapi.h"
 
 namespace keel {
 
 namespace {
 
-constexpr uint64_t kNever = UINT64_MAX;       // emu's "no deadline" (emu/platform/guest_clock.h)
+using emu::kNever;  // emu's "no deadline"
 constexpr uint64_t kIoApicBase = 0xFEC0'0000;
 constexpr uint32_t kIoApicPins = 24;
 constexpr uint32_t kMsrTsc = 0x10, kMsrTscDeadline = 0x6E0;
@@ -25,11 +26,9 @@ constexpr uint32_t kKvmMsrs[] = {0x10, 0x174, 0x175, 0x176, 0x277, 0x1A0, 0xC000
 
 using Page = std::array<uint8_t, x86::kLapicPageSize>;
 
-// emu's clock TSC at guest time `ns` (emu/platform/guest_clock.h); the vCPU's TSC MSR runs ahead of
+// emu's clock TSC at guest time `ns` (HostGuestClock::read_tsc); the vCPU's TSC MSR runs ahead of
 // it by its offset, and emu's APIC holds a TSC deadline in the clock's TSC, KVM's MSR in the vCPU's.
-uint64_t clock_tsc(uint64_t ns, uint64_t tsc_hz) {
-  return static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tsc_hz / 1'000'000'000);
-}
+uint64_t clock_tsc(uint64_t ns, uint64_t tsc_hz) { return emu::mul_div(ns, tsc_hz, emu::kNsPerSec); }
 
 uint32_t reg(const Page& p, uint32_t offset) {
   uint32_t v;
@@ -60,12 +59,6 @@ std::span<const uint8_t> raw(const T& v) {
 template <typename T>
 void read_raw(const state::SectionReader& s, const char* field, T& v) {
   s.bytes_exact(field, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), sizeof v));
-}
-
-std::vector<x86::VcpuSnapshot> load_vcpus(const state::Document& in, uint32_t vcpus) {
-  std::vector<x86::VcpuSnapshot> out;
-  for (uint32_t i = 0; i < vcpus; ++i) out.push_back(x86::load_vcpu(in.section("cpu" + std::to_string(i))));
-  return out;
 }
 
 void copy_cpuid(const state::Document& in, state::Writer& out) {

@@ -910,12 +910,8 @@ void Cpu::write_msr(uint32_t i, uint64_t v) {
         apic_.set_tsc_deadline(0);  // disarms
       } else {
         // In the clock's TSC; one before the clock's TSC 1 is due at once, one past its end never.
-        uint64_t raw;
-        if (tsc_offset >= 0)
-          raw = v > uint64_t(tsc_offset) ? v - uint64_t(tsc_offset) : 1;
-        else
-          raw = v > UINT64_MAX - (0 - uint64_t(tsc_offset)) ? UINT64_MAX : v + (0 - uint64_t(tsc_offset));
-        apic_.set_tsc_deadline(raw);
+        __int128 raw = static_cast<__int128>(v) - tsc_offset;
+        apic_.set_tsc_deadline(raw < 1 ? 1 : raw > __int128{UINT64_MAX} ? UINT64_MAX : uint64_t(raw));
       }
       return;
     case 0xC0000080: write_efer(v); return;
