@@ -24,12 +24,8 @@
 
   xor ebp, ebp                     ; the counter
 line:
-  lea rsi, [rel count_text]
-  call puts
   mov eax, ebp
-  call put_decimal
-  mov al, 10
-  call putc
+  call put_count
   inc ebp
 
   mov ecx, POLLS_PER_LINE
@@ -62,7 +58,6 @@ park:
 
 %include "com1_print.inc"
 
-count_text: db "count ", 0
 button_text: db "power button", 10, 0
 
 %include "acpi_tables.inc"

@@ -48,12 +48,10 @@ idle:
   call puts
   mov eax, [pit_ticks]
   call put_decimal
-  lea rsi, [rel count_text]
-  call puts
-  mov eax, ebp
-  call put_decimal
   mov al, 10
   call putc
+  mov eax, ebp
+  call put_count
   inc ebp
   jmp idle
 
@@ -78,7 +76,6 @@ pit_handler:
 
 lapic_text: db "lapic ", 0
 pit_text: db " pit ", 0
-count_text: db 10, "count ", 0
 align 4
 lapic_ticks: dd 0
 pit_ticks: dd 0
