@@ -25,12 +25,13 @@ std::string ProcessResult::describe() const {
 }
 
 KeelProcess::KeelProcess(const std::vector<std::string>& args,
-                         const std::map<std::string, std::string>& env, int tty_fd) {
+                         const std::map<std::string, std::string>& env, int tty_fd,
+                         const std::string& binary) {
   ::signal(SIGPIPE, SIG_IGN);  // a child that exits early must not kill the test with EPIPE
   int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
   if (tty_fd < 0 && (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)))
     throw std::runtime_error("pipe2 failed");
-  std::vector<std::string> argv_s = {KEEL_BINARY};
+  std::vector<std::string> argv_s = {binary};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
@@ -157,8 +158,8 @@ std::chrono::milliseconds Budget::left() const {
 
 ProcessResult run_keel(const std::vector<std::string>& args, const std::string& input,
                        std::chrono::milliseconds deadline,
-                       const std::map<std::string, std::string>& env) {
-  KeelProcess p(args, env);
+                       const std::map<std::string, std::string>& env, const std::string& binary) {
+  KeelProcess p(args, env, -1, binary);
   p.write_stdin(input);
   p.close_stdin();
   return p.wait(deadline);
@@ -219,6 +220,11 @@ std::string as_user(uid_t uid, gid_t gid, const std::function<std::string()>& fn
   ::close(fds[0]);
   ::waitpid(pid, nullptr, 0);
   return out;
+}
+
+ReachableKeel::ReachableKeel() : fd_(::open(KEEL_BINARY, O_RDONLY | O_CLOEXEC)) {
+  if (!fd_) throw std::runtime_error(std::string("cannot open ") + KEEL_BINARY);
+  path_ = "/proc/self/fd/" + std::to_string(fd_.get());
 }
 
 }  // namespace keel::testing

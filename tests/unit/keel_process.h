@@ -28,10 +28,11 @@ struct ProcessResult {
 
 class KeelProcess {
  public:
-  // Starts KEEL_BINARY with `args`. stdin/stdout/stderr are pipes unless `tty_fd` >= 0, in which
-  // case all three are that terminal (a pty slave) and out/err stay empty.
+  // Starts KEEL_BINARY (or `binary`) with `args`. stdin/stdout/stderr are pipes unless `tty_fd` >= 0,
+  // in which case all three are that terminal (a pty slave) and out/err stay empty.
   KeelProcess(const std::vector<std::string>& args,
-              const std::map<std::string, std::string>& env = {}, int tty_fd = -1);
+              const std::map<std::string, std::string>& env = {}, int tty_fd = -1,
+              const std::string& binary = KEEL_BINARY);
   ~KeelProcess();
 
   pid_t pid() const { return pid_; }
@@ -101,6 +102,20 @@ std::string as_user(uid_t uid, gid_t gid, const std::function<std::string()>& fn
 // Runs keel to completion with `input` on stdin.
 ProcessResult run_keel(const std::vector<std::string>& args, const std::string& input = "",
                        std::chrono::milliseconds deadline = std::chrono::seconds(60),
-                       const std::map<std::string, std::string>& env = {});
+                       const std::map<std::string, std::string>& env = {},
+                       const std::string& binary = KEEL_BINARY);
+
+// KEEL_BINARY opened by the caller, as a path that runs it for any user: "/proc/self/fd/N" passes
+// no directory on the way, so a user who cannot search the build tree (a clone in a 0700
+// directory, as `mktemp -d` makes) still runs it. The descriptor lives as long as this object.
+class ReachableKeel {
+ public:
+  ReachableKeel();
+  const std::string& path() const { return path_; }
+
+ private:
+  UniqueFd fd_;
+  std::string path_;
+};
 
 }  // namespace keel::testing

@@ -181,9 +181,10 @@ TEST(Sandbox, WithoutRootKeelRunSaysWhatItCouldNotDoAndStillFilters) {
   std::filesystem::copy_file(testing::test_guest("serial_hello"), guest,
                              std::filesystem::copy_options::overwrite_existing);
   ::chmod(guest.c_str(), 0644);
+  testing::ReachableKeel keel;  // the build tree may be out of nobody's reach
   std::string out = testing::as_user(65534, 65534, [&] {
     ProcessResult r = testing::run_keel({"run", "--accel", "emu", "--sandbox", "on", "--test-guest",
-                                         guest}, "", 30s);
+                                         guest}, "", 30s, {}, keel.path());
     return "status " + std::to_string(r.exited ? r.status : -1) + "\n" + r.out + r.err;
   });
   std::filesystem::remove(guest);
